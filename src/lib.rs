@@ -1,0 +1,1 @@
+//! pushbridge: signed webhooks in, personalized APNs/FCM notifications out.

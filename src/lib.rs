@@ -1,1 +1,102 @@
 //! pushbridge: signed webhooks in, personalized APNs/FCM notifications out.
+//!
+//! `start` is the one entry point used by `main` and by the tests: it connects and migrates
+//! the store, builds the router and serves it on the given listener until shut down.
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod redact;
+pub mod signature;
+pub mod store;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::http::AppState;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// A running bridge: its address, its state, and the handle to stop it.
+pub struct Running {
+    /// The address the API is bound to.
+    pub addr: SocketAddr,
+    /// Shared state (store, config, metrics), for tests and embedding.
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, then closes the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.wait().await
+    }
+
+    /// Waits until the server stops on its own (after `shutdown` or a fatal error).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let result = self.server.await.context("server task panicked")?;
+        self.state.store.close().await;
+        result
+    }
+
+    /// A handle that triggers shutdown from elsewhere (signal handlers).
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+/// Opens and migrates the configured store.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.database_url, config.database_max_connections).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Starts the bridge on `listener` with `config`.
+pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Running> {
+    let store = open_store(&config).await?;
+    let state = AppState {
+        config: Arc::new(config),
+        store,
+        metrics: Arc::new(Metrics::new()),
+    };
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let app = http::router(state.clone());
+    let server = match &state.config.tls {
+        None => tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(wait_for_stop(stopped))
+            .await
+            .context("HTTP server failed")
+        }),
+        Some(tls) => {
+            let acceptor = tls::acceptor(&tls.cert_path, &tls.key_path)?;
+            tokio::spawn(tls::serve(listener, acceptor, app, wait_for_stop(stopped)))
+        }
+    };
+    tracing::info!(%addr, tls = state.config.tls.is_some(), "pushbridge listening");
+    Ok(Running {
+        addr,
+        state,
+        stop,
+        server,
+    })
+}
+
+async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}

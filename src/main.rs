@@ -1,1 +1,293 @@
-fn main() {}
+//! The `pushbridge` command: serve, migrate, and administer apps, keys and sources.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use pushbridge::config::{Config, LogFormat};
+use pushbridge::store::{KeyKind, Scheme};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "pushbridge",
+    version,
+    about = "Signed webhooks in, personalized APNs/FCM pushes out"
+)]
+struct Cli {
+    /// Config file (TOML). Defaults to ./pushbridge.toml when present.
+    #[arg(long, global = true, env = "PUSHBRIDGE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage apps.
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage webhook sources.
+    Sources {
+        #[command(subcommand)]
+        command: SourcesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppsCommand {
+    /// Create an app; prints its id, a server key and a client key.
+    Create {
+        /// Display name.
+        name: String,
+    },
+    /// List apps.
+    List,
+    /// Delete an app and everything it owns.
+    Delete {
+        /// App id.
+        app_id: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Server,
+    Client,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create an additional key (for rotation).
+    Create {
+        /// App id.
+        app_id: String,
+        /// Key kind.
+        #[arg(long, value_enum, default_value = "server")]
+        kind: KindArg,
+    },
+    /// List an app's keys (ids only; secrets are never stored).
+    List {
+        /// App id.
+        app_id: String,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        /// Key id (the third part of the key).
+        key_id: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SchemeArg {
+    StandardWebhooks,
+    Github,
+    Stripe,
+    Generic,
+}
+
+#[derive(Subcommand)]
+enum SourcesCommand {
+    /// Create a webhook source; prints its URL path and secret.
+    Create {
+        /// App id.
+        app_id: String,
+        /// Source name (used in the webhook URL).
+        name: String,
+        /// Signature scheme.
+        #[arg(long, value_enum)]
+        scheme: SchemeArg,
+        /// Secret to use (generated when absent).
+        #[arg(long)]
+        secret: Option<String>,
+        /// JSON path of the event type in the body.
+        #[arg(long)]
+        event_type_path: Option<String>,
+        /// Allowed client network (repeatable).
+        #[arg(long = "allow")]
+        allowed_cidrs: Vec<String>,
+    },
+    /// List an app's sources.
+    List {
+        /// App id.
+        app_id: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    init_tracing(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(cli.command.unwrap_or(Command::Serve), config))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            pushbridge::open_store(&config).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Apps { command } => apps(command, &config).await,
+        Command::Keys { command } => keys(command, &config).await,
+        Command::Sources { command } => sources(command, &config).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let running = pushbridge::start(config, listener).await?;
+    let stopper = running.stopper();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = stopper.send(true);
+    });
+    running.wait().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+async fn apps(command: AppsCommand, config: &Config) -> anyhow::Result<()> {
+    let store = pushbridge::open_store(config).await?;
+    match command {
+        AppsCommand::Create { name } => {
+            let created = store.create_app(&name).await?;
+            println!("app_id:     {}", created.app.id);
+            println!("server_key: {}", created.server_key);
+            println!("client_key: {}", created.client_key);
+            println!("(keys are shown once; only their hashes are stored)");
+        }
+        AppsCommand::List => {
+            for app in store.list_apps().await? {
+                println!("{}\t{}", app.id, app.name);
+            }
+        }
+        AppsCommand::Delete { app_id } => {
+            anyhow::ensure!(store.delete_app(&app_id).await?, "no app {app_id}");
+            println!("deleted {app_id}");
+        }
+    }
+    Ok(())
+}
+
+async fn keys(command: KeysCommand, config: &Config) -> anyhow::Result<()> {
+    let store = pushbridge::open_store(config).await?;
+    match command {
+        KeysCommand::Create { app_id, kind } => {
+            anyhow::ensure!(store.get_app(&app_id).await?.is_some(), "no app {app_id}");
+            let kind = match kind {
+                KindArg::Server => KeyKind::Server,
+                KindArg::Client => KeyKind::Client,
+            };
+            println!("{}", store.create_key(&app_id, kind).await?);
+        }
+        KeysCommand::List { app_id } => {
+            for key in store.list_keys(&app_id).await? {
+                let state = if key.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!("{}\t{:?}\t{state}", key.id, key.kind);
+            }
+        }
+        KeysCommand::Revoke { key_id } => {
+            anyhow::ensure!(store.revoke_key(&key_id).await?, "no active key {key_id}");
+            println!("revoked {key_id}");
+        }
+    }
+    Ok(())
+}
+
+async fn sources(command: SourcesCommand, config: &Config) -> anyhow::Result<()> {
+    let store = pushbridge::open_store(config).await?;
+    match command {
+        SourcesCommand::Create {
+            app_id,
+            name,
+            scheme,
+            secret,
+            event_type_path,
+            allowed_cidrs,
+        } => {
+            anyhow::ensure!(store.get_app(&app_id).await?.is_some(), "no app {app_id}");
+            let scheme = match scheme {
+                SchemeArg::StandardWebhooks => Scheme::StandardWebhooks,
+                SchemeArg::Github => Scheme::Github,
+                SchemeArg::Stripe => Scheme::Stripe,
+                SchemeArg::Generic => Scheme::Generic,
+            };
+            let new = pushbridge::http::sources::new_source(
+                name,
+                scheme,
+                secret.into_iter().collect(),
+                event_type_path,
+                &allowed_cidrs,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let source = store.create_source(&app_id, &new).await?;
+            println!("source:  {}", source.name);
+            println!("url:     /v1/webhooks/{}/{}", app_id, source.name);
+            for s in &source.secrets {
+                println!("secret:  {}", s.secret);
+            }
+        }
+        SourcesCommand::List { app_id } => {
+            for s in store.list_sources(&app_id).await? {
+                println!(
+                    "{}\t{}\t{} secret(s)",
+                    s.name,
+                    s.scheme.as_str(),
+                    s.secrets.len()
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! Typed configuration: defaults, then an optional TOML file, then `PUSHBRIDGE_*` env overrides.
+//!
+//! Nested keys use a double underscore in env vars: `PUSHBRIDGE_WEBHOOKS__MAX_BODY_BYTES=1048576`
+//! sets `webhooks.max_body_bytes`. Every error names the field that is wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The whole bridge configuration.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// `sqlite://path` (default, embedded) or `postgres://...`.
+    pub database_url: String,
+    /// Maximum connections in the database pool.
+    pub database_max_connections: u32,
+    /// Optional TLS for the listener; plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+    /// Device registry limits.
+    pub devices: DeviceLimits,
+    /// Webhook ingest settings.
+    pub webhooks: WebhookConfig,
+}
+
+/// Certificate and key for serving HTTPS directly.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_path: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Size limits on device registrations.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceLimits {
+    /// Maximum size of the serialized `attributes` object.
+    pub max_attributes_bytes: usize,
+    /// Maximum number of tags per device.
+    pub max_tags: usize,
+}
+
+impl Default for DeviceLimits {
+    fn default() -> Self {
+        Self {
+            max_attributes_bytes: 8 * 1024,
+            max_tags: 64,
+        }
+    }
+}
+
+/// Webhook ingest settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Bodies larger than this are rejected with 413.
+    pub max_body_bytes: usize,
+    /// Signed timestamps further than this from now (either direction) are rejected.
+    pub timestamp_tolerance_secs: u64,
+    /// Peers whose `X-Forwarded-For` header is believed (CIDRs).
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 256 * 1024,
+            timestamp_tolerance_secs: 300,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://pushbridge.db".into(),
+            database_max_connections: 8,
+            tls: None,
+            log_format: LogFormat::Text,
+            devices: DeviceLimits::default(),
+            webhooks: WebhookConfig::default(),
+        }
+    }
+}
+
+/// A configuration error that names the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// A field has the wrong type or an unknown name.
+    #[error("config field `{field}`: {message}")]
+    Field {
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn field(field: &str, message: impl Into<String>) -> Self {
+        Self::Field {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "PUSHBRIDGE_";
+const DEFAULT_FILE: &str = "pushbridge.toml";
+
+impl Config {
+    /// Loads `path` (or `pushbridge.toml` when present), applies env overrides and validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let file = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Path::new(DEFAULT_FILE)
+                .exists()
+                .then(|| PathBuf::from(DEFAULT_FILE)),
+        };
+        let mut table = match &file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: p.clone(),
+                        message: e.message().to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, std::env::vars())?;
+        Self::from_table(table)
+    }
+
+    /// Builds a config from a TOML table, naming the field on error, then validates it.
+    pub fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let field = e.path().to_string();
+                ConfigError::field(&field, e.inner().to_string())
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Semantic checks that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.database_url.as_str();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::field(
+                "database_url",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        if self.database_max_connections == 0 {
+            return Err(ConfigError::field(
+                "database_max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.webhooks.max_body_bytes < 64 {
+            return Err(ConfigError::field(
+                "webhooks.max_body_bytes",
+                "must be at least 64",
+            ));
+        }
+        if self.webhooks.timestamp_tolerance_secs == 0 {
+            return Err(ConfigError::field(
+                "webhooks.timestamp_tolerance_secs",
+                "must be at least 1",
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            for (field, path) in [
+                ("tls.cert_path", &tls.cert_path),
+                ("tls.key_path", &tls.key_path),
+            ] {
+                if !path.exists() {
+                    return Err(ConfigError::field(
+                        field,
+                        format!("file {} does not exist", path.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies `PUSHBRIDGE_A__B=value` overrides onto the table. Values parse as TOML
+/// scalars/arrays when they can (`8`, `true`, `["10.0.0.0/8"]`), else as strings.
+fn apply_env(
+    table: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, raw) in vars {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        let dotted = path.join(".");
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::field(
+                &dotted,
+                format!("bad env var name {name}"),
+            ));
+        }
+        let value = parse_env_value(&raw);
+        let mut cursor = &mut *table;
+        for (i, key) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                cursor.insert(key.clone(), value.clone());
+                break;
+            }
+            let entry = cursor
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cursor = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::field(
+                        &dotted,
+                        format!("{name} addresses inside a non-table value"),
+                    ))
+                }
+            };
+        }
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        text.parse().expect("toml")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_table(toml::Table::new()).expect("defaults");
+        assert_eq!(c.database_url, "sqlite://pushbridge.db");
+        assert_eq!(c.webhooks.max_body_bytes, 256 * 1024);
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let err = Config::from_table(table("[webhooks]\nmax_body_bytes = \"big\""))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("webhooks.max_body_bytes"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let err = Config::from_table(table("[webhooks]\nmax_bdy = 1")).expect_err("must fail");
+        assert!(err.to_string().contains("max_bdy"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_nested_fields() {
+        let mut t = table("listen = \"127.0.0.1:9000\"");
+        apply_env(
+            &mut t,
+            vec![
+                ("PUSHBRIDGE_WEBHOOKS__MAX_BODY_BYTES".into(), "1024".into()),
+                ("PUSHBRIDGE_DATABASE_URL".into(), "sqlite://other.db".into()),
+                (
+                    "PUSHBRIDGE_WEBHOOKS__TRUSTED_PROXIES".into(),
+                    "[\"10.0.0.0/8\"]".into(),
+                ),
+                ("UNRELATED".into(), "x".into()),
+            ]
+            .into_iter(),
+        )
+        .expect("env");
+        let c = Config::from_table(t).expect("valid");
+        assert_eq!(c.webhooks.max_body_bytes, 1024);
+        assert_eq!(c.database_url, "sqlite://other.db");
+        assert_eq!(c.webhooks.trusted_proxies.len(), 1);
+        assert_eq!(c.listen.port(), 9000);
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        let err = Config::from_table(table("database_url = \"mysql://x\"")).expect_err("fail");
+        assert!(err.to_string().contains("database_url"), "{err}");
+    }
+}

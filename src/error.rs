@@ -1,0 +1,135 @@
+//! The one error type of the HTTP API. Every variant becomes a JSON body
+//! `{"error": {"code": "...", "message": "...", "field": "..."}}`; internal errors are logged
+//! and never shown to the client.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Crate-wide result alias for handlers.
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// An error returned by the HTTP API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A request field is invalid.
+    #[error("{field}: {message}")]
+    InvalidField {
+        /// Dotted name of the field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The request as a whole is malformed (bad JSON, bad header, ...).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No or unknown credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Credentials are valid but not allowed to do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The resource does not exist (or belongs to another app).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A uniqueness rule was violated.
+    #[error("{0}")]
+    Conflict(String),
+    /// The body exceeds the configured limit.
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The content type is not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Too many requests; retry after the given seconds.
+    #[error("rate limit exceeded")]
+    TooManyRequests {
+        /// Seconds until a retry may succeed.
+        retry_after_secs: u64,
+    },
+    /// Anything unexpected: logged, answered with a generic 500.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// Shorthand for a field validation error.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidField {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidField { .. } => "invalid_field",
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::TooManyRequests { .. } => "rate_limited",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            Self::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "internal error");
+                "internal error".to_string()
+            }
+            Self::InvalidField { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        let mut body = json!({"error": {"code": self.code(), "message": message}});
+        if let Self::InvalidField { field, .. } = &self {
+            body["error"]["field"] = json!(field);
+        }
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Self::TooManyRequests { retry_after_secs } = self {
+            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+/// Maps a unique-constraint violation to a 409 with `message`; other errors pass through.
+pub fn on_unique_violation(e: sqlx::Error, message: impl Into<String>) -> ApiError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => ApiError::Conflict(message.into()),
+        _ => e.into(),
+    }
+}

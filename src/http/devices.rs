@@ -1,0 +1,386 @@
+//! Device registry: `PUT/GET/DELETE /v1/devices/{token}`, `GET /v1/users/{user_id}/devices`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{encode_cursor, ApiJson, ApiQuery, AppState, Caller, Page, ServerCaller};
+use crate::config::DeviceLimits;
+use crate::error::{ApiError, Result};
+use crate::redact::Redacted;
+use crate::store::DeviceRegistration;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/devices/{token}",
+            put(register).get(get_device).delete(unregister),
+        )
+        .route("/v1/users/{user_id}/devices", get(list_user_devices))
+}
+
+/// Body of `PUT /v1/devices/{token}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterDevice {
+    platform: String,
+    user_id: Option<String>,
+    locale: Option<String>,
+    timezone: Option<String>,
+    app_version: Option<String>,
+    environment: Option<String>,
+    topic: Option<String>,
+    #[serde(default)]
+    attributes: Option<Value>,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}
+
+async fn register(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(token): Path<String>,
+    ApiJson(body): ApiJson<RegisterDevice>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let (token, reg) = validate_registration(&token, body, &state.config.devices)?;
+    let (device, created) = state
+        .store
+        .upsert_device(caller.app_id(), &token, &reg)
+        .await?;
+    tracing::info!(app = caller.app_id(), token = %Redacted(&token), created, "device registered");
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!(device.view()))))
+}
+
+async fn get_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(token): Path<String>,
+) -> Result<Json<Value>> {
+    let device = state
+        .store
+        .get_device(caller.app_id(), &normalize_token(&token))
+        .await?
+        .ok_or(ApiError::NotFound("device"))?;
+    Ok(Json(json!(device.view())))
+}
+
+async fn unregister(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(token): Path<String>,
+) -> Result<StatusCode> {
+    let token = normalize_token(&token);
+    if !state.store.delete_device(caller.app_id(), &token).await? {
+        return Err(ApiError::NotFound("device"));
+    }
+    tracing::info!(app = caller.app_id(), token = %Redacted(&token), "device unregistered");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_user_devices(
+    State(state): State<AppState>,
+    caller: ServerCaller,
+    Path(user_id): Path<String>,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<Value>> {
+    let limit = page.limit()?;
+    let after = page.cursor()?;
+    let devices = state
+        .store
+        .list_user_devices(caller.app_id(), &user_id, after.as_deref(), limit + 1)
+        .await?;
+    let has_more = devices.len() > limit as usize;
+    let devices = &devices[..devices.len().min(limit as usize)];
+    let next_cursor = has_more
+        .then(|| devices.last().map(|d| encode_cursor(&d.token)))
+        .flatten();
+    Ok(Json(json!({
+        "devices": devices.iter().map(|d| d.view()).collect::<Vec<_>>(),
+        "next_cursor": next_cursor,
+    })))
+}
+
+/// APNs tokens are hex and case-insensitive; store them lower-case so lookups agree.
+fn normalize_token(token: &str) -> String {
+    if token.len() >= 64 && token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        token.to_ascii_lowercase()
+    } else {
+        token.to_string()
+    }
+}
+
+/// Checks a provider token's shape for its platform.
+pub(crate) fn validate_token(platform: &str, token: &str) -> Result<String> {
+    match platform {
+        "apns" => {
+            let ok = (64..=200).contains(&token.len())
+                && token.len().is_multiple_of(2)
+                && token.bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(ApiError::field(
+                    "token",
+                    "an APNs token is an even number (64-200) of hex characters",
+                ));
+            }
+            Ok(token.to_ascii_lowercase())
+        }
+        "fcm" => {
+            let ok = (100..=4096).contains(&token.len())
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'));
+            if !ok {
+                return Err(ApiError::field(
+                    "token",
+                    "an FCM token is 100-4096 characters of [A-Za-z0-9_:-]",
+                ));
+            }
+            Ok(token.to_string())
+        }
+        _ => Err(ApiError::field("platform", "must be \"apns\" or \"fcm\"")),
+    }
+}
+
+fn short_text(field: &str, value: Option<String>, max: usize) -> Result<Option<String>> {
+    match value {
+        Some(v) if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) => {
+            Err(ApiError::field(
+                field,
+                format!("must be 1-{max} characters without control characters"),
+            ))
+        }
+        other => Ok(other),
+    }
+}
+
+fn validate_registration(
+    token: &str,
+    body: RegisterDevice,
+    limits: &DeviceLimits,
+) -> Result<(String, DeviceRegistration)> {
+    let token = validate_token(&body.platform, token)?;
+    let is_apns = body.platform == "apns";
+    let locale = body
+        .locale
+        .map(|l| {
+            canonical_locale(&l).ok_or_else(|| {
+                ApiError::field("locale", "must be a BCP-47 language tag such as en-US")
+            })
+        })
+        .transpose()?;
+    let timezone = short_text("timezone", body.timezone, 64)?;
+    if let Some(tz) = &timezone {
+        if !tz
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'+' | b'-'))
+        {
+            return Err(ApiError::field(
+                "timezone",
+                "must be an IANA time zone name such as Europe/Paris",
+            ));
+        }
+    }
+    let environment = match (is_apns, body.environment.as_deref()) {
+        (true, None) => Some("production".to_string()),
+        (true, Some(e @ ("production" | "sandbox"))) => Some(e.to_string()),
+        (true, Some(_)) => {
+            return Err(ApiError::field(
+                "environment",
+                "must be \"production\" or \"sandbox\"",
+            ))
+        }
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(ApiError::field(
+                "environment",
+                "only applies to apns devices",
+            ))
+        }
+    };
+    if !is_apns && body.topic.is_some() {
+        return Err(ApiError::field("topic", "only applies to apns devices"));
+    }
+    let attributes = body.attributes.unwrap_or_else(|| json!({}));
+    if !attributes.is_object() {
+        return Err(ApiError::field("attributes", "must be a JSON object"));
+    }
+    let size = attributes.to_string().len();
+    if size > limits.max_attributes_bytes {
+        return Err(ApiError::field(
+            "attributes",
+            format!(
+                "is {size} bytes when serialized; the limit is {}",
+                limits.max_attributes_bytes
+            ),
+        ));
+    }
+    let tags = body.tags.unwrap_or_default();
+    if tags.len() > limits.max_tags {
+        return Err(ApiError::field(
+            "tags",
+            format!("at most {} tags", limits.max_tags),
+        ));
+    }
+    for (i, tag) in tags.iter().enumerate() {
+        short_text(&format!("tags[{i}]"), Some(tag.clone()), 64)?;
+    }
+    Ok((
+        token,
+        DeviceRegistration {
+            platform: body.platform,
+            user_id: short_text("user_id", body.user_id, 256)?,
+            locale,
+            timezone,
+            app_version: short_text("app_version", body.app_version, 64)?,
+            environment,
+            topic: short_text("topic", body.topic, 255)?,
+            attributes,
+            tags,
+        },
+    ))
+}
+
+/// Validates a BCP-47 language tag (RFC 5646 "langtag" or private use) and returns it in
+/// canonical case: `en-us` becomes `en-US`, `zh-hant-tw` becomes `zh-Hant-TW`.
+pub(crate) fn canonical_locale(tag: &str) -> Option<String> {
+    if tag.is_empty() || tag.len() > 64 {
+        return None;
+    }
+    let subtags: Vec<&str> = tag.split('-').collect();
+    let alnum = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    let alpha = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphabetic());
+    let digit = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mut out: Vec<String> = Vec::with_capacity(subtags.len());
+    let mut i = 0;
+    let first = subtags[0];
+    if first.eq_ignore_ascii_case("x") {
+        // Private-use tag: x-<1..8 alnum>+
+        if subtags.len() < 2 || !subtags[1..].iter().all(|s| alnum(s) && s.len() <= 8) {
+            return None;
+        }
+        return Some(tag.to_ascii_lowercase());
+    }
+    if !(alpha(first) && (2..=8).contains(&first.len()) && first.len() != 4) {
+        return None;
+    }
+    out.push(first.to_ascii_lowercase());
+    i += 1;
+    // extlang: up to three 3-letter subtags after a 2-3 letter language
+    let mut extlangs = 0;
+    while first.len() <= 3
+        && extlangs < 3
+        && i < subtags.len()
+        && subtags[i].len() == 3
+        && alpha(subtags[i])
+    {
+        out.push(subtags[i].to_ascii_lowercase());
+        i += 1;
+        extlangs += 1;
+    }
+    // script
+    if i < subtags.len() && subtags[i].len() == 4 && alpha(subtags[i]) {
+        let s = subtags[i].to_ascii_lowercase();
+        out.push(format!("{}{}", s[..1].to_ascii_uppercase(), &s[1..]));
+        i += 1;
+    }
+    // region
+    if i < subtags.len()
+        && ((subtags[i].len() == 2 && alpha(subtags[i]))
+            || (subtags[i].len() == 3 && digit(subtags[i])))
+    {
+        out.push(subtags[i].to_ascii_uppercase());
+        i += 1;
+    }
+    // variants
+    while i < subtags.len() {
+        let s = subtags[i];
+        let is_variant = alnum(s)
+            && ((5..=8).contains(&s.len()) || (s.len() == 4 && s.as_bytes()[0].is_ascii_digit()));
+        if !is_variant {
+            break;
+        }
+        out.push(s.to_ascii_lowercase());
+        i += 1;
+    }
+    // extensions and private use
+    while i < subtags.len() {
+        let singleton = subtags[i];
+        if singleton.len() != 1 || !alnum(singleton) {
+            return None;
+        }
+        let private = singleton.eq_ignore_ascii_case("x");
+        let min = if private { 1 } else { 2 };
+        out.push(singleton.to_ascii_lowercase());
+        i += 1;
+        let start = i;
+        while i < subtags.len()
+            && subtags[i].len() >= min
+            && subtags[i].len() <= 8
+            && alnum(subtags[i])
+        {
+            if !private && subtags[i].len() == 1 {
+                break;
+            }
+            out.push(subtags[i].to_ascii_lowercase());
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+    }
+    Some(out.join("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locales_are_validated_and_canonicalized() {
+        for (input, want) in [
+            ("en", "en"),
+            ("en-us", "en-US"),
+            ("zh-hant-tw", "zh-Hant-TW"),
+            ("es-419", "es-419"),
+            ("de-CH-1996", "de-CH-1996"),
+            ("sl-rozaj-biske", "sl-rozaj-biske"),
+            ("en-US-u-ca-gregory", "en-US-u-ca-gregory"),
+            ("x-whatever", "x-whatever"),
+        ] {
+            assert_eq!(canonical_locale(input).as_deref(), Some(want), "{input}");
+        }
+        for bad in [
+            "",
+            "e",
+            "en_US",
+            "english-language-tag",
+            "en--US",
+            "123",
+            "en-US-",
+            "en-a",
+            "toolonglang",
+        ] {
+            assert_eq!(canonical_locale(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_checked_per_platform() {
+        assert!(validate_token("apns", &"ab".repeat(32)).is_ok());
+        assert!(validate_token("apns", &"ab".repeat(31)).is_err());
+        assert!(validate_token("apns", &format!("{}a", "ab".repeat(40))).is_err());
+        assert!(validate_token("apns", &"zz".repeat(32)).is_err());
+        assert!(validate_token("fcm", &"a:b_c-".repeat(20)).is_ok());
+        assert!(validate_token("fcm", &"a".repeat(99)).is_err());
+        assert!(validate_token("fcm", &format!("{}!", "a".repeat(120))).is_err());
+        assert!(validate_token("web", &"a".repeat(120)).is_err());
+    }
+}

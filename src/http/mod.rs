@@ -1,0 +1,227 @@
+//! The HTTP API: shared state, extractors and the router every resource module contributes to.
+
+mod devices;
+mod events;
+mod health;
+pub mod sources;
+mod webhooks;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::Router;
+use serde::de::DeserializeOwned;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::store::{ApiKey, KeyKind, Store};
+
+/// State handed to every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// The database.
+    pub store: Store,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The full API router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(devices::router())
+        .merge(sources::router())
+        .merge(webhooks::router(&state.config))
+        .merge(events::router())
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::BadRequest("method not allowed on this route".into())
+        })
+        .with_state(state)
+}
+
+/// A caller authenticated with any of its app's keys (server or client).
+#[derive(Clone, Debug)]
+pub struct Caller(pub ApiKey);
+
+impl Caller {
+    /// The app the caller acts for; every query is scoped to it.
+    pub fn app_id(&self) -> &str {
+        &self.0.app_id
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::Unauthorized("missing Authorization: Bearer <api key>".into())
+        })?;
+        let key = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::Unauthorized("Authorization must be 'Bearer <api key>'".into())
+            })?;
+        let key = state
+            .store
+            .authenticate(key)
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("invalid or revoked API key".into()))?;
+        Ok(Caller(key))
+    }
+}
+
+/// A caller holding a server key (full access to its app).
+#[derive(Clone, Debug)]
+pub struct ServerCaller(pub Caller);
+
+impl ServerCaller {
+    /// The app the caller acts for.
+    pub fn app_id(&self) -> &str {
+        self.0.app_id()
+    }
+}
+
+impl FromRequestParts<AppState> for ServerCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if caller.0.kind != KeyKind::Server {
+            return Err(ApiError::Forbidden(
+                "this endpoint needs a server key; client keys may only register devices".into(),
+            ));
+        }
+        Ok(ServerCaller(caller))
+    }
+}
+
+/// A JSON body whose errors become API errors naming the offending field.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| {
+                let v = v.trim();
+                v.eq_ignore_ascii_case("application/json") || v.ends_with("+json")
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType(
+                "Content-Type must be application/json".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge {
+                    limit: DEFAULT_BODY_LIMIT,
+                }
+            } else {
+                ApiError::BadRequest(format!("cannot read body: {e}"))
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Body limit of ordinary JSON endpoints (axum's default).
+pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// Parses JSON, reporting syntax errors as 400 and shape errors as 422 naming the field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize(&mut de) {
+        Ok(v) => {
+            de.end()
+                .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+            Ok(v)
+        }
+        Err(e) => {
+            let inner = e.inner();
+            if inner.is_data() {
+                let path = e.path().to_string();
+                let field = if path == "." {
+                    "body".to_string()
+                } else {
+                    path
+                };
+                Err(ApiError::field(field, inner.to_string()))
+            } else {
+                Err(ApiError::BadRequest(format!("invalid JSON: {inner}")))
+            }
+        }
+    }
+}
+
+/// `?cursor=&limit=` pagination shared by list endpoints.
+#[derive(Debug, serde::Deserialize)]
+pub struct Page {
+    /// Opaque cursor from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Page size, 1..=500 (default 50).
+    pub limit: Option<u32>,
+}
+
+impl Page {
+    /// The validated page size.
+    pub fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            None => Ok(50),
+            Some(n) if (1..=500).contains(&n) => Ok(n),
+            Some(_) => Err(ApiError::field("limit", "must be between 1 and 500")),
+        }
+    }
+
+    /// The decoded cursor text.
+    pub fn cursor(&self) -> Result<Option<String>, ApiError> {
+        use base64::Engine;
+        self.cursor
+            .as_deref()
+            .map(|c| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(c)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| ApiError::field("cursor", "not a cursor from this API"))
+            })
+            .transpose()
+    }
+}
+
+/// Encodes a cursor for `next_cursor`.
+pub fn encode_cursor(raw: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// Query-string extractor whose errors are API errors.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(ApiQuery)
+            .map_err(|e| ApiError::field(e.path().to_string(), e.inner().to_string()))
+    }
+}

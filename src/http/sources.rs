@@ -1,0 +1,330 @@
+//! Webhook sources: `/v1/sources` (server key). Secrets are shown in full only when created.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use ipnet::IpNet;
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse_json, ApiJson, AppState, ServerCaller};
+use crate::error::{on_unique_violation, ApiError, Result};
+use crate::signature::standard_webhooks_key;
+use crate::store::{new_id, now_ms, rfc3339, NewSource, Scheme, SourceSecret, WebhookSource};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sources", post(create).get(list))
+        .route("/v1/sources/{name}", get(show).patch(update).delete(remove))
+        .route("/v1/sources/{name}/secrets", post(add_secret))
+        .route(
+            "/v1/sources/{name}/secrets/{secret_id}",
+            delete(remove_secret),
+        )
+}
+
+/// Body of `POST /v1/sources`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSource {
+    name: String,
+    scheme: Scheme,
+    /// Initial secrets; one is generated when absent.
+    #[serde(default)]
+    secrets: Vec<String>,
+    event_type_path: Option<String>,
+    #[serde(default)]
+    allowed_cidrs: Vec<String>,
+}
+
+/// Body of `PATCH /v1/sources/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateSource {
+    event_type_path: Option<String>,
+    allowed_cidrs: Option<Vec<String>>,
+}
+
+/// Body of `POST /v1/sources/{name}/secrets`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddSecret {
+    secret: Option<String>,
+}
+
+/// Most secrets a source may hold at once (rotation needs two; a few more is slack).
+const MAX_SECRETS: usize = 5;
+
+/// The API view of a source; `reveal` includes full secrets (only on creation/rotation).
+pub(crate) fn source_view(source: &WebhookSource, reveal: bool) -> Value {
+    let secrets: Vec<Value> = source
+        .secrets
+        .iter()
+        .map(|s| {
+            let mut v = json!({"id": s.id, "created_at": rfc3339(s.created_at)});
+            if reveal {
+                v["secret"] = json!(s.secret);
+            } else {
+                v["hint"] = json!(format!("{}…", s.secret.chars().take(8).collect::<String>()));
+            }
+            v
+        })
+        .collect();
+    json!({
+        "id": source.id,
+        "name": source.name,
+        "scheme": source.scheme,
+        "webhook_path": format!("/v1/webhooks/{}/{}", source.app_id, source.name),
+        "event_type_path": source.event_type_path,
+        "allowed_cidrs": source.allowed_cidrs,
+        "secrets": secrets,
+        "created_at": rfc3339(source.created_at),
+        "updated_at": rfc3339(source.updated_at),
+    })
+}
+
+/// A new random secret in the form the scheme's senders expect.
+pub(crate) fn generate_secret(scheme: Scheme) -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    match scheme {
+        Scheme::StandardWebhooks => format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ),
+        _ => hex::encode(bytes),
+    }
+}
+
+fn validate_secret(scheme: Scheme, secret: &str, field: &str) -> Result<()> {
+    match scheme {
+        Scheme::StandardWebhooks => match standard_webhooks_key(secret) {
+            Some(key) if (16..=64).contains(&key.len()) => Ok(()),
+            _ => Err(ApiError::field(
+                field,
+                "a Standard Webhooks secret is whsec_ followed by base64 of 16-64 bytes",
+            )),
+        },
+        _ if (16..=256).contains(&secret.len()) => Ok(()),
+        _ => Err(ApiError::field(field, "must be 16-256 characters")),
+    }
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "name",
+            "must be 1-64 characters of [a-z0-9_-]",
+        ))
+    }
+}
+
+fn validate_path(path: Option<String>) -> Result<Option<String>> {
+    match path {
+        Some(p)
+            if p.is_empty()
+                || p.len() > 128
+                || p.split('.').any(str::is_empty)
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) =>
+        {
+            Err(ApiError::field(
+                "event_type_path",
+                "must be a dotted path such as type or data.event",
+            ))
+        }
+        other => Ok(other),
+    }
+}
+
+fn parse_cidrs(cidrs: &[String]) -> Result<Vec<IpNet>> {
+    cidrs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.parse::<IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    ApiError::field(
+                        format!("allowed_cidrs[{i}]"),
+                        "not a CIDR such as 10.0.0.0/8",
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Validates a create request into the store's input; shared by the API and the CLI.
+pub fn new_source(
+    name: String,
+    scheme: Scheme,
+    secrets: Vec<String>,
+    event_type_path: Option<String>,
+    allowed_cidrs: &[String],
+) -> Result<NewSource> {
+    validate_name(&name)?;
+    if secrets.len() > MAX_SECRETS {
+        return Err(ApiError::field("secrets", format!("at most {MAX_SECRETS}")));
+    }
+    for (i, s) in secrets.iter().enumerate() {
+        validate_secret(scheme, s, &format!("secrets[{i}]"))?;
+    }
+    let secrets = if secrets.is_empty() {
+        vec![generate_secret(scheme)]
+    } else {
+        secrets
+    };
+    Ok(NewSource {
+        name,
+        scheme,
+        secrets,
+        event_type_path: validate_path(event_type_path)?,
+        allowed_cidrs: parse_cidrs(allowed_cidrs)?,
+    })
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: ServerCaller,
+    ApiJson(body): ApiJson<CreateSource>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let new = new_source(
+        body.name,
+        body.scheme,
+        body.secrets,
+        body.event_type_path,
+        &body.allowed_cidrs,
+    )?;
+    let source = state
+        .store
+        .create_source(caller.app_id(), &new)
+        .await
+        .map_err(|e| on_unique_violation(e, "a source with this name already exists"))?;
+    tracing::info!(app = caller.app_id(), source = %source.name, scheme = source.scheme.as_str(), "webhook source created");
+    Ok((StatusCode::CREATED, Json(source_view(&source, true))))
+}
+
+async fn list(State(state): State<AppState>, caller: ServerCaller) -> Result<Json<Value>> {
+    let sources = state.store.list_sources(caller.app_id()).await?;
+    Ok(Json(json!({
+        "sources": sources.iter().map(|s| source_view(s, false)).collect::<Vec<_>>()
+    })))
+}
+
+async fn load(state: &AppState, app_id: &str, name: &str) -> Result<WebhookSource> {
+    state
+        .store
+        .get_source(app_id, name)
+        .await?
+        .ok_or(ApiError::NotFound("source"))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    caller: ServerCaller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
+    let source = load(&state, caller.app_id(), &name).await?;
+    Ok(Json(source_view(&source, false)))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    caller: ServerCaller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<UpdateSource>,
+) -> Result<Json<Value>> {
+    let mut source = load(&state, caller.app_id(), &name).await?;
+    if let Some(path) = body.event_type_path {
+        source.event_type_path = validate_path(Some(path))?;
+    }
+    if let Some(cidrs) = body.allowed_cidrs {
+        source.allowed_cidrs = parse_cidrs(&cidrs)?;
+    }
+    state.store.update_source(&source).await?;
+    let source = load(&state, caller.app_id(), &name).await?;
+    Ok(Json(source_view(&source, false)))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    caller: ServerCaller,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
+    if !state.store.delete_source(caller.app_id(), &name).await? {
+        return Err(ApiError::NotFound("source"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn add_secret(
+    State(state): State<AppState>,
+    caller: ServerCaller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>)> {
+    let body: AddSecret = if body.iter().all(u8::is_ascii_whitespace) {
+        AddSecret::default()
+    } else {
+        parse_json(&body)?
+    };
+    let mut source = load(&state, caller.app_id(), &name).await?;
+    if source.secrets.len() >= MAX_SECRETS {
+        return Err(ApiError::Conflict(format!(
+            "a source holds at most {MAX_SECRETS} secrets; remove an old one first"
+        )));
+    }
+    let secret = match body.secret {
+        Some(s) => {
+            validate_secret(source.scheme, &s, "secret")?;
+            s
+        }
+        None => generate_secret(source.scheme),
+    };
+    let added = SourceSecret {
+        id: new_id("sec"),
+        secret,
+        created_at: now_ms(),
+    };
+    source.secrets.push(added.clone());
+    state.store.update_source(&source).await?;
+    tracing::info!(app = caller.app_id(), source = %source.name, secret_id = %added.id, "source secret added");
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"id": added.id, "secret": added.secret, "created_at": rfc3339(added.created_at)}),
+        ),
+    ))
+}
+
+async fn remove_secret(
+    State(state): State<AppState>,
+    caller: ServerCaller,
+    Path((name, secret_id)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    let mut source = load(&state, caller.app_id(), &name).await?;
+    let before = source.secrets.len();
+    source.secrets.retain(|s| s.id != secret_id);
+    if source.secrets.len() == before {
+        return Err(ApiError::NotFound("secret"));
+    }
+    if source.secrets.is_empty() {
+        return Err(ApiError::Conflict(
+            "cannot remove the last secret; add a new one first".into(),
+        ));
+    }
+    state.store.update_source(&source).await?;
+    tracing::info!(app = caller.app_id(), source = %source.name, secret_id = %secret_id, "source secret removed");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,273 @@
+//! Signed webhook ingest: `POST /v1/webhooks/{app_id}/{source}`.
+//!
+//! Order of checks: body size, source lookup, IP allowlist, signature over the raw bytes,
+//! JSON shape, event type, then a durable insert (deduplicated per source) before answering.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use http_body_util::BodyExt;
+use ipnet::IpNet;
+use serde_json::{json, Value};
+
+use super::AppState;
+use crate::config::Config;
+use crate::error::{ApiError, Result};
+use crate::signature::{self, SignatureError};
+use crate::store::{EventInsert, NewEvent, Scheme, WebhookSource};
+
+pub fn router(_config: &Config) -> Router<AppState> {
+    Router::new().route("/v1/webhooks/{app_id}/{source}", post(ingest))
+}
+
+/// Default JSON path of the event type when the scheme carries none in a header.
+const DEFAULT_TYPE_PATH: &str = "type";
+const MAX_EVENT_TYPE_LEN: usize = 256;
+const MAX_EVENT_ID_LEN: usize = 256;
+
+async fn ingest(
+    State(state): State<AppState>,
+    Path((app_id, source_name)): Path<(String, String)>,
+    request: Request,
+) -> Result<(StatusCode, Json<Value>)> {
+    let label = format!("{app_id}/{source_name}");
+    let result = accept(&state, &app_id, &source_name, request).await;
+    match &result {
+        Ok((StatusCode::ACCEPTED, _)) => state.metrics.webhook(&label, "accepted", ""),
+        Ok(_) => state.metrics.webhook(&label, "duplicate", ""),
+        Err(e) => {
+            let reason = rejection_reason(e);
+            tracing::info!(source = %label, reason, "webhook rejected");
+            state.metrics.webhook(&label, "rejected", reason);
+        }
+    }
+    result
+}
+
+fn rejection_reason(e: &ApiError) -> &'static str {
+    match e {
+        ApiError::PayloadTooLarge { .. } => "body_too_large",
+        ApiError::NotFound(_) => "unknown_source",
+        ApiError::Forbidden(_) => "ip_not_allowed",
+        ApiError::Unauthorized(_) => "bad_signature",
+        ApiError::UnsupportedMediaType(_) => "not_json",
+        ApiError::BadRequest(_) | ApiError::InvalidField { .. } => "malformed",
+        ApiError::TooManyRequests { .. } => "rate_limited",
+        _ => "internal",
+    }
+}
+
+async fn accept(
+    state: &AppState,
+    app_id: &str,
+    source_name: &str,
+    request: Request,
+) -> Result<(StatusCode, Json<Value>)> {
+    let (parts, body) = request.into_parts();
+    let limit = state.config.webhooks.max_body_bytes;
+    let body = read_limited(body, &parts.headers, limit).await?;
+
+    let source = state
+        .store
+        .get_source(app_id, source_name)
+        .await?
+        .ok_or(ApiError::NotFound("webhook source"))?;
+
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let client = client_ip(peer, &parts.headers, &state.config.webhooks.trusted_proxies);
+    if !source.allowed_cidrs.is_empty()
+        && !client.is_some_and(|ip| source.allowed_cidrs.iter().any(|n| n.contains(&ip)))
+    {
+        return Err(ApiError::Forbidden(
+            "client address is not in this source's allowlist".into(),
+        ));
+    }
+
+    let secrets: Vec<&str> = source.secrets.iter().map(|s| s.secret.as_str()).collect();
+    let verified = signature::verify(
+        source.scheme,
+        &parts.headers,
+        &body,
+        &secrets,
+        crate::store::now_ms() / 1000,
+        state.config.webhooks.timestamp_tolerance_secs,
+    )
+    .map_err(signature_error)?;
+
+    let payload: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+    if !payload.is_object() {
+        return Err(ApiError::BadRequest("body must be a JSON object".into()));
+    }
+    let event_type = event_type(&source, verified.event_type, &payload)?;
+    let external_id = verified
+        .event_id
+        .or_else(|| {
+            (source.scheme == Scheme::Stripe)
+                .then(|| {
+                    payload
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .flatten()
+        })
+        .filter(|id| !id.is_empty());
+    if external_id
+        .as_ref()
+        .is_some_and(|id| id.len() > MAX_EVENT_ID_LEN)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "event id longer than {MAX_EVENT_ID_LEN} bytes"
+        )));
+    }
+    let payload_text =
+        std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
+
+    let inserted = state
+        .store
+        .insert_event(&NewEvent {
+            app_id,
+            source_id: Some(&source.id),
+            external_id: external_id.as_deref(),
+            event_type: &event_type,
+            payload: payload_text,
+        })
+        .await?;
+    Ok(match inserted {
+        EventInsert::Accepted(id) => {
+            tracing::info!(app = app_id, source = %source.name, event = %id, event_type = %event_type, "webhook accepted");
+            (StatusCode::ACCEPTED, Json(json!({"event_id": id})))
+        }
+        EventInsert::Duplicate(id) => {
+            tracing::info!(app = app_id, source = %source.name, event = %id, "duplicate webhook ignored");
+            (
+                StatusCode::OK,
+                Json(json!({"event_id": id, "duplicate": true})),
+            )
+        }
+    })
+}
+
+/// Reads at most `limit` bytes, answering 413 as soon as the declared or actual size exceeds it.
+async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Err(e) => Err(ApiError::BadRequest(format!("cannot read body: {e}"))),
+    }
+}
+
+fn signature_error(e: SignatureError) -> ApiError {
+    // The message names the problem but never the expected signature.
+    if e.is_malformed() {
+        ApiError::BadRequest(e.to_string())
+    } else {
+        ApiError::Unauthorized(format!("webhook verification failed: {e}"))
+    }
+}
+
+/// The client address: the socket peer, unless that peer is a trusted proxy, in which case the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub(crate) fn client_ip(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(text) = value.to_str() else {
+            return None;
+        };
+        for part in text.split(',') {
+            match part.trim().parse::<IpAddr>() {
+                Ok(ip) => hops.push(ip),
+                // An unparsable hop means we cannot trust the chain at all.
+                Err(_) => return None,
+            }
+        }
+    }
+    Some(
+        hops.into_iter()
+            .rev()
+            .find(|ip| !is_trusted(ip))
+            .unwrap_or(peer),
+    )
+}
+
+fn event_type(
+    source: &WebhookSource,
+    from_header: Option<String>,
+    payload: &Value,
+) -> Result<String> {
+    let event_type = match from_header {
+        Some(t) => t,
+        None => {
+            let path = source
+                .event_type_path
+                .as_deref()
+                .unwrap_or(DEFAULT_TYPE_PATH);
+            let found = path
+                .split('.')
+                .try_fold(payload, |v, key| v.get(key))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("no string event type at JSON path `{path}`"))
+                })?;
+            found.to_string()
+        }
+    };
+    if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "event type must be 1-{MAX_EVENT_TYPE_LEN} bytes"
+        )));
+    }
+    Ok(event_type)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn forwarded_for_is_only_believed_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("cidr")];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, 10.0.0.7"),
+        );
+        let proxy: IpAddr = "10.0.0.1".parse().expect("ip");
+        let stranger: IpAddr = "198.51.100.1".parse().expect("ip");
+        assert_eq!(
+            client_ip(Some(proxy), &h, &trusted),
+            Some("203.0.113.9".parse().expect("ip"))
+        );
+        assert_eq!(client_ip(Some(stranger), &h, &trusted), Some(stranger));
+        h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
+        assert_eq!(client_ip(Some(proxy), &h, &trusted), None);
+    }
+}

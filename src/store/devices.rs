@@ -1,0 +1,195 @@
+//! The device registry: one row per (app, token).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{now_ms, rfc3339, Store};
+
+/// A registered device as stored.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Device {
+    /// Owning app.
+    pub app_id: String,
+    /// Provider token (APNs hex or FCM registration token).
+    pub token: String,
+    /// `apns` or `fcm`.
+    pub platform: String,
+    /// The user the device belongs to.
+    pub user_id: Option<String>,
+    /// BCP-47 locale.
+    pub locale: Option<String>,
+    /// IANA time zone.
+    pub timezone: Option<String>,
+    /// App version string.
+    pub app_version: Option<String>,
+    /// APNs environment: `production` or `sandbox`.
+    pub environment: Option<String>,
+    /// APNs topic (bundle id).
+    pub topic: Option<String>,
+    /// Free attributes, JSON object text.
+    pub attributes: String,
+    /// Tags, JSON array text.
+    pub tags: String,
+    /// First registration, unix ms.
+    pub created_at: i64,
+    /// Last registration, unix ms.
+    pub updated_at: i64,
+}
+
+/// The API view of a device.
+#[derive(Debug, Serialize)]
+pub struct DeviceView {
+    token: String,
+    platform: String,
+    user_id: Option<String>,
+    locale: Option<String>,
+    timezone: Option<String>,
+    app_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<String>,
+    attributes: Value,
+    tags: Value,
+    created_at: String,
+    updated_at: String,
+}
+
+impl Device {
+    /// Attributes parsed back into JSON.
+    pub fn attributes_json(&self) -> Value {
+        serde_json::from_str(&self.attributes).unwrap_or_else(|_| Value::Object(Default::default()))
+    }
+
+    /// Tags parsed back into a list.
+    pub fn tags_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.tags).unwrap_or_default()
+    }
+
+    /// The JSON shape the API returns.
+    pub fn view(&self) -> DeviceView {
+        DeviceView {
+            token: self.token.clone(),
+            platform: self.platform.clone(),
+            user_id: self.user_id.clone(),
+            locale: self.locale.clone(),
+            timezone: self.timezone.clone(),
+            app_version: self.app_version.clone(),
+            environment: self.environment.clone(),
+            topic: self.topic.clone(),
+            attributes: self.attributes_json(),
+            tags: Value::from(self.tags_list()),
+            created_at: rfc3339(self.created_at),
+            updated_at: rfc3339(self.updated_at),
+        }
+    }
+}
+
+/// Validated input for registering or updating a device.
+#[derive(Clone, Debug)]
+pub struct DeviceRegistration {
+    /// `apns` or `fcm`.
+    pub platform: String,
+    /// Owner.
+    pub user_id: Option<String>,
+    /// BCP-47 locale.
+    pub locale: Option<String>,
+    /// IANA time zone.
+    pub timezone: Option<String>,
+    /// App version.
+    pub app_version: Option<String>,
+    /// APNs environment.
+    pub environment: Option<String>,
+    /// APNs topic.
+    pub topic: Option<String>,
+    /// JSON object.
+    pub attributes: Value,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+const DEVICE_COLUMNS: &str = "app_id, token, platform, user_id, locale, timezone, app_version, \
+     environment, topic, attributes, tags, created_at, updated_at";
+
+impl Store {
+    /// Registers or updates a device; returns it and whether it was new.
+    /// Re-registering moves the token to the new user and refreshes `updated_at`.
+    pub async fn upsert_device(
+        &self,
+        app_id: &str,
+        token: &str,
+        reg: &DeviceRegistration,
+    ) -> anyhow::Result<(Device, bool)> {
+        let now = now_ms();
+        let sql = format!(
+            "INSERT INTO devices ({DEVICE_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+             ON CONFLICT (app_id, token) DO UPDATE SET \
+               platform = excluded.platform, user_id = excluded.user_id, locale = excluded.locale, \
+               timezone = excluded.timezone, app_version = excluded.app_version, \
+               environment = excluded.environment, topic = excluded.topic, \
+               attributes = excluded.attributes, tags = excluded.tags, \
+               updated_at = CASE WHEN excluded.updated_at > devices.updated_at \
+                 THEN excluded.updated_at ELSE devices.updated_at + 1 END \
+             RETURNING {DEVICE_COLUMNS}"
+        );
+        let device = sqlx::query_as::<_, Device>(&sql)
+            .bind(app_id)
+            .bind(token)
+            .bind(&reg.platform)
+            .bind(&reg.user_id)
+            .bind(&reg.locale)
+            .bind(&reg.timezone)
+            .bind(&reg.app_version)
+            .bind(&reg.environment)
+            .bind(&reg.topic)
+            .bind(reg.attributes.to_string())
+            .bind(serde_json::to_string(&reg.tags)?)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?;
+        let created = device.created_at == device.updated_at;
+        Ok((device, created))
+    }
+
+    /// One device of an app.
+    pub async fn get_device(&self, app_id: &str, token: &str) -> anyhow::Result<Option<Device>> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE app_id = $1 AND token = $2");
+        Ok(sqlx::query_as::<_, Device>(&sql)
+            .bind(app_id)
+            .bind(token)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Unregisters a device; false when it did not exist.
+    pub async fn delete_device(&self, app_id: &str, token: &str) -> anyhow::Result<bool> {
+        let r = sqlx::query("DELETE FROM devices WHERE app_id = $1 AND token = $2")
+            .bind(app_id)
+            .bind(token)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// A page of a user's devices ordered by token, starting after `after`.
+    pub async fn list_user_devices(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<Device>> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE app_id = $1 AND user_id = $2 \
+             AND token > $3 ORDER BY token LIMIT $4"
+        );
+        Ok(sqlx::query_as::<_, Device>(&sql)
+            .bind(app_id)
+            .bind(user_id)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+}

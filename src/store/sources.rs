@@ -1,0 +1,233 @@
+//! Webhook sources: a named sender per app with a signature scheme and rotating secrets.
+//!
+//! Secrets are kept in plaintext because HMAC verification needs the key itself; they are
+//! never returned by the API after creation except as ids and hints.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{new_id, now_ms, Store};
+
+/// How a source signs its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    /// Standard Webhooks / Svix: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    StandardWebhooks,
+    /// GitHub: `X-Hub-Signature-256`.
+    Github,
+    /// Stripe: `Stripe-Signature: t=..,v1=..`.
+    Stripe,
+    /// `X-Webhook-Signature: sha256=<hex>`.
+    Generic,
+}
+
+impl Scheme {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StandardWebhooks => "standard_webhooks",
+            Self::Github => "github",
+            Self::Stripe => "stripe",
+            Self::Generic => "generic",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "standard_webhooks" => Some(Self::StandardWebhooks),
+            "github" => Some(Self::Github),
+            "stripe" => Some(Self::Stripe),
+            "generic" => Some(Self::Generic),
+            _ => None,
+        }
+    }
+}
+
+/// One verification secret; any active secret of a source verifies (rotation).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceSecret {
+    /// `sec_...` identifier used to remove it.
+    pub id: String,
+    /// The secret itself.
+    pub secret: String,
+    /// When it was added, unix ms.
+    pub created_at: i64,
+}
+
+/// A configured webhook source.
+#[derive(Clone, Debug)]
+pub struct WebhookSource {
+    /// `src_...` identifier.
+    pub id: String,
+    /// Owning app.
+    pub app_id: String,
+    /// Name used in the webhook URL.
+    pub name: String,
+    /// Signature scheme.
+    pub scheme: Scheme,
+    /// Active secrets.
+    pub secrets: Vec<SourceSecret>,
+    /// JSON path of the event type in the body (when the scheme has no type header).
+    pub event_type_path: Option<String>,
+    /// Allowed client networks; empty means any.
+    pub allowed_cidrs: Vec<IpNet>,
+    /// Created, unix ms.
+    pub created_at: i64,
+    /// Last change, unix ms.
+    pub updated_at: i64,
+}
+
+/// Input for creating a source.
+#[derive(Clone, Debug)]
+pub struct NewSource {
+    /// URL name.
+    pub name: String,
+    /// Scheme.
+    pub scheme: Scheme,
+    /// Initial secrets.
+    pub secrets: Vec<String>,
+    /// Event type JSON path.
+    pub event_type_path: Option<String>,
+    /// IP allowlist.
+    pub allowed_cidrs: Vec<IpNet>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SourceRow {
+    id: String,
+    app_id: String,
+    name: String,
+    scheme: String,
+    secrets: String,
+    event_type_path: Option<String>,
+    allowed_cidrs: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<SourceRow> for WebhookSource {
+    type Error = anyhow::Error;
+
+    fn try_from(r: SourceRow) -> anyhow::Result<Self> {
+        Ok(Self {
+            scheme: Scheme::parse(&r.scheme)
+                .ok_or_else(|| anyhow::anyhow!("unknown scheme {} in source {}", r.scheme, r.id))?,
+            secrets: serde_json::from_str(&r.secrets)?,
+            allowed_cidrs: serde_json::from_str(&r.allowed_cidrs)?,
+            id: r.id,
+            app_id: r.app_id,
+            name: r.name,
+            event_type_path: r.event_type_path,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+const SOURCE_COLUMNS: &str =
+    "id, app_id, name, scheme, secrets, event_type_path, allowed_cidrs, created_at, updated_at";
+
+impl Store {
+    /// Creates a source. A duplicate name within the app is a unique violation.
+    pub async fn create_source(
+        &self,
+        app_id: &str,
+        new: &NewSource,
+    ) -> Result<WebhookSource, sqlx::Error> {
+        let now = now_ms();
+        let secrets: Vec<SourceSecret> = new
+            .secrets
+            .iter()
+            .map(|s| SourceSecret {
+                id: new_id("sec"),
+                secret: s.clone(),
+                created_at: now,
+            })
+            .collect();
+        let source = WebhookSource {
+            id: new_id("src"),
+            app_id: app_id.to_string(),
+            name: new.name.clone(),
+            scheme: new.scheme,
+            secrets,
+            event_type_path: new.event_type_path.clone(),
+            allowed_cidrs: new.allowed_cidrs.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        sqlx::query(&format!(
+            "INSERT INTO webhook_sources ({SOURCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+        ))
+        .bind(&source.id)
+        .bind(app_id)
+        .bind(&source.name)
+        .bind(source.scheme.as_str())
+        .bind(json_text(&source.secrets))
+        .bind(&source.event_type_path)
+        .bind(json_text(&source.allowed_cidrs))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(source)
+    }
+
+    /// A source by app and name.
+    pub async fn get_source(
+        &self,
+        app_id: &str,
+        name: &str,
+    ) -> anyhow::Result<Option<WebhookSource>> {
+        let row = sqlx::query_as::<_, SourceRow>(&format!(
+            "SELECT {SOURCE_COLUMNS} FROM webhook_sources WHERE app_id = $1 AND name = $2"
+        ))
+        .bind(app_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(WebhookSource::try_from).transpose()
+    }
+
+    /// All sources of an app.
+    pub async fn list_sources(&self, app_id: &str) -> anyhow::Result<Vec<WebhookSource>> {
+        let rows = sqlx::query_as::<_, SourceRow>(&format!(
+            "SELECT {SOURCE_COLUMNS} FROM webhook_sources WHERE app_id = $1 ORDER BY name"
+        ))
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(WebhookSource::try_from).collect()
+    }
+
+    /// Replaces the mutable settings and secrets of a source.
+    pub async fn update_source(&self, source: &WebhookSource) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE webhook_sources SET secrets = $1, event_type_path = $2, allowed_cidrs = $3, \
+             updated_at = $4 WHERE id = $5 AND app_id = $6",
+        )
+        .bind(json_text(&source.secrets))
+        .bind(&source.event_type_path)
+        .bind(json_text(&source.allowed_cidrs))
+        .bind(now_ms())
+        .bind(&source.id)
+        .bind(&source.app_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a source; its past events stay (with no source).
+    pub async fn delete_source(&self, app_id: &str, name: &str) -> anyhow::Result<bool> {
+        let r = sqlx::query("DELETE FROM webhook_sources WHERE app_id = $1 AND name = $2")
+            .bind(app_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+}
+
+fn json_text<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "[]".into())
+}

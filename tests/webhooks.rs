@@ -1,0 +1,525 @@
+//! Signed webhook ingest through the real HTTP stack.
+
+mod common;
+
+use common::TestApp;
+use pushbridge::signature::sign;
+use pushbridge::store::{now_ms, NewApp, Scheme};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const SCHEMES: [(&str, Scheme); 4] = [
+    ("standard_webhooks", Scheme::StandardWebhooks),
+    ("github", Scheme::Github),
+    ("stripe", Scheme::Stripe),
+    ("generic", Scheme::Generic),
+];
+
+async fn create_source(
+    t: &TestApp,
+    app: &NewApp,
+    name: &str,
+    scheme: &str,
+    extra: Value,
+) -> String {
+    let mut body = json!({"name": name, "scheme": scheme});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let (status, source) = t
+        .call(
+            Method::POST,
+            "/v1/sources",
+            Some(&app.server_key),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
+    source["secrets"][0]["secret"]
+        .as_str()
+        .expect("secret")
+        .to_string()
+}
+
+fn now() -> i64 {
+    now_ms() / 1000
+}
+
+async fn post_webhook(
+    t: &TestApp,
+    app: &NewApp,
+    source: &str,
+    headers: &[(String, String)],
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    let mut req = t
+        .client
+        .post(t.url(&format!("/v1/webhooks/{}/{source}", app.app.id)))
+        .header("content-type", "application/json")
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let resp = req.send().await.expect("send");
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.expect("JSON response");
+    (status, body)
+}
+
+fn event_body(id: &str) -> String {
+    json!({"id": id, "type": "payment.succeeded", "data": {"amount": 150}}).to_string()
+}
+
+async fn stored_events(t: &TestApp, app: &NewApp) -> usize {
+    let (_, events) = t
+        .call(
+            Method::GET,
+            "/v1/events?limit=500",
+            Some(&app.server_key),
+            None,
+        )
+        .await;
+    events["events"].as_array().map(Vec::len).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn each_scheme_accepts_a_valid_signature_and_rejects_forgeries() {
+    let t = TestApp::spawn().await;
+    let app = t.new_app().await;
+    for (name, scheme) in SCHEMES {
+        let secret = create_source(&t, &app, name, name, json!({})).await;
+        let body = event_body(&format!("evt_{name}"));
+
+        let headers = sign(
+            scheme,
+            &secret,
+            body.as_bytes(),
+            &format!("msg_{name}"),
+            now(),
+        );
+        if scheme == Scheme::Github {
+            let mut headers = headers.clone();
+            headers.push(("x-github-event".into(), "push".into()));
+            let (status, resp) = post_webhook(&t, &app, name, &headers, body.clone()).await;
+            assert_eq!(status, 202, "{name}: {resp}");
+            let (_, event) = t
+                .call(
+                    Method::GET,
+                    &format!("/v1/events/{}", resp["event_id"].as_str().expect("id")),
+                    Some(&app.server_key),
+                    None,
+                )
+                .await;
+            assert_eq!(
+                event["event_type"], "push",
+                "GitHub's type comes from X-GitHub-Event"
+            );
+        } else {
+            let (status, resp) = post_webhook(&t, &app, name, &headers, body.clone()).await;
+            assert_eq!(status, 202, "{name}: {resp}");
+            let id = resp["event_id"].as_str().expect("event id");
+            let (status, event) = t
+                .call(
+                    Method::GET,
+                    &format!("/v1/events/{id}"),
+                    Some(&app.server_key),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200);
+            assert_eq!(event["event_type"], "payment.succeeded", "{name}");
+            assert_eq!(event["payload"]["data"]["amount"], 150);
+            assert_eq!(event["status"], "received");
+        }
+
+        let tampered = body.replace("150", "999");
+        let (status, err) = post_webhook(&t, &app, name, &headers, tampered).await;
+        assert_eq!(status, 401, "{name} tampered: {err}");
+        assert!(
+            !err.to_string().contains(&headers[0].1),
+            "the error never echoes a signature"
+        );
+
+        let wrong = sign(
+            scheme,
+            "whsec_d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA==",
+            body.as_bytes(),
+            "msg_w",
+            now(),
+        );
+        let (status, _) = post_webhook(&t, &app, name, &wrong, body.clone()).await;
+        assert_eq!(status, 401, "{name} wrong secret");
+
+        if scheme != Scheme::Github {
+            // GitHub signs no timestamp; its replay protection is delivery-id dedupe.
+            for skew in [-301, 301] {
+                let stale = sign(
+                    scheme,
+                    &secret,
+                    body.as_bytes(),
+                    &format!("msg_skew{skew}"),
+                    now() + skew,
+                );
+                let (status, err) = post_webhook(&t, &app, name, &stale, body.clone()).await;
+                assert_eq!(status, 401, "{name} skew {skew}: {err}");
+                assert!(err["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("timestamp"));
+            }
+        }
+
+        let (status, err) = post_webhook(&t, &app, name, &[], body.clone()).await;
+        assert_eq!(status, 401, "{name} unsigned: {err}");
+    }
+    assert_eq!(
+        stored_events(&t, &app).await,
+        4,
+        "only the four valid requests were stored"
+    );
+}
+
+#[tokio::test]
+async fn after_rotation_old_and_new_secrets_both_verify() {
+    let t = TestApp::spawn().await;
+    let app = t.new_app().await;
+    let old = create_source(&t, &app, "billing", "standard_webhooks", json!({})).await;
+    let (status, added) = t
+        .call(
+            Method::POST,
+            "/v1/sources/billing/secrets",
+            Some(&app.server_key),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 201, "{added}");
+    let new = added["secret"].as_str().expect("secret").to_string();
+    assert_ne!(old, new);
+    for (i, secret) in [&old, &new].into_iter().enumerate() {
+        let body = event_body(&format!("rot{i}"));
+        let headers = sign(
+            Scheme::StandardWebhooks,
+            secret,
+            body.as_bytes(),
+            &format!("msg_rot{i}"),
+            now(),
+        );
+        let (status, resp) = post_webhook(&t, &app, "billing", &headers, body).await;
+        assert_eq!(status, 202, "secret {i}: {resp}");
+    }
+    // Retiring the old secret makes it stop verifying.
+    let (_, source) = t
+        .call(
+            Method::GET,
+            "/v1/sources/billing",
+            Some(&app.server_key),
+            None,
+        )
+        .await;
+    assert!(
+        source.to_string().find(&old).is_none(),
+        "secrets are not shown after creation"
+    );
+    let old_id = source["secrets"][0]["id"].as_str().expect("id");
+    let (status, _) = t
+        .call(
+            Method::DELETE,
+            &format!("/v1/sources/billing/secrets/{old_id}"),
+            Some(&app.server_key),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let body = event_body("rot-late");
+    let headers = sign(
+        Scheme::StandardWebhooks,
+        &old,
+        body.as_bytes(),
+        "msg_rot_late",
+        now(),
+    );
+    let (status, _) = post_webhook(&t, &app, "billing", &headers, body).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_repeated_event_id_is_accepted_once() {
+    let t = TestApp::spawn().await;
+    let app = t.new_app().await;
+    let secret = create_source(&t, &app, "crm", "standard_webhooks", json!({})).await;
+    let body = event_body("dup");
+    let headers = sign(
+        Scheme::StandardWebhooks,
+        &secret,
+        body.as_bytes(),
+        "msg_dup",
+        now(),
+    );
+    let (status, first) = post_webhook(&t, &app, "crm", &headers, body.clone()).await;
+    assert_eq!(status, 202);
+    let (status, second) = post_webhook(&t, &app, "crm", &headers, body.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(second["event_id"], first["event_id"]);
+    assert_eq!(second["duplicate"], true);
+    // Stripe has no id header: the event id in the body dedupes.
+    let stripe = create_source(&t, &app, "stripe", "stripe", json!({})).await;
+    for expected in [202, 200] {
+        let h = sign(Scheme::Stripe, &stripe, body.as_bytes(), "", now());
+        let (status, _) = post_webhook(&t, &app, "stripe", &h, body.clone()).await;
+        assert_eq!(status, expected);
+    }
+    assert_eq!(stored_events(&t, &app).await, 2);
+
+    let metrics = t
+        .client
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let line = format!(
+        "pushbridge_webhooks_total{{source=\"{}/crm\",outcome=\"duplicate\",reason=\"\"}} 1",
+        app.app.id
+    );
+    assert!(metrics.contains(&line), "{metrics}");
+}
+
+#[tokio::test]
+async fn oversized_and_non_json_bodies_are_rejected() {
+    let t = TestApp::spawn_with(|c| c.webhooks.max_body_bytes = 1024).await;
+    let app = t.new_app().await;
+    let secret = create_source(&t, &app, "gen", "generic", json!({})).await;
+    let big = json!({"type": "x", "pad": "y".repeat(2000)}).to_string();
+    let h = sign(Scheme::Generic, &secret, big.as_bytes(), "big", now());
+    let (status, err) = post_webhook(&t, &app, "gen", &h, big).await;
+    assert_eq!(status, 413, "{err}");
+    assert_eq!(err["error"]["code"], "payload_too_large");
+
+    // Streaming body without Content-Length is cut off at the limit too.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..40).map(|_| Ok(vec![b' '; 100])).collect();
+    let stream = reqwest::Body::wrap_stream(futures_stream(chunks));
+    let (status, _) = post_webhook(&t, &app, "gen", &h, stream).await;
+    assert_eq!(status, 413);
+
+    for (i, bad) in [
+        "not json",
+        "[1,2,3]",
+        "\"just a string\"",
+        "{\"no_type\": 1}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let h = sign(
+            Scheme::Generic,
+            &secret,
+            bad.as_bytes(),
+            &format!("bad{i}"),
+            now(),
+        );
+        let (status, err) = post_webhook(&t, &app, "gen", &h, bad.to_string()).await;
+        assert_eq!(status, 400, "{bad}: {err}");
+    }
+    assert_eq!(stored_events(&t, &app).await, 0);
+}
+
+fn futures_stream(
+    chunks: Vec<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    tokio_stream::iter(chunks)
+}
+
+#[tokio::test]
+async fn addresses_outside_the_allowlist_get_403_even_with_spoofed_forwarded_for() {
+    let t = TestApp::spawn().await;
+    let app = t.new_app().await;
+    let secret = create_source(
+        &t,
+        &app,
+        "ci",
+        "generic",
+        json!({"allowed_cidrs": ["10.0.0.0/8"]}),
+    )
+    .await;
+    let body = event_body("ip");
+    let mut h = sign(Scheme::Generic, &secret, body.as_bytes(), "ip1", now());
+    let (status, err) = post_webhook(&t, &app, "ci", &h, body.clone()).await;
+    assert_eq!(status, 403, "{err}");
+    h.push(("x-forwarded-for".into(), "10.1.2.3".into()));
+    let (status, _) = post_webhook(&t, &app, "ci", &h, body.clone()).await;
+    assert_eq!(
+        status, 403,
+        "X-Forwarded-For from an untrusted peer is ignored"
+    );
+
+    let (status, _) = t
+        .call(
+            Method::PATCH,
+            "/v1/sources/ci",
+            Some(&app.server_key),
+            Some(json!({"allowed_cidrs": ["127.0.0.1/32"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = post_webhook(&t, &app, "ci", &h, body).await;
+    assert_eq!(status, 202);
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_from_a_trusted_proxy() {
+    let t = TestApp::spawn_with(|c| {
+        c.webhooks.trusted_proxies = vec!["127.0.0.0/8".parse().expect("cidr")]
+    })
+    .await;
+    let app = t.new_app().await;
+    let secret = create_source(
+        &t,
+        &app,
+        "ci",
+        "generic",
+        json!({"allowed_cidrs": ["10.0.0.0/8"]}),
+    )
+    .await;
+    let body = event_body("proxy");
+    let mut h = sign(Scheme::Generic, &secret, body.as_bytes(), "p1", now());
+    h.push(("x-forwarded-for".into(), "10.1.2.3".into()));
+    let (status, resp) = post_webhook(&t, &app, "ci", &h, body.clone()).await;
+    assert_eq!(status, 202, "{resp}");
+    let mut h = sign(Scheme::Generic, &secret, body.as_bytes(), "p2", now());
+    h.push(("x-forwarded-for".into(), "192.0.2.1".into()));
+    let (status, _) = post_webhook(&t, &app, "ci", &h, body).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn an_unknown_source_gives_404() {
+    let t = TestApp::spawn().await;
+    let app = t.new_app().await;
+    let body = event_body("x");
+    let h = sign(
+        Scheme::Generic,
+        "whatever-secret-16",
+        body.as_bytes(),
+        "x",
+        now(),
+    );
+    let (status, err) = post_webhook(&t, &app, "nope", &h, body.clone()).await;
+    assert_eq!(status, 404);
+    assert_eq!(err["error"]["code"], "not_found");
+    let resp = t
+        .client
+        .post(t.url("/v1/webhooks/app_missing/nope"))
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn sources_are_isolated_per_app_and_validated() {
+    let t = TestApp::spawn().await;
+    let a = t.new_app().await;
+    let b = t.new_app().await;
+    create_source(&t, &a, "shop", "github", json!({})).await;
+    let (status, _) = t
+        .call(Method::GET, "/v1/sources/shop", Some(&b.server_key), None)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = t
+        .call(Method::GET, "/v1/sources/shop", Some(&a.client_key), None)
+        .await;
+    assert_eq!(status, 403);
+    let (status, err) = t
+        .call(
+            Method::POST,
+            "/v1/sources",
+            Some(&a.server_key),
+            Some(json!({"name": "shop", "scheme": "github"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{err}");
+    for (body, field) in [
+        (json!({"name": "Bad Name", "scheme": "github"}), "name"),
+        (json!({"name": "x", "scheme": "md5"}), "scheme"),
+        (
+            json!({"name": "x", "scheme": "standard_webhooks", "secrets": ["not-base64!"]}),
+            "secrets[0]",
+        ),
+        (
+            json!({"name": "x", "scheme": "github", "secrets": ["short"]}),
+            "secrets[0]",
+        ),
+        (
+            json!({"name": "x", "scheme": "github", "allowed_cidrs": ["10.0.0.0/33"]}),
+            "allowed_cidrs[0]",
+        ),
+        (
+            json!({"name": "x", "scheme": "github", "event_type_path": "a..b"}),
+            "event_type_path",
+        ),
+    ] {
+        let (status, err) = t
+            .call(
+                Method::POST,
+                "/v1/sources",
+                Some(&a.server_key),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, 422, "{body}: {err}");
+        assert_eq!(err["error"]["field"], field, "{body}: {err}");
+    }
+    let (_, list) = t
+        .call(Method::GET, "/v1/events", Some(&b.server_key), None)
+        .await;
+    assert_eq!(list["events"], json!([]));
+}
+
+#[tokio::test]
+async fn the_event_type_can_come_from_a_configured_json_path() {
+    let t = TestApp::spawn().await;
+    let app = t.new_app().await;
+    let secret = create_source(
+        &t,
+        &app,
+        "ci",
+        "generic",
+        json!({"event_type_path": "meta.event"}),
+    )
+    .await;
+    let body = json!({"meta": {"event": "build.failed"}}).to_string();
+    let h = sign(Scheme::Generic, &secret, body.as_bytes(), "t1", now());
+    let (status, resp) = post_webhook(&t, &app, "ci", &h, body).await;
+    assert_eq!(status, 202);
+    let (_, event) = t
+        .call(
+            Method::GET,
+            &format!("/v1/events/{}", resp["event_id"].as_str().expect("id")),
+            Some(&app.server_key),
+            None,
+        )
+        .await;
+    assert_eq!(event["event_type"], "build.failed");
+    let (_, filtered) = t
+        .call(
+            Method::GET,
+            "/v1/events?type=build.failed",
+            Some(&app.server_key),
+            None,
+        )
+        .await;
+    assert_eq!(filtered["events"].as_array().map(Vec::len), Some(1));
+    let (_, none) = t
+        .call(
+            Method::GET,
+            "/v1/events?type=other",
+            Some(&app.server_key),
+            None,
+        )
+        .await;
+    assert_eq!(none["events"].as_array().map(Vec::len), Some(0));
+}

@@ -27,6 +27,55 @@ pub struct Config {
     pub devices: DeviceLimits,
     /// Webhook ingest settings.
     pub webhooks: WebhookConfig,
+    /// Delivery worker settings.
+    pub worker: WorkerConfig,
+    /// APNs provider.
+    pub apns: crate::push::ApnsConfig,
+    /// FCM provider.
+    pub fcm: crate::push::FcmConfig,
+}
+
+/// Delivery worker settings: claiming, concurrency, retry policy and shutdown.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Run the fan-out and delivery loops in this process.
+    pub enabled: bool,
+    /// Jobs claimed per batch.
+    pub batch_size: u32,
+    /// Sends in flight at once per process.
+    pub concurrency: u32,
+    /// How long a claim lasts; a crashed worker's jobs are claimed again after it.
+    pub lease_secs: u64,
+    /// Idle poll interval when no wake-up arrives.
+    pub poll_interval_ms: u64,
+    /// Attempts before a job becomes a dead letter.
+    pub max_attempts: u32,
+    /// Age after which a job is not retried any more.
+    pub max_age_secs: u64,
+    /// First backoff step; doubles per attempt, with full jitter.
+    pub backoff_base_ms: u64,
+    /// Backoff ceiling.
+    pub backoff_max_ms: u64,
+    /// On shutdown, how long in-flight sends may take before their jobs are released.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            batch_size: 500,
+            concurrency: 256,
+            lease_secs: 60,
+            poll_interval_ms: 250,
+            max_attempts: 8,
+            max_age_secs: 24 * 3600,
+            backoff_base_ms: 1000,
+            backoff_max_ms: 15 * 60 * 1000,
+            shutdown_grace_secs: 20,
+        }
+    }
 }
 
 /// Certificate and key for serving HTTPS directly.
@@ -101,6 +150,9 @@ impl Default for Config {
             log_format: LogFormat::Text,
             devices: DeviceLimits::default(),
             webhooks: WebhookConfig::default(),
+            worker: WorkerConfig::default(),
+            apns: Default::default(),
+            fcm: Default::default(),
         }
     }
 }
@@ -212,6 +264,25 @@ impl Config {
             return Err(ConfigError::field(
                 "webhooks.timestamp_tolerance_secs",
                 "must be at least 1",
+            ));
+        }
+        let w = &self.worker;
+        for (field, value) in [
+            ("worker.batch_size", u64::from(w.batch_size)),
+            ("worker.concurrency", u64::from(w.concurrency)),
+            ("worker.lease_secs", w.lease_secs),
+            ("worker.poll_interval_ms", w.poll_interval_ms),
+            ("worker.max_attempts", u64::from(w.max_attempts)),
+            ("worker.backoff_base_ms", w.backoff_base_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::field(field, "must be at least 1"));
+            }
+        }
+        if w.backoff_max_ms < w.backoff_base_ms {
+            return Err(ConfigError::field(
+                "worker.backoff_max_ms",
+                "must be at least worker.backoff_base_ms",
             ));
         }
         if let Some(tls) = &self.tls {

@@ -7,10 +7,14 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod push;
 pub mod redact;
+pub mod rules;
 pub mod signature;
 pub mod store;
+pub mod template;
 mod tls;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,12 +22,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::Config;
 use crate::http::AppState;
 use crate::metrics::Metrics;
+use crate::push::Providers;
 use crate::store::Store;
+use crate::worker::{Wake, Worker};
 
 /// A running bridge: its address, its state, and the handle to stop it.
 pub struct Running {
@@ -33,6 +39,7 @@ pub struct Running {
     pub state: AppState,
     stop: watch::Sender<bool>,
     server: JoinHandle<anyhow::Result<()>>,
+    workers: JoinSet<()>,
 }
 
 impl Running {
@@ -42,9 +49,13 @@ impl Running {
         self.wait().await
     }
 
-    /// Waits until the server stops on its own (after `shutdown` or a fatal error).
-    pub async fn wait(self) -> anyhow::Result<()> {
+    /// Waits until the server stops (after `shutdown` or a fatal error), then lets the
+    /// background loops finish or release their in-flight work, then closes the store.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
         let result = self.server.await.context("server task panicked")?;
+        // The HTTP server may have stopped on an error; make sure the loops stop too.
+        let _ = self.stop.send(true);
+        while self.workers.join_next().await.is_some() {}
         self.state.store.close().await;
         result
     }
@@ -65,13 +76,27 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 /// Starts the bridge on `listener` with `config`.
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Running> {
     let store = open_store(&config).await?;
+    let providers = Arc::new(Providers::new(&config.apns, &config.fcm)?);
     let state = AppState {
         config: Arc::new(config),
         store,
         metrics: Arc::new(Metrics::new()),
+        wake: Wake::default(),
     };
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
+    let workers = if state.config.worker.enabled {
+        Worker::new(
+            state.store.clone(),
+            providers,
+            state.metrics.clone(),
+            state.config.worker.clone(),
+            state.wake.clone(),
+        )?
+        .spawn(stopped.clone())
+    } else {
+        JoinSet::new()
+    };
     let app = http::router(state.clone());
     let server = match &state.config.tls {
         None => tokio::spawn(async move {
@@ -94,6 +119,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         state,
         stop,
         server,
+        workers,
     })
 }
 

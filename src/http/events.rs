@@ -71,5 +71,16 @@ async fn show(
         .get_event(caller.app_id(), &id)
         .await?
         .ok_or(ApiError::NotFound("event"))?;
-    Ok(Json(json!(event.view(true))))
+    let mut view = json!(event.view(true));
+    let counts = state.store.event_counts(&event.id).await?;
+    let mut deliveries = json!({"total": counts.iter().map(|(_, n)| n).sum::<i64>()});
+    for status in ["queued", "in_flight", "delivered", "dead", "invalid"] {
+        let n = counts
+            .iter()
+            .find(|(s, _)| s == status)
+            .map_or(0, |(_, n)| *n);
+        deliveries[status] = json!(n);
+    }
+    view["deliveries"] = deliveries;
+    Ok(Json(view))
 }

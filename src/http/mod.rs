@@ -1,10 +1,15 @@
 //! The HTTP API: shared state, extractors and the router every resource module contributes to.
 
+mod app;
 mod devices;
 mod events;
 mod health;
+mod notifications;
 pub mod sources;
+mod specs;
 mod webhooks;
+
+pub(crate) use devices::canonical_locale;
 
 use std::sync::Arc;
 
@@ -19,6 +24,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::store::{ApiKey, KeyKind, Store};
+use crate::worker::Wake;
 
 /// State handed to every handler; cheap to clone.
 #[derive(Clone)]
@@ -29,6 +35,8 @@ pub struct AppState {
     pub store: Store,
     /// Counters and histograms.
     pub metrics: Arc<Metrics>,
+    /// Wakes the background loops when new work is stored.
+    pub wake: Wake,
 }
 
 /// The full API router.
@@ -39,6 +47,9 @@ pub fn router(state: AppState) -> Router {
         .merge(sources::router())
         .merge(webhooks::router(&state.config))
         .merge(events::router())
+        .merge(specs::router())
+        .merge(notifications::router())
+        .merge(app::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::BadRequest("method not allowed on this route".into())

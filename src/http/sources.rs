@@ -114,7 +114,7 @@ fn validate_secret(scheme: Scheme, secret: &str, field: &str) -> Result<()> {
     }
 }
 
-fn validate_name(name: &str) -> Result<()> {
+pub(crate) fn validate_name(name: &str) -> Result<()> {
     let ok = (1..=64).contains(&name.len())
         && name
             .bytes()

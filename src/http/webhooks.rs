@@ -139,10 +139,12 @@ async fn accept(
             external_id: external_id.as_deref(),
             event_type: &event_type,
             payload: payload_text,
+            direct_rule: None,
         })
         .await?;
     Ok(match inserted {
         EventInsert::Accepted(id) => {
+            state.wake.events.notify_one();
             tracing::info!(app = app_id, source = %source.name, event = %id, event_type = %event_type, "webhook accepted");
             (StatusCode::ACCEPTED, Json(json!({"event_id": id})))
         }

@@ -192,4 +192,67 @@ impl Store {
             .fetch_all(&self.pool)
             .await?)
     }
+
+    /// Devices of the given users (any number; queried in chunks).
+    pub async fn devices_of_users(
+        &self,
+        app_id: &str,
+        users: &[String],
+    ) -> anyhow::Result<Vec<Device>> {
+        self.devices_where_in(app_id, "user_id", users).await
+    }
+
+    /// Registered devices among the given tokens.
+    pub async fn devices_by_tokens(
+        &self,
+        app_id: &str,
+        tokens: &[String],
+    ) -> anyhow::Result<Vec<Device>> {
+        self.devices_where_in(app_id, "token", tokens).await
+    }
+
+    async fn devices_where_in(
+        &self,
+        app_id: &str,
+        column: &'static str,
+        values: &[String],
+    ) -> anyhow::Result<Vec<Device>> {
+        let mut out = Vec::new();
+        for chunk in values.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices WHERE app_id = $1 AND {column} IN ({}) \
+                 ORDER BY token",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query_as::<_, Device>(&sql).bind(app_id);
+            for v in chunk {
+                q = q.bind(v);
+            }
+            out.extend(q.fetch_all(&self.pool).await?);
+        }
+        Ok(out)
+    }
+
+    /// A page of an app's devices ordered by token (for attribute/tag audiences).
+    pub async fn devices_page(
+        &self,
+        app_id: &str,
+        platform: Option<&str>,
+        after: &str,
+        limit: u32,
+    ) -> anyhow::Result<Vec<Device>> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE app_id = $1 AND ($2 = '' OR platform = $2) \
+             AND token > $3 ORDER BY token LIMIT $4"
+        );
+        Ok(sqlx::query_as::<_, Device>(&sql)
+            .bind(app_id)
+            .bind(platform.unwrap_or(""))
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
 }

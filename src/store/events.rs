@@ -49,6 +49,8 @@ pub struct Event {
     pub received_at: i64,
     /// Last change, unix ms.
     pub updated_at: i64,
+    /// Audience and template of a direct send (JSON rule), instead of the app's rules.
+    pub direct_rule: Option<String>,
 }
 
 /// The API view of an event.
@@ -95,6 +97,8 @@ pub struct NewEvent<'a> {
     pub event_type: &'a str,
     /// Raw JSON body text.
     pub payload: &'a str,
+    /// Rule of a direct send.
+    pub direct_rule: Option<&'a str>,
 }
 
 /// Result of storing an event.
@@ -106,8 +110,8 @@ pub enum EventInsert {
     Duplicate(String),
 }
 
-const EVENT_COLUMNS: &str =
-    "id, app_id, source_id, external_id, event_type, payload, status, received_at, updated_at";
+const EVENT_COLUMNS: &str = "id, app_id, source_id, external_id, event_type, payload, status, \
+     received_at, updated_at, direct_rule";
 
 impl Store {
     /// Stores an event unless the same source already sent the same external id.
@@ -115,7 +119,7 @@ impl Store {
         let now = now_ms();
         let id = new_id("evt");
         let inserted: Option<(String,)> = sqlx::query_as(&format!(
-            "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+            "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) \
              ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id"
         ))
         .bind(&id)
@@ -126,6 +130,7 @@ impl Store {
         .bind(new.payload)
         .bind(EventStatus::Received.as_str())
         .bind(now)
+        .bind(new.direct_rule)
         .fetch_optional(&self.pool)
         .await?;
         if let Some((id,)) = inserted {

@@ -6,11 +6,15 @@
 mod apps;
 mod devices;
 mod events;
+mod jobs;
+mod rules;
 mod sources;
 
 pub use apps::{ApiKey, App, KeyKind, NewApp};
 pub use devices::{Device, DeviceRegistration, DeviceView};
 pub use events::{Event, EventInsert, EventStatus, EventView, NewEvent};
+pub use jobs::*;
+pub use rules::{NamedSpec, SpecKind};
 pub use sources::{NewSource, Scheme, SourceSecret, WebhookSource};
 
 use std::str::FromStr;

@@ -1,0 +1,780 @@
+//! The durable delivery queue: fan-out inserts, lease-based claiming, attempt recording,
+//! token pruning, event completion, dead-letter replay and the callback outbox.
+
+use serde::Serialize;
+
+use super::{new_id, now_ms, rfc3339, Backend, Event, Store};
+
+/// Where a delivery job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for `next_attempt_at`.
+    Queued,
+    /// Claimed by a worker under a lease.
+    InFlight,
+    /// Accepted by the provider.
+    Delivered,
+    /// Dead letter: failed permanently or out of retries.
+    Dead,
+    /// The provider said the token is invalid; the device was pruned.
+    Invalid,
+}
+
+impl JobStatus {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::InFlight => "in_flight",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+            Self::Invalid => "invalid",
+        }
+    }
+
+    /// Parses a stored or query-string name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Queued,
+            Self::InFlight,
+            Self::Delivered,
+            Self::Dead,
+            Self::Invalid,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+/// A job produced by fan-out.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    /// Deterministic id (event, rule, token) so a repeated fan-out cannot duplicate.
+    pub id: String,
+    /// Rule name that produced it.
+    pub rule: Option<String>,
+    /// `apns` or `fcm`.
+    pub platform: String,
+    /// Device token.
+    pub token: String,
+    /// Serialized job payload (versioned).
+    pub job: String,
+    /// `Queued`, or `Dead` when rendering failed.
+    pub status: JobStatus,
+    /// Why it is dead, if it is.
+    pub last_reason: Option<String>,
+}
+
+/// A job claimed by a worker.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ClaimedJob {
+    /// Job id.
+    pub id: String,
+    /// Owning app.
+    pub app_id: String,
+    /// Source event.
+    pub event_id: String,
+    /// `apns` or `fcm`.
+    pub platform: String,
+    /// Device token.
+    pub token: String,
+    /// Serialized payload.
+    pub job: String,
+    /// Attempts made before this one.
+    pub attempts: i64,
+    /// When the job was created (for max age and pruning cutoffs).
+    pub created_at: i64,
+}
+
+/// A device to prune after an `InvalidToken` outcome.
+#[derive(Clone, Debug)]
+pub struct Prune {
+    /// Only delete the device when it was last registered at or before this time.
+    pub cutoff_ms: i64,
+    /// Provider reason.
+    pub reason: String,
+    /// Provider's timestamp (APNs 410), if any.
+    pub provider_ts: Option<i64>,
+}
+
+/// The result of one attempt, recorded in a batch.
+#[derive(Clone, Debug)]
+pub struct JobResult {
+    /// The claimed job.
+    pub job: ClaimedJob,
+    /// New status.
+    pub status: JobStatus,
+    /// Outcome label for the attempt log (`delivered`, `retry`, `invalid_token`, `failed`).
+    pub outcome: &'static str,
+    /// Provider reason.
+    pub reason: Option<String>,
+    /// Provider message id.
+    pub provider_id: Option<String>,
+    /// Round-trip time.
+    pub latency_ms: i64,
+    /// When to try again (queued only).
+    pub next_attempt_at: i64,
+    /// Prune the device.
+    pub prune: Option<Prune>,
+}
+
+/// A delivery job as shown by the API.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct DeliveryRow {
+    /// Job id.
+    pub id: String,
+    /// Source event.
+    pub event_id: String,
+    /// Rule that produced it.
+    pub rule: Option<String>,
+    /// Platform.
+    pub platform: String,
+    /// Device token.
+    pub token: String,
+    /// Status.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// Next attempt time, unix ms.
+    pub next_attempt_at: i64,
+    /// Last failure reason.
+    pub last_reason: Option<String>,
+    /// Provider message id.
+    pub provider_id: Option<String>,
+    /// Created, unix ms.
+    pub created_at: i64,
+    /// Last change, unix ms.
+    pub updated_at: i64,
+}
+
+/// One recorded attempt.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct AttemptRow {
+    /// Attempt number (1-based).
+    pub attempt: i64,
+    /// Outcome label.
+    pub outcome: String,
+    /// Provider reason.
+    pub reason: Option<String>,
+    /// Provider message id.
+    pub provider_id: Option<String>,
+    /// Round trip in ms.
+    pub latency_ms: i64,
+    /// When, unix ms.
+    pub at: i64,
+}
+
+/// A pruned token, for the API and dashboard.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct PrunedRow {
+    /// Platform.
+    pub platform: String,
+    /// Full token (only ever shown redacted).
+    pub token: String,
+    /// Provider reason.
+    pub reason: String,
+    /// Provider timestamp.
+    pub provider_ts: Option<i64>,
+    /// 1 when the device was deleted, 0 when it had re-registered since.
+    pub pruned: i64,
+    /// When, unix ms.
+    pub at: i64,
+}
+
+/// A callback waiting to be delivered to an app's backend.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct CallbackRow {
+    /// Message id (also the Standard Webhooks `webhook-id`).
+    pub id: String,
+    /// App.
+    pub app_id: String,
+    /// JSON body.
+    pub body: String,
+    /// Attempts so far.
+    pub attempts: i64,
+}
+
+/// Jobs per multi-row INSERT: 11 binds each stays far below SQLite's parameter limit.
+const INSERT_CHUNK: usize = 500;
+
+const DELIVERY_COLUMNS: &str = "id, event_id, rule, platform, token, status, attempts, \
+     next_attempt_at, last_reason, provider_id, created_at, updated_at";
+
+impl DeliveryRow {
+    /// The API view.
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "event_id": self.event_id,
+            "rule": self.rule,
+            "platform": self.platform,
+            "token": self.token,
+            "status": self.status,
+            "attempts": self.attempts,
+            "next_attempt_at": (self.status == "queued").then(|| rfc3339(self.next_attempt_at)),
+            "last_reason": self.last_reason,
+            "provider_id": self.provider_id,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        })
+    }
+}
+
+impl Store {
+    /// Leases up to `limit` received events for fan-out.
+    pub async fn claim_events(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<Event>> {
+        let now = now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        Ok(sqlx::query_as::<_, Event>(&format!(
+            "UPDATE events SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
+               SELECT id FROM events WHERE status = 'received' \
+               AND (lease_until IS NULL OR lease_until < $3) \
+               ORDER BY received_at LIMIT $4 {lock}) \
+             RETURNING id, app_id, source_id, external_id, event_type, payload, status, \
+               received_at, updated_at, direct_rule"
+        ))
+        .bind(owner)
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Writes an event's jobs in batches in the same transaction that marks it dispatched
+    /// (or completed, when nothing is left to send). False when another instance got there first.
+    pub async fn fan_out(
+        &self,
+        event: &Event,
+        owner: &str,
+        jobs: &[NewJob],
+    ) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let pending = jobs.iter().any(|j| j.status == JobStatus::Queued);
+        let status = if pending { "dispatched" } else { "completed" };
+        let moved = sqlx::query(
+            "UPDATE events SET status = $1, updated_at = $2, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $3 AND status = 'received' AND lease_owner = $4",
+        )
+        .bind(status)
+        .bind(now)
+        .bind(&event.id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for chunk in jobs.chunks(INSERT_CHUNK) {
+            let mut sql = String::from(
+                "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
+                 attempts, next_attempt_at, last_reason, created_at, updated_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 9;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8,
+                    chunk.len() * 9 + 1,
+                    b + 9,
+                    chunk.len() * 9 + 1,
+                    chunk.len() * 9 + 1,
+                ));
+            }
+            sql.push_str(" ON CONFLICT (id) DO NOTHING");
+            let mut q = sqlx::query(&sql);
+            for j in chunk {
+                q = q
+                    .bind(&j.id)
+                    .bind(&event.app_id)
+                    .bind(&event.id)
+                    .bind(&j.rule)
+                    .bind(&j.platform)
+                    .bind(&j.token)
+                    .bind(j.status.as_str())
+                    .bind(&j.job)
+                    .bind(&j.last_reason);
+            }
+            q.bind(now).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Gives an event back (fan-out failed) so it is tried again after `delay_ms`.
+    pub async fn release_event(
+        &self,
+        event_id: &str,
+        owner: &str,
+        delay_ms: i64,
+    ) -> anyhow::Result<()> {
+        sqlx::query("UPDATE events SET lease_until = $1 WHERE id = $2 AND lease_owner = $3")
+            .bind(now_ms() + delay_ms)
+            .bind(event_id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Puts jobs whose lease expired (their worker died) back in the queue.
+    pub async fn requeue_expired(&self) -> anyhow::Result<u64> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE delivery_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, \
+             updated_at = $1 WHERE status = 'in_flight' AND lease_until < $1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Claims up to `limit` due jobs under a lease.
+    pub async fn claim_jobs(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ClaimedJob>> {
+        let now = now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        Ok(sqlx::query_as::<_, ClaimedJob>(&format!(
+            "UPDATE delivery_jobs SET status = 'in_flight', lease_owner = $1, lease_until = $2, \
+               updated_at = $3 \
+             WHERE id IN (SELECT id FROM delivery_jobs WHERE status = 'queued' \
+               AND next_attempt_at <= $3 ORDER BY next_attempt_at LIMIT $4 {lock}) \
+             RETURNING id, app_id, event_id, platform, token, job, attempts, created_at"
+        ))
+        .bind(owner)
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Returns claimed jobs to the queue untouched (graceful shutdown).
+    pub async fn release_jobs(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE delivery_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'in_flight'",
+            )
+            .bind(id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a batch of attempts in one transaction: job state, attempt log, pruning (with the
+    /// re-registration guard), pruned-token callbacks and event completion.
+    /// Returns the pruned tokens (device actually deleted) per app.
+    pub async fn record_results(&self, owner: &str, results: &[JobResult]) -> anyhow::Result<u64> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut pruned_count = 0;
+        let mut callbacks: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+            Default::default();
+        let mut events: Vec<&str> = Vec::new();
+        for r in results {
+            let updated = sqlx::query(
+                "UPDATE delivery_jobs SET status = $1, attempts = $2, next_attempt_at = $3, \
+                   last_reason = $4, provider_id = COALESCE($5, provider_id), lease_owner = NULL, \
+                   lease_until = NULL, updated_at = $6 \
+                 WHERE id = $7 AND lease_owner = $8 AND status = 'in_flight'",
+            )
+            .bind(r.status.as_str())
+            .bind(r.job.attempts + 1)
+            .bind(r.next_attempt_at)
+            .bind(&r.reason)
+            .bind(&r.provider_id)
+            .bind(now)
+            .bind(&r.job.id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                // Our lease expired and someone else owns the job now; their result wins.
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO delivery_attempts (job_id, attempt, outcome, reason, provider_id, \
+                 latency_ms, at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (job_id, attempt) DO NOTHING",
+            )
+            .bind(&r.job.id)
+            .bind(r.job.attempts + 1)
+            .bind(r.outcome)
+            .bind(&r.reason)
+            .bind(&r.provider_id)
+            .bind(r.latency_ms)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(p) = &r.prune {
+                let deleted = sqlx::query(
+                    "DELETE FROM devices WHERE app_id = $1 AND token = $2 AND updated_at <= $3",
+                )
+                .bind(&r.job.app_id)
+                .bind(&r.job.token)
+                .bind(p.cutoff_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                sqlx::query(
+                    "INSERT INTO pruned_tokens (id, app_id, platform, token, reason, provider_ts, \
+                     pruned, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(new_id("prn"))
+                .bind(&r.job.app_id)
+                .bind(&r.job.platform)
+                .bind(&r.job.token)
+                .bind(&p.reason)
+                .bind(p.provider_ts)
+                .bind(deleted as i64)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if deleted > 0 {
+                    pruned_count += deleted;
+                    callbacks
+                        .entry(r.job.app_id.clone())
+                        .or_default()
+                        .push(serde_json::json!({
+                            "token": r.job.token,
+                            "platform": r.job.platform,
+                            "reason": p.reason,
+                            "provider_timestamp": p.provider_ts,
+                        }));
+                }
+            }
+            if !events.contains(&r.job.event_id.as_str()) {
+                events.push(&r.job.event_id);
+            }
+        }
+        for (app_id, tokens) in callbacks {
+            let has_url: Option<(Option<String>,)> =
+                sqlx::query_as("SELECT callback_url FROM apps WHERE id = $1")
+                    .bind(&app_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if !matches!(has_url, Some((Some(_),))) {
+                continue;
+            }
+            let id = new_id("msg");
+            let body = serde_json::json!({
+                "type": "devices.pruned",
+                "timestamp": rfc3339(now),
+                "data": {"app_id": app_id, "tokens": tokens},
+            });
+            sqlx::query(
+                "INSERT INTO callback_outbox (id, app_id, body, status, attempts, next_attempt_at, \
+                 created_at) VALUES ($1, $2, $3, 'queued', 0, $4, $4)",
+            )
+            .bind(&id)
+            .bind(&app_id)
+            .bind(body.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for event_id in events {
+            complete_event_if_done(&mut tx, event_id, now).await?;
+        }
+        tx.commit().await?;
+        Ok(pruned_count)
+    }
+
+    /// Deliveries of one event, paginated by id.
+    pub async fn event_deliveries(
+        &self,
+        app_id: &str,
+        event_id: &str,
+        after: &str,
+        limit: u32,
+    ) -> anyhow::Result<Vec<DeliveryRow>> {
+        Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM delivery_jobs WHERE app_id = $1 AND event_id = $2 \
+             AND id > $3 ORDER BY id LIMIT $4"
+        ))
+        .bind(app_id)
+        .bind(event_id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Deliveries of an app, newest change first, optionally by status.
+    pub async fn list_deliveries(
+        &self,
+        app_id: &str,
+        status: Option<JobStatus>,
+        before: Option<(i64, &str)>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<DeliveryRow>> {
+        let (ts, id) = before.unwrap_or((i64::MAX, ""));
+        Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM delivery_jobs WHERE app_id = $1 \
+             AND ($2 = '' OR status = $2) \
+             AND (updated_at < $3 OR (updated_at = $3 AND id < $4)) \
+             ORDER BY updated_at DESC, id DESC LIMIT $5"
+        ))
+        .bind(app_id)
+        .bind(status.map(JobStatus::as_str).unwrap_or(""))
+        .bind(ts)
+        .bind(if before.is_some() { id } else { "\u{10FFFF}" })
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// One delivery with its attempts.
+    pub async fn get_delivery(
+        &self,
+        app_id: &str,
+        id: &str,
+    ) -> anyhow::Result<Option<(DeliveryRow, Vec<AttemptRow>)>> {
+        let row = sqlx::query_as::<_, DeliveryRow>(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM delivery_jobs WHERE app_id = $1 AND id = $2"
+        ))
+        .bind(app_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let attempts = sqlx::query_as::<_, AttemptRow>(
+            "SELECT attempt, outcome, reason, provider_id, latency_ms, at FROM delivery_attempts \
+             WHERE job_id = $1 ORDER BY attempt",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some((row, attempts)))
+    }
+
+    /// Job counts of an event by status.
+    pub async fn event_counts(&self, event_id: &str) -> anyhow::Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as::<_, (String, i64)>(
+            "SELECT status, COUNT(*) FROM delivery_jobs WHERE event_id = $1 GROUP BY status",
+        )
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Re-queues dead letters of an app: one (`ids`), or all matching `event_id`/`since`.
+    /// Attempts restart at zero. Returns how many were re-queued.
+    pub async fn replay_dead(
+        &self,
+        app_id: &str,
+        ids: Option<&[String]>,
+        event_id: Option<&str>,
+        since_ms: Option<i64>,
+    ) -> anyhow::Result<u64> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let targets: Vec<(String, String)> =
+            match ids {
+                Some(ids) => {
+                    let mut out = Vec::new();
+                    for id in ids {
+                        if let Some(row) = sqlx::query_as::<_, (String, String)>(
+                            "SELECT id, event_id FROM delivery_jobs WHERE app_id = $1 AND id = $2 \
+                         AND status = 'dead'",
+                        )
+                        .bind(app_id)
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        {
+                            out.push(row);
+                        }
+                    }
+                    out
+                }
+                None => sqlx::query_as::<_, (String, String)>(
+                    "SELECT id, event_id FROM delivery_jobs WHERE app_id = $1 AND status = 'dead' \
+                     AND ($2 = '' OR event_id = $2) AND updated_at >= $3",
+                )
+                .bind(app_id)
+                .bind(event_id.unwrap_or(""))
+                .bind(since_ms.unwrap_or(0))
+                .fetch_all(&mut *tx)
+                .await?,
+            };
+        for (id, event_id) in &targets {
+            sqlx::query(
+                "UPDATE delivery_jobs SET status = 'queued', attempts = 0, next_attempt_at = $1, \
+                 updated_at = $1, created_at = $1 WHERE id = $2 AND status = 'dead'",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE events SET status = 'dispatched', updated_at = $1 \
+                 WHERE id = $2 AND status = 'completed'",
+            )
+            .bind(now)
+            .bind(event_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(targets.len() as u64)
+    }
+
+    /// Recently pruned tokens of an app, newest first.
+    pub async fn recent_pruned(&self, app_id: &str, limit: u32) -> anyhow::Result<Vec<PrunedRow>> {
+        Ok(sqlx::query_as::<_, PrunedRow>(
+            "SELECT platform, token, reason, provider_ts, pruned, at FROM pruned_tokens \
+             WHERE app_id = $1 ORDER BY at DESC LIMIT $2",
+        )
+        .bind(app_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Sets (or clears) the app's pruned-token callback; returns the signing secret.
+    pub async fn set_callback(
+        &self,
+        app_id: &str,
+        url: Option<&str>,
+        secret: Option<&str>,
+    ) -> anyhow::Result<()> {
+        sqlx::query("UPDATE apps SET callback_url = $1, callback_secret = $2 WHERE id = $3")
+            .bind(url)
+            .bind(secret)
+            .bind(app_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The app's callback URL and secret, when configured.
+    pub async fn callback_target(&self, app_id: &str) -> anyhow::Result<Option<(String, String)>> {
+        let row: Option<(Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT callback_url, callback_secret FROM apps WHERE id = $1")
+                .bind(app_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            Some((Some(url), Some(secret))) => Some((url, secret)),
+            _ => None,
+        })
+    }
+
+    /// Due callbacks, leased by pushing their next attempt into the future.
+    pub async fn claim_callbacks(
+        &self,
+        lease_ms: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<CallbackRow>> {
+        let now = now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        Ok(sqlx::query_as::<_, CallbackRow>(&format!(
+            "UPDATE callback_outbox SET next_attempt_at = $1 WHERE id IN ( \
+               SELECT id FROM callback_outbox WHERE status = 'queued' AND next_attempt_at <= $2 \
+               ORDER BY next_attempt_at LIMIT $3 {lock}) \
+             RETURNING id, app_id, body, attempts"
+        ))
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records a callback attempt: delivered, retried at `retry_at`, or given up.
+    pub async fn finish_callback(
+        &self,
+        id: &str,
+        delivered: bool,
+        retry_at: Option<i64>,
+        error: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let status = match (delivered, retry_at) {
+            (true, _) => "delivered",
+            (false, Some(_)) => "queued",
+            (false, None) => "dead",
+        };
+        sqlx::query(
+            "UPDATE callback_outbox SET status = $1, attempts = attempts + 1, \
+             next_attempt_at = $2, last_error = $3 WHERE id = $4",
+        )
+        .bind(status)
+        .bind(retry_at.unwrap_or_else(now_ms))
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Callback messages of an app (for the API), newest first.
+    pub async fn list_callbacks(
+        &self,
+        app_id: &str,
+        limit: u32,
+    ) -> anyhow::Result<Vec<(String, String, String, i64)>> {
+        Ok(sqlx::query_as::<_, (String, String, String, i64)>(
+            "SELECT id, status, body, attempts FROM callback_outbox WHERE app_id = $1 \
+             ORDER BY created_at DESC LIMIT $2",
+        )
+        .bind(app_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+async fn complete_event_if_done(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    event_id: &str,
+    now: i64,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE events SET status = 'completed', updated_at = $1 WHERE id = $2 \
+         AND status = 'dispatched' AND NOT EXISTS (SELECT 1 FROM delivery_jobs \
+           WHERE event_id = $2 AND status IN ('queued', 'in_flight'))",
+    )
+    .bind(now)
+    .bind(event_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,464 @@
+//! Notification templates: minijinja (sandboxed, no filesystem access, strict undefined), with
+//! per-locale variants and per-platform options, rendered once per device.
+//!
+//! The rendering context is `{event, device, user}`:
+//! - `event`: the event payload, plus `event.id` / `event.type` when the payload has none;
+//! - `device`: platform, locale, timezone, app_version, attributes, tags;
+//! - `user`: `id` plus the device's attributes (so `user.first_name` works).
+
+use std::collections::BTreeMap;
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::push::{Notification, Priority};
+
+/// Text that varies by locale.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalizedText {
+    /// Title template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Subtitle template (APNs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtitle: Option<String>,
+    /// Body template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// A badge: a fixed number or a template rendering to one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum BadgeSpec {
+    /// Fixed count.
+    Fixed(u32),
+    /// Template such as `{{ device.attributes.unread }}`.
+    Template(String),
+}
+
+/// Delivery options; set at the top level or overridden per platform.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryOptions {
+    /// App icon badge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub badge: Option<BadgeSpec>,
+    /// Sound name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sound: Option<String>,
+    /// APNs category / FCM click action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// APNs thread id / FCM tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+    /// APNs collapse id / FCM collapse key (template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collapse_key: Option<String>,
+    /// `high` or `normal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// Time to live in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+    /// APNs push type (alert, background, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_type: Option<String>,
+    /// APNs mutable-content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutable_content: Option<bool>,
+    /// APNs content-available (background update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_available: Option<bool>,
+    /// Image URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Android notification channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_id: Option<String>,
+    /// Custom data; values are templates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+}
+
+/// A notification template as stored and as accepted by the API.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    /// Default title template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Default subtitle template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtitle: Option<String>,
+    /// Default body template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Variants by BCP-47 tag (`fr`, `fr-CA`); chosen exact tag first, then language.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locales: BTreeMap<String, LocalizedText>,
+    /// Options for every platform.
+    #[serde(default)]
+    pub options: DeliveryOptions,
+    /// APNs-only overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apns: Option<DeliveryOptions>,
+    /// FCM-only overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fcm: Option<DeliveryOptions>,
+}
+
+/// A template compiled for repeated rendering.
+pub struct CompiledTemplate {
+    env: Environment<'static>,
+    spec: TemplateSpec,
+}
+
+/// Why a template could not be compiled or rendered.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct TemplateError {
+    /// Which template field failed (`title`, `locales.fr.body`, `fcm.data.url`).
+    pub field: String,
+    /// The engine's message.
+    pub message: String,
+}
+
+/// Fresh sandboxed environment: no loader, so templates cannot read files or include others.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_recursion_limit(32);
+    env
+}
+
+impl TemplateSpec {
+    /// Every template string with its field name.
+    fn sources(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut push = |name: String, value: &Option<String>| {
+            if let Some(v) = value {
+                out.push((name, v.clone()));
+            }
+        };
+        push("title".into(), &self.title);
+        push("subtitle".into(), &self.subtitle);
+        push("body".into(), &self.body);
+        for (tag, text) in &self.locales {
+            push(format!("locales.{tag}.title"), &text.title);
+            push(format!("locales.{tag}.subtitle"), &text.subtitle);
+            push(format!("locales.{tag}.body"), &text.body);
+        }
+        let mut options = vec![("options", &self.options)];
+        if let Some(a) = &self.apns {
+            options.push(("apns", a));
+        }
+        if let Some(f) = &self.fcm {
+            options.push(("fcm", f));
+        }
+        for (prefix, o) in options {
+            if let Some(BadgeSpec::Template(t)) = &o.badge {
+                out.push((format!("{prefix}.badge"), t.clone()));
+            }
+            if let Some(c) = &o.collapse_key {
+                out.push((format!("{prefix}.collapse_key"), c.clone()));
+            }
+            for (k, v) in &o.data {
+                out.push((format!("{prefix}.data.{k}"), v.clone()));
+            }
+        }
+        out
+    }
+
+    /// Checks the spec and compiles every template string.
+    pub fn compile(&self) -> Result<CompiledTemplate, TemplateError> {
+        if self.title.is_none()
+            && self.body.is_none()
+            && self.options.content_available != Some(true)
+            && self.options.data.is_empty()
+        {
+            return Err(TemplateError {
+                field: "body".into(),
+                message: "a template needs a title or body, data, or content_available".into(),
+            });
+        }
+        for tag in self.locales.keys() {
+            if crate::http::canonical_locale(tag).as_deref() != Some(tag.as_str()) {
+                return Err(TemplateError {
+                    field: format!("locales.{tag}"),
+                    message: "must be a canonical BCP-47 tag such as fr or pt-BR".into(),
+                });
+            }
+        }
+        let mut env = environment();
+        for (name, source) in self.sources() {
+            env.add_template_owned(name.clone(), source)
+                .map_err(|e| TemplateError {
+                    field: name,
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(CompiledTemplate {
+            env,
+            spec: self.clone(),
+        })
+    }
+}
+
+impl CompiledTemplate {
+    fn render_field(&self, name: &str, ctx: &Value) -> Result<String, TemplateError> {
+        self.env
+            .get_template(name)
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| TemplateError {
+                field: name.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The locale variant chain for a device locale: exact tag, then its language.
+    fn locale_chain(&self, locale: Option<&str>) -> Vec<&str> {
+        let Some(locale) = locale else {
+            return Vec::new();
+        };
+        let mut chain = Vec::new();
+        let language = locale.split('-').next().unwrap_or(locale);
+        for candidate in [locale, language] {
+            if let Some((tag, _)) = self
+                .spec
+                .locales
+                .iter()
+                .find(|(tag, _)| tag.eq_ignore_ascii_case(candidate))
+            {
+                if !chain.contains(&tag.as_str()) {
+                    chain.push(tag.as_str());
+                }
+            }
+        }
+        chain
+    }
+
+    fn localized(
+        &self,
+        chain: &[&str],
+        field: &str,
+        pick: impl Fn(&LocalizedText) -> &Option<String>,
+        default: &Option<String>,
+        ctx: &Value,
+    ) -> Result<Option<String>, TemplateError> {
+        for tag in chain {
+            if let Some(text) = self.spec.locales.get(*tag) {
+                if pick(text).is_some() {
+                    return self
+                        .render_field(&format!("locales.{tag}.{field}"), ctx)
+                        .map(Some);
+                }
+            }
+        }
+        match default {
+            Some(_) => self.render_field(field, ctx).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Renders the notification for one device on `platform` (`apns` or `fcm`).
+    pub fn render(
+        &self,
+        ctx: &Value,
+        locale: Option<&str>,
+        platform: &str,
+    ) -> Result<Notification, TemplateError> {
+        let chain = self.locale_chain(locale);
+        let spec = &self.spec;
+        let mut n = Notification {
+            title: self.localized(&chain, "title", |t| &t.title, &spec.title, ctx)?,
+            subtitle: self.localized(&chain, "subtitle", |t| &t.subtitle, &spec.subtitle, ctx)?,
+            body: self.localized(&chain, "body", |t| &t.body, &spec.body, ctx)?,
+            ..Notification::default()
+        };
+        let platform_options = match platform {
+            "apns" => spec.apns.as_ref().map(|o| ("apns", o)),
+            "fcm" => spec.fcm.as_ref().map(|o| ("fcm", o)),
+            _ => None,
+        };
+        for (prefix, o) in std::iter::once(("options", &spec.options)).chain(platform_options) {
+            self.apply_options(&mut n, prefix, o, ctx)?;
+        }
+        Ok(n)
+    }
+
+    fn apply_options(
+        &self,
+        n: &mut Notification,
+        prefix: &str,
+        o: &DeliveryOptions,
+        ctx: &Value,
+    ) -> Result<(), TemplateError> {
+        match &o.badge {
+            Some(BadgeSpec::Fixed(b)) => n.badge = Some(*b),
+            Some(BadgeSpec::Template(_)) => {
+                let field = format!("{prefix}.badge");
+                let text = self.render_field(&field, ctx)?;
+                n.badge = Some(text.trim().parse().map_err(|_| TemplateError {
+                    field,
+                    message: format!("rendered to {text:?}, not a non-negative integer"),
+                })?);
+            }
+            None => {}
+        }
+        if let Some(c) = &o.collapse_key {
+            let _ = c;
+            n.collapse_key = Some(self.render_field(&format!("{prefix}.collapse_key"), ctx)?);
+        }
+        for k in o.data.keys() {
+            let v = self.render_field(&format!("{prefix}.data.{k}"), ctx)?;
+            n.data.insert(k.clone(), v);
+        }
+        macro_rules! copy {
+            ($($field:ident),*) => {$(
+                if let Some(v) = &o.$field {
+                    n.$field = Some(v.clone());
+                }
+            )*};
+        }
+        copy!(
+            sound,
+            category,
+            thread_id,
+            priority,
+            ttl_seconds,
+            push_type,
+            image,
+            channel_id
+        );
+        if let Some(m) = o.mutable_content {
+            n.mutable_content = m;
+        }
+        if let Some(c) = o.content_available {
+            n.content_available = c;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the rendering context for one device.
+pub fn context(event: &Value, device: &Value, user_id: Option<&str>) -> Value {
+    let mut user = device
+        .get("attributes")
+        .cloned()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    user["id"] = user_id.map(Value::from).unwrap_or(Value::Null);
+    serde_json::json!({"event": event, "device": device, "user": user})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(v: Value) -> TemplateSpec {
+        serde_json::from_value(v).expect("spec")
+    }
+
+    #[test]
+    fn locale_variants_fall_back_from_exact_to_language_to_default() {
+        let t = spec(json!({
+            "title": "Payment",
+            "body": "Hi {{ user.first_name }}, you got {{ event.data.amount }}",
+            "locales": {
+                "fr": {"body": "Salut {{ user.first_name }}"},
+                "fr-CA": {"body": "Allo {{ user.first_name }}"}
+            }
+        }))
+        .compile()
+        .expect("compiles");
+        let ctx = context(
+            &json!({"data": {"amount": 5}}),
+            &json!({"attributes": {"first_name": "Zoé"}}),
+            Some("u1"),
+        );
+        let body = |locale| t.render(&ctx, locale, "fcm").expect("renders").body;
+        assert_eq!(body(Some("fr-CA")).as_deref(), Some("Allo Zoé"));
+        assert_eq!(body(Some("fr-FR")).as_deref(), Some("Salut Zoé"));
+        assert_eq!(body(Some("de")).as_deref(), Some("Hi Zoé, you got 5"));
+        assert_eq!(body(None).as_deref(), Some("Hi Zoé, you got 5"));
+        // Fields a variant does not translate come from the default.
+        assert_eq!(
+            t.render(&ctx, Some("fr"), "fcm")
+                .expect("r")
+                .title
+                .as_deref(),
+            Some("Payment")
+        );
+    }
+
+    #[test]
+    fn platform_options_override_the_shared_ones() {
+        let t = spec(json!({
+            "body": "x",
+            "options": {"sound": "default", "badge": "{{ user.unread }}", "data": {"url": "/p/{{ event.id }}"}},
+            "apns": {"sound": "chime.caf", "push_type": "alert", "collapse_key": "pay-{{ event.id }}"},
+            "fcm": {"channel_id": "payments", "priority": "high", "ttl_seconds": 60}
+        }))
+        .compile()
+        .expect("compiles");
+        let ctx = context(
+            &json!({"id": "e1"}),
+            &json!({"attributes": {"unread": 3}}),
+            None,
+        );
+        let apns = t.render(&ctx, None, "apns").expect("apns");
+        assert_eq!(apns.sound.as_deref(), Some("chime.caf"));
+        assert_eq!(apns.badge, Some(3));
+        assert_eq!(apns.collapse_key.as_deref(), Some("pay-e1"));
+        assert_eq!(apns.data.get("url").map(String::as_str), Some("/p/e1"));
+        assert_eq!(apns.channel_id, None);
+        let fcm = t.render(&ctx, None, "fcm").expect("fcm");
+        assert_eq!(fcm.sound.as_deref(), Some("default"));
+        assert_eq!(fcm.channel_id.as_deref(), Some("payments"));
+        assert_eq!(fcm.priority, Some(Priority::High));
+        assert_eq!(fcm.ttl_seconds, Some(60));
+    }
+
+    #[test]
+    fn errors_name_the_template_field() {
+        let err = spec(json!({"body": "{{ unclosed"}))
+            .compile()
+            .err()
+            .expect("syntax error");
+        assert_eq!(err.field, "body");
+        let t = spec(json!({"body": "Hi {{ user.missing }}"}))
+            .compile()
+            .expect("compiles");
+        let err = t
+            .render(&context(&json!({}), &json!({}), None), None, "apns")
+            .expect_err("strict undefined");
+        assert_eq!(err.field, "body");
+        let t = spec(json!({"body": "Hi {{ user.missing | default('there') }}"}))
+            .compile()
+            .expect("c");
+        let ok = t
+            .render(&context(&json!({}), &json!({}), None), None, "apns")
+            .expect("default filter");
+        assert_eq!(ok.body.as_deref(), Some("Hi there"));
+        assert!(
+            spec(json!({"title": "x", "locales": {"en_US": {"body": "y"}}}))
+                .compile()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn templates_cannot_include_files() {
+        let t = spec(json!({"body": "{% include '/etc/passwd' %}"}))
+            .compile()
+            .expect("compiles");
+        assert!(t
+            .render(&context(&json!({}), &json!({}), None), None, "apns")
+            .is_err());
+    }
+}

@@ -1,0 +1,242 @@
+//! Fan-out: a received event becomes one rendered delivery job per device, written in batches
+//! in the same transaction that marks the event dispatched.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::{JobPayload, Worker};
+use crate::rules::{user_ids_at, Audience, RuleSpec, TemplateRef};
+use crate::store::{Device, Event, JobStatus, NewJob, SpecKind};
+use crate::template::{context, CompiledTemplate, TemplateSpec};
+
+/// Events leased per round.
+const EVENT_BATCH: i64 = 16;
+/// Devices read per page when scanning by tags/attributes.
+const DEVICE_PAGE: u32 = 2000;
+
+impl Worker {
+    pub(crate) async fn dispatch_loop(self, mut stop: watch::Receiver<bool>) {
+        let lease_ms = (self.config.lease_secs * 1000) as i64;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            match self
+                .store
+                .claim_events(&self.owner, lease_ms, EVENT_BATCH)
+                .await
+            {
+                Ok(events) if !events.is_empty() => {
+                    for event in events {
+                        if let Err(e) = self.dispatch(&event).await {
+                            tracing::error!(event = %event.id, error = %format!("{e:#}"), "fan-out failed; will retry");
+                            let _ = self
+                                .store
+                                .release_event(&event.id, &self.owner, 5_000)
+                                .await;
+                        }
+                    }
+                }
+                Ok(_) => {
+                    if !self.idle(&self.wake.events, &mut stop).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming events failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Resolves rules, audiences and templates for one event and writes its jobs.
+    async fn dispatch(&self, event: &Event) -> anyhow::Result<()> {
+        let payload: Value = serde_json::from_str(&event.payload)?;
+        let rules: Vec<(Option<String>, RuleSpec)> = match &event.direct_rule {
+            Some(rule) => vec![(None, serde_json::from_str(rule)?)],
+            None => self
+                .store
+                .list_specs(SpecKind::Rule, &event.app_id)
+                .await?
+                .into_iter()
+                .filter_map(|n| match serde_json::from_str(&n.spec) {
+                    Ok(spec) => Some((Some(n.name), spec)),
+                    Err(e) => {
+                        tracing::error!(rule = %n.name, error = %e, "stored rule does not parse; skipped");
+                        None
+                    }
+                })
+                .collect(),
+        };
+        let event_ctx = event_context(event, &payload);
+        let mut jobs = Vec::new();
+        for (name, rule) in rules {
+            if event.direct_rule.is_none() && !rule.matches(&event.event_type, &payload) {
+                continue;
+            }
+            let template = self.template(&event.app_id, &rule.template).await?;
+            let devices = self
+                .audience(&event.app_id, &rule.audience, &payload)
+                .await?;
+            let rule_name = name.clone().unwrap_or_else(|| "direct".into());
+            let mut seen = HashSet::new();
+            for device in devices {
+                if seen.insert(device.token.clone()) {
+                    jobs.push(render_job(
+                        event, &rule_name, &template, &event_ctx, &device,
+                    ));
+                }
+            }
+        }
+        let queued = jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Queued)
+            .count();
+        let dead = jobs.len() - queued;
+        if self.store.fan_out(event, &self.owner, &jobs).await? {
+            tracing::info!(event = %event.id, jobs = jobs.len(), dead, "event dispatched");
+            self.metrics.fanned_out(queued as u64, dead as u64);
+            if queued > 0 {
+                self.wake.jobs.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads and compiles a rule's template; a missing or broken template becomes the reason
+    /// every job of the rule is dead-lettered.
+    async fn template(
+        &self,
+        app_id: &str,
+        reference: &TemplateRef,
+    ) -> anyhow::Result<Result<CompiledTemplate, String>> {
+        let spec: TemplateSpec = match reference {
+            TemplateRef::Inline(spec) => (**spec).clone(),
+            TemplateRef::Named(name) => match self
+                .store
+                .get_spec(SpecKind::Template, app_id, name)
+                .await?
+            {
+                Some(stored) => match serde_json::from_str(&stored.spec) {
+                    Ok(spec) => spec,
+                    Err(e) => return Ok(Err(format!("template {name} does not parse: {e}"))),
+                },
+                None => return Ok(Err(format!("template {name} does not exist"))),
+            },
+        };
+        Ok(spec.compile().map_err(|e| format!("template error: {e}")))
+    }
+
+    async fn audience(
+        &self,
+        app_id: &str,
+        audience: &Audience,
+        payload: &Value,
+    ) -> anyhow::Result<Vec<Device>> {
+        Ok(match audience {
+            Audience::UserIdPath(path) => {
+                let users = user_ids_at(payload, path);
+                self.store.devices_of_users(app_id, &users).await?
+            }
+            Audience::Users(users) => self.store.devices_of_users(app_id, users).await?,
+            Audience::Tokens(tokens) => {
+                let normalized: Vec<String> = tokens
+                    .iter()
+                    .map(|t| {
+                        if t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                            t.to_ascii_lowercase()
+                        } else {
+                            t.clone()
+                        }
+                    })
+                    .collect();
+                self.store.devices_by_tokens(app_id, &normalized).await?
+            }
+            Audience::Devices(filter) => {
+                let mut out = Vec::new();
+                let mut after = String::new();
+                loop {
+                    let page = self
+                        .store
+                        .devices_page(app_id, filter.platform.as_deref(), &after, DEVICE_PAGE)
+                        .await?;
+                    let Some(last) = page.last() else { break };
+                    after = last.token.clone();
+                    let full = page.len() == DEVICE_PAGE as usize;
+                    out.extend(page.into_iter().filter(|d| {
+                        filter.tags.is_empty() && filter.attributes.is_empty()
+                            || filter.matches(&d.tags_list(), &d.attributes_json())
+                    }));
+                    if !full {
+                        break;
+                    }
+                }
+                out
+            }
+        })
+    }
+}
+
+/// The event as templates see it: the payload, with `id` and `type` filled in when absent.
+fn event_context(event: &Event, payload: &Value) -> Value {
+    let mut ctx = payload.clone();
+    if let Some(obj) = ctx.as_object_mut() {
+        obj.entry("id")
+            .or_insert_with(|| Value::from(event.id.clone()));
+        obj.entry("type")
+            .or_insert_with(|| Value::from(event.event_type.clone()));
+    }
+    ctx
+}
+
+/// Same event, rule and token always give the same job id, so a repeated fan-out is a no-op.
+fn job_id(event_id: &str, rule: &str, token: &str) -> String {
+    let digest = Sha256::digest(format!("{event_id}\0{rule}\0{token}").as_bytes());
+    format!("job_{}", &hex::encode(digest)[..32])
+}
+
+fn render_job(
+    event: &Event,
+    rule: &str,
+    template: &Result<CompiledTemplate, String>,
+    event_ctx: &Value,
+    device: &Device,
+) -> NewJob {
+    let device_ctx = json!({
+        "platform": device.platform,
+        "locale": device.locale,
+        "timezone": device.timezone,
+        "app_version": device.app_version,
+        "environment": device.environment,
+        "attributes": device.attributes_json(),
+        "tags": device.tags_list(),
+    });
+    let rendered = template.as_ref().map_err(Clone::clone).and_then(|t| {
+        let ctx = context(event_ctx, &device_ctx, device.user_id.as_deref());
+        t.render(&ctx, device.locale.as_deref(), &device.platform)
+            .map_err(|e| format!("template error: {e}"))
+    });
+    let (status, last_reason, notification) = match rendered {
+        Ok(n) => (JobStatus::Queued, None, n),
+        Err(reason) => (JobStatus::Dead, Some(reason), Default::default()),
+    };
+    let payload = JobPayload::V1 {
+        environment: device.environment.clone(),
+        topic: device.topic.clone(),
+        notification,
+    };
+    NewJob {
+        id: job_id(&event.id, rule, &device.token),
+        rule: Some(rule.to_string()),
+        platform: device.platform.clone(),
+        token: device.token.clone(),
+        job: serde_json::to_string(&payload).unwrap_or_default(),
+        status,
+        last_reason,
+    }
+}

@@ -1,0 +1,133 @@
+//! Background work: fan-out of received events into delivery jobs, the delivery loop with its
+//! retry policy, and the pruned-token callback sender. All state lives in the store, so any
+//! instance can pick up where a crashed one stopped once its leases expire.
+
+mod callbacks;
+mod deliver;
+mod dispatch;
+pub mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+use crate::config::WorkerConfig;
+use crate::metrics::Metrics;
+use crate::push::{Notification, Providers};
+use crate::store::Store;
+
+/// What a delivery job carries, versioned so queued jobs survive upgrades.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "v")]
+pub enum JobPayload {
+    /// First version.
+    #[serde(rename = "1")]
+    V1 {
+        /// APNs environment of the device.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        environment: Option<String>,
+        /// APNs topic of the device.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+        /// The rendered notification.
+        notification: Notification,
+    },
+}
+
+/// Wake-up signals; a notification is remembered until a loop takes it.
+#[derive(Clone, Default)]
+pub struct Wake {
+    /// A new event was stored.
+    pub events: Arc<Notify>,
+    /// Jobs became due (fan-out or replay).
+    pub jobs: Arc<Notify>,
+}
+
+/// Everything the background loops share.
+#[derive(Clone)]
+pub struct Worker {
+    pub(crate) store: Store,
+    pub(crate) providers: Arc<Providers>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: WorkerConfig,
+    /// Wake-ups that cut the poll short: new events, and new or replayed jobs.
+    pub(crate) wake: Wake,
+    /// Identifies this process's leases.
+    pub(crate) owner: String,
+    pub(crate) http: reqwest::Client,
+}
+
+impl Worker {
+    /// Builds a worker over shared state.
+    pub fn new(
+        store: Store,
+        providers: Arc<Providers>,
+        metrics: Arc<Metrics>,
+        config: WorkerConfig,
+        wake: Wake,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            store,
+            providers,
+            metrics,
+            config,
+            wake,
+            owner: crate::store::new_id("wrk"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        })
+    }
+
+    fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.config.poll_interval_ms)
+    }
+
+    /// Sleeps until woken, the poll interval passes, or shutdown starts. False on shutdown.
+    pub(crate) async fn idle(&self, wake: &Notify, stop: &mut watch::Receiver<bool>) -> bool {
+        tokio::select! {
+            () = wake.notified() => true,
+            () = tokio::time::sleep(self.poll_interval()) => true,
+            _ = stop.wait_for(|s| *s) => false,
+        }
+    }
+
+    /// Starts the loops; they run until `stop` turns true, then finish or release their work.
+    pub fn spawn(self, stop: watch::Receiver<bool>) -> JoinSet<()> {
+        let mut set = JoinSet::new();
+        let w = self.clone();
+        let s = stop.clone();
+        set.spawn(async move { w.dispatch_loop(s).await });
+        let w = self.clone();
+        let s = stop.clone();
+        set.spawn(async move { w.deliver_loop(s).await });
+        let w = self.clone();
+        let s = stop.clone();
+        set.spawn(async move { w.callback_loop(s).await });
+        let w = self;
+        set.spawn(async move { w.reaper_loop(stop).await });
+        set
+    }
+
+    /// Returns expired leases to the queue so a crashed instance's jobs are sent by others.
+    async fn reaper_loop(self, mut stop: watch::Receiver<bool>) {
+        let period = Duration::from_millis((self.config.lease_secs * 1000 / 4).max(100));
+        loop {
+            match self.store.requeue_expired().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(jobs = n, "re-queued jobs whose lease expired");
+                    self.wake.jobs.notify_one();
+                }
+                Err(e) => tracing::error!(error = %e, "re-queueing expired leases failed"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}

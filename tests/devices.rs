@@ -2,13 +2,12 @@
 
 mod common;
 
-use common::{apns_token, fcm_token, TestApp};
+use common::{apns_token, fcm_token, Db, TestApp};
 use reqwest::Method;
 use serde_json::json;
 
-#[tokio::test]
-async fn register_get_list_delete_round_trip() {
-    let t = TestApp::spawn().await;
+async fn register_get_list_delete_round_trip(db: Db) {
+    let t = TestApp::spawn(db).await;
     let app = t.new_app().await;
     let token = apns_token(1);
     let path = format!("/v1/devices/{token}");
@@ -70,9 +69,8 @@ async fn register_get_list_delete_round_trip() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test]
-async fn re_registering_a_token_moves_it_to_the_new_user() {
-    let t = TestApp::spawn().await;
+async fn re_registering_a_token_moves_it_to_the_new_user(db: Db) {
+    let t = TestApp::spawn(db).await;
     let app = t.new_app().await;
     let path = format!("/v1/devices/{}", fcm_token("move"));
     for user in ["alice", "bob"] {
@@ -106,9 +104,8 @@ async fn re_registering_a_token_moves_it_to_the_new_user() {
     assert_eq!(bob["devices"].as_array().map(Vec::len), Some(1));
 }
 
-#[tokio::test]
-async fn user_devices_are_paginated_with_a_cursor() {
-    let t = TestApp::spawn().await;
+async fn user_devices_are_paginated_with_a_cursor(db: Db) {
+    let t = TestApp::spawn(db).await;
     let app = t.new_app().await;
     for seed in 0..5u8 {
         let path = format!("/v1/devices/{}", apns_token(seed + 10));
@@ -161,9 +158,8 @@ async fn user_devices_are_paginated_with_a_cursor() {
     assert_eq!(err["error"]["field"], "limit");
 }
 
-#[tokio::test]
-async fn a_client_key_cannot_list_a_users_devices() {
-    let t = TestApp::spawn().await;
+async fn a_client_key_cannot_list_a_users_devices(db: Db) {
+    let t = TestApp::spawn(db).await;
     let app = t.new_app().await;
     let (status, err) = t
         .call(
@@ -177,9 +173,8 @@ async fn a_client_key_cannot_list_a_users_devices() {
     assert_eq!(err["error"]["code"], "forbidden");
 }
 
-#[tokio::test]
-async fn apps_cannot_see_or_change_each_others_devices() {
-    let t = TestApp::spawn().await;
+async fn apps_cannot_see_or_change_each_others_devices(db: Db) {
+    let t = TestApp::spawn(db).await;
     let a = t.new_app().await;
     let b = t.new_app().await;
     let path = format!("/v1/devices/{}", apns_token(7));
@@ -221,9 +216,8 @@ async fn apps_cannot_see_or_change_each_others_devices() {
     assert_eq!(a_dev["user_id"], "shared");
 }
 
-#[tokio::test]
-async fn each_validation_error_names_its_field() {
-    let t = TestApp::spawn().await;
+async fn each_validation_error_names_its_field(db: Db) {
+    let t = TestApp::spawn(db).await;
     let app = t.new_app().await;
     let apns = apns_token(3);
     let fcm = fcm_token("v");
@@ -325,9 +319,8 @@ async fn each_validation_error_names_its_field() {
     assert_eq!(resp.status(), 415);
 }
 
-#[tokio::test]
-async fn missing_or_wrong_keys_are_rejected() {
-    let t = TestApp::spawn().await;
+async fn missing_or_wrong_keys_are_rejected(db: Db) {
+    let t = TestApp::spawn(db).await;
     let app = t.new_app().await;
     let path = format!("/v1/devices/{}", apns_token(9));
     let (status, err) = t.call(Method::GET, &path, None, None).await;
@@ -369,9 +362,8 @@ async fn missing_or_wrong_keys_are_rejected() {
     assert_eq!(status, 401);
 }
 
-#[tokio::test]
-async fn health_and_readiness_answer() {
-    let t = TestApp::spawn().await;
+async fn health_and_readiness_answer(db: Db) {
+    let t = TestApp::spawn(db).await;
     let (status, body) = t.call(Method::GET, "/healthz", None, None).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
     let (status, body) = t.call(Method::GET, "/readyz", None, None).await;
@@ -381,3 +373,14 @@ async fn health_and_readiness_answer() {
     assert_eq!(body["error"]["code"], "not_found");
     t.shutdown().await;
 }
+
+backend_tests!(
+    register_get_list_delete_round_trip,
+    re_registering_a_token_moves_it_to_the_new_user,
+    user_devices_are_paginated_with_a_cursor,
+    a_client_key_cannot_list_a_users_devices,
+    apps_cannot_see_or_change_each_others_devices,
+    each_validation_error_names_its_field,
+    missing_or_wrong_keys_are_rejected,
+    health_and_readiness_answer,
+);

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::TestApp;
+use common::{Db, TestApp};
 use pushbridge::signature::sign;
 use pushbridge::store::{now_ms, NewApp, Scheme};
 use reqwest::Method;
@@ -82,9 +82,8 @@ async fn stored_events(t: &TestApp, app: &NewApp) -> usize {
     events["events"].as_array().map(Vec::len).unwrap_or(0)
 }
 
-#[tokio::test]
-async fn each_scheme_accepts_a_valid_signature_and_rejects_forgeries() {
-    let t = TestApp::spawn().await;
+async fn each_scheme_accepts_a_valid_signature_and_rejects_forgeries(db: Db) {
+    let t = TestApp::spawn(db).await;
     let app = t.new_app().await;
     for (name, scheme) in SCHEMES {
         let secret = create_source(&t, &app, name, name, json!({})).await;
@@ -182,9 +181,8 @@ async fn each_scheme_accepts_a_valid_signature_and_rejects_forgeries() {
     );
 }
 
-#[tokio::test]
-async fn after_rotation_old_and_new_secrets_both_verify() {
-    let t = TestApp::spawn().await;
+async fn after_rotation_old_and_new_secrets_both_verify(db: Db) {
+    let t = TestApp::spawn(db).await;
     let app = t.new_app().await;
     let old = create_source(&t, &app, "billing", "standard_webhooks", json!({})).await;
     let (status, added) = t
@@ -245,9 +243,8 @@ async fn after_rotation_old_and_new_secrets_both_verify() {
     assert_eq!(status, 401);
 }
 
-#[tokio::test]
-async fn a_repeated_event_id_is_accepted_once() {
-    let t = TestApp::spawn().await;
+async fn a_repeated_event_id_is_accepted_once(db: Db) {
+    let t = TestApp::spawn(db).await;
     let app = t.new_app().await;
     let secret = create_source(&t, &app, "crm", "standard_webhooks", json!({})).await;
     let body = event_body("dup");
@@ -289,9 +286,8 @@ async fn a_repeated_event_id_is_accepted_once() {
     assert!(metrics.contains(&line), "{metrics}");
 }
 
-#[tokio::test]
-async fn oversized_and_non_json_bodies_are_rejected() {
-    let t = TestApp::spawn_with(|c| c.webhooks.max_body_bytes = 1024).await;
+async fn oversized_and_non_json_bodies_are_rejected(db: Db) {
+    let t = TestApp::spawn_with(db, |c| c.webhooks.max_body_bytes = 1024).await;
     let app = t.new_app().await;
     let secret = create_source(&t, &app, "gen", "generic", json!({})).await;
     let big = json!({"type": "x", "pad": "y".repeat(2000)}).to_string();
@@ -335,9 +331,8 @@ fn futures_stream(
     tokio_stream::iter(chunks)
 }
 
-#[tokio::test]
-async fn addresses_outside_the_allowlist_get_403_even_with_spoofed_forwarded_for() {
-    let t = TestApp::spawn().await;
+async fn addresses_outside_the_allowlist_get_403_even_with_spoofed_forwarded_for(db: Db) {
+    let t = TestApp::spawn(db).await;
     let app = t.new_app().await;
     let secret = create_source(
         &t,
@@ -371,9 +366,8 @@ async fn addresses_outside_the_allowlist_get_403_even_with_spoofed_forwarded_for
     assert_eq!(status, 202);
 }
 
-#[tokio::test]
-async fn forwarded_for_is_believed_from_a_trusted_proxy() {
-    let t = TestApp::spawn_with(|c| {
+async fn forwarded_for_is_believed_from_a_trusted_proxy(db: Db) {
+    let t = TestApp::spawn_with(db, |c| {
         c.webhooks.trusted_proxies = vec!["127.0.0.0/8".parse().expect("cidr")]
     })
     .await;
@@ -397,9 +391,8 @@ async fn forwarded_for_is_believed_from_a_trusted_proxy() {
     assert_eq!(status, 403);
 }
 
-#[tokio::test]
-async fn an_unknown_source_gives_404() {
-    let t = TestApp::spawn().await;
+async fn an_unknown_source_gives_404(db: Db) {
+    let t = TestApp::spawn(db).await;
     let app = t.new_app().await;
     let body = event_body("x");
     let h = sign(
@@ -422,9 +415,8 @@ async fn an_unknown_source_gives_404() {
     assert_eq!(resp.status(), 404);
 }
 
-#[tokio::test]
-async fn sources_are_isolated_per_app_and_validated() {
-    let t = TestApp::spawn().await;
+async fn sources_are_isolated_per_app_and_validated(db: Db) {
+    let t = TestApp::spawn(db).await;
     let a = t.new_app().await;
     let b = t.new_app().await;
     create_source(&t, &a, "shop", "github", json!({})).await;
@@ -482,9 +474,8 @@ async fn sources_are_isolated_per_app_and_validated() {
     assert_eq!(list["events"], json!([]));
 }
 
-#[tokio::test]
-async fn the_event_type_can_come_from_a_configured_json_path() {
-    let t = TestApp::spawn().await;
+async fn the_event_type_can_come_from_a_configured_json_path(db: Db) {
+    let t = TestApp::spawn(db).await;
     let app = t.new_app().await;
     let secret = create_source(
         &t,
@@ -526,3 +517,15 @@ async fn the_event_type_can_come_from_a_configured_json_path() {
         .await;
     assert_eq!(none["events"].as_array().map(Vec::len), Some(0));
 }
+
+backend_tests!(
+    each_scheme_accepts_a_valid_signature_and_rejects_forgeries,
+    after_rotation_old_and_new_secrets_both_verify,
+    a_repeated_event_id_is_accepted_once,
+    oversized_and_non_json_bodies_are_rejected,
+    addresses_outside_the_allowlist_get_403_even_with_spoofed_forwarded_for,
+    forwarded_for_is_believed_from_a_trusted_proxy,
+    an_unknown_source_gives_404,
+    sources_are_isolated_per_app_and_validated,
+    the_event_type_can_come_from_a_configured_json_path,
+);

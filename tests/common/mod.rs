@@ -6,6 +6,102 @@ use pushbridge::store::{NewApp, Store};
 use pushbridge::Running;
 use serde_json::Value;
 
+/// Which store a test runs against.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// A fresh SQLite file in a temp dir.
+    Sqlite,
+    /// A fresh database on the server `DATABASE_URL` points at.
+    Postgres(String),
+}
+
+impl Db {
+    /// The Postgres backend when `DATABASE_URL` is set; otherwise prints (once) that the
+    /// Postgres variants are skipped.
+    pub fn postgres() -> Option<Self> {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if url.starts_with("postgres") => Some(Db::Postgres(url)),
+            _ => {
+                static NOTICE: std::sync::Once = std::sync::Once::new();
+                NOTICE.call_once(|| {
+                    use std::io::Write;
+                    // Written straight to stderr so the test harness does not swallow it.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "notice: DATABASE_URL is not set; PostgreSQL variants of the tests are skipped"
+                    );
+                });
+                None
+            }
+        }
+    }
+
+    /// A database URL for one test: a new SQLite file, or a new Postgres database.
+    pub async fn fresh_url(&self, dir: &std::path::Path) -> String {
+        match self {
+            Db::Sqlite => format!("sqlite://{}", dir.join("bridge.db").display()),
+            Db::Postgres(url) => {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(url)
+                    .await
+                    .expect("connect to DATABASE_URL");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_secs();
+                // Best-effort cleanup of test databases left by runs more than an hour ago.
+                let stale: Vec<(String,)> = sqlx::query_as(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'pbtest\\_%'",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_default();
+                for (name,) in stale {
+                    let ts = name
+                        .split('_')
+                        .nth(1)
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .unwrap_or(now);
+                    if ts + 3600 < now {
+                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+                            .execute(&mut conn)
+                            .await;
+                    }
+                }
+                let name = format!("pbtest_{now}_{}", uuid::Uuid::new_v4().simple());
+                sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let base = match url.rfind('/') {
+                    Some(i) if i > "postgres://".len() => &url[..i],
+                    _ => url.as_str(),
+                };
+                format!("{base}/{name}")
+            }
+        }
+    }
+}
+
+/// Generates a SQLite and a PostgreSQL test for each `async fn name(db: Db)`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::Db::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = $crate::common::Db::postgres() {
+                    super::$name(db).await
+                }
+            }
+        }
+    )*};
+}
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
@@ -14,14 +110,14 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    pub async fn spawn() -> Self {
-        Self::spawn_with(|_| {}).await
+    pub async fn spawn(db: Db) -> Self {
+        Self::spawn_with(db, |_| {}).await
     }
 
-    pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
+    pub async fn spawn_with(db: Db, tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config {
-            database_url: format!("sqlite://{}", dir.path().join("bridge.db").display()),
+            database_url: db.fresh_url(dir.path()).await,
             ..Config::default()
         };
         tweak(&mut config);

@@ -23,6 +23,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// Credential for operator endpoints (`/metrics`, stats of all apps, the dashboard);
+    /// they are disabled while unset. At least 24 characters.
+    pub operator_key: Option<String>,
     /// Device registry limits.
     pub devices: DeviceLimits,
     /// Webhook ingest settings.
@@ -148,6 +151,7 @@ impl Default for Config {
             database_max_connections: 8,
             tls: None,
             log_format: LogFormat::Text,
+            operator_key: None,
             devices: DeviceLimits::default(),
             webhooks: WebhookConfig::default(),
             worker: WorkerConfig::default(),
@@ -264,6 +268,12 @@ impl Config {
             return Err(ConfigError::field(
                 "webhooks.timestamp_tolerance_secs",
                 "must be at least 1",
+            ));
+        }
+        if self.operator_key.as_ref().is_some_and(|k| k.len() < 24) {
+            return Err(ConfigError::field(
+                "operator_key",
+                "must be at least 24 characters",
             ));
         }
         let w = &self.worker;

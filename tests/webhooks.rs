@@ -270,9 +270,17 @@ async fn a_repeated_event_id_is_accepted_once(db: Db) {
     }
     assert_eq!(stored_events(&t, &app).await, 2);
 
+    let resp = t
+        .client
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(resp.status(), 401, "metrics need the operator key");
     let metrics = t
         .client
         .get(t.url("/metrics"))
+        .bearer_auth(common::OPERATOR_KEY)
         .send()
         .await
         .expect("metrics")

@@ -52,6 +52,8 @@ CREATE INDEX delivery_jobs_app ON delivery_jobs(app_id, status, updated_at);
 
 CREATE TABLE delivery_attempts (
     job_id      TEXT NOT NULL REFERENCES delivery_jobs(id) ON DELETE CASCADE,
+    app_id      TEXT NOT NULL,
+    platform    TEXT NOT NULL,
     attempt     BIGINT NOT NULL,
     outcome     TEXT NOT NULL,
     reason      TEXT,
@@ -60,6 +62,8 @@ CREATE TABLE delivery_attempts (
     at          BIGINT NOT NULL,
     PRIMARY KEY (job_id, attempt)
 );
+CREATE INDEX delivery_attempts_app_at ON delivery_attempts(app_id, at);
+CREATE INDEX delivery_attempts_at ON delivery_attempts(at);
 
 CREATE TABLE pruned_tokens (
     id           TEXT PRIMARY KEY,

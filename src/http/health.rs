@@ -7,7 +7,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::AppState;
+use super::{AppState, Operator};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -29,7 +29,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(state): State<AppState>, _operator: Operator) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

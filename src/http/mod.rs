@@ -7,6 +7,7 @@ mod health;
 mod notifications;
 pub mod sources;
 mod specs;
+mod stats;
 mod webhooks;
 
 pub(crate) use devices::canonical_locale;
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .merge(specs::router())
         .merge(notifications::router())
         .merge(app::router())
+        .merge(stats::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::BadRequest("method not allowed on this route".into())
@@ -114,6 +116,72 @@ impl FromRequestParts<AppState> for ServerCaller {
             ));
         }
         Ok(ServerCaller(caller))
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <key>".into()))?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::Unauthorized("Authorization must be 'Bearer <key>'".into()))
+}
+
+/// Whether `presented` is the configured operator key (constant-time comparison of hashes).
+fn is_operator_key(config: &Config, presented: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    config.operator_key.as_deref().is_some_and(|key| {
+        Sha256::digest(key.as_bytes())
+            .ct_eq(&Sha256::digest(presented.as_bytes()))
+            .into()
+    })
+}
+
+/// The operator: holder of `operator_key`, separate from every app key.
+#[derive(Clone, Copy, Debug)]
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if state.config.operator_key.is_none() {
+            return Err(ApiError::Forbidden(
+                "operator endpoints are disabled; set operator_key to enable them".into(),
+            ));
+        }
+        if is_operator_key(&state.config, bearer(parts)?) {
+            Ok(Operator)
+        } else {
+            Err(ApiError::Unauthorized("invalid operator key".into()))
+        }
+    }
+}
+
+/// Someone allowed to read stats: the operator (any or all apps) or an app's server key.
+#[derive(Clone, Debug)]
+pub enum Viewer {
+    /// Operator key.
+    Operator,
+    /// A server key of this app.
+    App(String),
+}
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if is_operator_key(&state.config, bearer(parts)?) {
+            return Ok(Viewer::Operator);
+        }
+        let caller = ServerCaller::from_request_parts(parts, state).await?;
+        Ok(Viewer::App(caller.app_id().to_string()))
     }
 }
 

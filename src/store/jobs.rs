@@ -427,11 +427,13 @@ impl Store {
                 continue;
             }
             sqlx::query(
-                "INSERT INTO delivery_attempts (job_id, attempt, outcome, reason, provider_id, \
-                 latency_ms, at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                "INSERT INTO delivery_attempts (job_id, app_id, platform, attempt, outcome, reason, \
+                 provider_id, latency_ms, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (job_id, attempt) DO NOTHING",
             )
             .bind(&r.job.id)
+            .bind(&r.job.app_id)
+            .bind(&r.job.platform)
             .bind(r.job.attempts + 1)
             .bind(r.outcome)
             .bind(&r.reason)

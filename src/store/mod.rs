@@ -9,6 +9,7 @@ mod events;
 mod jobs;
 mod rules;
 mod sources;
+mod stats;
 
 pub use apps::{ApiKey, App, KeyKind, NewApp};
 pub use devices::{Device, DeviceRegistration, DeviceView};
@@ -16,6 +17,7 @@ pub use events::{Event, EventInsert, EventStatus, EventView, NewEvent};
 pub use jobs::*;
 pub use rules::{NamedSpec, SpecKind};
 pub use sources::{NewSource, Scheme, SourceSecret, WebhookSource};
+pub use stats::{FailureCount, QueueStats, SeriesPoint, WindowStats};
 
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -102,6 +102,9 @@ macro_rules! backend_tests {
     )*};
 }
 
+/// The operator key every test app is configured with.
+pub const OPERATOR_KEY: &str = "test-operator-key-0123456789abcdef";
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
@@ -118,6 +121,7 @@ impl TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config {
             database_url: db.fresh_url(dir.path()).await,
+            operator_key: Some(OPERATOR_KEY.to_string()),
             ..Config::default()
         };
         tweak(&mut config);

@@ -1,0 +1,207 @@
+//! Delivery statistics over time windows, per app or across all apps.
+
+use serde::Serialize;
+
+use super::Store;
+
+/// Figures for one window.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct WindowStats {
+    /// Window length in seconds.
+    pub window_secs: i64,
+    /// Deliveries that reached a final state in the window.
+    pub finished: i64,
+    /// Of those, delivered.
+    pub delivered: i64,
+    /// Of those, dead letters.
+    pub dead: i64,
+    /// Of those, rejected tokens.
+    pub invalid: i64,
+    /// `delivered / finished` (1.0 when nothing finished).
+    pub success_rate: f64,
+    /// Provider attempts in the window.
+    pub attempts: i64,
+    /// Mean provider round trip of delivered attempts, ms.
+    pub avg_latency_ms: f64,
+    /// 95th percentile provider round trip of delivered attempts, ms.
+    pub p95_latency_ms: i64,
+    /// Failed attempts (retries included) by outcome and reason.
+    pub failures: Vec<FailureCount>,
+    /// Devices pruned in the window.
+    pub pruned_tokens: i64,
+}
+
+/// Failed attempts of one kind.
+#[derive(Clone, Debug, Serialize, PartialEq, sqlx::FromRow)]
+pub struct FailureCount {
+    /// `retry`, `failed` or `invalid_token`.
+    pub outcome: String,
+    /// Provider reason.
+    pub reason: String,
+    /// How many.
+    pub count: i64,
+}
+
+/// One point of the throughput series.
+#[derive(Clone, Debug, Serialize, PartialEq, sqlx::FromRow)]
+pub struct SeriesPoint {
+    /// Bucket start, unix ms.
+    pub at: i64,
+    /// Delivered attempts in the bucket.
+    pub delivered: i64,
+    /// Other attempts in the bucket.
+    pub failed: i64,
+}
+
+/// Queue figures.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct QueueStats {
+    /// Jobs waiting.
+    pub queued: i64,
+    /// Jobs being sent.
+    pub in_flight: i64,
+    /// Dead letters waiting for a replay.
+    pub dead: i64,
+    /// Age of the oldest due job, seconds.
+    pub oldest_due_age_secs: f64,
+}
+
+impl Store {
+    /// Stats for one window ending now; `app_id` None means all apps.
+    pub async fn window_stats(
+        &self,
+        app_id: Option<&str>,
+        now: i64,
+        window_secs: i64,
+    ) -> anyhow::Result<WindowStats> {
+        let since = now - window_secs * 1000;
+        let app = app_id.unwrap_or("");
+        let (delivered, dead, invalid): (i64, i64, i64) = sqlx::query_as(
+            "SELECT \
+               COALESCE(SUM(CASE WHEN status = 'delivered' THEN 1 ELSE 0 END), 0), \
+               COALESCE(SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END), 0), \
+               COALESCE(SUM(CASE WHEN status = 'invalid' THEN 1 ELSE 0 END), 0) \
+             FROM delivery_jobs WHERE ($1 = '' OR app_id = $1) AND updated_at >= $2 \
+             AND status IN ('delivered', 'dead', 'invalid')",
+        )
+        .bind(app)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        let (attempts, ok_attempts, latency_sum): (i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), \
+               COALESCE(SUM(CASE WHEN outcome = 'delivered' THEN 1 ELSE 0 END), 0), \
+               COALESCE(SUM(CASE WHEN outcome = 'delivered' THEN latency_ms ELSE 0 END), 0) \
+             FROM delivery_attempts WHERE ($1 = '' OR app_id = $1) AND at >= $2",
+        )
+        .bind(app)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        let p95 = if ok_attempts == 0 {
+            0
+        } else {
+            let offset = ((ok_attempts as f64) * 0.95).ceil() as i64 - 1;
+            let row: Option<(i64,)> = sqlx::query_as(
+                "SELECT latency_ms FROM delivery_attempts WHERE ($1 = '' OR app_id = $1) \
+                 AND at >= $2 AND outcome = 'delivered' ORDER BY latency_ms LIMIT 1 OFFSET $3",
+            )
+            .bind(app)
+            .bind(since)
+            .bind(offset.max(0))
+            .fetch_optional(&self.pool)
+            .await?;
+            row.map_or(0, |(v,)| v)
+        };
+        let failures = sqlx::query_as::<_, FailureCount>(
+            "SELECT outcome, COALESCE(reason, '') AS reason, COUNT(*) AS count FROM delivery_attempts \
+             WHERE ($1 = '' OR app_id = $1) AND at >= $2 AND outcome <> 'delivered' \
+             GROUP BY outcome, COALESCE(reason, '') ORDER BY COUNT(*) DESC, outcome, reason",
+        )
+        .bind(app)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        let (pruned,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pruned_tokens WHERE ($1 = '' OR app_id = $1) AND at >= $2 AND pruned = 1",
+        )
+        .bind(app)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        let finished = delivered + dead + invalid;
+        Ok(WindowStats {
+            window_secs,
+            finished,
+            delivered,
+            dead,
+            invalid,
+            success_rate: if finished == 0 {
+                1.0
+            } else {
+                delivered as f64 / finished as f64
+            },
+            attempts,
+            avg_latency_ms: if ok_attempts == 0 {
+                0.0
+            } else {
+                latency_sum as f64 / ok_attempts as f64
+            },
+            p95_latency_ms: p95,
+            failures,
+            pruned_tokens: pruned,
+        })
+    }
+
+    /// Attempts per `bucket_secs` bucket since `since`, oldest first.
+    pub async fn throughput_series(
+        &self,
+        app_id: Option<&str>,
+        since: i64,
+        bucket_secs: i64,
+    ) -> anyhow::Result<Vec<SeriesPoint>> {
+        let bucket = bucket_secs * 1000;
+        Ok(sqlx::query_as::<_, SeriesPoint>(
+            "SELECT (at / $3) * $3 AS at, \
+               SUM(CASE WHEN outcome = 'delivered' THEN 1 ELSE 0 END) AS delivered, \
+               SUM(CASE WHEN outcome = 'delivered' THEN 0 ELSE 1 END) AS failed \
+             FROM delivery_attempts WHERE ($1 = '' OR app_id = $1) AND at >= $2 \
+             GROUP BY (at / $3) * $3 ORDER BY 1",
+        )
+        .bind(app_id.unwrap_or(""))
+        .bind(since)
+        .bind(bucket)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Queue depth and the age of the oldest due job.
+    pub async fn queue_stats(&self, app_id: Option<&str>, now: i64) -> anyhow::Result<QueueStats> {
+        let app = app_id.unwrap_or("");
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM delivery_jobs WHERE ($1 = '' OR app_id = $1) \
+             AND status IN ('queued', 'in_flight', 'dead') GROUP BY status",
+        )
+        .bind(app)
+        .fetch_all(&self.pool)
+        .await?;
+        let count = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+        let (oldest,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(next_attempt_at) FROM delivery_jobs WHERE ($1 = '' OR app_id = $1) \
+             AND status IN ('queued', 'in_flight') AND next_attempt_at <= $2",
+        )
+        .bind(app)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        let oldest_due_age_secs = oldest
+            .map(|t| ((now - t).max(0) as f64) / 1000.0)
+            .unwrap_or(0.0);
+        Ok(QueueStats {
+            queued: count("queued"),
+            in_flight: count("in_flight"),
+            dead: count("dead"),
+            oldest_due_age_secs,
+        })
+    }
+}

@@ -1,5 +1,6 @@
 //! The HTTP API: shared state, extractors and the router every resource module contributes to.
 
+mod admin;
 mod app;
 mod devices;
 mod events;
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(notifications::router())
         .merge(app::router())
         .merge(stats::router())
+        .merge(admin::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::BadRequest("method not allowed on this route".into())

@@ -584,6 +584,15 @@ impl Store {
         Ok(Some((row, attempts)))
     }
 
+    /// The app a delivery belongs to (operator endpoints).
+    pub async fn delivery_app(&self, id: &str) -> anyhow::Result<Option<String>> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT app_id FROM delivery_jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(a,)| a))
+    }
+
     /// Job counts of an event by status.
     pub async fn event_counts(&self, event_id: &str) -> anyhow::Result<Vec<(String, i64)>> {
         Ok(sqlx::query_as::<_, (String, i64)>(

@@ -7,8 +7,10 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod push;
 pub mod redact;
 pub mod signature;
+pub mod simulator;
 pub mod store;
 mod tls;
 

@@ -11,6 +11,7 @@ pub mod push;
 pub mod redact;
 pub mod rules;
 pub mod signature;
+pub mod simulator;
 pub mod store;
 pub mod template;
 mod tls;

@@ -1,0 +1,62 @@
+#!/bin/sh
+# Regenerates the TEST-ONLY development credentials in this directory:
+#   ca.pem                          development CA (20 years); its key is deleted once the
+#                                   server certificate is signed, so nothing else can be minted under it
+#   server.pem / server.key         simulator TLS certificate (localhost, 127.0.0.1, ::1), signed by the CA
+#   AuthKey_SIMKEY0001.p8           APNs token-auth key (PKCS#8, EC P-256); key id SIMKEY0001, team id SIMTEAM001
+#   fcm-service-account.json        FCM service account (RSA 2048) whose token_uri is the simulator's default
+#
+# Usage: certs/generate.sh [output-dir]   (default: the directory holding this script)
+# Needs openssl (1.1.1 or 3.x). Never use these files against Apple or Google.
+set -eu
+
+DIR=${1:-$(dirname "$0")}
+FCM_PORT=${FCM_PORT:-2198}
+PROJECT_ID=${PROJECT_ID:-pushbridge-sim}
+DAYS=7300
+
+cd "$DIR"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# Development CA.
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key 2>/dev/null
+openssl req -x509 -new -key ca.key -sha256 -days "$DAYS" -out ca.pem \
+  -subj "/O=pushbridge/CN=pushbridge development CA (test only)" \
+  -addext "basicConstraints=critical,CA:TRUE" \
+  -addext "keyUsage=critical,keyCertSign,cRLSign"
+
+# Simulator server certificate.
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out server.key
+openssl req -new -key server.key -out "$tmp/server.csr" -subj "/O=pushbridge/CN=localhost"
+cat > "$tmp/server.ext" <<EXT
+basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1
+EXT
+openssl x509 -req -in "$tmp/server.csr" -CA ca.pem -CAkey ca.key -CAcreateserial \
+  -CAserial "$tmp/ca.srl" -days "$DAYS" -sha256 -extfile "$tmp/server.ext" -out server.pem
+
+# APNs token-auth key, in the format Apple hands out (AuthKey_<key id>.p8).
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out AuthKey_SIMKEY0001.p8
+
+# FCM service account, in the format the Firebase console hands out.
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$tmp/fcm.key" 2>/dev/null
+key_json=$(awk '{printf "%s\\n", $0}' "$tmp/fcm.key")
+cat > fcm-service-account.json <<JSON
+{
+  "type": "service_account",
+  "project_id": "$PROJECT_ID",
+  "private_key_id": "sim-key-0001",
+  "private_key": "$key_json",
+  "client_email": "pushbridge-sim@$PROJECT_ID.iam.gserviceaccount.com",
+  "client_id": "100000000000000000001",
+  "auth_uri": "https://localhost:$FCM_PORT/auth",
+  "token_uri": "https://localhost:$FCM_PORT/token",
+  "auth_provider_x509_cert_url": "https://localhost:$FCM_PORT/certs",
+  "client_x509_cert_url": "https://localhost:$FCM_PORT/certs/pushbridge-sim"
+}
+JSON
+rm -f ca.key
+echo "test credentials written to $DIR"

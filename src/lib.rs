@@ -83,6 +83,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         store,
         metrics: Arc::new(Metrics::new()),
         wake: Wake::default(),
+        providers: providers.clone(),
     };
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::push::Outcome;
@@ -44,8 +45,32 @@ pub struct JobLabels {
     pub status: String,
 }
 
+/// Labels of HTTP request metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// Method.
+    pub method: String,
+    /// Matched route pattern, e.g. `/v1/devices/{token}`.
+    pub route: String,
+    /// Status code.
+    pub status: String,
+}
+
+/// Labels of connection-pool gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// `apns_production`, `apns_sandbox` or `fcm`.
+    pub pool: String,
+}
+
 /// All metrics of one bridge instance.
 pub struct Metrics {
+    http_duration: Family<HttpLabels, Histogram>,
+    event_to_delivery: Histogram,
+    queue_depth: Family<JobLabels, Gauge>,
+    oldest_job_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pool_open: Family<PoolLabels, Gauge>,
+    pool_in_flight: Family<PoolLabels, Gauge>,
     registry: Registry,
     webhooks: Family<WebhookLabels, Counter>,
     deliveries: Family<DeliveryLabels, Counter>,
@@ -106,7 +131,51 @@ impl Metrics {
             "Devices pruned after provider feedback",
             pruned.clone(),
         );
+        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request duration by method, route and status",
+            http_duration.clone(),
+        );
+        let event_to_delivery = Histogram::new(exponential_buckets(0.005, 2.0, 18));
+        registry.register(
+            "event_to_delivery_seconds",
+            "Time from receiving an event to the provider accepting a notification",
+            event_to_delivery.clone(),
+        );
+        let queue_depth = Family::<JobLabels, Gauge>::default();
+        registry.register(
+            "queue_jobs",
+            "Delivery jobs by status (sampled at scrape)",
+            queue_depth.clone(),
+        );
+        let oldest_job_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "queue_oldest_due_job_age_seconds",
+            "Age of the oldest due job (sampled at scrape)",
+            oldest_job_age.clone(),
+        );
+        let pool_open = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "pool_connections_open",
+            "Open provider connections",
+            pool_open.clone(),
+        );
+        let pool_in_flight = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "pool_in_flight_streams",
+            "Provider requests in flight",
+            pool_in_flight.clone(),
+        );
         Self {
+            http_duration,
+            event_to_delivery,
+            queue_depth,
+            oldest_job_age,
+            pool_open,
+            pool_in_flight,
             registry,
             webhooks,
             deliveries,
@@ -138,6 +207,66 @@ impl Metrics {
                 provider: provider.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Observes one HTTP request.
+    pub fn http_request(
+        &self,
+        method: &str,
+        route: &str,
+        status: u16,
+        elapsed: std::time::Duration,
+    ) {
+        self.http_duration
+            .get_or_create(&HttpLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+                status: status.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Observes the time from event receipt to delivery.
+    pub fn event_delivered(&self, elapsed_ms: i64) {
+        self.event_to_delivery
+            .observe(elapsed_ms.max(0) as f64 / 1000.0);
+    }
+
+    /// Sets the sampled queue gauges.
+    pub fn set_queue(&self, q: &crate::store::QueueStats) {
+        for (status, n) in [
+            ("queued", q.queued),
+            ("in_flight", q.in_flight),
+            ("dead", q.dead),
+        ] {
+            self.queue_depth
+                .get_or_create(&JobLabels {
+                    status: status.to_string(),
+                })
+                .set(n);
+        }
+        self.oldest_job_age.set(q.oldest_due_age_secs);
+    }
+
+    /// Sets the sampled connection-pool gauges.
+    pub fn set_pools(&self, stats: &crate::push::ProviderStats) {
+        for (pool, s) in [
+            ("apns_production", &stats.apns_production),
+            ("apns_sandbox", &stats.apns_sandbox),
+            ("fcm", &stats.fcm),
+        ] {
+            if let Some(s) = s {
+                let labels = PoolLabels {
+                    pool: pool.to_string(),
+                };
+                self.pool_open
+                    .get_or_create(&labels)
+                    .set(s.connections_open as i64);
+                self.pool_in_flight
+                    .get_or_create(&labels)
+                    .set(s.in_flight as i64);
+            }
+        }
     }
 
     /// Counts jobs created by one fan-out.

@@ -43,6 +43,7 @@ CREATE TABLE delivery_jobs (
     lease_until     BIGINT,
     last_reason     TEXT,
     provider_id     TEXT,
+    event_at        BIGINT NOT NULL,
     created_at      BIGINT NOT NULL,
     updated_at      BIGINT NOT NULL
 );

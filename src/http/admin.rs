@@ -57,7 +57,9 @@ async fn replay(
         .replay_dead(&app_id, Some(std::slice::from_ref(&id)), None, None)
         .await?;
     if n == 0 {
-        return Err(ApiError::Conflict("only dead letters can be retried".into()));
+        return Err(ApiError::Conflict(
+            "only dead letters can be retried".into(),
+        ));
     }
     state.wake.jobs.notify_one();
     Ok((StatusCode::ACCEPTED, Json(json!({"requeued": n}))))

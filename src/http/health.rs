@@ -30,6 +30,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>, _operator: Operator) -> impl IntoResponse {
+    match state.store.queue_stats(None, crate::store::now_ms()).await {
+        Ok(q) => state.metrics.set_queue(&q),
+        Err(e) => tracing::warn!(error = %e, "sampling queue depth failed"),
+    }
+    state.metrics.set_pools(&state.providers.stats());
     (
         [(
             header::CONTENT_TYPE,

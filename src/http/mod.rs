@@ -16,7 +16,7 @@ pub(crate) use devices::canonical_locale;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::Router;
@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::push::Providers;
 use crate::store::{ApiKey, KeyKind, Store};
 use crate::worker::Wake;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wakes the background loops when new work is stored.
     pub wake: Wake,
+    /// Provider senders (for their connection gauges).
+    pub providers: Arc<Providers>,
 }
 
 /// The full API router.
@@ -58,7 +61,30 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::BadRequest("method not allowed on this route".into())
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Records every request's duration by matched route (never the raw path: it holds tokens).
+async fn observe(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    state.metrics.http_request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// A caller authenticated with any of its app's keys (server or client).

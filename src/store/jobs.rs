@@ -85,6 +85,8 @@ pub struct ClaimedJob {
     pub attempts: i64,
     /// When the job was created (for max age and pruning cutoffs).
     pub created_at: i64,
+    /// When its event was received (for event-to-delivery latency).
+    pub event_at: i64,
 }
 
 /// A device to prune after an `InvalidToken` outcome.
@@ -279,7 +281,7 @@ impl Store {
         for chunk in jobs.chunks(INSERT_CHUNK) {
             let mut sql = String::from(
                 "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
-                 attempts, next_attempt_at, last_reason, created_at, updated_at) VALUES ",
+                 attempts, next_attempt_at, last_reason, event_at, created_at, updated_at) VALUES ",
             );
             for i in 0..chunk.len() {
                 let b = i * 9;
@@ -287,7 +289,7 @@ impl Store {
                     sql.push(',');
                 }
                 sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${}, ${}, ${})",
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${}, ${}, ${}, ${})",
                     b + 1,
                     b + 2,
                     b + 3,
@@ -298,6 +300,7 @@ impl Store {
                     b + 8,
                     chunk.len() * 9 + 1,
                     b + 9,
+                    chunk.len() * 9 + 2,
                     chunk.len() * 9 + 1,
                     chunk.len() * 9 + 1,
                 ));
@@ -316,7 +319,10 @@ impl Store {
                     .bind(&j.job)
                     .bind(&j.last_reason);
             }
-            q.bind(now).execute(&mut *tx).await?;
+            q.bind(now)
+                .bind(event.received_at)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -368,7 +374,7 @@ impl Store {
                updated_at = $3 \
              WHERE id IN (SELECT id FROM delivery_jobs WHERE status = 'queued' \
                AND next_attempt_at <= $3 ORDER BY next_attempt_at LIMIT $4 {lock}) \
-             RETURNING id, app_id, event_id, platform, token, job, attempts, created_at"
+             RETURNING id, app_id, event_id, platform, token, job, attempts, created_at, event_at"
         ))
         .bind(owner)
         .bind(now + lease_ms)
@@ -586,10 +592,11 @@ impl Store {
 
     /// The app a delivery belongs to (operator endpoints).
     pub async fn delivery_app(&self, id: &str) -> anyhow::Result<Option<String>> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT app_id FROM delivery_jobs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT app_id FROM delivery_jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|(a,)| a))
     }
 

@@ -167,6 +167,7 @@ impl Worker {
         };
         match outcome {
             Outcome::Delivered { provider_id } => {
+                self.metrics.event_delivered(now - result.job.event_at);
                 result.status = JobStatus::Delivered;
                 result.outcome = "delivered";
                 result.provider_id = Some(provider_id);

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use pushbridge::config::{Config, LogFormat};
-use pushbridge::store::{KeyKind, Scheme};
+use pushbridge::http::notifications::enqueue_direct;
+use pushbridge::rules::{Audience, RuleSpec, TemplateRef};
+use pushbridge::store::{KeyKind, Scheme, SpecKind};
+use pushbridge::template::TemplateSpec;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -42,6 +45,69 @@ enum Command {
     Sources {
         #[command(subcommand)]
         command: SourcesCommand,
+    },
+    /// Manage rules (JSON specs, as for PUT /v1/rules/{name}).
+    Rules {
+        #[command(subcommand)]
+        command: SpecCommand,
+    },
+    /// Manage templates (JSON specs, as for PUT /v1/templates/{name}).
+    Templates {
+        #[command(subcommand)]
+        command: SpecCommand,
+    },
+    /// Queue a test push to a user's devices (a running bridge delivers it).
+    Send {
+        /// App id.
+        #[arg(long)]
+        app: String,
+        /// User id.
+        #[arg(long)]
+        user: String,
+        /// Title.
+        #[arg(long)]
+        title: String,
+        /// Body.
+        #[arg(long, default_value = "Test notification from pushbridge")]
+        body: String,
+    },
+    /// Print delivery stats (5 min, 1 h, 24 h).
+    Stats {
+        /// Only this app.
+        #[arg(long)]
+        app: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpecCommand {
+    /// Create or replace from a JSON file (`-` for stdin).
+    Put {
+        /// App id.
+        app_id: String,
+        /// Name.
+        name: String,
+        /// JSON spec file.
+        file: PathBuf,
+    },
+    /// List names.
+    List {
+        /// App id.
+        app_id: String,
+    },
+    /// Print one spec.
+    Show {
+        /// App id.
+        app_id: String,
+        /// Name.
+        name: String,
+    },
+    /// Delete one.
+    Delete {
+        /// App id.
+        app_id: String,
+        /// Name.
+        name: String,
     },
 }
 
@@ -158,6 +224,63 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Apps { command } => apps(command, &config).await,
         Command::Keys { command } => keys(command, &config).await,
         Command::Sources { command } => sources(command, &config).await,
+        Command::Rules { command } => specs(SpecKind::Rule, command, &config).await,
+        Command::Templates { command } => specs(SpecKind::Template, command, &config).await,
+        Command::Send {
+            app,
+            user,
+            title,
+            body,
+        } => {
+            let store = pushbridge::open_store(&config).await?;
+            let template = TemplateSpec {
+                title: Some(title),
+                body: Some(body),
+                ..TemplateSpec::default()
+            };
+            let id = enqueue_direct(
+                &store,
+                &app,
+                Audience::Users(vec![user]),
+                TemplateRef::Inline(Box::new(template)),
+                Default::default(),
+                Some("notification.test".into()),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("queued event {id}");
+            Ok(())
+        }
+        Command::Stats { app } => {
+            let store = pushbridge::open_store(&config).await?;
+            let now = pushbridge::store::now_ms();
+            println!(
+                "{:<6} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7}",
+                "window", "finished", "success", "avg ms", "p95 ms", "attempts", "pruned"
+            );
+            for (name, secs) in pushbridge::http::WINDOWS {
+                let w = store.window_stats(app.as_deref(), now, secs).await?;
+                println!(
+                    "{:<6} {:>9} {:>8.1}% {:>8.0} {:>8} {:>8} {:>7}",
+                    name,
+                    w.finished,
+                    w.success_rate * 100.0,
+                    w.avg_latency_ms,
+                    w.p95_latency_ms,
+                    w.attempts,
+                    w.pruned_tokens
+                );
+                for f in w.failures.iter().take(5) {
+                    println!("         {} {}: {}", f.outcome, f.reason, f.count);
+                }
+            }
+            let q = store.queue_stats(app.as_deref(), now).await?;
+            println!(
+                "queue: {} queued, {} in flight, {} dead, oldest due {:.1}s",
+                q.queued, q.in_flight, q.dead, q.oldest_due_age_secs
+            );
+            Ok(())
+        }
     }
 }
 
@@ -287,6 +410,64 @@ async fn sources(command: SourcesCommand, config: &Config) -> anyhow::Result<()>
                     s.secrets.len()
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+async fn specs(kind: SpecKind, command: SpecCommand, config: &Config) -> anyhow::Result<()> {
+    let store = pushbridge::open_store(config).await?;
+    match command {
+        SpecCommand::Put { app_id, name, file } => {
+            anyhow::ensure!(store.get_app(&app_id).await?.is_some(), "no app {app_id}");
+            pushbridge::http::sources::validate_name(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            // Same checks as the API: parse, compile templates, validate rules.
+            let normalized = match kind {
+                SpecKind::Template => {
+                    let spec: TemplateSpec = serde_json::from_str(&text)?;
+                    spec.compile().map_err(|e| anyhow::anyhow!("{e}"))?;
+                    serde_json::to_string(&spec)?
+                }
+                SpecKind::Rule => {
+                    let spec: RuleSpec = serde_json::from_str(&text)?;
+                    spec.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+                    if let TemplateRef::Named(t) = &spec.template {
+                        anyhow::ensure!(
+                            store
+                                .get_spec(SpecKind::Template, &app_id, t)
+                                .await?
+                                .is_some(),
+                            "no template named {t}"
+                        );
+                    }
+                    serde_json::to_string(&spec)?
+                }
+            };
+            let (_, created) = store.put_spec(kind, &app_id, &name, &normalized).await?;
+            println!("{} {name}", if created { "created" } else { "updated" });
+        }
+        SpecCommand::List { app_id } => {
+            for spec in store.list_specs(kind, &app_id).await? {
+                println!("{}", spec.name);
+            }
+        }
+        SpecCommand::Show { app_id, name } => {
+            let spec = store
+                .get_spec(kind, &app_id, &name)
+                .await?
+                .with_context(|| format!("no {name}"))?;
+            let value: serde_json::Value = serde_json::from_str(&spec.spec)?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        SpecCommand::Delete { app_id, name } => {
+            anyhow::ensure!(store.delete_spec(kind, &app_id, &name).await?, "no {name}");
+            println!("deleted {name}");
         }
     }
     Ok(())

@@ -5,10 +5,11 @@ mod app;
 mod devices;
 mod events;
 mod health;
-mod notifications;
+pub mod notifications;
 pub mod sources;
 mod specs;
 mod stats;
+pub use stats::WINDOWS;
 mod webhooks;
 
 pub(crate) use devices::canonical_locale;

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::{encode_cursor, ApiJson, ApiQuery, AppState, Page, ServerCaller};
 use crate::error::{ApiError, Result};
 use crate::rules::{Audience, DeviceFilter, RuleSpec, TemplateRef};
-use crate::store::{EventInsert, JobStatus, NewEvent, SpecKind};
+use crate::store::{EventInsert, JobStatus, NewEvent, SpecKind, Store};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -58,14 +58,35 @@ async fn send(
         Recipients::Tokens(t) => Audience::Tokens(t),
         Recipients::Devices(f) => Audience::Devices(f),
     };
-    let event_type = body
-        .event_type
-        .unwrap_or_else(|| "notification.direct".into());
+    let id = enqueue_direct(
+        &state.store,
+        caller.app_id(),
+        audience,
+        body.template,
+        body.data,
+        body.event_type,
+    )
+    .await?;
+    state.wake.events.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))))
+}
+
+/// Validates and stores a direct send as an event carrying its own rule; shared by the API
+/// and the CLI. Returns the event id.
+pub async fn enqueue_direct(
+    store: &Store,
+    app_id: &str,
+    audience: Audience,
+    template: TemplateRef,
+    data: Map<String, Value>,
+    event_type: Option<String>,
+) -> Result<String> {
+    let event_type = event_type.unwrap_or_else(|| "notification.direct".into());
     let rule = RuleSpec {
         event: event_type.clone(),
         condition: None,
         audience,
-        template: body.template,
+        template,
         enabled: true,
     };
     rule.validate().map_err(|e| {
@@ -73,9 +94,8 @@ async fn send(
         ApiError::field(field, e.message)
     })?;
     if let TemplateRef::Named(name) = &rule.template {
-        if state
-            .store
-            .get_spec(SpecKind::Template, caller.app_id(), name)
+        if store
+            .get_spec(SpecKind::Template, app_id, name)
             .await?
             .is_none()
         {
@@ -86,11 +106,10 @@ async fn send(
         }
     }
     let rule_text = serde_json::to_string(&rule).map_err(anyhow::Error::from)?;
-    let payload = Value::Object(body.data).to_string();
-    let inserted = state
-        .store
+    let payload = Value::Object(data).to_string();
+    let inserted = store
         .insert_event(&NewEvent {
-            app_id: caller.app_id(),
+            app_id,
             source_id: None,
             external_id: None,
             event_type: &event_type,
@@ -99,8 +118,7 @@ async fn send(
         })
         .await?;
     let (EventInsert::Accepted(id) | EventInsert::Duplicate(id)) = inserted;
-    state.wake.events.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))))
+    Ok(id)
 }
 
 async fn event_deliveries(

@@ -114,7 +114,8 @@ fn validate_secret(scheme: Scheme, secret: &str, field: &str) -> Result<()> {
     }
 }
 
-pub(crate) fn validate_name(name: &str) -> Result<()> {
+/// Checks a resource name (sources, rules, templates): 1-64 of `[a-z0-9_-]`.
+pub fn validate_name(name: &str) -> Result<()> {
     let ok = (1..=64).contains(&name.len())
         && name
             .bytes()

@@ -61,10 +61,41 @@ impl Running {
         result
     }
 
+    /// Aborts the background loops without letting them record or release anything: what a
+    /// crash does to in-flight work. For crash-recovery tests.
+    pub fn crash_workers(&mut self) {
+        self.workers.abort_all();
+    }
+
     /// A handle that triggers shutdown from elsewhere (signal handlers).
     pub fn stopper(&self) -> watch::Sender<bool> {
         self.stop.clone()
     }
+}
+
+/// Points APNs and FCM at a running provider simulator, using the test credentials in
+/// `certs_dir` (the repository's `certs/`). Used by `serve --simulator` and by the tests.
+pub fn use_simulator(config: &mut Config, sim: &simulator::SimulatorHandle, certs_dir: &std::path::Path) {
+    let ca = vec![certs_dir.join("ca.pem")];
+    config.apns = push::ApnsConfig {
+        enabled: true,
+        endpoint: sim.apns_url(),
+        sandbox_endpoint: sim.apns_url(),
+        key_path: certs_dir.join(format!("AuthKey_{}.p8", simulator::TEST_KEY_ID)),
+        key_id: simulator::TEST_KEY_ID.into(),
+        team_id: simulator::TEST_TEAM_ID.into(),
+        default_topic: Some("com.example.app".into()),
+        extra_root_certs: ca.clone(),
+        ..config.apns.clone()
+    };
+    config.fcm = push::FcmConfig {
+        enabled: true,
+        endpoint: sim.fcm_url(),
+        service_account_path: certs_dir.join("fcm-service-account.json"),
+        token_uri: Some(sim.token_uri()),
+        extra_root_certs: ca,
+        ..config.fcm.clone()
+    };
 }
 
 /// Opens and migrates the configured store.

@@ -28,7 +28,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the bridge (the default).
-    Serve,
+    Serve(ServeArgs),
+    /// Run only the APNs/FCM provider simulator.
+    Simulate(pushbridge::simulator::SimulateArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage apps.
@@ -109,6 +111,17 @@ enum SpecCommand {
         /// Name.
         name: String,
     },
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// Also start the provider simulator and send to it, with the test credentials in
+    /// --certs-dir: end-to-end pushes without Apple or Google accounts.
+    #[arg(long)]
+    simulator: bool,
+    /// Directory with the simulator's test certificates and keys.
+    #[arg(long, default_value = "certs")]
+    certs_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -199,7 +212,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(cli.command.unwrap_or(Command::Serve), config))
+    runtime.block_on(run(
+        cli.command.unwrap_or(Command::Serve(ServeArgs {
+            certs_dir: PathBuf::from("certs"),
+            ..ServeArgs::default()
+        })),
+        config,
+    ))
 }
 
 fn init_tracing(format: LogFormat) {
@@ -215,7 +234,8 @@ fn init_tracing(format: LogFormat) {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
-        Command::Serve => serve(config).await,
+        Command::Serve(args) => serve(config, args).await,
+        Command::Simulate(args) => pushbridge::simulator::run_cli(args).await,
         Command::Migrate => {
             pushbridge::open_store(&config).await?;
             println!("migrations applied");
@@ -284,7 +304,18 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
+    let _simulator = if args.simulator {
+        let sim_config = pushbridge::simulator::SimulatorConfig::with_certs_dir(&args.certs_dir);
+        let sim = pushbridge::simulator::start(sim_config)
+            .await
+            .context("starting the provider simulator")?;
+        pushbridge::use_simulator(&mut config, &sim, &args.certs_dir);
+        tracing::info!(apns = %sim.apns_url(), fcm = %sim.fcm_url(), "provider simulator running; APNs and FCM point at it");
+        Some(sim)
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -51,7 +51,9 @@ CREATE INDEX delivery_jobs_ready ON delivery_jobs(status, next_attempt_at);
 CREATE INDEX delivery_jobs_event ON delivery_jobs(event_id, status);
 CREATE INDEX delivery_jobs_app ON delivery_jobs(app_id, status, updated_at);
 
+-- `attempt` counts within one retry cycle; a replayed dead letter starts a new cycle at 1.
 CREATE TABLE delivery_attempts (
+    id          TEXT PRIMARY KEY,
     job_id      TEXT NOT NULL REFERENCES delivery_jobs(id) ON DELETE CASCADE,
     app_id      TEXT NOT NULL,
     platform    TEXT NOT NULL,
@@ -60,9 +62,9 @@ CREATE TABLE delivery_attempts (
     reason      TEXT,
     provider_id TEXT,
     latency_ms  BIGINT NOT NULL,
-    at          BIGINT NOT NULL,
-    PRIMARY KEY (job_id, attempt)
+    at          BIGINT NOT NULL
 );
+CREATE INDEX delivery_attempts_job ON delivery_attempts(job_id, at);
 CREATE INDEX delivery_attempts_app_at ON delivery_attempts(app_id, at);
 CREATE INDEX delivery_attempts_at ON delivery_attempts(at);
 

@@ -433,10 +433,10 @@ impl Store {
                 continue;
             }
             sqlx::query(
-                "INSERT INTO delivery_attempts (job_id, app_id, platform, attempt, outcome, reason, \
-                 provider_id, latency_ms, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (job_id, attempt) DO NOTHING",
+                "INSERT INTO delivery_attempts (id, job_id, app_id, platform, attempt, outcome, \
+                 reason, provider_id, latency_ms, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
+            .bind(new_id("att"))
             .bind(&r.job.id)
             .bind(&r.job.app_id)
             .bind(&r.job.platform)
@@ -582,7 +582,7 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let attempts = sqlx::query_as::<_, AttemptRow>(
             "SELECT attempt, outcome, reason, provider_id, latency_ms, at FROM delivery_attempts \
-             WHERE job_id = $1 ORDER BY attempt",
+             WHERE job_id = $1 ORDER BY at, attempt",
         )
         .bind(id)
         .fetch_all(&self.pool)

@@ -109,7 +109,8 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     running: Option<Running>,
-    _dir: tempfile::TempDir,
+    db_url: String,
+    dir: std::sync::Arc<tempfile::TempDir>,
 }
 
 impl TestApp {
@@ -118,9 +119,18 @@ impl TestApp {
     }
 
     pub async fn spawn_with(db: Db, tweak: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+        let url = db.fresh_url(dir.path()).await;
+        Self::spawn_on(url, dir, tweak).await
+    }
+
+    async fn spawn_on(
+        db_url: String,
+        dir: std::sync::Arc<tempfile::TempDir>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = Config {
-            database_url: db.fresh_url(dir.path()).await,
+            database_url: db_url.clone(),
             operator_key: Some(OPERATOR_KEY.to_string()),
             ..Config::default()
         };
@@ -134,7 +144,8 @@ impl TestApp {
             base: format!("http://{}", running.addr),
             client: reqwest::Client::new(),
             running: Some(running),
-            _dir: dir,
+            db_url,
+            dir,
         }
     }
 
@@ -196,4 +207,71 @@ pub fn apns_token(seed: u8) -> String {
 
 pub fn fcm_token(seed: &str) -> String {
     format!("{seed}:{}", "A".repeat(140))
+}
+
+/// The repository's test credentials.
+pub fn certs_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs")
+}
+
+/// A simulator on free ports with the repository's test credentials.
+pub async fn simulator() -> pushbridge::simulator::SimulatorHandle {
+    let mut config = pushbridge::simulator::SimulatorConfig::with_certs_dir(&certs_dir());
+    config.apns_listen = "127.0.0.1:0".parse().expect("addr");
+    config.fcm_listen = "127.0.0.1:0".parse().expect("addr");
+    pushbridge::simulator::start(config).await.expect("simulator starts")
+}
+
+impl TestApp {
+    /// The app wired to `sim`, with a fast worker (short polls and backoff) for tests.
+    pub async fn with_simulator(
+        db: Db,
+        sim: &pushbridge::simulator::SimulatorHandle,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
+        Self::spawn_with(db, |c| {
+            pushbridge::use_simulator(c, sim, &certs_dir());
+            c.worker.poll_interval_ms = 20;
+            c.worker.backoff_base_ms = 20;
+            c.worker.backoff_max_ms = 100;
+            tweak(c);
+        })
+        .await
+    }
+
+    /// A second bridge instance on the same database (and simulator).
+    pub async fn another_instance(
+        &self,
+        sim: &pushbridge::simulator::SimulatorHandle,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
+        Self::spawn_on(self.db_url.clone(), self.dir.clone(), |c| {
+            pushbridge::use_simulator(c, sim, &certs_dir());
+            c.worker.poll_interval_ms = 20;
+            c.worker.backoff_base_ms = 20;
+            c.worker.backoff_max_ms = 100;
+            tweak(c);
+        })
+        .await
+    }
+
+    /// Kills this instance's background loops mid-work, as a crash would: nothing is
+    /// recorded or released.
+    pub fn crash_workers(&mut self) {
+        self.running.as_mut().expect("running").crash_workers();
+    }
+
+    /// Polls `GET path` until `done` holds (at most ~20 s), returning the last body.
+    pub async fn wait_for(&self, path: &str, key: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..400 {
+            let (status, body) = self.call(reqwest::Method::GET, path, Some(key), None).await;
+            if status == 200 && done(&body) {
+                return body;
+            }
+            last = body;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting on {path}; last answer: {last}");
+    }
 }

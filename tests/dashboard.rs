@@ -1,0 +1,131 @@
+//! The operator dashboard in a real browser (headless Chromium): the figures it shows match
+//! the stats API.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{simulator, Db, TestApp, OPERATOR_KEY};
+use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn chromium() -> Option<PathBuf> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
+}
+
+/// Loads `url` headless and returns the DOM after scripts ran; also saves a screenshot.
+fn render(browser: &PathBuf, url: &str, screenshot: &std::path::Path) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let common = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--window-size=1400,1000",
+        "--virtual-time-budget=8000",
+    ];
+    let dom = Command::new(browser)
+        .args(common)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(dom.status.success(), "chromium failed: {}", String::from_utf8_lossy(&dom.stderr));
+    let shot = Command::new(browser)
+        .args(common)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", screenshot.display()))
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(shot.status.success(), "screenshot failed");
+    String::from_utf8(dom.stdout).expect("utf-8 DOM")
+}
+
+/// Text of the element with `id` in a dumped DOM.
+fn text_of(dom: &str, id: &str) -> Option<String> {
+    let start = dom.find(&format!("id=\"{id}\""))?;
+    let open_end = start + dom[start..].find('>')? + 1;
+    let close = open_end + dom[open_end..].find('<')?;
+    Some(dom[open_end..close].trim().to_string())
+}
+
+async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var("PUSHBRIDGE_REQUIRE_BROWSER").is_err(),
+            "PUSHBRIDGE_REQUIRE_BROWSER is set but no chromium was found"
+        );
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "notice: chromium not installed; dashboard browser test skipped");
+        return;
+    };
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |_| {}).await;
+    let app = t.new_app().await;
+    let tokens = [
+        ("apns", apns_test_token(ApnsTestKind::Success, 1)),
+        ("apns", apns_test_token(ApnsTestKind::Success, 2)),
+        ("fcm", fcm_test_token(FcmTestKind::Success, 3)),
+        ("apns", apns_test_token(ApnsTestKind::BadDeviceToken, 4)),
+        ("fcm", fcm_test_token(FcmTestKind::InvalidArgument, 5)),
+    ];
+    for (platform, token) in &tokens {
+        let (status, _) = t
+            .call(Method::PUT, &format!("/v1/devices/{token}"), Some(&app.client_key),
+                Some(json!({"platform": platform, "user_id": "u1"})))
+            .await;
+        assert_eq!(status, 201);
+    }
+    let (_, sent) = t
+        .call(Method::POST, "/v1/notifications", Some(&app.server_key),
+            Some(json!({"to": {"user": "u1"}, "template": {"title": "Hi", "body": "there"}})))
+        .await;
+    let event_id = sent["event_id"].as_str().expect("event id");
+    t.wait_for(&format!("/v1/events/{event_id}"), &app.server_key, |e| e["status"] == "completed").await;
+
+    let (_, stats) = t
+        .call(Method::GET, &format!("/v1/stats?app_id={}", app.app.id), Some(OPERATOR_KEY), None)
+        .await;
+    let w5: &Value = &stats["windows"]["5m"];
+    assert_eq!(w5["finished"], 5, "{stats}");
+
+    let shot = tempfile::tempdir().expect("dir");
+    let shot_path = shot.path().join("dashboard.png");
+    let url = format!("{}/dashboard#key={OPERATOR_KEY}&app={}", t.base, app.app.id);
+    let dom = render(&browser, &url, &shot_path);
+    assert!(dom.contains("data-loaded=\"true\""), "the page loaded its data: {dom}");
+    let rate = w5["success_rate"].as_f64().expect("rate");
+    assert_eq!(text_of(&dom, "rate-5m").as_deref(), Some(format!("{:.1}%", rate * 100.0).as_str()));
+    assert_eq!(text_of(&dom, "finished-5m").as_deref(), Some("5"));
+    assert_eq!(text_of(&dom, "pruned-5m"), Some(w5["pruned_tokens"].to_string()));
+    assert_eq!(
+        text_of(&dom, "p95-5m"),
+        Some(format!("{} ms", w5["p95_latency_ms"])),
+    );
+    assert_eq!(text_of(&dom, "q-dead").as_deref(), Some("0"));
+    assert!(dom.contains("BadDeviceToken"), "failures by reason are listed");
+    assert!(!dom.contains(&tokens[3].1), "tokens are shown redacted");
+    assert!(std::fs::metadata(&shot_path).is_ok_and(|m| m.len() > 10_000), "screenshot written");
+    if let Ok(dest) = std::env::var("PUSHBRIDGE_DASHBOARD_SCREENSHOT") {
+        std::fs::copy(&shot_path, dest).expect("copy screenshot");
+    }
+
+    // Without the operator key the page asks for it and shows no data.
+    let dom = render(&browser, &format!("{}/dashboard", t.base), &shot_path);
+    assert!(!dom.contains("data-loaded=\"true\""));
+    assert!(dom.contains("<section id=\"login\">"), "the key prompt is visible: {dom}");
+}
+
+backend_tests!(dashboard_shows_the_figures_of_the_stats_api);

@@ -1,0 +1,408 @@
+//! The delivery pipeline end to end: webhook or direct send → rules → fan-out → worker →
+//! simulator over TLS HTTP/2 → outcome, retry, pruning, callbacks.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::{simulator, Db, TestApp};
+use pushbridge::signature::{sign, verify};
+use pushbridge::simulator::tokens::{
+    apns_test_token, apns_test_token_failing_first, fcm_test_token, fcm_test_token_failing_first,
+    ApnsTestKind, FcmTestKind,
+};
+use pushbridge::simulator::{Faults, Side};
+use pushbridge::store::{now_ms, NewApp, Scheme};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn register(t: &TestApp, app: &NewApp, token: &str, body: Value) {
+    let (status, resp) = t
+        .call(Method::PUT, &format!("/v1/devices/{token}"), Some(&app.client_key), Some(body))
+        .await;
+    assert!(status == 201 || status == 200, "{resp}");
+}
+
+async fn send_to_users(t: &TestApp, app: &NewApp, users: &[&str], template: Value) -> String {
+    let (status, resp) = t
+        .call(
+            Method::POST,
+            "/v1/notifications",
+            Some(&app.server_key),
+            Some(json!({"to": {"users": users}, "template": template})),
+        )
+        .await;
+    assert_eq!(status, 202, "{resp}");
+    resp["event_id"].as_str().expect("event id").to_string()
+}
+
+async fn wait_completed(t: &TestApp, app: &NewApp, event_id: &str) -> Value {
+    t.wait_for(&format!("/v1/events/{event_id}"), &app.server_key, |e| {
+        e["status"] == "completed"
+    })
+    .await
+}
+
+async fn deliveries(t: &TestApp, app: &NewApp, event_id: &str) -> Vec<Value> {
+    let (_, list) = t
+        .call(Method::GET, &format!("/v1/events/{event_id}/deliveries"), Some(&app.server_key), None)
+        .await;
+    list["deliveries"].as_array().expect("deliveries").clone()
+}
+
+async fn webhook_for_user_gives_one_personalized_payload_per_device(db: Db) {
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |_| {}).await;
+    let app = t.new_app().await;
+    let ios = apns_test_token(ApnsTestKind::Success, 1);
+    let android_de = fcm_test_token(FcmTestKind::Success, 2);
+    let android_en = fcm_test_token(FcmTestKind::Success, 3);
+    register(&t, &app, &ios, json!({"platform": "apns", "user_id": "u1", "locale": "fr-FR",
+        "attributes": {"first_name": "Zoé", "unread": 4}})).await;
+    register(&t, &app, &android_de, json!({"platform": "fcm", "user_id": "u1", "locale": "de-AT",
+        "attributes": {"first_name": "Jonas"}})).await;
+    register(&t, &app, &android_en, json!({"platform": "fcm", "user_id": "u1", "locale": "en-GB",
+        "attributes": {"first_name": "Sam"}})).await;
+    register(&t, &app, &apns_test_token(ApnsTestKind::Success, 9), json!({"platform": "apns", "user_id": "someone-else"})).await;
+
+    let (status, err) = t
+        .call(Method::PUT, "/v1/templates/payment", Some(&app.server_key), Some(json!({
+            "title": "Payment received",
+            "body": "Hi {{ user.first_name }}, you received {{ event.data.amount }} {{ event.data.currency }}",
+            "locales": {
+                "fr": {"title": "Paiement reçu", "body": "Bonjour {{ user.first_name }}, vous avez reçu {{ event.data.amount }} €"},
+                "de": {"body": "Hallo {{ user.first_name }}, {{ event.data.amount }} € sind da"}
+            },
+            "options": {"badge": "{{ user.unread | default(1) }}", "data": {"payment": "{{ event.data.id }}"}},
+            "apns": {"sound": "cash.caf", "collapse_key": "pay-{{ event.data.id }}"},
+            "fcm": {"channel_id": "payments", "priority": "high"}
+        })))
+        .await;
+    assert_eq!(status, 201, "{err}");
+    let (status, err) = t
+        .call(Method::PUT, "/v1/rules/big-payments", Some(&app.server_key), Some(json!({
+            "event": "payment.*", "condition": "data.amount > 100",
+            "audience": {"user_id_path": "data.user_id"}, "template": "payment"
+        })))
+        .await;
+    assert_eq!(status, 201, "{err}");
+    let (_, source) = t
+        .call(Method::POST, "/v1/sources", Some(&app.server_key), Some(json!({"name": "billing", "scheme": "standard_webhooks"})))
+        .await;
+    let secret = source["secrets"][0]["secret"].as_str().expect("secret");
+
+    let body = json!({"type": "payment.succeeded", "data": {"id": "pay_77", "amount": 150, "currency": "EUR", "user_id": "u1"}}).to_string();
+    let mut req = t
+        .client
+        .post(t.url(&format!("/v1/webhooks/{}/billing", app.app.id)))
+        .header("content-type", "application/json")
+        .body(body.clone());
+    for (k, v) in sign(Scheme::StandardWebhooks, secret, body.as_bytes(), "msg_pay_77", now_ms() / 1000) {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.expect("webhook");
+    assert_eq!(resp.status(), 202);
+    let event_id = resp.json::<Value>().await.expect("json")["event_id"].as_str().expect("id").to_string();
+
+    let event = wait_completed(&t, &app, &event_id).await;
+    assert_eq!(event["deliveries"]["delivered"], 3, "{event}");
+    assert_eq!(event["deliveries"]["total"], 3, "the other user's device got nothing");
+
+    let records = sim.records();
+    let apns: Vec<_> = records.iter().filter(|r| r.side == Side::Apns).collect();
+    let fcm: Vec<_> = records.iter().filter(|r| r.side == Side::Fcm).collect();
+    assert_eq!(apns.len(), 1, "{records:?}");
+    assert_eq!(fcm.len(), 2);
+    let a = &apns[0];
+    assert_eq!(a.token.as_deref(), Some(ios.as_str()));
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body["aps"]["alert"]["title"], "Paiement reçu");
+    assert_eq!(a.body["aps"]["alert"]["body"], "Bonjour Zoé, vous avez reçu 150 €");
+    assert_eq!(a.body["aps"]["badge"], 4);
+    assert_eq!(a.body["aps"]["sound"], "cash.caf");
+    assert_eq!(a.body["payment"], "pay_77");
+    assert_eq!(a.headers.get("apns-collapse-id").map(String::as_str), Some("pay-pay_77"));
+    assert_eq!(a.headers.get("apns-topic").map(String::as_str), Some("com.example.app"));
+
+    let by_token = |token: &str| {
+        fcm.iter()
+            .find(|r| r.body["message"]["token"] == token)
+            .unwrap_or_else(|| panic!("no FCM request for {token}"))
+    };
+    let de = &by_token(&android_de).body["message"];
+    assert_eq!(de["notification"]["title"], "Payment received", "de has no title variant: default");
+    assert_eq!(de["notification"]["body"], "Hallo Jonas, 150 € sind da");
+    assert_eq!(de["android"]["notification"]["channel_id"], "payments");
+    assert_eq!(de["data"]["payment"], "pay_77");
+    let en = &by_token(&android_en).body["message"];
+    assert_eq!(en["notification"]["body"], "Hi Sam, you received 150 EUR");
+}
+
+async fn a_condition_that_does_not_match_sends_nothing(db: Db) {
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |_| {}).await;
+    let app = t.new_app().await;
+    register(&t, &app, &apns_test_token(ApnsTestKind::Success, 5), json!({"platform": "apns", "user_id": "u1"})).await;
+    let (status, _) = t
+        .call(Method::PUT, "/v1/rules/big", Some(&app.server_key), Some(json!({
+            "event": "payment.*", "condition": "data.amount > 100",
+            "audience": {"users": ["u1"]}, "template": {"body": "big one"}
+        })))
+        .await;
+    assert_eq!(status, 201);
+    let (_, source) = t
+        .call(Method::POST, "/v1/sources", Some(&app.server_key), Some(json!({"name": "billing", "scheme": "generic"})))
+        .await;
+    let secret = source["secrets"][0]["secret"].as_str().expect("secret");
+    let body = json!({"type": "payment.succeeded", "data": {"amount": 50}}).to_string();
+    let mut req = t
+        .client
+        .post(t.url(&format!("/v1/webhooks/{}/billing", app.app.id)))
+        .body(body.clone());
+    for (k, v) in sign(Scheme::Generic, secret, body.as_bytes(), "small-1", now_ms() / 1000) {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.expect("send");
+    assert_eq!(resp.status(), 202);
+    let event_id = resp.json::<Value>().await.expect("json")["event_id"].as_str().expect("id").to_string();
+    let event = wait_completed(&t, &app, &event_id).await;
+    assert_eq!(event["deliveries"]["total"], 0);
+    assert!(sim.records().iter().all(|r| r.side == Side::Token), "no push was sent");
+}
+
+/// Receives callbacks: (headers, body) of every request.
+async fn callback_receiver() -> (String, Arc<Mutex<Vec<(http::HeaderMap, String)>>>) {
+    let seen: Arc<Mutex<Vec<(http::HeaderMap, String)>>> = Arc::default();
+    let store = seen.clone();
+    let app = axum::Router::new().route(
+        "/hooks/pushbridge",
+        axum::routing::post(move |headers: http::HeaderMap, body: String| {
+            let store = store.clone();
+            async move {
+                store.lock().expect("lock").push((headers, body));
+                http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hooks/pushbridge", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+async fn a_410_prunes_the_token_and_fires_the_callback_but_keeps_a_re_registered_device(db: Db) {
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |_| {}).await;
+    let app = t.new_app().await;
+    let (url, seen) = callback_receiver().await;
+    let (status, cb) = t
+        .call(Method::PUT, "/v1/app/callback", Some(&app.server_key), Some(json!({"url": url})))
+        .await;
+    assert_eq!(status, 200, "{cb}");
+    let secret = cb["secret"].as_str().expect("secret").to_string();
+
+    // Unregistered "now": the device registered before that, so it is pruned.
+    let dead = apns_test_token(ApnsTestKind::Unregistered { timestamp_ms: None }, 11);
+    // Unregistered at an old time: the device registered again since, so it is kept.
+    let revived = apns_test_token(ApnsTestKind::Unregistered { timestamp_ms: Some(1_000_000) }, 12);
+    let fcm_dead = fcm_test_token(FcmTestKind::Unregistered, 13);
+    register(&t, &app, &dead, json!({"platform": "apns", "user_id": "u1"})).await;
+    register(&t, &app, &revived, json!({"platform": "apns", "user_id": "u1"})).await;
+    register(&t, &app, &fcm_dead, json!({"platform": "fcm", "user_id": "u1"})).await;
+    let event_id = send_to_users(&t, &app, &["u1"], json!({"body": "hello"})).await;
+    let event = wait_completed(&t, &app, &event_id).await;
+    assert_eq!(event["deliveries"]["invalid"], 3, "{event}");
+
+    for (token, kept) in [(&dead, false), (&revived, true), (&fcm_dead, false)] {
+        let (status, _) = t
+            .call(Method::GET, &format!("/v1/devices/{token}"), Some(&app.server_key), None)
+            .await;
+        assert_eq!(status, if kept { 200 } else { 404 }, "{token}");
+    }
+
+    let mut callback = None;
+    for _ in 0..200 {
+        if let Some(c) = seen.lock().expect("lock").first().cloned() {
+            callback = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (headers, body) = callback.expect("the pruned-token callback arrives");
+    verify(Scheme::StandardWebhooks, &headers, body.as_bytes(), &[&secret], now_ms() / 1000, 300)
+        .expect("the callback is signed with the app's callback secret");
+    let body: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["type"], "devices.pruned");
+    let mut tokens: Vec<&str> = body["data"]["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .filter_map(|t| t["token"].as_str())
+        .collect();
+    tokens.sort_unstable();
+    let mut want = vec![dead.as_str(), fcm_dead.as_str()];
+    want.sort_unstable();
+    assert_eq!(tokens, want, "only the tokens actually pruned are listed");
+
+    let (_, stats) = t.call(Method::GET, "/v1/stats", Some(&app.server_key), None).await;
+    assert_eq!(stats["windows"]["5m"]["pruned_tokens"], 2);
+    let shown = stats["recent_pruned_tokens"].to_string();
+    assert!(!shown.contains(&dead), "pruned tokens are shown redacted");
+}
+
+async fn a_503_then_200_is_delivered_after_a_retry(db: Db) {
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |_| {}).await;
+    let app = t.new_app().await;
+    let token = apns_test_token_failing_first(ApnsTestKind::ServiceUnavailable, 1, 21);
+    register(&t, &app, &token, json!({"platform": "apns", "user_id": "u1"})).await;
+    let event_id = send_to_users(&t, &app, &["u1"], json!({"body": "retry me"})).await;
+    let event = wait_completed(&t, &app, &event_id).await;
+    assert_eq!(event["deliveries"]["delivered"], 1, "{event}");
+    let list = deliveries(&t, &app, &event_id).await;
+    let id = list[0]["id"].as_str().expect("id");
+    let (_, delivery) = t.call(Method::GET, &format!("/v1/deliveries/{id}"), Some(&app.server_key), None).await;
+    assert_eq!(delivery["attempts"], 2);
+    let log = delivery["attempt_log"].as_array().expect("log");
+    assert_eq!(log[0]["outcome"], "retry");
+    assert_eq!(log[0]["reason"], "ServiceUnavailable");
+    assert_eq!(log[1]["outcome"], "delivered");
+    assert!(log[1]["provider_id"].as_str().is_some_and(|p| !p.is_empty()));
+}
+
+async fn quota_exceeded_retry_after_is_honoured(db: Db) {
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |_| {}).await;
+    let app = t.new_app().await;
+    let token = fcm_test_token_failing_first(FcmTestKind::QuotaExceeded, 1, 31);
+    register(&t, &app, &token, json!({"platform": "fcm", "user_id": "u1"})).await;
+    let event_id = send_to_users(&t, &app, &["u1"], json!({"body": "slow down"})).await;
+    wait_completed(&t, &app, &event_id).await;
+    let list = deliveries(&t, &app, &event_id).await;
+    let id = list[0]["id"].as_str().expect("id");
+    let (_, delivery) = t.call(Method::GET, &format!("/v1/deliveries/{id}"), Some(&app.server_key), None).await;
+    assert_eq!(delivery["status"], "delivered");
+    let log = delivery["attempt_log"].as_array().expect("log");
+    assert_eq!(log[0]["reason"], "QUOTA_EXCEEDED");
+    let at = |i: usize| {
+        time::OffsetDateTime::parse(log[i]["at"].as_str().expect("at"), &time::format_description::well_known::Rfc3339)
+            .expect("time")
+    };
+    let gap = at(1) - at(0);
+    // The simulator says Retry-After: 1; the test backoff alone would wait at most 100 ms.
+    assert!(gap >= time::Duration::milliseconds(950), "retried after {gap}");
+}
+
+async fn max_attempts_gives_a_dead_letter_and_a_replay_delivers_it(db: Db) {
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |c| c.worker.max_attempts = 2).await;
+    let app = t.new_app().await;
+    let token = apns_test_token_failing_first(ApnsTestKind::ServiceUnavailable, 3, 41);
+    register(&t, &app, &token, json!({"platform": "apns", "user_id": "u1"})).await;
+    let event_id = send_to_users(&t, &app, &["u1"], json!({"body": "persistent"})).await;
+    let event = wait_completed(&t, &app, &event_id).await;
+    assert_eq!(event["deliveries"]["dead"], 1, "{event}");
+    let (_, dead) = t.call(Method::GET, "/v1/deliveries?status=dead", Some(&app.server_key), None).await;
+    let dead = dead["deliveries"].as_array().expect("list");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["last_reason"], "ServiceUnavailable");
+    let id = dead[0]["id"].as_str().expect("id").to_string();
+
+    let (status, _) = t
+        .call(Method::POST, &format!("/v1/deliveries/{id}/retry"), Some(&app.server_key), None)
+        .await;
+    assert_eq!(status, 202);
+    let delivery = t
+        .wait_for(&format!("/v1/deliveries/{id}"), &app.server_key, |d| d["status"] == "delivered")
+        .await;
+    assert_eq!(delivery["attempt_log"].as_array().map(Vec::len), Some(4), "{delivery}");
+    wait_completed(&t, &app, &event_id).await;
+    let (status, _) = t
+        .call(Method::POST, &format!("/v1/deliveries/{id}/retry"), Some(&app.server_key), None)
+        .await;
+    assert_eq!(status, 409, "a delivered job is not a dead letter");
+}
+
+async fn a_template_that_fails_for_one_device_dead_letters_only_that_device(db: Db) {
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |_| {}).await;
+    let app = t.new_app().await;
+    let named = apns_test_token(ApnsTestKind::Success, 51);
+    let nameless = apns_test_token(ApnsTestKind::Success, 52);
+    register(&t, &app, &named, json!({"platform": "apns", "user_id": "u1", "attributes": {"first_name": "Ada"}})).await;
+    register(&t, &app, &nameless, json!({"platform": "apns", "user_id": "u1"})).await;
+    let event_id = send_to_users(&t, &app, &["u1"], json!({"body": "Hi {{ user.first_name }}"})).await;
+    let event = wait_completed(&t, &app, &event_id).await;
+    assert_eq!(event["deliveries"]["delivered"], 1, "{event}");
+    assert_eq!(event["deliveries"]["dead"], 1);
+    let list = deliveries(&t, &app, &event_id).await;
+    let dead = list.iter().find(|d| d["status"] == "dead").expect("dead letter");
+    assert_eq!(dead["token"], nameless.as_str());
+    assert!(dead["last_reason"].as_str().unwrap_or_default().contains("template error"), "{dead}");
+}
+
+async fn a_crashed_workers_jobs_are_claimed_again_after_the_lease(db: Db) {
+    let sim = simulator().await;
+    sim.set_faults(Faults { latency_ms: 30_000, ..Faults::default() });
+    let mut first = TestApp::with_simulator(db, &sim, |c| c.worker.lease_secs = 2).await;
+    let app = first.new_app().await;
+    let tokens: Vec<String> = (0..3).map(|i| apns_test_token(ApnsTestKind::Success, 60 + i)).collect();
+    for token in &tokens {
+        register(&first, &app, token, json!({"platform": "apns", "user_id": "u1"})).await;
+    }
+    let event_id = send_to_users(&first, &app, &["u1"], json!({"body": "survive"})).await;
+    first
+        .wait_for("/v1/deliveries?status=in_flight", &app.server_key, |d| {
+            d["deliveries"].as_array().map(Vec::len) == Some(3)
+        })
+        .await;
+    first.crash_workers();
+    sim.set_faults(Faults::default());
+    // A second instance on the same database picks the jobs up once the lease expires.
+    let second = first.another_instance(&sim, |c| c.worker.lease_secs = 2).await;
+    let event = wait_completed(&second, &app, &event_id).await;
+    assert_eq!(event["deliveries"]["delivered"], 3, "{event}");
+    for d in deliveries(&second, &app, &event_id).await {
+        assert_eq!(d["attempts"], 1, "the crashed attempt was never recorded: {d}");
+    }
+    let delivered: Vec<String> = sim
+        .records()
+        .iter()
+        .filter(|r| r.side == Side::Apns && r.status == 200)
+        .filter_map(|r| r.token.clone())
+        .collect();
+    for token in &tokens {
+        assert!(delivered.contains(token), "{token} delivered by the second instance");
+    }
+}
+
+async fn shutdown_finishes_in_flight_sends_and_loses_nothing(db: Db) {
+    let sim = simulator().await;
+    sim.set_faults(Faults { latency_ms: 500, ..Faults::default() });
+    let t = TestApp::with_simulator(db, &sim, |_| {}).await;
+    let app = t.new_app().await;
+    for i in 0..5 {
+        register(&t, &app, &fcm_test_token(FcmTestKind::Success, 70 + i), json!({"platform": "fcm", "user_id": "u1"})).await;
+    }
+    let event_id = send_to_users(&t, &app, &["u1"], json!({"body": "bye"})).await;
+    t.wait_for("/v1/deliveries?status=in_flight", &app.server_key, |d| {
+        d["deliveries"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let after = t.another_instance(&sim, |c| c.worker.enabled = false).await;
+    t.shutdown().await;
+    let event = wait_completed(&after, &app, &event_id).await;
+    assert_eq!(event["deliveries"]["delivered"], 5, "in-flight sends finished before exit: {event}");
+}
+
+backend_tests!(
+    webhook_for_user_gives_one_personalized_payload_per_device,
+    a_condition_that_does_not_match_sends_nothing,
+    a_410_prunes_the_token_and_fires_the_callback_but_keeps_a_re_registered_device,
+    a_503_then_200_is_delivered_after_a_retry,
+    quota_exceeded_retry_after_is_honoured,
+    max_attempts_gives_a_dead_letter_and_a_replay_delivers_it,
+    a_template_that_fails_for_one_device_dead_letters_only_that_device,
+    a_crashed_workers_jobs_are_claimed_again_after_the_lease,
+    shutdown_finishes_in_flight_sends_and_loses_nothing,
+);

@@ -75,7 +75,11 @@ impl Running {
 
 /// Points APNs and FCM at a running provider simulator, using the test credentials in
 /// `certs_dir` (the repository's `certs/`). Used by `serve --simulator` and by the tests.
-pub fn use_simulator(config: &mut Config, sim: &simulator::SimulatorHandle, certs_dir: &std::path::Path) {
+pub fn use_simulator(
+    config: &mut Config,
+    sim: &simulator::SimulatorHandle,
+    certs_dir: &std::path::Path,
+) {
     let ca = vec![certs_dir.join("ca.pem")];
     config.apns = push::ApnsConfig {
         enabled: true,

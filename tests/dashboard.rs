@@ -15,7 +15,12 @@ fn chromium() -> Option<PathBuf> {
     ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .map(PathBuf::from)
-        .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
 }
 
 /// Loads `url` headless and returns the DOM after scripts ran; also saves a screenshot.
@@ -41,7 +46,11 @@ fn render(browser: &PathBuf, url: &str, screenshot: &std::path::Path) -> String 
         .arg(url)
         .output()
         .expect("run chromium");
-    assert!(dom.status.success(), "chromium failed: {}", String::from_utf8_lossy(&dom.stderr));
+    assert!(
+        dom.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
     let shot = Command::new(browser)
         .args(common)
         .arg(format!("--user-data-dir={}", profile.path().display()))
@@ -68,7 +77,10 @@ async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
             "PUSHBRIDGE_REQUIRE_BROWSER is set but no chromium was found"
         );
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "notice: chromium not installed; dashboard browser test skipped");
+        let _ = writeln!(
+            std::io::stderr(),
+            "notice: chromium not installed; dashboard browser test skipped"
+        );
         return;
     };
     let sim = simulator().await;
@@ -83,20 +95,36 @@ async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
     ];
     for (platform, token) in &tokens {
         let (status, _) = t
-            .call(Method::PUT, &format!("/v1/devices/{token}"), Some(&app.client_key),
-                Some(json!({"platform": platform, "user_id": "u1"})))
+            .call(
+                Method::PUT,
+                &format!("/v1/devices/{token}"),
+                Some(&app.client_key),
+                Some(json!({"platform": platform, "user_id": "u1"})),
+            )
             .await;
         assert_eq!(status, 201);
     }
     let (_, sent) = t
-        .call(Method::POST, "/v1/notifications", Some(&app.server_key),
-            Some(json!({"to": {"user": "u1"}, "template": {"title": "Hi", "body": "there"}})))
+        .call(
+            Method::POST,
+            "/v1/notifications",
+            Some(&app.server_key),
+            Some(json!({"to": {"user": "u1"}, "template": {"title": "Hi", "body": "there"}})),
+        )
         .await;
     let event_id = sent["event_id"].as_str().expect("event id");
-    t.wait_for(&format!("/v1/events/{event_id}"), &app.server_key, |e| e["status"] == "completed").await;
+    t.wait_for(&format!("/v1/events/{event_id}"), &app.server_key, |e| {
+        e["status"] == "completed"
+    })
+    .await;
 
     let (_, stats) = t
-        .call(Method::GET, &format!("/v1/stats?app_id={}", app.app.id), Some(OPERATOR_KEY), None)
+        .call(
+            Method::GET,
+            &format!("/v1/stats?app_id={}", app.app.id),
+            Some(OPERATOR_KEY),
+            None,
+        )
         .await;
     let w5: &Value = &stats["windows"]["5m"];
     assert_eq!(w5["finished"], 5, "{stats}");
@@ -105,19 +133,34 @@ async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
     let shot_path = shot.path().join("dashboard.png");
     let url = format!("{}/dashboard#key={OPERATOR_KEY}&app={}", t.base, app.app.id);
     let dom = render(&browser, &url, &shot_path);
-    assert!(dom.contains("data-loaded=\"true\""), "the page loaded its data: {dom}");
+    assert!(
+        dom.contains("data-loaded=\"true\""),
+        "the page loaded its data: {dom}"
+    );
     let rate = w5["success_rate"].as_f64().expect("rate");
-    assert_eq!(text_of(&dom, "rate-5m").as_deref(), Some(format!("{:.1}%", rate * 100.0).as_str()));
+    assert_eq!(
+        text_of(&dom, "rate-5m").as_deref(),
+        Some(format!("{:.1}%", rate * 100.0).as_str())
+    );
     assert_eq!(text_of(&dom, "finished-5m").as_deref(), Some("5"));
-    assert_eq!(text_of(&dom, "pruned-5m"), Some(w5["pruned_tokens"].to_string()));
+    assert_eq!(
+        text_of(&dom, "pruned-5m"),
+        Some(w5["pruned_tokens"].to_string())
+    );
     assert_eq!(
         text_of(&dom, "p95-5m"),
         Some(format!("{} ms", w5["p95_latency_ms"])),
     );
     assert_eq!(text_of(&dom, "q-dead").as_deref(), Some("0"));
-    assert!(dom.contains("BadDeviceToken"), "failures by reason are listed");
+    assert!(
+        dom.contains("BadDeviceToken"),
+        "failures by reason are listed"
+    );
     assert!(!dom.contains(&tokens[3].1), "tokens are shown redacted");
-    assert!(std::fs::metadata(&shot_path).is_ok_and(|m| m.len() > 10_000), "screenshot written");
+    assert!(
+        std::fs::metadata(&shot_path).is_ok_and(|m| m.len() > 10_000),
+        "screenshot written"
+    );
     if let Ok(dest) = std::env::var("PUSHBRIDGE_DASHBOARD_SCREENSHOT") {
         std::fs::copy(&shot_path, dest).expect("copy screenshot");
     }
@@ -125,7 +168,10 @@ async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
     // Without the operator key the page asks for it and shows no data.
     let dom = render(&browser, &format!("{}/dashboard", t.base), &shot_path);
     assert!(!dom.contains("data-loaded=\"true\""));
-    assert!(dom.contains("<section id=\"login\">"), "the key prompt is visible: {dom}");
+    assert!(
+        dom.contains("<section id=\"login\">"),
+        "the key prompt is visible: {dom}"
+    );
 }
 
 backend_tests!(dashboard_shows_the_figures_of_the_stats_api);

@@ -19,7 +19,10 @@ const BATCH: u32 = 200;
 
 async fn three_instances_deliver_a_10k_fan_out_once_and_survive_a_crash(db: Db) {
     let sim = simulator().await;
-    sim.set_faults(Faults { latency_ms: 5, ..Faults::default() });
+    sim.set_faults(Faults {
+        latency_ms: 5,
+        ..Faults::default()
+    });
     let tweak = |c: &mut pushbridge::config::Config| {
         c.worker.lease_secs = 2;
         c.worker.batch_size = BATCH;
@@ -33,7 +36,10 @@ async fn three_instances_deliver_a_10k_fan_out_once_and_survive_a_crash(db: Db) 
     let mut tokens = Vec::with_capacity(DEVICES as usize);
     for i in 0..DEVICES {
         let (platform, token) = if i % 2 == 0 {
-            ("apns", apns_test_token(ApnsTestKind::Success, 1_000_000 + i))
+            (
+                "apns",
+                apns_test_token(ApnsTestKind::Success, 1_000_000 + i),
+            )
         } else {
             ("fcm", fcm_test_token(FcmTestKind::Success, 1_000_000 + i))
         };
@@ -57,7 +63,10 @@ async fn three_instances_deliver_a_10k_fan_out_once_and_survive_a_crash(db: Db) 
                     attributes: json!({}),
                     tags: vec![],
                 };
-                store.upsert_device(&app_id, &token, &reg).await.expect("register");
+                store
+                    .upsert_device(&app_id, &token, &reg)
+                    .await
+                    .expect("register");
             }
         })
     });
@@ -67,8 +76,12 @@ async fn three_instances_deliver_a_10k_fan_out_once_and_survive_a_crash(db: Db) 
     sim.clear_records();
 
     let (status, sent) = a
-        .call(Method::POST, "/v1/notifications", Some(&app.server_key),
-            Some(json!({"to": {"devices": {}}, "template": {"body": "to all"}})))
+        .call(
+            Method::POST,
+            "/v1/notifications",
+            Some(&app.server_key),
+            Some(json!({"to": {"devices": {}}, "template": {"body": "to all"}})),
+        )
         .await;
     assert_eq!(status, 202, "{sent}");
     let event_id = sent["event_id"].as_str().expect("id").to_string();
@@ -78,11 +91,17 @@ async fn three_instances_deliver_a_10k_fan_out_once_and_survive_a_crash(db: Db) 
         e["deliveries"]["delivered"].as_i64().unwrap_or(0) >= 1000
     })
     .await;
-    let in_flight_at_crash = store.queue_stats(None, now_ms()).await.expect("queue").in_flight;
+    let in_flight_at_crash = store
+        .queue_stats(None, now_ms())
+        .await
+        .expect("queue")
+        .in_flight;
     c.crash_workers();
 
     let event = a
-        .wait_for(&format!("/v1/events/{event_id}"), &app.server_key, |e| e["status"] == "completed")
+        .wait_for(&format!("/v1/events/{event_id}"), &app.server_key, |e| {
+            e["status"] == "completed"
+        })
         .await;
     assert_eq!(event["deliveries"]["delivered"], DEVICES, "{event}");
 
@@ -94,7 +113,10 @@ async fn three_instances_deliver_a_10k_fan_out_once_and_survive_a_crash(db: Db) 
         }
     }
     for (_, token) in &tokens {
-        assert!(per_token.contains_key(token), "every device received the push");
+        assert!(
+            per_token.contains_key(token),
+            "every device received the push"
+        );
     }
     let duplicates: i64 = per_token.values().map(|&n| i64::from(n) - 1).sum();
     // Only the crashed instance's in-flight sends can be repeated; its two loops hold at most
@@ -108,15 +130,28 @@ async fn three_instances_deliver_a_10k_fan_out_once_and_survive_a_crash(db: Db) 
 
 async fn the_same_webhook_sent_to_two_instances_at_once_is_accepted_once(db: Db) {
     let a = TestApp::spawn(db).await;
-    let b = a.another_instance(&simulator().await, |c| c.worker.enabled = false).await;
+    let b = a
+        .another_instance(&simulator().await, |c| c.worker.enabled = false)
+        .await;
     let app = a.new_app().await;
     let (_, source) = a
-        .call(Method::POST, "/v1/sources", Some(&app.server_key), Some(json!({"name": "crm", "scheme": "standard_webhooks"})))
+        .call(
+            Method::POST,
+            "/v1/sources",
+            Some(&app.server_key),
+            Some(json!({"name": "crm", "scheme": "standard_webhooks"})),
+        )
         .await;
     let secret = source["secrets"][0]["secret"].as_str().expect("secret");
     for round in 0..10 {
         let body = json!({"type": "contact.updated", "n": round}).to_string();
-        let headers = sign(Scheme::StandardWebhooks, secret, body.as_bytes(), &format!("msg_{round}"), now_ms() / 1000);
+        let headers = sign(
+            Scheme::StandardWebhooks,
+            secret,
+            body.as_bytes(),
+            &format!("msg_{round}"),
+            now_ms() / 1000,
+        );
         let post = |t: &TestApp| {
             let mut req = t
                 .client
@@ -132,12 +167,23 @@ async fn the_same_webhook_sent_to_two_instances_at_once_is_accepted_once(db: Db)
         let (ra, rb) = (ra.expect("a"), rb.expect("b"));
         let mut statuses = [ra.status().as_u16(), rb.status().as_u16()];
         statuses.sort_unstable();
-        assert_eq!(statuses, [200, 202], "one instance accepts, the other reports the duplicate");
+        assert_eq!(
+            statuses,
+            [200, 202],
+            "one instance accepts, the other reports the duplicate"
+        );
         let ida: serde_json::Value = ra.json().await.expect("json");
         let idb: serde_json::Value = rb.json().await.expect("json");
         assert_eq!(ida["event_id"], idb["event_id"]);
     }
-    let (_, events) = a.call(Method::GET, "/v1/events?limit=100", Some(&app.server_key), None).await;
+    let (_, events) = a
+        .call(
+            Method::GET,
+            "/v1/events?limit=100",
+            Some(&app.server_key),
+            None,
+        )
+        .await;
     assert_eq!(events["events"].as_array().map(Vec::len), Some(10));
 }
 

@@ -18,7 +18,12 @@ use serde_json::{json, Value};
 
 async fn register(t: &TestApp, app: &NewApp, token: &str, body: Value) {
     let (status, resp) = t
-        .call(Method::PUT, &format!("/v1/devices/{token}"), Some(&app.client_key), Some(body))
+        .call(
+            Method::PUT,
+            &format!("/v1/devices/{token}"),
+            Some(&app.client_key),
+            Some(body),
+        )
         .await;
     assert!(status == 201 || status == 200, "{resp}");
 }
@@ -45,7 +50,12 @@ async fn wait_completed(t: &TestApp, app: &NewApp, event_id: &str) -> Value {
 
 async fn deliveries(t: &TestApp, app: &NewApp, event_id: &str) -> Vec<Value> {
     let (_, list) = t
-        .call(Method::GET, &format!("/v1/events/{event_id}/deliveries"), Some(&app.server_key), None)
+        .call(
+            Method::GET,
+            &format!("/v1/events/{event_id}/deliveries"),
+            Some(&app.server_key),
+            None,
+        )
         .await;
     list["deliveries"].as_array().expect("deliveries").clone()
 }
@@ -57,13 +67,37 @@ async fn webhook_for_user_gives_one_personalized_payload_per_device(db: Db) {
     let ios = apns_test_token(ApnsTestKind::Success, 1);
     let android_de = fcm_test_token(FcmTestKind::Success, 2);
     let android_en = fcm_test_token(FcmTestKind::Success, 3);
-    register(&t, &app, &ios, json!({"platform": "apns", "user_id": "u1", "locale": "fr-FR",
-        "attributes": {"first_name": "Zoé", "unread": 4}})).await;
-    register(&t, &app, &android_de, json!({"platform": "fcm", "user_id": "u1", "locale": "de-AT",
-        "attributes": {"first_name": "Jonas"}})).await;
-    register(&t, &app, &android_en, json!({"platform": "fcm", "user_id": "u1", "locale": "en-GB",
-        "attributes": {"first_name": "Sam"}})).await;
-    register(&t, &app, &apns_test_token(ApnsTestKind::Success, 9), json!({"platform": "apns", "user_id": "someone-else"})).await;
+    register(
+        &t,
+        &app,
+        &ios,
+        json!({"platform": "apns", "user_id": "u1", "locale": "fr-FR",
+        "attributes": {"first_name": "Zoé", "unread": 4}}),
+    )
+    .await;
+    register(
+        &t,
+        &app,
+        &android_de,
+        json!({"platform": "fcm", "user_id": "u1", "locale": "de-AT",
+        "attributes": {"first_name": "Jonas"}}),
+    )
+    .await;
+    register(
+        &t,
+        &app,
+        &android_en,
+        json!({"platform": "fcm", "user_id": "u1", "locale": "en-GB",
+        "attributes": {"first_name": "Sam"}}),
+    )
+    .await;
+    register(
+        &t,
+        &app,
+        &apns_test_token(ApnsTestKind::Success, 9),
+        json!({"platform": "apns", "user_id": "someone-else"}),
+    )
+    .await;
 
     let (status, err) = t
         .call(Method::PUT, "/v1/templates/payment", Some(&app.server_key), Some(json!({
@@ -80,14 +114,24 @@ async fn webhook_for_user_gives_one_personalized_payload_per_device(db: Db) {
         .await;
     assert_eq!(status, 201, "{err}");
     let (status, err) = t
-        .call(Method::PUT, "/v1/rules/big-payments", Some(&app.server_key), Some(json!({
-            "event": "payment.*", "condition": "data.amount > 100",
-            "audience": {"user_id_path": "data.user_id"}, "template": "payment"
-        })))
+        .call(
+            Method::PUT,
+            "/v1/rules/big-payments",
+            Some(&app.server_key),
+            Some(json!({
+                "event": "payment.*", "condition": "data.amount > 100",
+                "audience": {"user_id_path": "data.user_id"}, "template": "payment"
+            })),
+        )
         .await;
     assert_eq!(status, 201, "{err}");
     let (_, source) = t
-        .call(Method::POST, "/v1/sources", Some(&app.server_key), Some(json!({"name": "billing", "scheme": "standard_webhooks"})))
+        .call(
+            Method::POST,
+            "/v1/sources",
+            Some(&app.server_key),
+            Some(json!({"name": "billing", "scheme": "standard_webhooks"})),
+        )
         .await;
     let secret = source["secrets"][0]["secret"].as_str().expect("secret");
 
@@ -97,16 +141,28 @@ async fn webhook_for_user_gives_one_personalized_payload_per_device(db: Db) {
         .post(t.url(&format!("/v1/webhooks/{}/billing", app.app.id)))
         .header("content-type", "application/json")
         .body(body.clone());
-    for (k, v) in sign(Scheme::StandardWebhooks, secret, body.as_bytes(), "msg_pay_77", now_ms() / 1000) {
+    for (k, v) in sign(
+        Scheme::StandardWebhooks,
+        secret,
+        body.as_bytes(),
+        "msg_pay_77",
+        now_ms() / 1000,
+    ) {
         req = req.header(k, v);
     }
     let resp = req.send().await.expect("webhook");
     assert_eq!(resp.status(), 202);
-    let event_id = resp.json::<Value>().await.expect("json")["event_id"].as_str().expect("id").to_string();
+    let event_id = resp.json::<Value>().await.expect("json")["event_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
 
     let event = wait_completed(&t, &app, &event_id).await;
     assert_eq!(event["deliveries"]["delivered"], 3, "{event}");
-    assert_eq!(event["deliveries"]["total"], 3, "the other user's device got nothing");
+    assert_eq!(
+        event["deliveries"]["total"], 3,
+        "the other user's device got nothing"
+    );
 
     let records = sim.records();
     let apns: Vec<_> = records.iter().filter(|r| r.side == Side::Apns).collect();
@@ -117,12 +173,21 @@ async fn webhook_for_user_gives_one_personalized_payload_per_device(db: Db) {
     assert_eq!(a.token.as_deref(), Some(ios.as_str()));
     assert_eq!(a.status, 200);
     assert_eq!(a.body["aps"]["alert"]["title"], "Paiement reçu");
-    assert_eq!(a.body["aps"]["alert"]["body"], "Bonjour Zoé, vous avez reçu 150 €");
+    assert_eq!(
+        a.body["aps"]["alert"]["body"],
+        "Bonjour Zoé, vous avez reçu 150 €"
+    );
     assert_eq!(a.body["aps"]["badge"], 4);
     assert_eq!(a.body["aps"]["sound"], "cash.caf");
     assert_eq!(a.body["payment"], "pay_77");
-    assert_eq!(a.headers.get("apns-collapse-id").map(String::as_str), Some("pay-pay_77"));
-    assert_eq!(a.headers.get("apns-topic").map(String::as_str), Some("com.example.app"));
+    assert_eq!(
+        a.headers.get("apns-collapse-id").map(String::as_str),
+        Some("pay-pay_77")
+    );
+    assert_eq!(
+        a.headers.get("apns-topic").map(String::as_str),
+        Some("com.example.app")
+    );
 
     let by_token = |token: &str| {
         fcm.iter()
@@ -130,7 +195,10 @@ async fn webhook_for_user_gives_one_personalized_payload_per_device(db: Db) {
             .unwrap_or_else(|| panic!("no FCM request for {token}"))
     };
     let de = &by_token(&android_de).body["message"];
-    assert_eq!(de["notification"]["title"], "Payment received", "de has no title variant: default");
+    assert_eq!(
+        de["notification"]["title"], "Payment received",
+        "de has no title variant: default"
+    );
     assert_eq!(de["notification"]["body"], "Hallo Jonas, 150 € sind da");
     assert_eq!(de["android"]["notification"]["channel_id"], "payments");
     assert_eq!(de["data"]["payment"], "pay_77");
@@ -142,16 +210,32 @@ async fn a_condition_that_does_not_match_sends_nothing(db: Db) {
     let sim = simulator().await;
     let t = TestApp::with_simulator(db, &sim, |_| {}).await;
     let app = t.new_app().await;
-    register(&t, &app, &apns_test_token(ApnsTestKind::Success, 5), json!({"platform": "apns", "user_id": "u1"})).await;
+    register(
+        &t,
+        &app,
+        &apns_test_token(ApnsTestKind::Success, 5),
+        json!({"platform": "apns", "user_id": "u1"}),
+    )
+    .await;
     let (status, _) = t
-        .call(Method::PUT, "/v1/rules/big", Some(&app.server_key), Some(json!({
-            "event": "payment.*", "condition": "data.amount > 100",
-            "audience": {"users": ["u1"]}, "template": {"body": "big one"}
-        })))
+        .call(
+            Method::PUT,
+            "/v1/rules/big",
+            Some(&app.server_key),
+            Some(json!({
+                "event": "payment.*", "condition": "data.amount > 100",
+                "audience": {"users": ["u1"]}, "template": {"body": "big one"}
+            })),
+        )
         .await;
     assert_eq!(status, 201);
     let (_, source) = t
-        .call(Method::POST, "/v1/sources", Some(&app.server_key), Some(json!({"name": "billing", "scheme": "generic"})))
+        .call(
+            Method::POST,
+            "/v1/sources",
+            Some(&app.server_key),
+            Some(json!({"name": "billing", "scheme": "generic"})),
+        )
         .await;
     let secret = source["secrets"][0]["secret"].as_str().expect("secret");
     let body = json!({"type": "payment.succeeded", "data": {"amount": 50}}).to_string();
@@ -159,15 +243,27 @@ async fn a_condition_that_does_not_match_sends_nothing(db: Db) {
         .client
         .post(t.url(&format!("/v1/webhooks/{}/billing", app.app.id)))
         .body(body.clone());
-    for (k, v) in sign(Scheme::Generic, secret, body.as_bytes(), "small-1", now_ms() / 1000) {
+    for (k, v) in sign(
+        Scheme::Generic,
+        secret,
+        body.as_bytes(),
+        "small-1",
+        now_ms() / 1000,
+    ) {
         req = req.header(k, v);
     }
     let resp = req.send().await.expect("send");
     assert_eq!(resp.status(), 202);
-    let event_id = resp.json::<Value>().await.expect("json")["event_id"].as_str().expect("id").to_string();
+    let event_id = resp.json::<Value>().await.expect("json")["event_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let event = wait_completed(&t, &app, &event_id).await;
     assert_eq!(event["deliveries"]["total"], 0);
-    assert!(sim.records().iter().all(|r| r.side == Side::Token), "no push was sent");
+    assert!(
+        sim.records().iter().all(|r| r.side == Side::Token),
+        "no push was sent"
+    );
 }
 
 /// Receives callbacks: (headers, body) of every request.
@@ -184,8 +280,13 @@ async fn callback_receiver() -> (String, Arc<Mutex<Vec<(http::HeaderMap, String)
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/hooks/pushbridge", listener.local_addr().expect("addr"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/hooks/pushbridge",
+        listener.local_addr().expect("addr")
+    );
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, seen)
 }
@@ -196,7 +297,12 @@ async fn a_410_prunes_the_token_and_fires_the_callback_but_keeps_a_re_registered
     let app = t.new_app().await;
     let (url, seen) = callback_receiver().await;
     let (status, cb) = t
-        .call(Method::PUT, "/v1/app/callback", Some(&app.server_key), Some(json!({"url": url})))
+        .call(
+            Method::PUT,
+            "/v1/app/callback",
+            Some(&app.server_key),
+            Some(json!({"url": url})),
+        )
         .await;
     assert_eq!(status, 200, "{cb}");
     let secret = cb["secret"].as_str().expect("secret").to_string();
@@ -204,18 +310,46 @@ async fn a_410_prunes_the_token_and_fires_the_callback_but_keeps_a_re_registered
     // Unregistered "now": the device registered before that, so it is pruned.
     let dead = apns_test_token(ApnsTestKind::Unregistered { timestamp_ms: None }, 11);
     // Unregistered at an old time: the device registered again since, so it is kept.
-    let revived = apns_test_token(ApnsTestKind::Unregistered { timestamp_ms: Some(1_000_000) }, 12);
+    let revived = apns_test_token(
+        ApnsTestKind::Unregistered {
+            timestamp_ms: Some(1_000_000),
+        },
+        12,
+    );
     let fcm_dead = fcm_test_token(FcmTestKind::Unregistered, 13);
-    register(&t, &app, &dead, json!({"platform": "apns", "user_id": "u1"})).await;
-    register(&t, &app, &revived, json!({"platform": "apns", "user_id": "u1"})).await;
-    register(&t, &app, &fcm_dead, json!({"platform": "fcm", "user_id": "u1"})).await;
+    register(
+        &t,
+        &app,
+        &dead,
+        json!({"platform": "apns", "user_id": "u1"}),
+    )
+    .await;
+    register(
+        &t,
+        &app,
+        &revived,
+        json!({"platform": "apns", "user_id": "u1"}),
+    )
+    .await;
+    register(
+        &t,
+        &app,
+        &fcm_dead,
+        json!({"platform": "fcm", "user_id": "u1"}),
+    )
+    .await;
     let event_id = send_to_users(&t, &app, &["u1"], json!({"body": "hello"})).await;
     let event = wait_completed(&t, &app, &event_id).await;
     assert_eq!(event["deliveries"]["invalid"], 3, "{event}");
 
     for (token, kept) in [(&dead, false), (&revived, true), (&fcm_dead, false)] {
         let (status, _) = t
-            .call(Method::GET, &format!("/v1/devices/{token}"), Some(&app.server_key), None)
+            .call(
+                Method::GET,
+                &format!("/v1/devices/{token}"),
+                Some(&app.server_key),
+                None,
+            )
             .await;
         assert_eq!(status, if kept { 200 } else { 404 }, "{token}");
     }
@@ -229,8 +363,15 @@ async fn a_410_prunes_the_token_and_fires_the_callback_but_keeps_a_re_registered
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let (headers, body) = callback.expect("the pruned-token callback arrives");
-    verify(Scheme::StandardWebhooks, &headers, body.as_bytes(), &[&secret], now_ms() / 1000, 300)
-        .expect("the callback is signed with the app's callback secret");
+    verify(
+        Scheme::StandardWebhooks,
+        &headers,
+        body.as_bytes(),
+        &[&secret],
+        now_ms() / 1000,
+        300,
+    )
+    .expect("the callback is signed with the app's callback secret");
     let body: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(body["type"], "devices.pruned");
     let mut tokens: Vec<&str> = body["data"]["tokens"]
@@ -244,7 +385,9 @@ async fn a_410_prunes_the_token_and_fires_the_callback_but_keeps_a_re_registered
     want.sort_unstable();
     assert_eq!(tokens, want, "only the tokens actually pruned are listed");
 
-    let (_, stats) = t.call(Method::GET, "/v1/stats", Some(&app.server_key), None).await;
+    let (_, stats) = t
+        .call(Method::GET, "/v1/stats", Some(&app.server_key), None)
+        .await;
     assert_eq!(stats["windows"]["5m"]["pruned_tokens"], 2);
     let shown = stats["recent_pruned_tokens"].to_string();
     assert!(!shown.contains(&dead), "pruned tokens are shown redacted");
@@ -255,19 +398,34 @@ async fn a_503_then_200_is_delivered_after_a_retry(db: Db) {
     let t = TestApp::with_simulator(db, &sim, |_| {}).await;
     let app = t.new_app().await;
     let token = apns_test_token_failing_first(ApnsTestKind::ServiceUnavailable, 1, 21);
-    register(&t, &app, &token, json!({"platform": "apns", "user_id": "u1"})).await;
+    register(
+        &t,
+        &app,
+        &token,
+        json!({"platform": "apns", "user_id": "u1"}),
+    )
+    .await;
     let event_id = send_to_users(&t, &app, &["u1"], json!({"body": "retry me"})).await;
     let event = wait_completed(&t, &app, &event_id).await;
     assert_eq!(event["deliveries"]["delivered"], 1, "{event}");
     let list = deliveries(&t, &app, &event_id).await;
     let id = list[0]["id"].as_str().expect("id");
-    let (_, delivery) = t.call(Method::GET, &format!("/v1/deliveries/{id}"), Some(&app.server_key), None).await;
+    let (_, delivery) = t
+        .call(
+            Method::GET,
+            &format!("/v1/deliveries/{id}"),
+            Some(&app.server_key),
+            None,
+        )
+        .await;
     assert_eq!(delivery["attempts"], 2);
     let log = delivery["attempt_log"].as_array().expect("log");
     assert_eq!(log[0]["outcome"], "retry");
     assert_eq!(log[0]["reason"], "ServiceUnavailable");
     assert_eq!(log[1]["outcome"], "delivered");
-    assert!(log[1]["provider_id"].as_str().is_some_and(|p| !p.is_empty()));
+    assert!(log[1]["provider_id"]
+        .as_str()
+        .is_some_and(|p| !p.is_empty()));
 }
 
 async fn quota_exceeded_retry_after_is_honoured(db: Db) {
@@ -275,22 +433,41 @@ async fn quota_exceeded_retry_after_is_honoured(db: Db) {
     let t = TestApp::with_simulator(db, &sim, |_| {}).await;
     let app = t.new_app().await;
     let token = fcm_test_token_failing_first(FcmTestKind::QuotaExceeded, 1, 31);
-    register(&t, &app, &token, json!({"platform": "fcm", "user_id": "u1"})).await;
+    register(
+        &t,
+        &app,
+        &token,
+        json!({"platform": "fcm", "user_id": "u1"}),
+    )
+    .await;
     let event_id = send_to_users(&t, &app, &["u1"], json!({"body": "slow down"})).await;
     wait_completed(&t, &app, &event_id).await;
     let list = deliveries(&t, &app, &event_id).await;
     let id = list[0]["id"].as_str().expect("id");
-    let (_, delivery) = t.call(Method::GET, &format!("/v1/deliveries/{id}"), Some(&app.server_key), None).await;
+    let (_, delivery) = t
+        .call(
+            Method::GET,
+            &format!("/v1/deliveries/{id}"),
+            Some(&app.server_key),
+            None,
+        )
+        .await;
     assert_eq!(delivery["status"], "delivered");
     let log = delivery["attempt_log"].as_array().expect("log");
     assert_eq!(log[0]["reason"], "QUOTA_EXCEEDED");
     let at = |i: usize| {
-        time::OffsetDateTime::parse(log[i]["at"].as_str().expect("at"), &time::format_description::well_known::Rfc3339)
-            .expect("time")
+        time::OffsetDateTime::parse(
+            log[i]["at"].as_str().expect("at"),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("time")
     };
     let gap = at(1) - at(0);
     // The simulator says Retry-After: 1; the test backoff alone would wait at most 100 ms.
-    assert!(gap >= time::Duration::milliseconds(950), "retried after {gap}");
+    assert!(
+        gap >= time::Duration::milliseconds(950),
+        "retried after {gap}"
+    );
 }
 
 async fn max_attempts_gives_a_dead_letter_and_a_replay_delivers_it(db: Db) {
@@ -298,27 +475,56 @@ async fn max_attempts_gives_a_dead_letter_and_a_replay_delivers_it(db: Db) {
     let t = TestApp::with_simulator(db, &sim, |c| c.worker.max_attempts = 2).await;
     let app = t.new_app().await;
     let token = apns_test_token_failing_first(ApnsTestKind::ServiceUnavailable, 3, 41);
-    register(&t, &app, &token, json!({"platform": "apns", "user_id": "u1"})).await;
+    register(
+        &t,
+        &app,
+        &token,
+        json!({"platform": "apns", "user_id": "u1"}),
+    )
+    .await;
     let event_id = send_to_users(&t, &app, &["u1"], json!({"body": "persistent"})).await;
     let event = wait_completed(&t, &app, &event_id).await;
     assert_eq!(event["deliveries"]["dead"], 1, "{event}");
-    let (_, dead) = t.call(Method::GET, "/v1/deliveries?status=dead", Some(&app.server_key), None).await;
+    let (_, dead) = t
+        .call(
+            Method::GET,
+            "/v1/deliveries?status=dead",
+            Some(&app.server_key),
+            None,
+        )
+        .await;
     let dead = dead["deliveries"].as_array().expect("list");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["last_reason"], "ServiceUnavailable");
     let id = dead[0]["id"].as_str().expect("id").to_string();
 
     let (status, _) = t
-        .call(Method::POST, &format!("/v1/deliveries/{id}/retry"), Some(&app.server_key), None)
+        .call(
+            Method::POST,
+            &format!("/v1/deliveries/{id}/retry"),
+            Some(&app.server_key),
+            None,
+        )
         .await;
     assert_eq!(status, 202);
     let delivery = t
-        .wait_for(&format!("/v1/deliveries/{id}"), &app.server_key, |d| d["status"] == "delivered")
+        .wait_for(&format!("/v1/deliveries/{id}"), &app.server_key, |d| {
+            d["status"] == "delivered"
+        })
         .await;
-    assert_eq!(delivery["attempt_log"].as_array().map(Vec::len), Some(4), "{delivery}");
+    assert_eq!(
+        delivery["attempt_log"].as_array().map(Vec::len),
+        Some(4),
+        "{delivery}"
+    );
     wait_completed(&t, &app, &event_id).await;
     let (status, _) = t
-        .call(Method::POST, &format!("/v1/deliveries/{id}/retry"), Some(&app.server_key), None)
+        .call(
+            Method::POST,
+            &format!("/v1/deliveries/{id}/retry"),
+            Some(&app.server_key),
+            None,
+        )
         .await;
     assert_eq!(status, 409, "a delivered job is not a dead letter");
 }
@@ -329,26 +535,64 @@ async fn a_template_that_fails_for_one_device_dead_letters_only_that_device(db: 
     let app = t.new_app().await;
     let named = apns_test_token(ApnsTestKind::Success, 51);
     let nameless = apns_test_token(ApnsTestKind::Success, 52);
-    register(&t, &app, &named, json!({"platform": "apns", "user_id": "u1", "attributes": {"first_name": "Ada"}})).await;
-    register(&t, &app, &nameless, json!({"platform": "apns", "user_id": "u1"})).await;
-    let event_id = send_to_users(&t, &app, &["u1"], json!({"body": "Hi {{ user.first_name }}"})).await;
+    register(
+        &t,
+        &app,
+        &named,
+        json!({"platform": "apns", "user_id": "u1", "attributes": {"first_name": "Ada"}}),
+    )
+    .await;
+    register(
+        &t,
+        &app,
+        &nameless,
+        json!({"platform": "apns", "user_id": "u1"}),
+    )
+    .await;
+    let event_id = send_to_users(
+        &t,
+        &app,
+        &["u1"],
+        json!({"body": "Hi {{ user.first_name }}"}),
+    )
+    .await;
     let event = wait_completed(&t, &app, &event_id).await;
     assert_eq!(event["deliveries"]["delivered"], 1, "{event}");
     assert_eq!(event["deliveries"]["dead"], 1);
     let list = deliveries(&t, &app, &event_id).await;
-    let dead = list.iter().find(|d| d["status"] == "dead").expect("dead letter");
+    let dead = list
+        .iter()
+        .find(|d| d["status"] == "dead")
+        .expect("dead letter");
     assert_eq!(dead["token"], nameless.as_str());
-    assert!(dead["last_reason"].as_str().unwrap_or_default().contains("template error"), "{dead}");
+    assert!(
+        dead["last_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("template error"),
+        "{dead}"
+    );
 }
 
 async fn a_crashed_workers_jobs_are_claimed_again_after_the_lease(db: Db) {
     let sim = simulator().await;
-    sim.set_faults(Faults { latency_ms: 30_000, ..Faults::default() });
+    sim.set_faults(Faults {
+        latency_ms: 30_000,
+        ..Faults::default()
+    });
     let mut first = TestApp::with_simulator(db, &sim, |c| c.worker.lease_secs = 2).await;
     let app = first.new_app().await;
-    let tokens: Vec<String> = (0..3).map(|i| apns_test_token(ApnsTestKind::Success, 60 + i)).collect();
+    let tokens: Vec<String> = (0..3)
+        .map(|i| apns_test_token(ApnsTestKind::Success, 60 + i))
+        .collect();
     for token in &tokens {
-        register(&first, &app, token, json!({"platform": "apns", "user_id": "u1"})).await;
+        register(
+            &first,
+            &app,
+            token,
+            json!({"platform": "apns", "user_id": "u1"}),
+        )
+        .await;
     }
     let event_id = send_to_users(&first, &app, &["u1"], json!({"body": "survive"})).await;
     first
@@ -359,11 +603,16 @@ async fn a_crashed_workers_jobs_are_claimed_again_after_the_lease(db: Db) {
     first.crash_workers();
     sim.set_faults(Faults::default());
     // A second instance on the same database picks the jobs up once the lease expires.
-    let second = first.another_instance(&sim, |c| c.worker.lease_secs = 2).await;
+    let second = first
+        .another_instance(&sim, |c| c.worker.lease_secs = 2)
+        .await;
     let event = wait_completed(&second, &app, &event_id).await;
     assert_eq!(event["deliveries"]["delivered"], 3, "{event}");
     for d in deliveries(&second, &app, &event_id).await {
-        assert_eq!(d["attempts"], 1, "the crashed attempt was never recorded: {d}");
+        assert_eq!(
+            d["attempts"], 1,
+            "the crashed attempt was never recorded: {d}"
+        );
     }
     let delivered: Vec<String> = sim
         .records()
@@ -372,17 +621,29 @@ async fn a_crashed_workers_jobs_are_claimed_again_after_the_lease(db: Db) {
         .filter_map(|r| r.token.clone())
         .collect();
     for token in &tokens {
-        assert!(delivered.contains(token), "{token} delivered by the second instance");
+        assert!(
+            delivered.contains(token),
+            "{token} delivered by the second instance"
+        );
     }
 }
 
 async fn shutdown_finishes_in_flight_sends_and_loses_nothing(db: Db) {
     let sim = simulator().await;
-    sim.set_faults(Faults { latency_ms: 500, ..Faults::default() });
+    sim.set_faults(Faults {
+        latency_ms: 500,
+        ..Faults::default()
+    });
     let t = TestApp::with_simulator(db, &sim, |_| {}).await;
     let app = t.new_app().await;
     for i in 0..5 {
-        register(&t, &app, &fcm_test_token(FcmTestKind::Success, 70 + i), json!({"platform": "fcm", "user_id": "u1"})).await;
+        register(
+            &t,
+            &app,
+            &fcm_test_token(FcmTestKind::Success, 70 + i),
+            json!({"platform": "fcm", "user_id": "u1"}),
+        )
+        .await;
     }
     let event_id = send_to_users(&t, &app, &["u1"], json!({"body": "bye"})).await;
     t.wait_for("/v1/deliveries?status=in_flight", &app.server_key, |d| {
@@ -392,7 +653,10 @@ async fn shutdown_finishes_in_flight_sends_and_loses_nothing(db: Db) {
     let after = t.another_instance(&sim, |c| c.worker.enabled = false).await;
     t.shutdown().await;
     let event = wait_completed(&after, &app, &event_id).await;
-    assert_eq!(event["deliveries"]["delivered"], 5, "in-flight sends finished before exit: {event}");
+    assert_eq!(
+        event["deliveries"]["delivered"], 5,
+        "in-flight sends finished before exit: {event}"
+    );
 }
 
 backend_tests!(

@@ -78,9 +78,9 @@ impl Store {
         let app = app_id.unwrap_or("");
         let (delivered, dead, invalid): (i64, i64, i64) = sqlx::query_as(
             "SELECT \
-               COALESCE(SUM(CASE WHEN status = 'delivered' THEN 1 ELSE 0 END), 0), \
-               COALESCE(SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END), 0), \
-               COALESCE(SUM(CASE WHEN status = 'invalid' THEN 1 ELSE 0 END), 0) \
+               CAST(COALESCE(SUM(CASE WHEN status = 'delivered' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(CASE WHEN status = 'invalid' THEN 1 ELSE 0 END), 0) AS BIGINT) \
              FROM delivery_jobs WHERE ($1 = '' OR app_id = $1) AND updated_at >= $2 \
              AND status IN ('delivered', 'dead', 'invalid')",
         )
@@ -90,8 +90,8 @@ impl Store {
         .await?;
         let (attempts, ok_attempts, latency_sum): (i64, i64, i64) = sqlx::query_as(
             "SELECT COUNT(*), \
-               COALESCE(SUM(CASE WHEN outcome = 'delivered' THEN 1 ELSE 0 END), 0), \
-               COALESCE(SUM(CASE WHEN outcome = 'delivered' THEN latency_ms ELSE 0 END), 0) \
+               CAST(COALESCE(SUM(CASE WHEN outcome = 'delivered' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(CASE WHEN outcome = 'delivered' THEN latency_ms ELSE 0 END), 0) AS BIGINT) \
              FROM delivery_attempts WHERE ($1 = '' OR app_id = $1) AND at >= $2",
         )
         .bind(app)
@@ -163,8 +163,8 @@ impl Store {
         let bucket = bucket_secs * 1000;
         Ok(sqlx::query_as::<_, SeriesPoint>(
             "SELECT (at / $3) * $3 AS at, \
-               SUM(CASE WHEN outcome = 'delivered' THEN 1 ELSE 0 END) AS delivered, \
-               SUM(CASE WHEN outcome = 'delivered' THEN 0 ELSE 1 END) AS failed \
+               CAST(SUM(CASE WHEN outcome = 'delivered' THEN 1 ELSE 0 END) AS BIGINT) AS delivered, \
+               CAST(SUM(CASE WHEN outcome = 'delivered' THEN 0 ELSE 1 END) AS BIGINT) AS failed \
              FROM delivery_attempts WHERE ($1 = '' OR app_id = $1) AND at >= $2 \
              GROUP BY (at / $3) * $3 ORDER BY 1",
         )

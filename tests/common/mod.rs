@@ -219,7 +219,9 @@ pub async fn simulator() -> pushbridge::simulator::SimulatorHandle {
     let mut config = pushbridge::simulator::SimulatorConfig::with_certs_dir(&certs_dir());
     config.apns_listen = "127.0.0.1:0".parse().expect("addr");
     config.fcm_listen = "127.0.0.1:0".parse().expect("addr");
-    pushbridge::simulator::start(config).await.expect("simulator starts")
+    pushbridge::simulator::start(config)
+        .await
+        .expect("simulator starts")
 }
 
 impl TestApp {

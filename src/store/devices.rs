@@ -255,4 +255,54 @@ impl Store {
             .fetch_all(&self.pool)
             .await?)
     }
+
+    /// Registers many devices in one transaction (bulk import, benchmarks), in multi-row
+    /// statements; existing tokens are updated as by `upsert_device`.
+    pub async fn import_devices(
+        &self,
+        app_id: &str,
+        devices: &[(String, DeviceRegistration)],
+    ) -> anyhow::Result<()> {
+        const CHUNK: usize = 400;
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        for chunk in devices.chunks(CHUNK) {
+            let mut sql = format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ");
+            for i in 0..chunk.len() {
+                let b = i * 10;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("($1");
+                for k in 1..=10 {
+                    sql.push_str(&format!(", ${}", b + k + 2));
+                }
+                sql.push_str(", $2, $2)");
+            }
+            sql.push_str(
+                " ON CONFLICT (app_id, token) DO UPDATE SET platform = excluded.platform, \
+                 user_id = excluded.user_id, locale = excluded.locale, timezone = excluded.timezone, \
+                 app_version = excluded.app_version, environment = excluded.environment, \
+                 topic = excluded.topic, attributes = excluded.attributes, tags = excluded.tags, \
+                 updated_at = excluded.updated_at",
+            );
+            let mut q = sqlx::query(&sql).bind(app_id).bind(now);
+            for (token, reg) in chunk {
+                q = q
+                    .bind(token)
+                    .bind(&reg.platform)
+                    .bind(&reg.user_id)
+                    .bind(&reg.locale)
+                    .bind(&reg.timezone)
+                    .bind(&reg.app_version)
+                    .bind(&reg.environment)
+                    .bind(&reg.topic)
+                    .bind(reg.attributes.to_string())
+                    .bind(serde_json::to_string(&reg.tags)?);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }

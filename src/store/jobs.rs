@@ -197,7 +197,102 @@ pub struct CallbackRow {
     pub attempts: i64,
 }
 
-/// Jobs per multi-row INSERT: 11 binds each stays far below SQLite's parameter limit.
+/// An open fan-out transaction; see [`Store::begin_fan_out`].
+pub struct FanOut<'e> {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    event: &'e Event,
+    now: i64,
+    /// Jobs written as queued so far.
+    pub queued: u64,
+    /// Jobs written as dead letters so far.
+    pub dead: u64,
+}
+
+impl FanOut<'_> {
+    /// Writes a batch of jobs (multi-row inserts; a repeated job id is ignored).
+    pub async fn insert(&mut self, jobs: &[NewJob]) -> anyhow::Result<()> {
+        let (event, now) = (self.event, self.now);
+        for chunk in jobs.chunks(INSERT_CHUNK) {
+            let shared = chunk.len() * 9;
+            let mut sql = String::with_capacity(160 + chunk.len() * 64);
+            sql.push_str(
+                "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
+                 attempts, next_attempt_at, last_reason, event_at, created_at, updated_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 9;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${n}, ${}, ${r}, ${n}, ${n})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8,
+                    b + 9,
+                    n = shared + 1,
+                    r = shared + 2,
+                ));
+            }
+            sql.push_str(" ON CONFLICT (id) DO NOTHING");
+            let mut q = sqlx::query(&sql);
+            for j in chunk {
+                q = q
+                    .bind(&j.id)
+                    .bind(&event.app_id)
+                    .bind(&event.id)
+                    .bind(&j.rule)
+                    .bind(&j.platform)
+                    .bind(&j.token)
+                    .bind(j.status.as_str())
+                    .bind(&j.job)
+                    .bind(&j.last_reason);
+                match j.status {
+                    JobStatus::Queued => self.queued += 1,
+                    _ => self.dead += 1,
+                }
+            }
+            q.bind(now)
+                .bind(event.received_at)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Marks the event dispatched (or completed) and commits. False, with everything rolled
+    /// back, when this instance no longer holds the event's lease.
+    pub async fn finish(mut self, owner: &str) -> anyhow::Result<bool> {
+        let status = if self.queued > 0 {
+            "dispatched"
+        } else {
+            "completed"
+        };
+        let moved = sqlx::query(
+            "UPDATE events SET status = $1, updated_at = $2, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $3 AND status = 'received' AND lease_owner = $4",
+        )
+        .bind(status)
+        .bind(self.now)
+        .bind(&self.event.id)
+        .bind(owner)
+        .execute(&mut *self.tx)
+        .await?;
+        if moved.rows_affected() == 0 {
+            self.tx.rollback().await?;
+            return Ok(false);
+        }
+        self.tx.commit().await?;
+        Ok(true)
+    }
+}
+
+/// Jobs per multi-row INSERT: 9 binds each stays far below SQLite's parameter limit.
 const INSERT_CHUNK: usize = 500;
 
 const DELIVERY_COLUMNS: &str = "id, event_id, rule, platform, token, status, attempts, \
@@ -252,80 +347,17 @@ impl Store {
         .await?)
     }
 
-    /// Writes an event's jobs in batches in the same transaction that marks it dispatched
-    /// (or completed, when nothing is left to send). False when another instance got there first.
-    pub async fn fan_out(
-        &self,
-        event: &Event,
-        owner: &str,
-        jobs: &[NewJob],
-    ) -> anyhow::Result<bool> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let pending = jobs.iter().any(|j| j.status == JobStatus::Queued);
-        let status = if pending { "dispatched" } else { "completed" };
-        let moved = sqlx::query(
-            "UPDATE events SET status = $1, updated_at = $2, lease_owner = NULL, lease_until = NULL \
-             WHERE id = $3 AND status = 'received' AND lease_owner = $4",
-        )
-        .bind(status)
-        .bind(now)
-        .bind(&event.id)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
-        if moved.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        for chunk in jobs.chunks(INSERT_CHUNK) {
-            let mut sql = String::from(
-                "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
-                 attempts, next_attempt_at, last_reason, event_at, created_at, updated_at) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let b = i * 9;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8,
-                    chunk.len() * 9 + 1,
-                    b + 9,
-                    chunk.len() * 9 + 2,
-                    chunk.len() * 9 + 1,
-                    chunk.len() * 9 + 1,
-                ));
-            }
-            sql.push_str(" ON CONFLICT (id) DO NOTHING");
-            let mut q = sqlx::query(&sql);
-            for j in chunk {
-                q = q
-                    .bind(&j.id)
-                    .bind(&event.app_id)
-                    .bind(&event.id)
-                    .bind(&j.rule)
-                    .bind(&j.platform)
-                    .bind(&j.token)
-                    .bind(j.status.as_str())
-                    .bind(&j.job)
-                    .bind(&j.last_reason);
-            }
-            q.bind(now)
-                .bind(event.received_at)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+    /// Starts an event's fan-out: one transaction that receives the jobs in batches and, at
+    /// `finish`, marks the event dispatched (or completed when nothing is left to send).
+    /// Nothing is visible to workers until it commits, and a crash mid-way rolls it all back.
+    pub async fn begin_fan_out<'e>(&self, event: &'e Event) -> anyhow::Result<FanOut<'e>> {
+        Ok(FanOut {
+            tx: self.pool.begin().await?,
+            event,
+            now: now_ms(),
+            queued: 0,
+            dead: 0,
+        })
     }
 
     /// Gives an event back (fan-out failed) so it is tried again after `delay_ms`.

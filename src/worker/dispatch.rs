@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::{JobPayload, Worker};
-use crate::rules::{user_ids_at, Audience, RuleSpec, TemplateRef};
-use crate::store::{Device, Event, JobStatus, NewJob, SpecKind};
+use crate::rules::{user_ids_at, Audience, DeviceFilter, RuleSpec, TemplateRef};
+use crate::store::{Device, Event, JobStatus, NewJob, SpecKind, Store};
 use crate::template::{context, CompiledTemplate, TemplateSpec};
 
 /// Events leased per round.
@@ -74,33 +74,30 @@ impl Worker {
                 .collect(),
         };
         let event_ctx = event_context(event, &payload);
-        let mut jobs = Vec::new();
+        let mut fan_out = self.store.begin_fan_out(event).await?;
         for (name, rule) in rules {
             if event.direct_rule.is_none() && !rule.matches(&event.event_type, &payload) {
                 continue;
             }
             let template = self.template(&event.app_id, &rule.template).await?;
-            let devices = self
-                .audience(&event.app_id, &rule.audience, &payload)
-                .await?;
-            let rule_name = name.clone().unwrap_or_else(|| "direct".into());
+            let rule_name = name.unwrap_or_else(|| "direct".into());
+            // Devices arrive in pages and are rendered and written page by page, so memory
+            // stays flat however large the audience is.
+            let mut pages = self.audience(&event.app_id, &rule.audience, &payload);
             let mut seen = HashSet::new();
-            for device in devices {
-                if seen.insert(device.token.clone()) {
-                    jobs.push(render_job(
-                        event, &rule_name, &template, &event_ctx, &device,
-                    ));
-                }
+            while let Some(devices) = pages.next_page(&self.store).await? {
+                let jobs: Vec<NewJob> = devices
+                    .iter()
+                    .filter(|d| seen.insert(d.token.clone()))
+                    .map(|d| render_job(event, &rule_name, &template, &event_ctx, d))
+                    .collect();
+                fan_out.insert(&jobs).await?;
             }
         }
-        let queued = jobs
-            .iter()
-            .filter(|j| j.status == JobStatus::Queued)
-            .count();
-        let dead = jobs.len() - queued;
-        if self.store.fan_out(event, &self.owner, &jobs).await? {
-            tracing::info!(event = %event.id, jobs = jobs.len(), dead, "event dispatched");
-            self.metrics.fanned_out(queued as u64, dead as u64);
+        let (queued, dead) = (fan_out.queued, fan_out.dead);
+        if fan_out.finish(&self.owner).await? {
+            tracing::info!(event = %event.id, queued, dead, "event dispatched");
+            self.metrics.fanned_out(queued, dead);
             if queued > 0 {
                 self.wake.jobs.notify_one();
             }
@@ -132,53 +129,97 @@ impl Worker {
         Ok(spec.compile().map_err(|e| format!("template error: {e}")))
     }
 
-    async fn audience(
-        &self,
-        app_id: &str,
-        audience: &Audience,
-        payload: &Value,
-    ) -> anyhow::Result<Vec<Device>> {
-        Ok(match audience {
-            Audience::UserIdPath(path) => {
-                let users = user_ids_at(payload, path);
-                self.store.devices_of_users(app_id, &users).await?
-            }
-            Audience::Users(users) => self.store.devices_of_users(app_id, users).await?,
-            Audience::Tokens(tokens) => {
-                let normalized: Vec<String> = tokens
-                    .iter()
-                    .map(|t| {
-                        if t.bytes().all(|b| b.is_ascii_hexdigit()) {
-                            t.to_ascii_lowercase()
-                        } else {
-                            t.clone()
-                        }
-                    })
-                    .collect();
-                self.store.devices_by_tokens(app_id, &normalized).await?
-            }
-            Audience::Devices(filter) => {
-                let mut out = Vec::new();
-                let mut after = String::new();
-                loop {
-                    let page = self
-                        .store
-                        .devices_page(app_id, filter.platform.as_deref(), &after, DEVICE_PAGE)
-                        .await?;
-                    let Some(last) = page.last() else { break };
-                    after = last.token.clone();
-                    let full = page.len() == DEVICE_PAGE as usize;
-                    out.extend(page.into_iter().filter(|d| {
-                        filter.tags.is_empty() && filter.attributes.is_empty()
-                            || filter.matches(&d.tags_list(), &d.attributes_json())
-                    }));
-                    if !full {
-                        break;
-                    }
+    /// The devices a rule addresses, as a pager.
+    fn audience(&self, app_id: &str, audience: &Audience, payload: &Value) -> AudiencePages {
+        let app_id = app_id.to_string();
+        match audience {
+            Audience::UserIdPath(path) => AudiencePages::Users {
+                app_id,
+                users: Some(user_ids_at(payload, path)),
+            },
+            Audience::Users(users) => AudiencePages::Users {
+                app_id,
+                users: Some(users.clone()),
+            },
+            Audience::Tokens(tokens) => AudiencePages::Tokens {
+                app_id,
+                tokens: Some(
+                    tokens
+                        .iter()
+                        .map(|t| {
+                            if t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                                t.to_ascii_lowercase()
+                            } else {
+                                t.clone()
+                            }
+                        })
+                        .collect(),
+                ),
+            },
+            Audience::Devices(filter) => AudiencePages::Filter {
+                app_id,
+                filter: filter.clone(),
+                after: Some(String::new()),
+            },
+        }
+    }
+}
+
+/// Pages of an audience's devices.
+enum AudiencePages {
+    /// Devices of listed users (one page).
+    Users {
+        app_id: String,
+        users: Option<Vec<String>>,
+    },
+    /// Registered devices among listed tokens (one page).
+    Tokens {
+        app_id: String,
+        tokens: Option<Vec<String>>,
+    },
+    /// Every device matching a filter, scanned in token order.
+    Filter {
+        app_id: String,
+        filter: DeviceFilter,
+        after: Option<String>,
+    },
+}
+
+impl AudiencePages {
+    async fn next_page(&mut self, store: &Store) -> anyhow::Result<Option<Vec<Device>>> {
+        match self {
+            Self::Users { app_id, users } => match users.take() {
+                Some(u) => Ok(Some(store.devices_of_users(app_id, &u).await?)),
+                None => Ok(None),
+            },
+            Self::Tokens { app_id, tokens } => match tokens.take() {
+                Some(t) => Ok(Some(store.devices_by_tokens(app_id, &t).await?)),
+                None => Ok(None),
+            },
+            Self::Filter {
+                app_id,
+                filter,
+                after,
+            } => {
+                let Some(cursor) = after.take() else {
+                    return Ok(None);
+                };
+                let page = store
+                    .devices_page(app_id, filter.platform.as_deref(), &cursor, DEVICE_PAGE)
+                    .await?;
+                if page.len() == DEVICE_PAGE as usize {
+                    *after = page.last().map(|d| d.token.clone());
                 }
-                out
+                let unfiltered = filter.tags.is_empty() && filter.attributes.is_empty();
+                Ok(Some(
+                    page.into_iter()
+                        .filter(|d| {
+                            unfiltered || filter.matches(&d.tags_list(), &d.attributes_json())
+                        })
+                        .collect(),
+                ))
             }
-        })
+        }
     }
 }
 

@@ -204,4 +204,16 @@ impl Store {
             oldest_due_age_secs,
         })
     }
+
+    /// Event-to-delivery times (ms) of an event's delivered jobs, ascending.
+    pub async fn delivery_latencies(&self, event_id: &str) -> anyhow::Result<Vec<i64>> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT updated_at - event_at FROM delivery_jobs WHERE event_id = $1 \
+             AND status = 'delivered' ORDER BY 1",
+        )
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(v,)| v).collect())
+    }
 }

@@ -402,7 +402,9 @@ impl JwtSigner {
     }
 
     fn sign(&self, now: i64) -> Result<String, jsonwebtoken::errors::Error> {
+        // Apple's documented header is exactly {alg, kid}.
         let mut header = Header::new(Algorithm::ES256);
+        header.typ = None;
         header.kid = Some(self.key_id.clone());
         jsonwebtoken::encode(
             &header,

@@ -780,3 +780,35 @@ async fn concurrent_sends_survive_repeated_goaways() {
     assert!(delivered >= 290, "{delivered}");
     assert!(sim.connections_accepted() >= 6);
 }
+
+#[tokio::test]
+async fn slow_provider_times_out_as_retry_and_the_connection_is_kept() {
+    let sim = simulator().await;
+    let config = ApnsConfig {
+        request_timeout_ms: 100,
+        pool_size: 1,
+        ..apns_config(&sim)
+    };
+    let providers = Providers::new(&config, &FcmConfig::default()).unwrap();
+    let token = apns_test_token(ApnsTestKind::Success, 1);
+    // Warm the connection up first so the timeout hits the request, not the handshake.
+    assert!(matches!(
+        providers.send(&apns(&token), &hello()).await,
+        Outcome::Delivered { .. }
+    ));
+    sim.set_faults(Faults {
+        latency_ms: 5_000,
+        ..Faults::default()
+    });
+    assert_eq!(
+        providers.send(&apns(&token), &hello()).await,
+        retry("Timeout")
+    );
+    sim.set_faults(Faults::default());
+    assert!(matches!(
+        providers.send(&apns(&token), &hello()).await,
+        Outcome::Delivered { .. }
+    ));
+    // A timed-out stream is cancelled, not the connection under it.
+    assert_eq!(sim.connections_accepted(), 1);
+}

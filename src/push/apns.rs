@@ -130,8 +130,7 @@ impl ApnsSender {
                 }
             };
             let outcome = map_response(&response, &request.apns_id);
-            let expired_jwt = matches!(&outcome, Outcome::Retry { reason, .. } if reason == "ExpiredProviderToken");
-            if expired_jwt && !refreshed {
+            if is_expired_provider_token(&response) && !refreshed {
                 refreshed = true;
                 match self.signer.refresh(&jwt) {
                     Ok(fresh) => {
@@ -178,11 +177,12 @@ impl ApnsRequest {
     /// Builds payload and headers, or the [`Outcome::Failed`] that makes sending pointless.
     pub fn build(n: &Notification, topic: &str, now_secs: i64) -> Result<Self, Outcome> {
         let push_type = n.push_type.clone().unwrap_or_else(|| {
-            if n.content_available && !n.has_alert() && n.badge.is_none() && n.sound.is_none() {
-                "background".to_string()
+            if n.is_background() {
+                "background"
             } else {
-                "alert".to_string()
+                "alert"
             }
+            .to_string()
         });
         let payload = payload_json(n).map_err(|e| {
             tracing::error!(error = %e, "serializing an APNs payload failed");
@@ -290,6 +290,12 @@ fn payload_json(n: &Notification) -> Result<Vec<u8>, serde_json::Error> {
         }
     }
     serde_json::to_vec(&json)
+}
+
+fn is_expired_provider_token(response: &ProviderResponse) -> bool {
+    response.status == StatusCode::FORBIDDEN
+        && serde_json::from_slice::<ErrorBody>(&response.body)
+            .is_ok_and(|b| b.reason == "ExpiredProviderToken")
 }
 
 #[derive(Deserialize)]

@@ -270,7 +270,7 @@ fn apns_config(n: &Notification, now_secs: i64) -> Option<FcmApnsConfig> {
         aps.insert("content-available".into(), json!(1));
     }
     // FCM forwards these to APNs as they are; a background push needs type and priority 5.
-    let background = n.content_available && !n.has_alert();
+    let background = n.is_background();
     let mut headers = HashMap::new();
     let priority = match n.priority {
         Some(Priority::High) => Some("10"),

@@ -113,6 +113,11 @@ impl Notification {
     pub fn has_alert(&self) -> bool {
         self.title.is_some() || self.subtitle.is_some() || self.body.is_some()
     }
+
+    /// A silent push that only wakes the app: `apns-push-type: background`, priority 5.
+    pub fn is_background(&self) -> bool {
+        self.content_available && !self.has_alert() && self.badge.is_none() && self.sound.is_none()
+    }
 }
 
 /// Push platform of a device.

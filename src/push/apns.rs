@@ -55,6 +55,7 @@ impl ApnsSender {
                 size: config.pool_size,
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
                 extra_root_certs: config.extra_root_certs.clone(),
+                keep_idle_connections: true,
             })
         };
         let signer = JwtSigner {

@@ -91,6 +91,7 @@ impl FcmSender {
             size: config.pool_size,
             request_timeout: timeout,
             extra_root_certs: config.extra_root_certs.clone(),
+            keep_idle_connections: true,
         })
         .context("fcm.endpoint")?;
         let auth = OAuth::new(&account, token_uri, timeout, config, clock.clone())?;
@@ -466,6 +467,7 @@ impl OAuth {
             size: 1,
             request_timeout: timeout,
             extra_root_certs: config.extra_root_certs.clone(),
+            keep_idle_connections: false,
         })
         .context("fcm token_uri")?;
         Ok(Self {

@@ -28,7 +28,7 @@ pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 pub const FCM_ERROR_TYPE: &str = "type.googleapis.com/google.firebase.fcm.v1.FcmError";
 /// The `@type` of the field-violation detail Google adds to INVALID_ARGUMENT.
 pub const BAD_REQUEST_TYPE: &str = "type.googleapis.com/google.rpc.BadRequest";
-/// Limit on the message payload (everything but the token).
+/// Limit on the message payload (`notification` plus `data`).
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
 /// Access tokens are replaced this long before Google says they expire.
 const TOKEN_EXPIRY_MARGIN_SECS: i64 = 60;
@@ -175,14 +175,27 @@ struct SendRequest<'a> {
 /// The `{"message": ...}` body, or the [`Outcome::Failed`] that makes sending pointless.
 pub fn request_body(token: &str, n: &Notification, now_secs: i64) -> Result<Bytes, Outcome> {
     let mut message = message(n, now_secs);
-    let payload = serde_json::to_vec(&message).map_err(|_| failed("PayloadSerializationFailed"))?;
-    if payload.len() > MAX_PAYLOAD_BYTES {
+    if payload_size(&message) > MAX_PAYLOAD_BYTES {
         return Err(failed("PayloadTooLarge"));
     }
     message.token = Some(token.to_string());
     serde_json::to_vec(&SendRequest { message: &message })
         .map(Bytes::from)
         .map_err(|_| failed("PayloadSerializationFailed"))
+}
+
+/// What FCM counts against its 4096-byte limit: the `notification` and `data` objects.
+pub fn payload_size(message: &Message) -> usize {
+    let size = |v: Result<Vec<u8>, serde_json::Error>| v.map(|b| b.len()).unwrap_or(usize::MAX);
+    let notification = message
+        .notification
+        .as_ref()
+        .map_or(0, |n| size(serde_json::to_vec(n)));
+    let data = message
+        .data
+        .as_ref()
+        .map_or(0, |d| size(serde_json::to_vec(d)));
+    notification.saturating_add(data)
 }
 
 /// The FCM message for `n`, without a target.

@@ -134,7 +134,7 @@ impl SimulatorConfig {
             fcm_service_account_path: dir.join("fcm-service-account.json"),
             access_token_ttl_secs: 3600,
             max_concurrent_streams: 1000,
-            max_records: 10_000,
+            max_records: 100_000,
             faults: Faults::default(),
         }
     }
@@ -517,7 +517,7 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub goaway_after_streams: Option<u64>,
     /// Requests kept for inspection (0 = none, for benchmarks).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 100_000)]
     pub max_records: usize,
 }
 

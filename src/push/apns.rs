@@ -55,6 +55,7 @@ impl ApnsSender {
                 size: config.pool_size,
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
                 extra_root_certs: config.extra_root_certs.clone(),
+                keep_idle_connections: true,
             })
         };
         let signer = JwtSigner {
@@ -130,8 +131,7 @@ impl ApnsSender {
                 }
             };
             let outcome = map_response(&response, &request.apns_id);
-            let expired_jwt = matches!(&outcome, Outcome::Retry { reason, .. } if reason == "ExpiredProviderToken");
-            if expired_jwt && !refreshed {
+            if is_expired_provider_token(&response) && !refreshed {
                 refreshed = true;
                 match self.signer.refresh(&jwt) {
                     Ok(fresh) => {
@@ -178,11 +178,12 @@ impl ApnsRequest {
     /// Builds payload and headers, or the [`Outcome::Failed`] that makes sending pointless.
     pub fn build(n: &Notification, topic: &str, now_secs: i64) -> Result<Self, Outcome> {
         let push_type = n.push_type.clone().unwrap_or_else(|| {
-            if n.content_available && !n.has_alert() && n.badge.is_none() && n.sound.is_none() {
-                "background".to_string()
+            if n.is_background() {
+                "background"
             } else {
-                "alert".to_string()
+                "alert"
             }
+            .to_string()
         });
         let payload = payload_json(n).map_err(|e| {
             tracing::error!(error = %e, "serializing an APNs payload failed");
@@ -290,6 +291,12 @@ fn payload_json(n: &Notification) -> Result<Vec<u8>, serde_json::Error> {
         }
     }
     serde_json::to_vec(&json)
+}
+
+fn is_expired_provider_token(response: &ProviderResponse) -> bool {
+    response.status == StatusCode::FORBIDDEN
+        && serde_json::from_slice::<ErrorBody>(&response.body)
+            .is_ok_and(|b| b.reason == "ExpiredProviderToken")
 }
 
 #[derive(Deserialize)]
@@ -402,7 +409,9 @@ impl JwtSigner {
     }
 
     fn sign(&self, now: i64) -> Result<String, jsonwebtoken::errors::Error> {
+        // Apple's documented header is exactly {alg, kid}.
         let mut header = Header::new(Algorithm::ES256);
+        header.typ = None;
         header.kid = Some(self.key_id.clone());
         jsonwebtoken::encode(
             &header,

@@ -28,7 +28,7 @@ pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 pub const FCM_ERROR_TYPE: &str = "type.googleapis.com/google.firebase.fcm.v1.FcmError";
 /// The `@type` of the field-violation detail Google adds to INVALID_ARGUMENT.
 pub const BAD_REQUEST_TYPE: &str = "type.googleapis.com/google.rpc.BadRequest";
-/// Limit on the message payload (everything but the token).
+/// Limit on the message payload (`notification` plus `data`).
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
 /// Access tokens are replaced this long before Google says they expire.
 const TOKEN_EXPIRY_MARGIN_SECS: i64 = 60;
@@ -65,6 +65,7 @@ pub struct FcmSender {
     messages: H2Pool,
     send_path: String,
     auth: OAuth,
+    clock: Clock,
 }
 
 impl FcmSender {
@@ -90,13 +91,15 @@ impl FcmSender {
             size: config.pool_size,
             request_timeout: timeout,
             extra_root_certs: config.extra_root_certs.clone(),
+            keep_idle_connections: true,
         })
         .context("fcm.endpoint")?;
-        let auth = OAuth::new(&account, token_uri, timeout, config, clock)?;
+        let auth = OAuth::new(&account, token_uri, timeout, config, clock.clone())?;
         Ok(Self {
             messages,
             send_path: format!("/v1/projects/{project}/messages:send"),
             auth,
+            clock,
         })
     }
 
@@ -107,7 +110,7 @@ impl FcmSender {
 
     /// Sends `n` to the registration token `token`.
     pub async fn send(&self, token: &str, n: &Notification) -> Outcome {
-        let body = match request_body(token, n) {
+        let body = match request_body(token, n, self.clock.unix_secs()) {
             Ok(body) => body,
             Err(outcome) => return outcome,
         };
@@ -170,10 +173,9 @@ struct SendRequest<'a> {
 }
 
 /// The `{"message": ...}` body, or the [`Outcome::Failed`] that makes sending pointless.
-pub fn request_body(token: &str, n: &Notification) -> Result<Bytes, Outcome> {
-    let mut message = message(n);
-    let payload = serde_json::to_vec(&message).map_err(|_| failed("PayloadSerializationFailed"))?;
-    if payload.len() > MAX_PAYLOAD_BYTES {
+pub fn request_body(token: &str, n: &Notification, now_secs: i64) -> Result<Bytes, Outcome> {
+    let mut message = message(n, now_secs);
+    if payload_size(&message) > MAX_PAYLOAD_BYTES {
         return Err(failed("PayloadTooLarge"));
     }
     message.token = Some(token.to_string());
@@ -182,8 +184,22 @@ pub fn request_body(token: &str, n: &Notification) -> Result<Bytes, Outcome> {
         .map_err(|_| failed("PayloadSerializationFailed"))
 }
 
+/// What FCM counts against its 4096-byte limit: the `notification` and `data` objects.
+pub fn payload_size(message: &Message) -> usize {
+    let size = |v: Result<Vec<u8>, serde_json::Error>| v.map(|b| b.len()).unwrap_or(usize::MAX);
+    let notification = message
+        .notification
+        .as_ref()
+        .map_or(0, |n| size(serde_json::to_vec(n)));
+    let data = message
+        .data
+        .as_ref()
+        .map_or(0, |d| size(serde_json::to_vec(d)));
+    notification.saturating_add(data)
+}
+
 /// The FCM message for `n`, without a target.
-pub fn message(n: &Notification) -> Message {
+pub fn message(n: &Notification, now_secs: i64) -> Message {
     let notification =
         (n.title.is_some() || n.body.is_some() || n.image.is_some()).then(|| FcmNotification {
             title: n.title.clone(),
@@ -200,7 +216,7 @@ pub fn message(n: &Notification) -> Message {
     Message {
         data,
         android: android_config(n),
-        apns: apns_config(n),
+        apns: apns_config(n, now_secs),
         webpush: webpush_config(n),
         notification,
         ..Message::default()
@@ -233,7 +249,7 @@ fn android_config(n: &Notification) -> Option<AndroidConfig> {
     (!empty).then_some(config)
 }
 
-fn apns_config(n: &Notification) -> Option<FcmApnsConfig> {
+fn apns_config(n: &Notification, now_secs: i64) -> Option<FcmApnsConfig> {
     let mut aps = serde_json::Map::new();
     if n.subtitle.is_some() {
         // FCM has no subtitle field; an explicit alert dictionary carries it.
@@ -267,19 +283,35 @@ fn apns_config(n: &Notification) -> Option<FcmApnsConfig> {
     if n.content_available {
         aps.insert("content-available".into(), json!(1));
     }
+    // FCM forwards these to APNs as they are; a background push needs type and priority 5.
+    let background = n.is_background();
     let mut headers = HashMap::new();
-    if let Some(p) = n.priority {
-        let value = match p {
-            Priority::High => "10",
-            Priority::Normal => "5",
-        };
-        headers.insert("apns-priority".to_string(), json!(value));
+    let priority = match n.priority {
+        Some(Priority::High) => Some("10"),
+        Some(Priority::Normal) => Some("5"),
+        None if background => Some("5"),
+        None => None,
+    };
+    if let Some(p) = priority {
+        headers.insert("apns-priority".to_string(), json!(p));
+    }
+    let push_type = n
+        .push_type
+        .as_deref()
+        .or(background.then_some("background"));
+    if let Some(push_type) = push_type {
+        headers.insert("apns-push-type".to_string(), json!(push_type));
     }
     if let Some(collapse) = &n.collapse_key {
         headers.insert("apns-collapse-id".to_string(), json!(collapse));
     }
-    if let Some(push_type) = &n.push_type {
-        headers.insert("apns-push-type".to_string(), json!(push_type));
+    if let Some(ttl) = n.ttl_seconds {
+        let expiration = if ttl == 0 {
+            0
+        } else {
+            now_secs.saturating_add(ttl.min(i64::MAX as u64) as i64)
+        };
+        headers.insert("apns-expiration".to_string(), json!(expiration.to_string()));
     }
     if aps.is_empty() && headers.is_empty() {
         return None;
@@ -448,6 +480,7 @@ impl OAuth {
             size: 1,
             request_timeout: timeout,
             extra_root_certs: config.extra_root_certs.clone(),
+            keep_idle_connections: false,
         })
         .context("fcm token_uri")?;
         Ok(Self {
@@ -594,7 +627,7 @@ mod tests {
             data: [("k".to_string(), "v".to_string())].into(),
             ..Notification::default()
         };
-        let body: Value = serde_json::from_slice(&request_body("tok", &n).unwrap()).unwrap();
+        let body: Value = serde_json::from_slice(&request_body("tok", &n, 0).unwrap()).unwrap();
         assert_eq!(body["message"]["data"]["k"], "v");
         assert_eq!(body["message"]["token"], "tok");
         let big = Notification {
@@ -602,7 +635,7 @@ mod tests {
             ..Notification::default()
         };
         assert_eq!(
-            request_body("tok", &big).unwrap_err(),
+            request_body("tok", &big, 0).unwrap_err(),
             failed("PayloadTooLarge")
         );
     }

@@ -37,7 +37,8 @@ pub enum Outcome {
     },
     /// A transient failure: try again later, no earlier than `after` when given.
     Retry {
-        /// The provider's `Retry-After`, when it sent one.
+        /// The provider's `Retry-After`, when it sent one (serialized as `after_ms`).
+        #[serde(rename = "after_ms", serialize_with = "serialize_millis")]
         after: Option<Duration>,
         /// Provider reason or transport failure.
         reason: String,
@@ -47,6 +48,16 @@ pub enum Outcome {
         /// Provider reason, e.g. `PayloadTooLarge`.
         reason: String,
     },
+}
+
+fn serialize_millis<S: serde::Serializer>(
+    value: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(d) => serializer.serialize_some(&(d.as_millis() as u64)),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// Notification priority, mapped to `apns-priority` 10/5 and FCM `HIGH`/`NORMAL`.
@@ -101,6 +112,11 @@ impl Notification {
     /// Whether any user-visible alert text is set.
     pub fn has_alert(&self) -> bool {
         self.title.is_some() || self.subtitle.is_some() || self.body.is_some()
+    }
+
+    /// A silent push that only wakes the app: `apns-push-type: background`, priority 5.
+    pub fn is_background(&self) -> bool {
+        self.content_available && !self.has_alert() && self.badge.is_none() && self.sound.is_none()
     }
 }
 
@@ -432,6 +448,18 @@ mod tests {
         );
         let parsed = retry_after(&headers).unwrap();
         assert!(parsed > Duration::from_secs(100) && parsed <= Duration::from_secs(120));
+    }
+
+    #[test]
+    fn outcomes_serialize_flat_with_millis() {
+        let retry = Outcome::Retry {
+            after: Some(Duration::from_secs(2)),
+            reason: "UNAVAILABLE".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&retry).unwrap(),
+            serde_json::json!({"outcome": "retry", "after_ms": 2000, "reason": "UNAVAILABLE"})
+        );
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct PoolConfig {
     pub request_timeout: Duration,
     /// PEM files with extra trusted roots (added to the web PKI roots).
     pub extra_root_certs: Vec<PathBuf>,
+    /// Ping idle connections to keep them open (providers want long-lived connections; a
+    /// token endpoint used once an hour does not).
+    pub keep_idle_connections: bool,
 }
 
 /// Why a request got no HTTP response. All of these are worth retrying later.
@@ -131,6 +134,7 @@ pub struct Connector {
     server_name: ServerName<'static>,
     tls: TlsConnector,
     connect_timeout: Duration,
+    keep_idle: bool,
     counters: Arc<Counters>,
     next_id: AtomicU64,
 }
@@ -167,7 +171,7 @@ impl Connector {
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
+            .keep_alive_while_idle(self.keep_idle)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| fail(format!("HTTP/2 handshake: {e}")))?;
@@ -249,6 +253,7 @@ impl H2Pool {
             server_name,
             tls: TlsConnector::from(super::tls::client_config(&config.extra_root_certs)?),
             connect_timeout: config.request_timeout,
+            keep_idle: config.keep_idle_connections,
             counters: counters.clone(),
             next_id: AtomicU64::new(1),
         };

@@ -51,6 +51,14 @@ pub(super) async fn handle(state: &State, req: &Received) -> Handled {
             }
             Reply::Respond(with_apns_id(json_response(status, &body), &apns_id))
         }
+        Answer::Unavailable(retry_after) => {
+            let body = json!({ "reason": "ServiceUnavailable" });
+            let mut response = json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+            Reply::Respond(with_apns_id(response, &apns_id))
+        }
         Answer::Reset => Reply::Reset,
     };
     Handled {
@@ -71,6 +79,8 @@ fn with_apns_id(mut response: Response<Full<Bytes>>, apns_id: &str) -> Response<
 enum Answer {
     Ok,
     Error(StatusCode, &'static str, Option<i64>),
+    /// An injected 503 with `Retry-After` seconds.
+    Unavailable(u64),
     Reset,
 }
 
@@ -87,8 +97,8 @@ async fn answer(state: &State, req: &Received, token: Option<&str>, apns_id: &st
     };
     match inject_faults(state).await {
         Some(Injected::Reset) => return Answer::Reset,
-        Some(Injected::Unavailable { .. }) => {
-            return Answer::Error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", None)
+        Some(Injected::Unavailable { retry_after_secs }) => {
+            return Answer::Unavailable(retry_after_secs)
         }
         None => {}
     }

@@ -105,11 +105,12 @@ async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) 
             );
         }
     }
-    let mut without_target = message.clone();
-    for key in ["token", "topic", "condition"] {
-        without_target.remove(key);
-    }
-    if Value::Object(without_target).to_string().len() > MAX_PAYLOAD_BYTES {
+    let counted: usize = ["notification", "data"]
+        .iter()
+        .filter_map(|key| message.get(*key))
+        .map(|v| v.to_string().len())
+        .sum();
+    if counted > MAX_PAYLOAD_BYTES {
         return invalid_argument("Message is too big", None);
     }
     let Some(token) = token else {

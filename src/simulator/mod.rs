@@ -108,7 +108,7 @@ pub struct SimulatorConfig {
     pub access_token_ttl_secs: u64,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS (APNs uses 1000).
     pub max_concurrent_streams: u32,
-    /// Oldest requests are forgotten beyond this many records.
+    /// Oldest requests are forgotten beyond this many records; 0 records nothing (benchmarks).
     pub max_records: usize,
     /// Initial fault injection.
     pub faults: Faults,
@@ -247,6 +247,9 @@ struct State {
 
 impl State {
     fn record(&self, request: RecordedRequest) {
+        if self.max_records == 0 {
+            return;
+        }
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         if records.len() >= self.max_records {
             records.pop_front();
@@ -394,7 +397,7 @@ pub async fn start(cfg: SimulatorConfig) -> anyhow::Result<SimulatorHandle> {
         fcm_client_email: account.client_email,
         fcm_project_id: account.project_id,
         access_token_ttl_secs: cfg.access_token_ttl_secs,
-        max_records: cfg.max_records.max(1),
+        max_records: cfg.max_records,
         records: Mutex::new(VecDeque::new()),
         connections: AtomicU64::new(0),
         faults: RwLock::new(cfg.faults.clone()),
@@ -513,6 +516,9 @@ pub struct SimulateArgs {
     /// Send GOAWAY after this many streams per connection.
     #[arg(long)]
     pub goaway_after_streams: Option<u64>,
+    /// Requests kept for inspection (0 = none, for benchmarks).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_records: usize,
 }
 
 impl SimulateArgs {
@@ -524,6 +530,7 @@ impl SimulateArgs {
             apns_key_id: self.key_id.clone(),
             apns_team_id: self.team_id.clone(),
             access_token_ttl_secs: self.access_token_ttl_secs,
+            max_records: self.max_records,
             faults: Faults {
                 error_rate: self.error_rate,
                 retry_after_secs: self.retry_after_secs,
@@ -565,5 +572,49 @@ async fn injected_delay(faults: &Faults) {
     }
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+
+    #[test]
+    fn cli_flags_become_faults() {
+        let cli = Cli::try_parse_from([
+            "simulate",
+            "--apns-listen",
+            "0.0.0.0:0",
+            "--error-rate",
+            "0.25",
+            "--goaway-after-streams",
+            "100",
+        ])
+        .unwrap();
+        let cfg = cli.args.to_config();
+        assert_eq!(cfg.apns_listen.port(), 0);
+        assert_eq!(cfg.fcm_listen.port(), DEFAULT_FCM_PORT);
+        assert_eq!(cfg.faults.error_rate, 0.25);
+        assert_eq!(cfg.faults.goaway_after_streams, Some(100));
+        assert_eq!(cfg.cert_path, Path::new("certs").join("server.pem"));
+    }
+
+    #[test]
+    fn faults_outside_their_range_are_rejected() {
+        let faults = Faults {
+            reset_probability: 1.5,
+            ..Faults::default()
+        };
+        assert_eq!(
+            faults.validate().unwrap_err(),
+            "faults.reset_probability: must be between 0 and 1"
+        );
     }
 }

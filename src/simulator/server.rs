@@ -180,6 +180,7 @@ async fn connection(
         hyper::service::service_fn(move |req| handle(service, state.clone(), conn.clone(), req))
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
     builder
         .http2()
         .max_concurrent_streams(max_streams)

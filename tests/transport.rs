@@ -812,3 +812,47 @@ async fn slow_provider_times_out_as_retry_and_the_connection_is_kept() {
     // A timed-out stream is cancelled, not the connection under it.
     assert_eq!(sim.connections_accepted(), 1);
 }
+
+#[tokio::test]
+async fn provider_jwt_older_than_an_hour_is_rejected_by_the_simulator() {
+    let sim = simulator().await;
+    let clock = Clock::system();
+    clock.shift(-61 * 60);
+    let providers =
+        Providers::with_clock(&apns_config(&sim), &FcmConfig::default(), clock).unwrap();
+    let token = apns_test_token(ApnsTestKind::Success, 1);
+
+    let outcome = providers.send(&apns(&token), &hello()).await;
+
+    // The replacement is signed with the same (stale) clock, so APNs refuses it too.
+    assert_eq!(outcome, retry("ExpiredProviderToken"));
+    assert_eq!(records_of(&sim, Side::Apns).len(), 2);
+}
+
+#[tokio::test]
+async fn apns_side_requires_a_provider_token() {
+    let sim = simulator().await;
+    let tls = tls_connect(sim.apns_addr(), vec![b"h2".to_vec()]).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let token = apns_test_token(ApnsTestKind::Success, 1);
+    let request = http::Request::post(format!("{}/3/device/{token}", sim.apns_url()))
+        .header("apns-topic", TOPIC)
+        .header("apns-id", "0a6c4f32-6f0e-4b36-a1b5-3c0f6bd0a2f1")
+        .body(Full::new(Bytes::from_static(br#"{"aps":{}}"#)))
+        .unwrap();
+
+    let response = sender.send_request(request).await.unwrap();
+
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        response.headers()["apns-id"],
+        "0a6c4f32-6f0e-4b36-a1b5-3c0f6bd0a2f1"
+    );
+    let body: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body, serde_json::json!({"reason": "MissingProviderToken"}));
+}

@@ -98,7 +98,9 @@ async fn database_url(backend: &str, dir: &Path) -> anyhow::Result<String> {
     let url = std::env::var("DATABASE_URL")?;
     let mut conn = sqlx::PgConnection::connect(&url).await?;
     let name = format!("pbbench_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await?;
     let base = &url[..url.rfind('/').context("database in URL")?];
     Ok(format!("{base}/{name}"))
 }
@@ -184,7 +186,10 @@ async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult>
         .to_string();
     let mut fanout_secs = 0.0;
     loop {
-        let event = store.get_event(&app.app.id, &event_id).await?.context("event")?;
+        let event = store
+            .get_event(&app.app.id, &event_id)
+            .await?
+            .context("event")?;
         if fanout_secs == 0.0 && event.status != "received" {
             fanout_secs = started.elapsed().as_secs_f64();
         }
@@ -197,8 +202,14 @@ async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult>
     let secs = started.elapsed().as_secs_f64();
     let peak_rss_mb = rss_mb("VmHWM:");
     let latencies = store.delivery_latencies(&event_id).await?;
-    anyhow::ensure!(latencies.len() as u64 == devices, "{} of {devices} delivered", latencies.len());
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
+    anyhow::ensure!(
+        latencies.len() as u64 == devices,
+        "{} of {devices} delivered",
+        latencies.len()
+    );
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
     running.shutdown().await?;
     Ok(DeliveryResult {
         devices,
@@ -217,7 +228,8 @@ async fn h2load_raw(requests: u64) -> anyhow::Result<Option<f64>> {
         return Ok(None);
     }
     let sim = start_simulator().await?;
-    let key = std::fs::read(certs().join(format!("AuthKey_{}.p8", pushbridge::simulator::TEST_KEY_ID)))?;
+    let key =
+        std::fs::read(certs().join(format!("AuthKey_{}.p8", pushbridge::simulator::TEST_KEY_ID)))?;
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(pushbridge::simulator::TEST_KEY_ID.into());
     let jwt = jsonwebtoken::encode(
@@ -227,13 +239,25 @@ async fn h2load_raw(requests: u64) -> anyhow::Result<Option<f64>> {
     )?;
     let dir = tempfile::tempdir()?;
     let payload = dir.path().join("payload.json");
-    std::fs::write(&payload, r#"{"aps":{"alert":{"title":"Hello","body":"raw capacity"}}}"#)?;
-    let url = format!("{}/3/device/{}", sim.apns_url(), apns_test_token(ApnsTestKind::Success, 7));
+    std::fs::write(
+        &payload,
+        r#"{"aps":{"alert":{"title":"Hello","body":"raw capacity"}}}"#,
+    )?;
+    let url = format!(
+        "{}/3/device/{}",
+        sim.apns_url(),
+        apns_test_token(ApnsTestKind::Success, 7)
+    );
     let out = tokio::task::spawn_blocking(move || {
         Command::new("h2load")
             .args(["-n", &requests.to_string(), "-c", "2", "-m", "100"])
             .args(["-H", &format!("authorization: bearer {jwt}")])
-            .args(["-H", "apns-topic: com.example.app", "-H", "apns-push-type: alert"])
+            .args([
+                "-H",
+                "apns-topic: com.example.app",
+                "-H",
+                "apns-push-type: alert",
+            ])
             .arg("-d")
             .arg(&payload)
             .arg(&url)
@@ -241,8 +265,15 @@ async fn h2load_raw(requests: u64) -> anyhow::Result<Option<f64>> {
     })
     .await??;
     let text = String::from_utf8_lossy(&out.stdout);
-    let ok = text.lines().find(|l| l.starts_with("status codes:")).unwrap_or_default().to_string();
-    anyhow::ensure!(ok.contains(&format!("{requests} 2xx")), "h2load did not get all 2xx: {ok}\n{text}");
+    let ok = text
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .unwrap_or_default()
+        .to_string();
+    anyhow::ensure!(
+        ok.contains(&format!("{requests} 2xx")),
+        "h2load did not get all 2xx: {ok}\n{text}"
+    );
     let rate = text
         .lines()
         .find(|l| l.starts_with("finished in"))
@@ -267,8 +298,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Closed-loop load with `concurrency` clients for `secs`: signed webhooks or the ceiling.
-async fn ingest_closed(base: &str, app_id: &str, secret: &str, signed: bool, secs: u64) -> anyhow::Result<IngestResult> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
+async fn ingest_closed(
+    base: &str,
+    app_id: &str,
+    secret: &str,
+    signed: bool,
+    secs: u64,
+) -> anyhow::Result<IngestResult> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(128)
+        .build()?;
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -282,17 +321,28 @@ async fn ingest_closed(base: &str, app_id: &str, secret: &str, signed: bool, sec
                 n += 1;
                 let t = Instant::now();
                 let status = if signed {
-                    let body = format!(r#"{{"type":"order.shipped","data":{{"order":"{worker}-{n}"}}}}"#);
+                    let body =
+                        format!(r#"{{"type":"order.shipped","data":{{"order":"{worker}-{n}"}}}}"#);
                     let mut req = client
                         .post(format!("{base}/v1/webhooks/{app_id}/shop"))
                         .header("content-type", "application/json")
                         .body(body.clone());
-                    for (k, v) in sign(Scheme::StandardWebhooks, &secret, body.as_bytes(), &format!("m-{worker}-{n}"), now_ms() / 1000) {
+                    for (k, v) in sign(
+                        Scheme::StandardWebhooks,
+                        &secret,
+                        body.as_bytes(),
+                        &format!("m-{worker}-{n}"),
+                        now_ms() / 1000,
+                    ) {
                         req = req.header(k, v);
                     }
                     req.send().await.map(|r| r.status().as_u16())
                 } else {
-                    client.get(format!("{base}/healthz")).send().await.map(|r| r.status().as_u16())
+                    client
+                        .get(format!("{base}/healthz"))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
                 };
                 if matches!(status, Ok(200 | 202)) {
                     counter.fetch_add(1, Ordering::Relaxed);
@@ -319,8 +369,16 @@ async fn ingest_closed(base: &str, app_id: &str, secret: &str, signed: bool, sec
 }
 
 /// Open-loop signed webhooks at a fixed rate; latency percentiles.
-async fn ingest_fixed_rate(base: &str, app_id: &str, secret: &str, per_sec: u64, secs: u64) -> anyhow::Result<IngestResult> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(512).build()?;
+async fn ingest_fixed_rate(
+    base: &str,
+    app_id: &str,
+    secret: &str,
+    per_sec: u64,
+    secs: u64,
+) -> anyhow::Result<IngestResult> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()?;
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / per_sec));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = tokio::task::JoinSet::new();
@@ -329,14 +387,25 @@ async fn ingest_fixed_rate(base: &str, app_id: &str, secret: &str, per_sec: u64,
     while sent < per_sec * secs {
         tick.tick().await;
         sent += 1;
-        let (client, base, app_id, secret) = (client.clone(), base.to_string(), app_id.to_string(), secret.to_string());
+        let (client, base, app_id, secret) = (
+            client.clone(),
+            base.to_string(),
+            app_id.to_string(),
+            secret.to_string(),
+        );
         tasks.spawn(async move {
             let body = format!(r#"{{"type":"order.shipped","data":{{"order":"fixed-{sent}"}}}}"#);
             let mut req = client
                 .post(format!("{base}/v1/webhooks/{app_id}/shop"))
                 .header("content-type", "application/json")
                 .body(body.clone());
-            for (k, v) in sign(Scheme::StandardWebhooks, &secret, body.as_bytes(), &format!("fixed-{sent}"), now_ms() / 1000) {
+            for (k, v) in sign(
+                Scheme::StandardWebhooks,
+                &secret,
+                body.as_bytes(),
+                &format!("fixed-{sent}"),
+                now_ms() / 1000,
+            ) {
                 req = req.header(k, v);
             }
             let t = Instant::now();
@@ -359,15 +428,26 @@ async fn ingest_fixed_rate(base: &str, app_id: &str, secret: &str, per_sec: u64,
     })
 }
 
-async fn ingest(backend: &str, secs: u64) -> anyhow::Result<(IngestResult, IngestResult, IngestResult)> {
+async fn ingest(
+    backend: &str,
+    secs: u64,
+) -> anyhow::Result<(IngestResult, IngestResult, IngestResult)> {
     let dir = tempfile::tempdir()?;
     let sim = start_simulator().await?;
     let running = bridge(database_url(backend, dir.path()).await?, &sim).await?;
     let store = running.state.store.clone();
     let app = store.create_app("bench").await?;
-    let source = pushbridge::http::sources::new_source("shop".into(), Scheme::StandardWebhooks, vec![], None, &[])
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let secret = store.create_source(&app.app.id, &source).await?.secrets[0].secret.clone();
+    let source = pushbridge::http::sources::new_source(
+        "shop".into(),
+        Scheme::StandardWebhooks,
+        vec![],
+        None,
+        &[],
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secret = store.create_source(&app.app.id, &source).await?.secrets[0]
+        .secret
+        .clone();
     let base = format!("http://{}", running.addr);
     let ceiling = ingest_closed(&base, &app.app.id, &secret, false, secs).await?;
     let signed = ingest_closed(&base, &app.app.id, &secret, true, secs).await?;
@@ -383,11 +463,17 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var("DATABASE_URL").is_ok_and(|u| u.starts_with("postgres")) {
         backends.push("postgres");
     }
-    println!("# pushbridge benchmarks ({} cores)\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "# pushbridge benchmarks ({} cores)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 
     let raw = h2load_raw(args.h2load_requests).await?;
     match raw {
-        Some(r) => println!("simulator raw capacity (h2load -n {} -c 2 -m 100, APNs endpoint): {r:.0} req/s\n", args.h2load_requests),
+        Some(r) => println!(
+            "simulator raw capacity (h2load -n {} -c 2 -m 100, APNs endpoint): {r:.0} req/s\n",
+            args.h2load_requests
+        ),
         None => println!("simulator raw capacity: not measured (h2load missing)\n"),
     }
 
@@ -411,7 +497,10 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---:|---:|---:|---:|");
     for backend in &backends {
         let (ceiling, signed, fixed) = ingest(backend, args.ingest_secs).await?;
-        println!("| {backend} | ceiling: GET /healthz, 64 clients | {:.0} | 1.00 | {:.2} | {:.2} |", ceiling.rate, ceiling.p50_ms, ceiling.p99_ms);
+        println!(
+            "| {backend} | ceiling: GET /healthz, 64 clients | {:.0} | 1.00 | {:.2} | {:.2} |",
+            ceiling.rate, ceiling.p50_ms, ceiling.p99_ms
+        );
         println!(
             "| {backend} | signed webhooks, 64 clients | {:.0} | {:.2} | {:.2} | {:.2} |",
             signed.rate,
@@ -419,7 +508,10 @@ async fn main() -> anyhow::Result<()> {
             signed.p50_ms,
             signed.p99_ms
         );
-        println!("| {backend} | signed webhooks, fixed 5000/s | {:.0} | – | {:.2} | {:.2} |", fixed.rate, fixed.p50_ms, fixed.p99_ms);
+        println!(
+            "| {backend} | signed webhooks, fixed 5000/s | {:.0} | – | {:.2} | {:.2} |",
+            fixed.rate, fixed.p50_ms, fixed.p99_ms
+        );
     }
     Ok(())
 }

@@ -320,7 +320,9 @@ async fn fcm_errors_map_to_outcomes() {
         (
             FcmTestKind::QuotaExceeded,
             Outcome::Retry {
-                after: Some(Duration::from_secs(10)),
+                after: Some(Duration::from_secs(
+                    pushbridge::simulator::QUOTA_RETRY_AFTER_SECS,
+                )),
                 reason: "QUOTA_EXCEEDED".into(),
             },
         ),

@@ -13,7 +13,8 @@ use super::{Side, State};
 use crate::push::fcm::{BAD_REQUEST_TYPE, FCM_ERROR_TYPE, MAX_PAYLOAD_BYTES, SCOPE};
 
 const JWT_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
-const QUOTA_RETRY_AFTER_SECS: u64 = 10;
+/// `Retry-After` seconds on a `QUOTA_EXCEEDED` test token.
+pub const QUOTA_RETRY_AFTER_SECS: u64 = 2;
 
 pub(super) async fn handle(state: &State, req: &Received) -> Handled {
     if req.path == "/token" || req.path.starts_with("/token?") {

@@ -38,7 +38,7 @@
 //! | `UNREGISTERED` | 404 `NOT_FOUND`, errorCode `UNREGISTERED` |
 //! | `SENDER_ID_MISMATCH` | 403 `PERMISSION_DENIED`, errorCode `SENDER_ID_MISMATCH` |
 //! | `INVALID_ARGUMENT` | 400 `INVALID_ARGUMENT` about `message.token` |
-//! | `QUOTA_EXCEEDED` | 429 `RESOURCE_EXHAUSTED` with `Retry-After: 10` |
+//! | `QUOTA_EXCEEDED` | 429 `RESOURCE_EXHAUSTED` with `Retry-After: 2` |
 //! | `UNAVAILABLE` | 503 `UNAVAILABLE` |
 //! | `INTERNAL` | 500 `INTERNAL` |
 //! | `RESET` | connection closed without an answer |
@@ -54,6 +54,7 @@
 
 mod apns;
 mod fcm;
+pub use fcm::QUOTA_RETRY_AFTER_SECS;
 mod server;
 pub mod tokens;
 

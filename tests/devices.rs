@@ -384,3 +384,38 @@ backend_tests!(
     missing_or_wrong_keys_are_rejected,
     health_and_readiness_answer,
 );
+
+async fn the_listener_serves_https_when_tls_is_configured(db: Db) {
+    let certs = common::certs_dir();
+    let t = TestApp::spawn_with(db, |c| {
+        c.tls = Some(pushbridge::config::TlsConfig {
+            cert_path: certs.join("server.pem"),
+            key_path: certs.join("server.key"),
+        });
+    })
+    .await;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem")).expect("ca"))
+        .expect("pem");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .expect("client");
+    let url = t
+        .url("/healthz")
+        .replace("http://127.0.0.1", "https://localhost");
+    let resp = client.get(&url).send().await.expect("https request");
+    assert_eq!(resp.status(), 200);
+    let app = t.new_app().await;
+    let resp = client
+        .put(url.replace("/healthz", &format!("/v1/devices/{}", apns_token(42))))
+        .bearer_auth(&app.client_key)
+        .json(&json!({"platform": "apns", "user_id": "tls-user"}))
+        .send()
+        .await
+        .expect("register over https");
+    assert_eq!(resp.status(), 201);
+    // Plain HTTP on the TLS port is refused.
+    assert!(t.client.get(t.url("/healthz")).send().await.is_err());
+}
+
+backend_tests!(the_listener_serves_https_when_tls_is_configured);

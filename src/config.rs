@@ -36,6 +36,8 @@ pub struct Config {
     pub apns: crate::push::ApnsConfig,
     /// FCM provider.
     pub fcm: crate::push::FcmConfig,
+    /// Request rate limits per API key and per webhook source (per instance).
+    pub rate_limits: crate::ratelimit::RateLimitConfig,
 }
 
 /// Delivery worker settings: claiming, concurrency, retry policy and shutdown.
@@ -157,6 +159,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             apns: Default::default(),
             fcm: Default::default(),
+            rate_limits: Default::default(),
         }
     }
 }
@@ -274,6 +277,33 @@ impl Config {
             return Err(ConfigError::field(
                 "operator_key",
                 "must be at least 24 characters",
+            ));
+        }
+        for checked in [self.apns.validate(), self.fcm.validate()] {
+            if let Err(message) = checked {
+                let (field, why) = message
+                    .split_once(": ")
+                    .unwrap_or(("provider", message.as_str()));
+                return Err(ConfigError::field(field, why));
+            }
+        }
+        let r = &self.rate_limits;
+        for (field, v) in [
+            ("rate_limits.server_key_per_sec", r.server_key_per_sec),
+            ("rate_limits.client_key_per_sec", r.client_key_per_sec),
+            ("rate_limits.source_per_sec", r.source_per_sec),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(ConfigError::field(
+                    field,
+                    "must be 0 (unlimited) or positive",
+                ));
+            }
+        }
+        if !(r.burst_secs > 0.0 && r.burst_secs.is_finite()) {
+            return Err(ConfigError::field(
+                "rate_limits.burst_secs",
+                "must be positive",
             ));
         }
         let w = &self.worker;
@@ -412,6 +442,15 @@ mod tests {
         assert_eq!(c.database_url, "sqlite://other.db");
         assert_eq!(c.webhooks.trusted_proxies.len(), 1);
         assert_eq!(c.listen.port(), 9000);
+    }
+
+    #[test]
+    fn provider_errors_name_the_field() {
+        let err = Config::from_table(table(
+            "[apns]\nenabled = true\nkey_path = \"k.p8\"\nteam_id = \"T\"",
+        ))
+        .expect_err("missing key id");
+        assert!(err.to_string().contains("apns.key_id"), "{err}");
     }
 
     #[test]

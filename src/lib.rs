@@ -8,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod push;
+pub mod ratelimit;
 pub mod redact;
 pub mod rules;
 pub mod signature;

@@ -1,6 +1,8 @@
 //! The durable delivery queue: fan-out inserts, lease-based claiming, attempt recording,
 //! token pruning, event completion, dead-letter replay and the callback outbox.
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 
 use super::{new_id, now_ms, rfc3339, Backend, Event, Store};
@@ -292,6 +294,9 @@ impl FanOut<'_> {
     }
 }
 
+/// Results per multi-row statement when recording attempts.
+const RECORD_CHUNK: usize = 250;
+
 /// Jobs per multi-row INSERT: 9 binds each stays far below SQLite's parameter limit.
 const INSERT_CHUNK: usize = 500;
 
@@ -433,92 +438,132 @@ impl Store {
         Ok(())
     }
 
-    /// Records a batch of attempts in one transaction: job state, attempt log, pruning (with the
-    /// re-registration guard), pruned-token callbacks and event completion.
-    /// Returns the pruned tokens (device actually deleted) per app.
+    /// Records a batch of attempts in one transaction: job state and attempt log in a few
+    /// multi-row statements, then pruning (with the re-registration guard), pruned-token
+    /// callbacks and event completion. Returns how many devices were pruned.
     pub async fn record_results(&self, owner: &str, results: &[JobResult]) -> anyhow::Result<u64> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        // Jobs whose lease this worker still holds; a job re-claimed by another instance after
+        // our lease expired is theirs now, and their result wins.
+        let mut owned: HashSet<String> = HashSet::with_capacity(results.len());
+        for chunk in results.chunks(RECORD_CHUNK) {
+            let mut sql = String::with_capacity(600 + chunk.len() * 80);
+            sql.push_str("WITH v(id, status, attempts, next_at, reason, pid) AS (VALUES ");
+            for i in 0..chunk.len() {
+                let b = i * 6 + 3;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, CAST(${} AS BIGINT), CAST(${} AS BIGINT), ${}, ${})",
+                    b,
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5
+                ));
+            }
+            sql.push_str(
+                ") UPDATE delivery_jobs SET status = v.status, attempts = v.attempts, \
+                 next_attempt_at = v.next_at, last_reason = v.reason, \
+                 provider_id = COALESCE(v.pid, delivery_jobs.provider_id), lease_owner = NULL, \
+                 lease_until = NULL, updated_at = $1 \
+                 FROM v WHERE delivery_jobs.id = v.id AND delivery_jobs.lease_owner = $2 \
+                 AND delivery_jobs.status = 'in_flight' RETURNING delivery_jobs.id",
+            );
+            let mut q = sqlx::query_as::<_, (String,)>(&sql).bind(now).bind(owner);
+            for r in chunk {
+                q = q
+                    .bind(&r.job.id)
+                    .bind(r.status.as_str())
+                    .bind(r.job.attempts + 1)
+                    .bind(r.next_attempt_at)
+                    .bind(&r.reason)
+                    .bind(&r.provider_id);
+            }
+            owned.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
+        }
+        let mine: Vec<&JobResult> = results.iter().filter(|r| owned.contains(&r.job.id)).collect();
+        for chunk in mine.chunks(RECORD_CHUNK) {
+            let mut sql = String::with_capacity(200 + chunk.len() * 80);
+            sql.push_str(
+                "INSERT INTO delivery_attempts (id, job_id, app_id, platform, attempt, outcome, \
+                 reason, provider_id, latency_ms, at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 9 + 2;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, $1)",
+                    b,
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8
+                ));
+            }
+            let mut q = sqlx::query(&sql).bind(now);
+            for r in chunk {
+                q = q
+                    .bind(new_id("att"))
+                    .bind(&r.job.id)
+                    .bind(&r.job.app_id)
+                    .bind(&r.job.platform)
+                    .bind(r.job.attempts + 1)
+                    .bind(r.outcome)
+                    .bind(&r.reason)
+                    .bind(&r.provider_id)
+                    .bind(r.latency_ms);
+            }
+            q.execute(&mut *tx).await?;
+        }
         let mut pruned_count = 0;
         let mut callbacks: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
             Default::default();
-        let mut events: Vec<&str> = Vec::new();
-        for r in results {
-            let updated = sqlx::query(
-                "UPDATE delivery_jobs SET status = $1, attempts = $2, next_attempt_at = $3, \
-                   last_reason = $4, provider_id = COALESCE($5, provider_id), lease_owner = NULL, \
-                   lease_until = NULL, updated_at = $6 \
-                 WHERE id = $7 AND lease_owner = $8 AND status = 'in_flight'",
+        for r in &mine {
+            let Some(p) = &r.prune else { continue };
+            let deleted = sqlx::query(
+                "DELETE FROM devices WHERE app_id = $1 AND token = $2 AND updated_at <= $3",
             )
-            .bind(r.status.as_str())
-            .bind(r.job.attempts + 1)
-            .bind(r.next_attempt_at)
-            .bind(&r.reason)
-            .bind(&r.provider_id)
-            .bind(now)
-            .bind(&r.job.id)
-            .bind(owner)
+            .bind(&r.job.app_id)
+            .bind(&r.job.token)
+            .bind(p.cutoff_ms)
             .execute(&mut *tx)
-            .await?;
-            if updated.rows_affected() == 0 {
-                // Our lease expired and someone else owns the job now; their result wins.
-                continue;
-            }
+            .await?
+            .rows_affected();
             sqlx::query(
-                "INSERT INTO delivery_attempts (id, job_id, app_id, platform, attempt, outcome, \
-                 reason, provider_id, latency_ms, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                "INSERT INTO pruned_tokens (id, app_id, platform, token, reason, provider_ts, \
+                 pruned, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
-            .bind(new_id("att"))
-            .bind(&r.job.id)
+            .bind(new_id("prn"))
             .bind(&r.job.app_id)
             .bind(&r.job.platform)
-            .bind(r.job.attempts + 1)
-            .bind(r.outcome)
-            .bind(&r.reason)
-            .bind(&r.provider_id)
-            .bind(r.latency_ms)
+            .bind(&r.job.token)
+            .bind(&p.reason)
+            .bind(p.provider_ts)
+            .bind(deleted as i64)
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            if let Some(p) = &r.prune {
-                let deleted = sqlx::query(
-                    "DELETE FROM devices WHERE app_id = $1 AND token = $2 AND updated_at <= $3",
-                )
-                .bind(&r.job.app_id)
-                .bind(&r.job.token)
-                .bind(p.cutoff_ms)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                sqlx::query(
-                    "INSERT INTO pruned_tokens (id, app_id, platform, token, reason, provider_ts, \
-                     pruned, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(new_id("prn"))
-                .bind(&r.job.app_id)
-                .bind(&r.job.platform)
-                .bind(&r.job.token)
-                .bind(&p.reason)
-                .bind(p.provider_ts)
-                .bind(deleted as i64)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                if deleted > 0 {
-                    pruned_count += deleted;
-                    callbacks
-                        .entry(r.job.app_id.clone())
-                        .or_default()
-                        .push(serde_json::json!({
-                            "token": r.job.token,
-                            "platform": r.job.platform,
-                            "reason": p.reason,
-                            "provider_timestamp": p.provider_ts,
-                        }));
-                }
-            }
-            if !events.contains(&r.job.event_id.as_str()) {
-                events.push(&r.job.event_id);
+            if deleted > 0 {
+                pruned_count += deleted;
+                callbacks
+                    .entry(r.job.app_id.clone())
+                    .or_default()
+                    .push(serde_json::json!({
+                        "token": r.job.token,
+                        "platform": r.job.platform,
+                        "reason": p.reason,
+                        "provider_timestamp": p.provider_ts,
+                    }));
             }
         }
         for (app_id, tokens) in callbacks {
@@ -530,7 +575,6 @@ impl Store {
             if !matches!(has_url, Some((Some(_),))) {
                 continue;
             }
-            let id = new_id("msg");
             let body = serde_json::json!({
                 "type": "devices.pruned",
                 "timestamp": rfc3339(now),
@@ -540,13 +584,14 @@ impl Store {
                 "INSERT INTO callback_outbox (id, app_id, body, status, attempts, next_attempt_at, \
                  created_at) VALUES ($1, $2, $3, 'queued', 0, $4, $4)",
             )
-            .bind(&id)
+            .bind(new_id("msg"))
             .bind(&app_id)
             .bind(body.to_string())
             .bind(now)
             .execute(&mut *tx)
             .await?;
         }
+        let events: HashSet<&str> = mine.iter().map(|r| r.job.event_id.as_str()).collect();
         for event_id in events {
             complete_event_if_done(&mut tx, event_id, now).await?;
         }

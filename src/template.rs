@@ -209,7 +209,7 @@ impl TemplateSpec {
 }
 
 impl CompiledTemplate {
-    fn render_field(&self, name: &str, ctx: &Value) -> Result<String, TemplateError> {
+    fn render_field(&self, name: &str, ctx: &minijinja::Value) -> Result<String, TemplateError> {
         self.env
             .get_template(name)
             .and_then(|t| t.render(ctx))
@@ -247,7 +247,7 @@ impl CompiledTemplate {
         field: &str,
         pick: impl Fn(&LocalizedText) -> &Option<String>,
         default: &Option<String>,
-        ctx: &Value,
+        ctx: &minijinja::Value,
     ) -> Result<Option<String>, TemplateError> {
         for tag in chain {
             if let Some(text) = self.spec.locales.get(*tag) {
@@ -267,7 +267,7 @@ impl CompiledTemplate {
     /// Renders the notification for one device on `platform` (`apns` or `fcm`).
     pub fn render(
         &self,
-        ctx: &Value,
+        ctx: &minijinja::Value,
         locale: Option<&str>,
         platform: &str,
     ) -> Result<Notification, TemplateError> {
@@ -295,7 +295,7 @@ impl CompiledTemplate {
         n: &mut Notification,
         prefix: &str,
         o: &DeliveryOptions,
-        ctx: &Value,
+        ctx: &minijinja::Value,
     ) -> Result<(), TemplateError> {
         match &o.badge {
             Some(BadgeSpec::Fixed(b)) => n.badge = Some(*b),
@@ -344,15 +344,28 @@ impl CompiledTemplate {
     }
 }
 
+/// The event part of the context, converted once per event and shared by every device.
+pub fn event_value(event: &Value) -> minijinja::Value {
+    minijinja::Value::from_serialize(event)
+}
+
 /// Builds the rendering context for one device.
-pub fn context(event: &Value, device: &Value, user_id: Option<&str>) -> Value {
+pub fn context(
+    event: &minijinja::Value,
+    device: &Value,
+    user_id: Option<&str>,
+) -> minijinja::Value {
     let mut user = device
         .get("attributes")
         .cloned()
         .filter(Value::is_object)
         .unwrap_or_else(|| Value::Object(Default::default()));
     user["id"] = user_id.map(Value::from).unwrap_or(Value::Null);
-    serde_json::json!({"event": event, "device": device, "user": user})
+    minijinja::context! {
+        event => event.clone(),
+        device => minijinja::Value::from_serialize(device),
+        user => minijinja::Value::from_serialize(&user),
+    }
 }
 
 #[cfg(test)]
@@ -377,7 +390,7 @@ mod tests {
         .compile()
         .expect("compiles");
         let ctx = context(
-            &json!({"data": {"amount": 5}}),
+            &event_value(&json!({"data": {"amount": 5}})),
             &json!({"attributes": {"first_name": "Zoé"}}),
             Some("u1"),
         );
@@ -407,7 +420,7 @@ mod tests {
         .compile()
         .expect("compiles");
         let ctx = context(
-            &json!({"id": "e1"}),
+            &event_value(&json!({"id": "e1"})),
             &json!({"attributes": {"unread": 3}}),
             None,
         );
@@ -435,14 +448,22 @@ mod tests {
             .compile()
             .expect("compiles");
         let err = t
-            .render(&context(&json!({}), &json!({}), None), None, "apns")
+            .render(
+                &context(&event_value(&json!({})), &json!({}), None),
+                None,
+                "apns",
+            )
             .expect_err("strict undefined");
         assert_eq!(err.field, "body");
         let t = spec(json!({"body": "Hi {{ user.missing | default('there') }}"}))
             .compile()
             .expect("c");
         let ok = t
-            .render(&context(&json!({}), &json!({}), None), None, "apns")
+            .render(
+                &context(&event_value(&json!({})), &json!({}), None),
+                None,
+                "apns",
+            )
             .expect("default filter");
         assert_eq!(ok.body.as_deref(), Some("Hi there"));
         assert!(
@@ -458,7 +479,11 @@ mod tests {
             .compile()
             .expect("compiles");
         assert!(t
-            .render(&context(&json!({}), &json!({}), None), None, "apns")
+            .render(
+                &context(&event_value(&json!({})), &json!({}), None),
+                None,
+                "apns"
+            )
             .is_err());
     }
 }

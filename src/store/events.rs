@@ -180,3 +180,140 @@ impl Store {
         .await?)
     }
 }
+
+/// An event to store, owned so it can wait in the group-commit queue.
+#[derive(Clone, Debug)]
+pub struct IncomingEvent {
+    /// Owning app.
+    pub app_id: String,
+    /// Source, if any.
+    pub source_id: Option<String>,
+    /// Sender's event id, if any.
+    pub external_id: Option<String>,
+    /// Event type.
+    pub event_type: String,
+    /// Raw JSON body text.
+    pub payload: String,
+    /// Rule of a direct send.
+    pub direct_rule: Option<String>,
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<EventInsert, String>>;
+
+/// Group commit for incoming events: requests that arrive while a write is in progress share
+/// the next transaction, so the database sees one commit per batch instead of one per
+/// webhook. Each caller still gets its answer only after its event is committed.
+#[derive(Clone, Debug)]
+pub struct EventWriter {
+    queue: tokio::sync::mpsc::Sender<(IncomingEvent, Reply)>,
+}
+
+/// Events written per transaction at most.
+const WRITE_BATCH: usize = 256;
+
+impl EventWriter {
+    /// Starts the writer task; it ends when every `EventWriter` clone is dropped.
+    pub fn spawn(store: Store) -> Self {
+        let (queue, mut rx) = tokio::sync::mpsc::channel::<(IncomingEvent, Reply)>(4 * WRITE_BATCH);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(WRITE_BATCH);
+            while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+                let (events, replies): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut batch).into_iter().unzip();
+                match store.insert_events(&events).await {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(Ok(result));
+                        }
+                    }
+                    Err(e) => {
+                        let message = format!("{e:#}");
+                        for reply in replies {
+                            let _ = reply.send(Err(message.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    /// Stores one event (deduplicated per source) and returns once it is committed.
+    pub async fn insert(&self, event: IncomingEvent) -> anyhow::Result<EventInsert> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((event, reply))
+            .await
+            .map_err(|_| anyhow::anyhow!("event writer stopped"))?;
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("event writer stopped"))?
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+impl Store {
+    /// Stores several events in one transaction with one multi-row insert; duplicates (same
+    /// source and external id, also within the batch) resolve to the original event.
+    pub async fn insert_events(
+        &self,
+        events: &[IncomingEvent],
+    ) -> anyhow::Result<Vec<EventInsert>> {
+        let now = now_ms();
+        let ids: Vec<String> = events.iter().map(|_| new_id("evt")).collect();
+        let mut tx = self.pool.begin().await?;
+        let mut sql = String::with_capacity(200 + events.len() * 60);
+        sql.push_str(&format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES "));
+        for i in 0..events.len() {
+            let b = i * 7 + 2;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, 'received', $1, $1, ${})",
+                b,
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6
+            ));
+        }
+        sql.push_str(" ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id");
+        let mut q = sqlx::query_as::<_, (String,)>(&sql).bind(now);
+        for (e, id) in events.iter().zip(&ids) {
+            q = q
+                .bind(id)
+                .bind(&e.app_id)
+                .bind(&e.source_id)
+                .bind(&e.external_id)
+                .bind(&e.event_type)
+                .bind(&e.payload)
+                .bind(&e.direct_rule);
+        }
+        let inserted: std::collections::HashSet<String> = q
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(id,)| id)
+            .collect();
+        let mut out = Vec::with_capacity(events.len());
+        for (e, id) in events.iter().zip(ids) {
+            if inserted.contains(&id) {
+                out.push(EventInsert::Accepted(id));
+            } else {
+                let (original,): (String,) = sqlx::query_as(
+                    "SELECT id FROM events WHERE source_id = $1 AND external_id = $2",
+                )
+                .bind(&e.source_id)
+                .bind(&e.external_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                out.push(EventInsert::Duplicate(original));
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}

@@ -365,6 +365,26 @@ impl Store {
         })
     }
 
+    /// Completes leased events that no rule matched, in one statement.
+    pub async fn complete_unmatched(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
+        let now = now_ms();
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "UPDATE events SET status = 'completed', updated_at = $1, lease_owner = NULL, \
+                 lease_until = NULL WHERE lease_owner = $2 AND status = 'received' AND id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(now).bind(owner);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
     /// Gives an event back (fan-out failed) so it is tried again after `delay_ms`.
     pub async fn release_event(
         &self,
@@ -389,6 +409,18 @@ impl Store {
              updated_at = $1 WHERE status = 'in_flight' AND lease_until < $1",
         )
         .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Extends the leases this worker holds, so a slow batch is not taken for a dead one.
+    pub async fn renew_leases(&self, owner: &str, lease_ms: i64) -> anyhow::Result<u64> {
+        let r = sqlx::query(
+            "UPDATE delivery_jobs SET lease_until = $1 WHERE lease_owner = $2 AND status = 'in_flight'",
+        )
+        .bind(now_ms() + lease_ms)
+        .bind(owner)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())
@@ -485,7 +517,10 @@ impl Store {
             }
             owned.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
         }
-        let mine: Vec<&JobResult> = results.iter().filter(|r| owned.contains(&r.job.id)).collect();
+        let mine: Vec<&JobResult> = results
+            .iter()
+            .filter(|r| owned.contains(&r.job.id))
+            .collect();
         for chunk in mine.chunks(RECORD_CHUNK) {
             let mut sql = String::with_capacity(200 + chunk.len() * 80);
             sql.push_str(
@@ -696,46 +731,44 @@ impl Store {
         event_id: Option<&str>,
         since_ms: Option<i64>,
     ) -> anyhow::Result<u64> {
+        // Every statement here writes first: in SQLite's WAL mode a transaction that reads and
+        // then writes can fail when another writer commits in between.
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let targets: Vec<(String, String)> =
-            match ids {
-                Some(ids) => {
-                    let mut out = Vec::new();
-                    for id in ids {
-                        if let Some(row) = sqlx::query_as::<_, (String, String)>(
-                            "SELECT id, event_id FROM delivery_jobs WHERE app_id = $1 AND id = $2 \
-                         AND status = 'dead'",
-                        )
+        const REQUEUE: &str = "UPDATE delivery_jobs SET status = 'queued', attempts = 0, \
+             next_attempt_at = $1, updated_at = $1, created_at = $1";
+        let mut targets: Vec<(String, String)> = Vec::new();
+        match ids {
+            Some(ids) => {
+                for id in ids {
+                    targets.extend(
+                        sqlx::query_as::<_, (String, String)>(&format!(
+                            "{REQUEUE} WHERE app_id = $2 AND id = $3 AND status = 'dead' \
+                             RETURNING id, event_id"
+                        ))
+                        .bind(now)
                         .bind(app_id)
                         .bind(id)
                         .fetch_optional(&mut *tx)
-                        .await?
-                        {
-                            out.push(row);
-                        }
-                    }
-                    out
+                        .await?,
+                    );
                 }
-                None => sqlx::query_as::<_, (String, String)>(
-                    "SELECT id, event_id FROM delivery_jobs WHERE app_id = $1 AND status = 'dead' \
-                     AND ($2 = '' OR event_id = $2) AND updated_at >= $3",
-                )
+            }
+            None => {
+                targets = sqlx::query_as::<_, (String, String)>(&format!(
+                    "{REQUEUE} WHERE app_id = $2 AND status = 'dead' AND ($3 = '' OR event_id = $3) \
+                     AND updated_at >= $4 RETURNING id, event_id"
+                ))
+                .bind(now)
                 .bind(app_id)
                 .bind(event_id.unwrap_or(""))
                 .bind(since_ms.unwrap_or(0))
                 .fetch_all(&mut *tx)
-                .await?,
-            };
-        for (id, event_id) in &targets {
-            sqlx::query(
-                "UPDATE delivery_jobs SET status = 'queued', attempts = 0, next_attempt_at = $1, \
-                 updated_at = $1, created_at = $1 WHERE id = $2 AND status = 'dead'",
-            )
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+                .await?;
+            }
+        }
+        let events: HashSet<&str> = targets.iter().map(|(_, e)| e.as_str()).collect();
+        for event_id in events {
             sqlx::query(
                 "UPDATE events SET status = 'dispatched', updated_at = $1 \
                  WHERE id = $2 AND status = 'completed'",

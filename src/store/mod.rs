@@ -13,7 +13,9 @@ mod stats;
 
 pub use apps::{ApiKey, App, KeyKind, NewApp};
 pub use devices::{Device, DeviceRegistration, DeviceView};
-pub use events::{Event, EventInsert, EventStatus, EventView, NewEvent};
+pub use events::{
+    Event, EventInsert, EventStatus, EventView, EventWriter, IncomingEvent, NewEvent,
+};
 pub use jobs::*;
 pub use rules::{NamedSpec, SpecKind};
 pub use sources::{NewSource, Scheme, SourceSecret, WebhookSource};
@@ -40,6 +42,10 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Webhook sources by (app, name), read on every webhook. Entries live for a few seconds
+    /// and are dropped on every local change, so another instance's edit (a secret rotation,
+    /// an allowlist change) applies here within `sources::CACHE_TTL`.
+    source_cache: std::sync::Arc<sources::SourceCache>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -81,7 +87,11 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("connecting to {}", redact_url(&url)))?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            source_cache: Default::default(),
+        })
     }
 
     /// Applies pending migrations for this backend.

@@ -3,6 +3,10 @@
 //! Secrets are kept in plaintext because HMAC verification needs the key itself; they are
 //! never returned by the API after creation except as ids and hints.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -126,6 +130,44 @@ impl TryFrom<SourceRow> for WebhookSource {
     }
 }
 
+/// How long a cached source may be served.
+pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A cached lookup: when it was made, and the source (or its absence).
+type CachedSource = (Instant, Option<Arc<WebhookSource>>);
+
+/// A small TTL cache of sources (including misses, so unknown-source floods stay cheap).
+#[derive(Debug, Default)]
+pub(crate) struct SourceCache {
+    entries: std::sync::Mutex<HashMap<(String, String), CachedSource>>,
+}
+
+impl SourceCache {
+    fn get(&self, app_id: &str, name: &str) -> Option<Option<Arc<WebhookSource>>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(&(app_id.to_string(), name.to_string()))
+            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
+            .map(|(_, s)| s.clone())
+    }
+
+    fn put(&self, app_id: &str, name: &str, source: Option<Arc<WebhookSource>>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() > 10_000 {
+            entries.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+        }
+        entries.insert(
+            (app_id.to_string(), name.to_string()),
+            (Instant::now(), source),
+        );
+    }
+
+    fn forget(&self, app_id: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|(app, _), _| app != app_id);
+    }
+}
+
 const SOURCE_COLUMNS: &str =
     "id, app_id, name, scheme, secrets, event_type_path, allowed_cidrs, created_at, updated_at";
 
@@ -170,6 +212,7 @@ impl Store {
         .bind(now)
         .execute(&self.pool)
         .await?;
+        self.source_cache.forget(app_id);
         Ok(source)
     }
 
@@ -187,6 +230,20 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(WebhookSource::try_from).transpose()
+    }
+
+    /// A source by app and name for webhook verification, served from a short-lived cache.
+    pub async fn get_source_cached(
+        &self,
+        app_id: &str,
+        name: &str,
+    ) -> anyhow::Result<Option<Arc<WebhookSource>>> {
+        if let Some(hit) = self.source_cache.get(app_id, name) {
+            return Ok(hit);
+        }
+        let source = self.get_source(app_id, name).await?.map(Arc::new);
+        self.source_cache.put(app_id, name, source.clone());
+        Ok(source)
     }
 
     /// All sources of an app.
@@ -214,6 +271,7 @@ impl Store {
         .bind(&source.app_id)
         .execute(&self.pool)
         .await?;
+        self.source_cache.forget(&source.app_id);
         Ok(())
     }
 
@@ -224,6 +282,7 @@ impl Store {
             .bind(name)
             .execute(&self.pool)
             .await?;
+        self.source_cache.forget(app_id);
         Ok(r.rows_affected() > 0)
     }
 }

@@ -1,7 +1,7 @@
 //! Fan-out: a received event becomes one rendered delivery job per device, written in batches
 //! in the same transaction that marks the event dispatched.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -11,10 +11,10 @@ use tokio::sync::watch;
 use super::{JobPayload, Worker};
 use crate::rules::{user_ids_at, Audience, DeviceFilter, RuleSpec, TemplateRef};
 use crate::store::{Device, Event, JobStatus, NewJob, SpecKind, Store};
-use crate::template::{context, CompiledTemplate, TemplateSpec};
+use crate::template::{context, event_value, CompiledTemplate, TemplateSpec};
 
 /// Events leased per round.
-const EVENT_BATCH: i64 = 16;
+const EVENT_BATCH: i64 = 128;
 /// Devices read per page when scanning by tags/attributes.
 const DEVICE_PAGE: u32 = 2000;
 
@@ -31,13 +31,32 @@ impl Worker {
                 .await
             {
                 Ok(events) if !events.is_empty() => {
+                    // Rules are read once per app per round; events no rule matches are
+                    // completed together in one statement.
+                    let mut rules_by_app: HashMap<String, Vec<(Option<String>, RuleSpec)>> =
+                        HashMap::new();
+                    let mut unmatched = Vec::new();
                     for event in events {
-                        if let Err(e) = self.dispatch(&event).await {
+                        let outcome = match self.rules_for(&event, &mut rules_by_app).await {
+                            Ok((rules, _)) if rules.is_empty() => {
+                                unmatched.push(event.id.clone());
+                                Ok(())
+                            }
+                            Ok((rules, payload)) => self.dispatch(&event, rules, payload).await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = outcome {
                             tracing::error!(event = %event.id, error = %format!("{e:#}"), "fan-out failed; will retry");
                             let _ = self
                                 .store
                                 .release_event(&event.id, &self.owner, 5_000)
                                 .await;
+                        }
+                    }
+                    if !unmatched.is_empty() {
+                        if let Err(e) = self.store.complete_unmatched(&self.owner, &unmatched).await
+                        {
+                            tracing::error!(error = %e, "completing events without rules failed; will retry");
                         }
                     }
                 }
@@ -54,12 +73,18 @@ impl Worker {
         }
     }
 
-    /// Resolves rules, audiences and templates for one event and writes its jobs.
-    async fn dispatch(&self, event: &Event) -> anyhow::Result<()> {
+    /// The rules that apply to an event (its own rule for a direct send), and its payload.
+    async fn rules_for(
+        &self,
+        event: &Event,
+        cache: &mut HashMap<String, Vec<(Option<String>, RuleSpec)>>,
+    ) -> anyhow::Result<(Vec<(Option<String>, RuleSpec)>, Value)> {
         let payload: Value = serde_json::from_str(&event.payload)?;
-        let rules: Vec<(Option<String>, RuleSpec)> = match &event.direct_rule {
-            Some(rule) => vec![(None, serde_json::from_str(rule)?)],
-            None => self
+        if let Some(rule) = &event.direct_rule {
+            return Ok((vec![(None, serde_json::from_str(rule)?)], payload));
+        }
+        if !cache.contains_key(&event.app_id) {
+            let rules = self
                 .store
                 .list_specs(SpecKind::Rule, &event.app_id)
                 .await?
@@ -71,14 +96,32 @@ impl Worker {
                         None
                     }
                 })
-                .collect(),
-        };
-        let event_ctx = event_context(event, &payload);
+                .collect();
+            cache.insert(event.app_id.clone(), rules);
+        }
+        let matching = cache
+            .get(&event.app_id)
+            .map(|rules| {
+                rules
+                    .iter()
+                    .filter(|(_, r)| r.matches(&event.event_type, &payload))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((matching, payload))
+    }
+
+    /// Renders and writes one event's jobs for its matching rules.
+    async fn dispatch(
+        &self,
+        event: &Event,
+        rules: Vec<(Option<String>, RuleSpec)>,
+        payload: Value,
+    ) -> anyhow::Result<()> {
+        let event_ctx = event_value(&event_context(event, &payload));
         let mut fan_out = self.store.begin_fan_out(event).await?;
         for (name, rule) in rules {
-            if event.direct_rule.is_none() && !rule.matches(&event.event_type, &payload) {
-                continue;
-            }
             let template = self.template(&event.app_id, &rule.template).await?;
             let rule_name = name.unwrap_or_else(|| "direct".into());
             // Devices arrive in pages and are rendered and written page by page, so memory
@@ -245,7 +288,7 @@ fn render_job(
     event: &Event,
     rule: &str,
     template: &Result<CompiledTemplate, String>,
-    event_ctx: &Value,
+    event_ctx: &minijinja::Value,
     device: &Device,
 ) -> NewJob {
     let device_ctx = json!({

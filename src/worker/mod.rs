@@ -112,10 +112,15 @@ impl Worker {
         set
     }
 
-    /// Returns expired leases to the queue so a crashed instance's jobs are sent by others.
+    /// Renews this worker's own leases (a live worker never loses its jobs to a slow batch)
+    /// and returns expired leases to the queue, so a crashed instance's jobs are sent by others.
     async fn reaper_loop(self, mut stop: watch::Receiver<bool>) {
+        let lease_ms = (self.config.lease_secs * 1000) as i64;
         let period = Duration::from_millis((self.config.lease_secs * 1000 / 4).max(100));
         loop {
+            if let Err(e) = self.store.renew_leases(&self.owner, lease_ms).await {
+                tracing::error!(error = %e, "renewing leases failed");
+            }
             match self.store.requeue_expired().await {
                 Ok(0) => {}
                 Ok(n) => {

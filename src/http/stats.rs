@@ -2,29 +2,54 @@
 //! throughput series, recent dead letters and recently pruned tokens (redacted).
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::ServerKeyErrors;
 use super::{ApiQuery, AppState, Viewer};
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::redact::redact;
 use crate::store::{now_ms, rfc3339, JobStatus};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/stats", get(stats))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stats))
 }
 
 /// The windows every stats answer carries.
 pub const WINDOWS: [(&str, i64); 3] = [("5m", 300), ("1h", 3600), ("24h", 86_400)];
 
-#[derive(Debug, Deserialize)]
+/// Query of `GET /v1/stats`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StatsQuery {
-    /// Operator only: one app instead of all.
+    /// Operator: one app instead of all. A server key may only name its own app.
     app_id: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "stats",
+    summary = "Delivery figures over 5 minutes, 1 hour and 24 hours, with the queue",
+    description = "With a server key: that app's figures, its recent dead letters and pruned \
+                   tokens (redacted). With the operator key: every app's figures, or one app's \
+                   with `app_id`.",
+    params(StatsQuery),
+    security(("api_key" = []), ("operator_key" = [])),
+    responses(
+        (
+            status = 200,
+            description = "`app_id`, `generated_at`, `windows` (`5m`, `1h`, `24h`), `queue`, \
+                           `throughput_per_minute`, `recent_dead_letters`, `recent_pruned_tokens`",
+            body = Object,
+        ),
+        ServerKeyErrors,
+        (status = 404, description = "a server key asked for another app", body = ErrorBody),
+    ),
+)]
 async fn stats(
     State(state): State<AppState>,
     viewer: Viewer,

@@ -9,7 +9,7 @@ use serde::Serialize;
 /// Crate-wide result alias for handlers.
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-/// The body of every error answer; also its schema in the OpenAPI document.
+/// The body of every error answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What went wrong.

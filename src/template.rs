@@ -85,8 +85,9 @@ pub struct DeliveryOptions {
     pub data: BTreeMap<String, String>,
 }
 
-/// The schema of `crate::push::Priority`, whose module stays free of API concerns; a test
-/// checks that the two agree.
+// The schema of `crate::push::Priority`, which stays free of API concerns; a test checks
+// that the two agree.
+/// How urgently the provider should deliver.
 #[derive(utoipa::ToSchema)]
 #[schema(as = Priority, rename_all = "snake_case")]
 #[allow(dead_code)]

@@ -205,8 +205,14 @@ async fn every_operation_is_described(db: Db) {
         assert_eq!(schemes[name]["type"], "http", "{name}");
         assert_eq!(schemes[name]["scheme"], "bearer", "{name}");
     }
+    let mut operation_ids = BTreeSet::new();
     for (method, path, op) in operations(&doc) {
         let what = format!("{method} {path}");
+        let id = op["operationId"].as_str().unwrap_or_default();
+        assert!(
+            operation_ids.insert(id),
+            "{what}: operationId {id:?} is not unique"
+        );
         let summary = op["summary"].as_str().unwrap_or_default();
         assert!(
             !summary.is_empty() && !summary.contains('\n'),
@@ -414,6 +420,77 @@ async fn documented_schemas_match_the_api(db: Db) {
         .expect("delivery counts");
     assert_body_matches(&doc, "Event", &event);
     assert_body_matches(&doc, "DeliveryCounts", &counts);
+
+    // The send fans out to the device registered above; its delivery reads as documented
+    // (whatever became of it without provider credentials).
+    let deliveries = t
+        .wait_for(&format!("{event_path}/deliveries"), &app.server_key, |b| {
+            b["deliveries"].as_array().is_some_and(|d| !d.is_empty())
+        })
+        .await;
+    assert_body_matches(&doc, "DeliveryList", &deliveries);
+    let delivery = &deliveries["deliveries"][0];
+    assert_body_matches(&doc, "Delivery", delivery);
+    let statuses = &schema(&doc, "DeliveryStatus")["enum"];
+    assert!(
+        statuses
+            .as_array()
+            .expect("enum")
+            .contains(&delivery["status"]),
+        "{delivery}"
+    );
+    let (status, mut detail) = t
+        .call(
+            Method::GET,
+            &format!("/v1/deliveries/{}", delivery["id"].as_str().expect("id")),
+            Some(&app.server_key),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{detail}");
+    let attempts = detail
+        .as_object_mut()
+        .and_then(|d| d.remove("attempt_log"))
+        .expect("attempt log");
+    assert_body_matches(&doc, "Delivery", &detail);
+    for attempt in attempts.as_array().expect("attempts") {
+        assert_body_matches(&doc, "Attempt", attempt);
+    }
+
+    // The app, its callback and a new source secret.
+    let (_, me) = t
+        .call(Method::GET, "/v1/app", Some(&app.server_key), None)
+        .await;
+    assert_body_matches(&doc, "AppView", &me);
+    let (_, callback) = t
+        .call(
+            Method::PUT,
+            "/v1/app/callback",
+            Some(&app.server_key),
+            Some(json!({"url": "https://app.example.com/hook"})),
+        )
+        .await;
+    assert_body_matches(&doc, "CallbackSet", &callback);
+    let (status, secret) = t
+        .call(
+            Method::POST,
+            "/v1/sources/s0/secrets",
+            Some(&app.server_key),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{secret}");
+    assert_body_matches(&doc, "AddedSecret", &secret);
+    let (_, apps) = t
+        .call(
+            Method::GET,
+            "/v1/admin/apps",
+            Some(common::OPERATOR_KEY),
+            None,
+        )
+        .await;
+    assert_body_matches(&doc, "AppList", &apps);
+    assert_body_matches(&doc, "AppSummary", &apps["apps"][0]);
     t.shutdown().await;
 }
 

@@ -64,6 +64,7 @@ async fn dashboard() -> impl IntoResponse {
 #[utoipa::path(
     get,
     path = "/v1/admin/apps",
+    operation_id = "admin_list_apps",
     tag = "admin",
     summary = "List every app",
     security(("operator_key" = [])),
@@ -81,6 +82,7 @@ async fn list_apps(State(state): State<AppState>, _op: Operator) -> Result<Json<
 #[utoipa::path(
     post,
     path = "/v1/admin/deliveries/{id}/retry",
+    operation_id = "admin_retry_delivery",
     tag = "admin",
     summary = "Re-queue one dead letter of any app",
     params(("id" = String, Path, description = "the delivery id")),

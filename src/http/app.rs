@@ -43,6 +43,7 @@ struct CallbackSet {
 #[utoipa::path(
     get,
     path = "/v1/app",
+    operation_id = "get_app",
     tag = "app",
     summary = "The calling app and its callback URL",
     security(("api_key" = [])),
@@ -78,6 +79,7 @@ struct CallbackRequest {
 #[utoipa::path(
     put,
     path = "/v1/app/callback",
+    operation_id = "set_callback",
     tag = "app",
     summary = "Set the URL that receives signed `devices.pruned` callbacks",
     description = "Callbacks are signed Standard Webhooks style with the returned `whsec_` \
@@ -116,6 +118,7 @@ async fn set_callback(
 #[utoipa::path(
     delete,
     path = "/v1/app/callback",
+    operation_id = "clear_callback",
     tag = "app",
     summary = "Stop sending callbacks",
     security(("api_key" = [])),

@@ -65,6 +65,7 @@ const TOKEN: &str = "the provider's device token (APNs: hex; FCM: registration t
 #[utoipa::path(
     put,
     path = "/v1/devices/{token}",
+    operation_id = "register_device",
     tag = "devices",
     summary = "Register a device, or update its registration",
     params(("token" = String, Path, description = TOKEN)),
@@ -126,6 +127,7 @@ async fn get_device(
 #[utoipa::path(
     delete,
     path = "/v1/devices/{token}",
+    operation_id = "unregister_device",
     tag = "devices",
     summary = "Unregister a device",
     params(("token" = String, Path, description = TOKEN)),

@@ -65,6 +65,7 @@ struct DeliveryCounts {
 #[utoipa::path(
     get,
     path = "/v1/events",
+    operation_id = "list_events",
     tag = "events",
     summary = "List received events, newest first",
     params(ListEvents),
@@ -116,6 +117,7 @@ async fn list(
 #[utoipa::path(
     get,
     path = "/v1/events/{id}",
+    operation_id = "get_event",
     tag = "events",
     summary = "Read one event with its payload and delivery counts",
     params(("id" = String, Path, description = "the event id")),

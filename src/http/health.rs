@@ -18,7 +18,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
 }
 
-/// `{"status"}` of the health endpoints.
+/// The answer of the health endpoints.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 struct HealthStatus {

@@ -57,6 +57,7 @@ struct SendRequest {
 #[utoipa::path(
     post,
     path = "/v1/notifications",
+    operation_id = "send_notification",
     tag = "notifications",
     summary = "Send a notification directly, without a webhook or rule",
     description = "Stored as an event carrying its own rule, then fanned out, queued and \
@@ -146,6 +147,7 @@ pub async fn enqueue_direct(
 #[utoipa::path(
     get,
     path = "/v1/events/{id}/deliveries",
+    operation_id = "list_event_deliveries",
     tag = "deliveries",
     summary = "List the deliveries of one event",
     params(("id" = String, Path, description = "the event id"), Page),
@@ -199,7 +201,8 @@ struct DeliveryQuery {
     limit: Option<u32>,
 }
 
-/// The API view of a delivery (`DeliveryRow::view`).
+// Mirrors `DeliveryRow::view`; tests/openapi.rs compares it with real answers.
+/// A delivery: one notification to one device.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[schema(as = Delivery)]
 #[allow(dead_code)]
@@ -323,6 +326,7 @@ async fn list_deliveries(
 #[utoipa::path(
     get,
     path = "/v1/deliveries/{id}",
+    operation_id = "get_delivery",
     tag = "deliveries",
     summary = "Read one delivery with its attempt log",
     params(("id" = String, Path, description = DELIVERY_ID)),
@@ -361,6 +365,7 @@ async fn show_delivery(
 #[utoipa::path(
     post,
     path = "/v1/deliveries/{id}/retry",
+    operation_id = "retry_delivery",
     tag = "deliveries",
     summary = "Re-queue one dead letter",
     params(("id" = String, Path, description = DELIVERY_ID)),
@@ -409,6 +414,7 @@ struct ReplayFilter {
 #[utoipa::path(
     post,
     path = "/v1/deliveries/retry",
+    operation_id = "retry_deliveries",
     tag = "deliveries",
     summary = "Re-queue dead letters in bulk",
     request_body = ReplayFilter,

@@ -143,7 +143,7 @@ pub enum JsonBodyErrors {
     InvalidField(ErrorBody),
 }
 
-/// `{"event_id"}`: an event was stored (or recognised as a duplicate).
+/// An event was stored, or recognised as a duplicate.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct EventAccepted {
@@ -154,7 +154,7 @@ pub struct EventAccepted {
     pub duplicate: Option<bool>,
 }
 
-/// `{"requeued"}`: how many dead letters went back to the queue.
+/// How many dead letters went back to the queue.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct Requeued {

@@ -65,7 +65,8 @@ struct AddSecret {
     secret: Option<String>,
 }
 
-/// The API view of a source (`source_view`).
+// Mirrors `source_view`; tests/openapi.rs compares it with real answers.
+/// A webhook source.
 #[derive(utoipa::ToSchema)]
 #[schema(as = Source)]
 #[allow(dead_code)]
@@ -261,6 +262,7 @@ pub fn new_source(
 #[utoipa::path(
     post,
     path = "/v1/sources",
+    operation_id = "create_source",
     tag = "sources",
     summary = "Create a webhook source; its secrets are shown in full only here",
     request_body = CreateSource,
@@ -296,6 +298,7 @@ async fn create(
 #[utoipa::path(
     get,
     path = "/v1/sources",
+    operation_id = "list_sources",
     tag = "sources",
     summary = "List the app's webhook sources",
     security(("api_key" = [])),
@@ -322,6 +325,7 @@ async fn load(state: &AppState, app_id: &str, name: &str) -> Result<WebhookSourc
 #[utoipa::path(
     get,
     path = "/v1/sources/{name}",
+    operation_id = "get_source",
     tag = "sources",
     summary = "Read one webhook source",
     params(("name" = String, Path, description = NAME)),
@@ -344,6 +348,7 @@ async fn show(
 #[utoipa::path(
     patch,
     path = "/v1/sources/{name}",
+    operation_id = "update_source",
     tag = "sources",
     summary = "Change a source's event type path or allowlist",
     params(("name" = String, Path, description = NAME)),
@@ -377,6 +382,7 @@ async fn update(
 #[utoipa::path(
     delete,
     path = "/v1/sources/{name}",
+    operation_id = "delete_source",
     tag = "sources",
     summary = "Delete a webhook source",
     params(("name" = String, Path, description = NAME)),
@@ -401,6 +407,7 @@ async fn remove(
 #[utoipa::path(
     post,
     path = "/v1/sources/{name}/secrets",
+    operation_id = "add_source_secret",
     tag = "sources",
     summary = "Add a secret (rotation); any active secret verifies",
     params(("name" = String, Path, description = NAME)),
@@ -461,6 +468,7 @@ async fn add_secret(
 #[utoipa::path(
     delete,
     path = "/v1/sources/{name}/secrets/{secret_id}",
+    operation_id = "delete_source_secret",
     tag = "sources",
     summary = "Retire a secret",
     params(

@@ -23,7 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_rule, put_rule, delete_rule))
 }
 
-/// A stored template (`view`).
+/// A stored template.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 struct NamedTemplate {
@@ -35,7 +35,7 @@ struct NamedTemplate {
     updated_at: String,
 }
 
-/// A stored rule (`view`).
+/// A stored rule.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 struct NamedRule {

@@ -32,6 +32,7 @@ struct StatsQuery {
 #[utoipa::path(
     get,
     path = "/v1/stats",
+    operation_id = "get_stats",
     tag = "stats",
     summary = "Delivery figures over 5 minutes, 1 hour and 24 hours, with the queue",
     description = "With a server key: that app's figures, its recent dead letters and pruned \

@@ -34,6 +34,7 @@ const MAX_EVENT_ID_LEN: usize = 256;
 #[utoipa::path(
     post,
     path = "/v1/webhooks/{app_id}/{source}",
+    operation_id = "receive_webhook",
     tag = "webhooks",
     summary = "Receive a signed webhook and store it as an event",
     description = "Takes no API key: the request is authenticated by the signature of its \

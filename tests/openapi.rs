@@ -490,6 +490,24 @@ async fn documented_schemas_match_the_api(db: Db) {
         )
         .await;
     assert_body_matches(&doc, "AppList", &apps);
+    let (status, stats) = t
+        .call(Method::GET, "/v1/stats", Some(&app.server_key), None)
+        .await;
+    assert_eq!(status, 200, "{stats}");
+    assert_body_matches(&doc, "StatsReport", &stats);
+    for window in ["5m", "1h", "24h"] {
+        assert_body_matches(&doc, "WindowStats", &stats["windows"][window]);
+    }
+    assert_body_matches(&doc, "QueueStats", &stats["queue"]);
+    for point in stats["throughput_per_minute"].as_array().expect("series") {
+        assert_body_matches(&doc, "ThroughputPoint", point);
+    }
+    for dead in stats["recent_dead_letters"]
+        .as_array()
+        .expect("dead letters")
+    {
+        assert_body_matches(&doc, "DeadLetter", dead);
+    }
     assert_body_matches(&doc, "AppSummary", &apps["apps"][0]);
     t.shutdown().await;
 }

@@ -12,7 +12,7 @@ use super::openapi::ServerKeyErrors;
 use super::{ApiQuery, AppState, Viewer};
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::redact::redact;
-use crate::store::{now_ms, rfc3339, JobStatus};
+use crate::store::{now_ms, rfc3339, JobStatus, QueueStats, WindowStats};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stats))
@@ -20,6 +20,67 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The windows every stats answer carries.
 pub const WINDOWS: [(&str, i64); 3] = [("5m", 300), ("1h", 3600), ("24h", 86_400)];
+
+// Mirrors the answer `stats` builds; tests/openapi.rs compares it with a real one.
+/// Delivery statistics of one app or of all apps.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct StatsReport {
+    /// The app the figures are for; null for all apps (operator only).
+    app_id: Option<String>,
+    /// RFC 3339.
+    generated_at: String,
+    /// Figures by window: `5m`, `1h` and `24h`.
+    windows: std::collections::BTreeMap<String, WindowStats>,
+    queue: QueueStats,
+    /// Attempts per minute over the last hour.
+    throughput_per_minute: Vec<ThroughputPoint>,
+    /// The latest dead letters (one app only; empty for all apps).
+    recent_dead_letters: Vec<DeadLetter>,
+    /// The latest pruned tokens, redacted (one app only; empty for all apps).
+    recent_pruned_tokens: Vec<PrunedToken>,
+}
+
+/// Attempts in one minute.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ThroughputPoint {
+    /// RFC 3339 start of the minute.
+    at: String,
+    delivered: i64,
+    failed: i64,
+}
+
+/// A recent dead letter.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct DeadLetter {
+    /// The delivery id.
+    id: String,
+    event_id: String,
+    platform: String,
+    /// Redacted device token.
+    token: String,
+    reason: Option<String>,
+    attempts: i64,
+    /// RFC 3339.
+    at: String,
+}
+
+/// A recently pruned token.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct PrunedToken {
+    platform: String,
+    /// Redacted device token.
+    token: String,
+    /// The provider's reason.
+    reason: String,
+    /// False when the device had registered again since the provider's timestamp.
+    deleted: bool,
+    /// RFC 3339.
+    at: String,
+}
 
 /// Query of `GET /v1/stats`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -41,12 +102,7 @@ struct StatsQuery {
     params(StatsQuery),
     security(("api_key" = []), ("operator_key" = [])),
     responses(
-        (
-            status = 200,
-            description = "`app_id`, `generated_at`, `windows` (`5m`, `1h`, `24h`), `queue`, \
-                           `throughput_per_minute`, `recent_dead_letters`, `recent_pruned_tokens`",
-            body = Object,
-        ),
+        (status = 200, description = "the figures", body = StatsReport),
         ServerKeyErrors,
         (status = 404, description = "a server key asked for another app", body = ErrorBody),
     ),

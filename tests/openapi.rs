@@ -328,6 +328,7 @@ async fn documented_schemas_match_the_api(db: Db) {
 
     // RegisterDevice: `platform` is required, unknown fields are refused.
     let register = schema(&doc, "RegisterDevice");
+    assert_eq!(register["additionalProperties"], json!(false));
     assert!(register["required"]
         .as_array()
         .expect("required")

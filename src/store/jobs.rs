@@ -486,7 +486,10 @@ impl Store {
             }
             owned.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
         }
-        let mine: Vec<&JobResult> = results.iter().filter(|r| owned.contains(&r.job.id)).collect();
+        let mine: Vec<&JobResult> = results
+            .iter()
+            .filter(|r| owned.contains(&r.job.id))
+            .collect();
         for chunk in mine.chunks(RECORD_CHUNK) {
             let mut sql = String::with_capacity(200 + chunk.len() * 80);
             sql.push_str(

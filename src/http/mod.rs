@@ -69,7 +69,7 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
 pub fn router(state: AppState) -> Router {
     let (routes, doc) = documented_routes(&state.config).split_for_parts();
     routes
-        .layer(Extension(openapi::Document(Arc::new(doc))))
+        .layer(Extension(openapi::Document::new(&doc)))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::BadRequest("method not allowed on this route".into())

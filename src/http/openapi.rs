@@ -3,10 +3,10 @@
 //! code; this module adds what is shared: info, security schemes, error responses, and the
 //! `GET /openapi.json` endpoint that serves the result.
 
-use std::sync::Arc;
-
+use axum::body::Bytes;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Extension;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
@@ -162,9 +162,19 @@ pub struct Requeued {
     pub requeued: u64,
 }
 
-/// The serialized document, shared by every request for it.
+/// The document, serialized once at start-up and shared by every request for it.
 #[derive(Clone)]
-pub struct Document(pub Arc<utoipa::openapi::OpenApi>);
+pub struct Document(Bytes);
+
+impl Document {
+    /// Serializes `doc`; it is built from static annotations, so this cannot fail at run time
+    /// once the tests pass.
+    pub fn new(doc: &utoipa::openapi::OpenApi) -> Self {
+        Self(Bytes::from(
+            serde_json::to_vec(doc).expect("the OpenAPI document serializes to JSON"),
+        ))
+    }
+}
 
 /// Serves the OpenAPI document of this API.
 #[utoipa::path(
@@ -175,5 +185,5 @@ pub struct Document(pub Arc<utoipa::openapi::OpenApi>);
     responses((status = 200, description = "the OpenAPI document", body = Object)),
 )]
 pub async fn openapi_json(Extension(doc): Extension<Document>) -> Response {
-    Json::<&utoipa::openapi::OpenApi>(&doc.0).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], doc.0).into_response()
 }

@@ -4,10 +4,33 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 /// Crate-wide result alias for handlers.
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The detail of an error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code: `invalid_field`, `bad_request`, `unauthorized`,
+    /// `forbidden`, `not_found`, `conflict`, `payload_too_large`, `unsupported_media_type`,
+    /// `rate_limited` or `internal`.
+    #[schema(value_type = String, example = "invalid_field")]
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The offending field (dotted path), present only with `invalid_field`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "locale")]
+    pub field: Option<String>,
+}
 
 /// An error returned by the HTTP API.
 #[derive(Debug, thiserror::Error)]
@@ -112,10 +135,17 @@ impl IntoResponse for ApiError {
             Self::InvalidField { message, .. } => message.clone(),
             other => other.to_string(),
         };
-        let mut body = json!({"error": {"code": self.code(), "message": message}});
-        if let Self::InvalidField { field, .. } = &self {
-            body["error"]["field"] = json!(field);
-        }
+        let field = match &self {
+            Self::InvalidField { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message,
+                field,
+            },
+        };
         let mut response = (status, axum::Json(body)).into_response();
         if let Self::TooManyRequests { retry_after_secs } = self {
             if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {

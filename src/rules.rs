@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use crate::template::TemplateSpec;
 
 /// A rule as stored and accepted by the API.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// Event type pattern; `*` matches any run of characters, `?` one character.
@@ -33,7 +33,7 @@ fn enabled() -> bool {
 }
 
 /// Who a rule notifies.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Audience {
     /// User ids read from the event at this dotted path (a string or an array of strings).
@@ -47,7 +47,7 @@ pub enum Audience {
 }
 
 /// Device selection by tags, attributes and platform; an empty filter selects every device.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceFilter {
     /// Every listed tag must be present.
@@ -55,6 +55,7 @@ pub struct DeviceFilter {
     pub tags: Vec<String>,
     /// Every listed attribute must equal the given JSON value.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[schema(value_type = Object)]
     pub attributes: Map<String, Value>,
     /// Only this platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,7 +74,7 @@ impl DeviceFilter {
 }
 
 /// A template by name or inline.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum TemplateRef {
     /// A named template of the app.

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::push::{Notification, Priority};
 
 /// Text that varies by locale.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalizedText {
     /// Title template.
@@ -30,7 +30,7 @@ pub struct LocalizedText {
 }
 
 /// A badge: a fixed number or a template rendering to one.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum BadgeSpec {
     /// Fixed count.
@@ -40,7 +40,7 @@ pub enum BadgeSpec {
 }
 
 /// Delivery options; set at the top level or overridden per platform.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryOptions {
     /// App icon badge.
@@ -60,6 +60,7 @@ pub struct DeliveryOptions {
     pub collapse_key: Option<String>,
     /// `high` or `normal`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<PriorityName>)]
     pub priority: Option<Priority>,
     /// Time to live in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,8 +85,21 @@ pub struct DeliveryOptions {
     pub data: BTreeMap<String, String>,
 }
 
+// The schema of `crate::push::Priority`, which stays free of API concerns; a test checks
+// that the two agree.
+/// How urgently the provider should deliver.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Priority, rename_all = "snake_case")]
+#[allow(dead_code)]
+enum PriorityName {
+    /// Deliver immediately.
+    High,
+    /// Deliver at a time that saves power.
+    Normal,
+}
+
 /// A notification template as stored and as accepted by the API.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
     /// Default title template.
@@ -372,6 +386,19 @@ pub fn context(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn priority_schema_lists_exactly_the_priorities_serde_reads() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(PriorityName::schema()).expect("schema");
+        let names: Vec<Value> = schema["enum"].as_array().expect("enum").clone();
+        let mut parsed: Vec<Priority> = names
+            .iter()
+            .map(|n| serde_json::from_value(n.clone()).expect("a Priority"))
+            .collect();
+        parsed.dedup();
+        assert_eq!(parsed, vec![Priority::High, Priority::Normal]);
+    }
 
     fn spec(v: Value) -> TemplateSpec {
         serde_json::from_value(v).expect("spec")

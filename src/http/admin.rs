@@ -3,22 +3,50 @@
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{OperatorErrors, Requeued};
 use super::{AppState, Operator};
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::store::rfc3339;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/dashboard", get(dashboard))
-        .route("/v1/admin/apps", get(list_apps))
-        .route("/v1/admin/deliveries/{id}/retry", post(replay))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(dashboard))
+        .routes(routes!(list_apps))
+        .routes(routes!(replay))
+}
+
+/// Every app, for the operator.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct AppList {
+    apps: Vec<AppSummary>,
+}
+
+/// One app in the operator's list.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct AppSummary {
+    id: String,
+    name: String,
+    /// RFC 3339.
+    created_at: String,
 }
 
 /// The page carries no data; it asks for the operator key and reads everything from the API.
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "admin",
+    summary = "The operator dashboard page",
+    description = "Needs no key to load: the page asks for the operator key and reads \
+                   everything through the API.",
+    responses((status = 200, description = "the HTML page", body = String, content_type = "text/html")),
+)]
 async fn dashboard() -> impl IntoResponse {
     (
         [
@@ -33,6 +61,15 @@ async fn dashboard() -> impl IntoResponse {
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/apps",
+    operation_id = "admin_list_apps",
+    tag = "admin",
+    summary = "List every app",
+    security(("operator_key" = [])),
+    responses((status = 200, description = "every app", body = AppList), OperatorErrors),
+)]
 async fn list_apps(State(state): State<AppState>, _op: Operator) -> Result<Json<Value>> {
     let apps = state.store.list_apps().await?;
     Ok(Json(json!({
@@ -42,6 +79,21 @@ async fn list_apps(State(state): State<AppState>, _op: Operator) -> Result<Json<
     })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/deliveries/{id}/retry",
+    operation_id = "admin_retry_delivery",
+    tag = "admin",
+    summary = "Re-queue one dead letter of any app",
+    params(("id" = String, Path, description = "the delivery id")),
+    security(("operator_key" = [])),
+    responses(
+        (status = 202, description = "re-queued", body = Requeued),
+        OperatorErrors,
+        (status = 404, description = "no such delivery", body = ErrorBody),
+        (status = 409, description = "the delivery is not a dead letter", body = ErrorBody),
+    ),
+)]
 async fn replay(
     State(state): State<AppState>,
     _op: Operator,

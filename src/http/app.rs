@@ -3,22 +3,56 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{JsonBodyErrors, ServerKeyErrors};
 use super::sources::generate_secret;
 use super::{ApiJson, AppState, ServerCaller};
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::store::Scheme;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/app", get(show))
-        .route("/v1/app/callback", put(set_callback).delete(clear_callback))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(show))
+        .routes(routes!(set_callback, clear_callback))
 }
 
+/// The calling app.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct AppView {
+    id: String,
+    name: String,
+    /// Where `devices.pruned` callbacks go; null when unset.
+    callback_url: Option<String>,
+}
+
+/// The callback just set, with the secret that signs its requests (shown only here).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct CallbackSet {
+    url: String,
+    /// `whsec_...`: verify callbacks as Standard Webhooks with it.
+    secret: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/app",
+    operation_id = "get_app",
+    tag = "app",
+    summary = "The calling app and its callback URL",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "the app", body = AppView),
+        ServerKeyErrors,
+        (status = 404, description = "the app no longer exists", body = ErrorBody),
+    ),
+)]
 async fn show(State(state): State<AppState>, caller: ServerCaller) -> Result<Json<Value>> {
     let app = state
         .store
@@ -33,12 +67,31 @@ async fn show(State(state): State<AppState>, caller: ServerCaller) -> Result<Jso
     })))
 }
 
-#[derive(Debug, Deserialize)]
+/// Body of `PUT /v1/app/callback`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CallbackRequest {
+    /// Absolute http(s) URL, at most 2048 characters.
+    #[schema(example = "https://app.example.com/hooks/pushbridge")]
     url: String,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/app/callback",
+    operation_id = "set_callback",
+    tag = "app",
+    summary = "Set the URL that receives signed `devices.pruned` callbacks",
+    description = "Callbacks are signed Standard Webhooks style with the returned `whsec_` \
+                   secret; setting the URL again issues a new secret.",
+    request_body = CallbackRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "set; the secret is shown only here", body = CallbackSet),
+        ServerKeyErrors,
+        JsonBodyErrors,
+    ),
+)]
 async fn set_callback(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -62,6 +115,15 @@ async fn set_callback(
     Ok(Json(json!({"url": body.url, "secret": secret})))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/app/callback",
+    operation_id = "clear_callback",
+    tag = "app",
+    summary = "Stop sending callbacks",
+    security(("api_key" = [])),
+    responses((status = 204, description = "cleared"), ServerKeyErrors),
+)]
 async fn clear_callback(State(state): State<AppState>, caller: ServerCaller) -> Result<StatusCode> {
     state
         .store

@@ -2,43 +2,82 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{AppKeyErrors, JsonBodyErrors, ServerKeyErrors};
 use super::{encode_cursor, ApiJson, ApiQuery, AppState, Caller, Page, ServerCaller};
 use crate::config::DeviceLimits;
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::redact::Redacted;
-use crate::store::DeviceRegistration;
+use crate::store::{DeviceRegistration, DeviceView};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/devices/{token}",
-            put(register).get(get_device).delete(unregister),
-        )
-        .route("/v1/users/{user_id}/devices", get(list_user_devices))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register, get_device, unregister))
+        .routes(routes!(list_user_devices))
 }
 
 /// Body of `PUT /v1/devices/{token}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RegisterDevice {
+    /// `apns` or `fcm`; decides the token's expected shape.
+    #[schema(example = "apns")]
     platform: String,
+    /// The owning user, for user audiences (1-256 characters).
     user_id: Option<String>,
+    /// BCP-47 language tag, stored in canonical case (`fr-fr` becomes `fr-FR`).
+    #[schema(example = "fr-FR")]
     locale: Option<String>,
+    /// IANA time zone name.
+    #[schema(example = "Europe/Paris")]
     timezone: Option<String>,
+    /// App version (1-64 characters).
     app_version: Option<String>,
+    /// APNs only: `production` (default) or `sandbox`.
     environment: Option<String>,
+    /// APNs only: the bundle id to send with (`apns-topic`).
     topic: Option<String>,
+    /// Free-form JSON object, visible to templates as `device.attributes` and `user.*`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     attributes: Option<Value>,
+    /// Tags for device audiences (each 1-64 characters).
     #[serde(default)]
     tags: Option<Vec<String>>,
 }
 
+/// A page of a user's devices.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct DeviceList {
+    devices: Vec<DeviceView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+const TOKEN: &str = "the provider's device token (APNs: hex; FCM: registration token)";
+
+#[utoipa::path(
+    put,
+    path = "/v1/devices/{token}",
+    operation_id = "register_device",
+    tag = "devices",
+    summary = "Register a device, or update its registration",
+    params(("token" = String, Path, description = TOKEN)),
+    request_body = RegisterDevice,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "registered", body = DeviceView),
+        (status = 200, description = "an existing registration was updated", body = DeviceView),
+        AppKeyErrors,
+        JsonBodyErrors,
+    ),
+)]
 async fn register(
     State(state): State<AppState>,
     caller: Caller,
@@ -59,6 +98,19 @@ async fn register(
     Ok((status, Json(json!(device.view()))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/devices/{token}",
+    tag = "devices",
+    summary = "Read one device",
+    params(("token" = String, Path, description = TOKEN)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "the device", body = DeviceView),
+        AppKeyErrors,
+        (status = 404, description = "no such device in this app", body = ErrorBody),
+    ),
+)]
 async fn get_device(
     State(state): State<AppState>,
     caller: Caller,
@@ -72,6 +124,20 @@ async fn get_device(
     Ok(Json(json!(device.view())))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/devices/{token}",
+    operation_id = "unregister_device",
+    tag = "devices",
+    summary = "Unregister a device",
+    params(("token" = String, Path, description = TOKEN)),
+    security(("api_key" = [])),
+    responses(
+        (status = 204, description = "unregistered"),
+        AppKeyErrors,
+        (status = 404, description = "no such device in this app", body = ErrorBody),
+    ),
+)]
 async fn unregister(
     State(state): State<AppState>,
     caller: Caller,
@@ -85,6 +151,19 @@ async fn unregister(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/devices",
+    tag = "devices",
+    summary = "List a user's devices, paginated",
+    params(("user_id" = String, Path, description = "the user id devices registered with"), Page),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "a page of devices", body = DeviceList),
+        ServerKeyErrors,
+        (status = 422, description = "invalid `limit` or `cursor`", body = ErrorBody),
+    ),
+)]
 async fn list_user_devices(
     State(state): State<AppState>,
     caller: ServerCaller,

@@ -1,28 +1,81 @@
 //! Received events, for auditing: `GET /v1/events`, `GET /v1/events/{id}` (server key).
 
 use axum::extract::{Path, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::ServerKeyErrors;
 use super::{encode_cursor, ApiQuery, AppState, Page, ServerCaller};
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
+use crate::store::EventView;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/events", get(list))
-        .route("/v1/events/{id}", get(show))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show))
 }
 
-#[derive(Debug, Deserialize)]
+/// Query of `GET /v1/events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListEvents {
+    /// Only events of exactly this type.
     #[serde(rename = "type")]
     event_type: Option<String>,
+    /// Opaque cursor from a previous page's `next_cursor`.
     cursor: Option<String>,
+    /// Page size, 1..=500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 
+/// A page of events, newest first.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct EventList {
+    events: Vec<EventView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// One event with its payload and the count of its deliveries by status.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct EventDetail {
+    #[serde(flatten)]
+    event: EventView,
+    deliveries: DeliveryCounts,
+}
+
+/// How many deliveries an event has, in total and by status.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct DeliveryCounts {
+    total: i64,
+    queued: i64,
+    in_flight: i64,
+    delivered: i64,
+    dead: i64,
+    invalid: i64,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "list_events",
+    tag = "events",
+    summary = "List received events, newest first",
+    params(ListEvents),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "a page of events (without payloads)", body = EventList),
+        ServerKeyErrors,
+        (status = 422, description = "invalid `limit` or `cursor`", body = ErrorBody),
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -61,6 +114,20 @@ async fn list(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}",
+    operation_id = "get_event",
+    tag = "events",
+    summary = "Read one event with its payload and delivery counts",
+    params(("id" = String, Path, description = "the event id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "the event", body = EventDetail),
+        ServerKeyErrors,
+        (status = 404, description = "no such event", body = ErrorBody),
+    ),
+)]
 async fn show(
     State(state): State<AppState>,
     caller: ServerCaller,

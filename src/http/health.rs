@@ -3,19 +3,53 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::OperatorErrors;
 use super::{AppState, Operator};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
 }
 
+/// The answer of the health endpoints.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct HealthStatus {
+    /// `ok`, `ready` or `unavailable`.
+    status: String,
+    /// `unreachable` when the database cannot be reached.
+    #[schema(nullable = false)]
+    database: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    summary = "Liveness: the process answers",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = HealthStatus)),
+)]
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    summary = "Readiness: the database is reachable",
+    responses(
+        (status = 200, description = "`{\"status\": \"ready\"}`", body = HealthStatus),
+        (status = 503, description = "the database is unreachable", body = HealthStatus),
+    ),
+)]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))),
@@ -29,6 +63,22 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    summary = "Prometheus metrics in the OpenMetrics text format",
+    security(("operator_key" = [])),
+    responses(
+        (
+            status = 200,
+            description = "counters, histograms and gauges",
+            body = String,
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        ),
+        OperatorErrors,
+    ),
+)]
 async fn metrics(State(state): State<AppState>, _operator: Operator) -> impl IntoResponse {
     match state.store.queue_stats(None, crate::store::now_ms()).await {
         Ok(q) => state.metrics.set_queue(&q),

@@ -6,6 +6,7 @@ mod devices;
 mod events;
 mod health;
 pub mod notifications;
+pub mod openapi;
 pub mod sources;
 mod specs;
 mod stats;
@@ -20,8 +21,11 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use axum::Router;
+use axum::{Extension, Router};
 use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::error::ApiError;
@@ -45,19 +49,27 @@ pub struct AppState {
     pub providers: Arc<Providers>,
 }
 
-/// The full API router.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// Every route with its documentation, built from the same annotated handlers.
+fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(openapi::openapi_json))
         .merge(health::router())
         .merge(devices::router())
         .merge(sources::router())
-        .merge(webhooks::router(&state.config))
+        .merge(webhooks::router(config))
         .merge(events::router())
         .merge(specs::router())
         .merge(notifications::router())
         .merge(app::router())
         .merge(stats::router())
         .merge(admin::router())
+}
+
+/// The full API router, including `GET /openapi.json`.
+pub fn router(state: AppState) -> Router {
+    let (routes, doc) = documented_routes(&state.config).split_for_parts();
+    routes
+        .layer(Extension(openapi::Document::new(&doc)))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::BadRequest("method not allowed on this route".into())
@@ -279,11 +291,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// `?cursor=&limit=` pagination shared by list endpoints.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
     /// Opaque cursor from a previous page's `next_cursor`.
     pub cursor: Option<String>,
     /// Page size, 1..=500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 

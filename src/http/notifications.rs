@@ -4,49 +4,72 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{EventAccepted, JsonBodyErrors, Requeued, ServerKeyErrors};
 use super::{encode_cursor, ApiJson, ApiQuery, AppState, Page, ServerCaller};
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::rules::{Audience, DeviceFilter, RuleSpec, TemplateRef};
 use crate::store::{EventInsert, JobStatus, NewEvent, SpecKind, Store};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/notifications", post(send))
-        .route("/v1/events/{id}/deliveries", get(event_deliveries))
-        .route("/v1/deliveries", get(list_deliveries))
-        .route("/v1/deliveries/retry", post(replay_many))
-        .route("/v1/deliveries/{id}", get(show_delivery))
-        .route("/v1/deliveries/{id}/retry", post(replay_one))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(send))
+        .routes(routes!(event_deliveries))
+        .routes(routes!(list_deliveries))
+        .routes(routes!(replay_many))
+        .routes(routes!(show_delivery))
+        .routes(routes!(replay_one))
 }
 
 /// Who a direct send goes to; exactly one field.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum Recipients {
+    /// One user's devices.
     User(String),
+    /// These users' devices.
     Users(Vec<String>),
+    /// These registered tokens.
     Tokens(Vec<String>),
+    /// Devices matching the filter (an empty filter is every device).
     Devices(DeviceFilter),
 }
 
 /// Body of `POST /v1/notifications`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SendRequest {
     to: Recipients,
     template: TemplateRef,
     /// Becomes the event payload that templates see as `event`.
     #[serde(default)]
+    #[schema(value_type = Object)]
     data: Map<String, Value>,
     /// Event type recorded for the send (default `notification.direct`).
     event_type: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/notifications",
+    operation_id = "send_notification",
+    tag = "notifications",
+    summary = "Send a notification directly, without a webhook or rule",
+    description = "Stored as an event carrying its own rule, then fanned out, queued and \
+                   retried like a webhook's event.",
+    request_body = SendRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 202, description = "accepted for delivery", body = EventAccepted),
+        ServerKeyErrors,
+        JsonBodyErrors,
+    ),
+)]
 async fn send(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -121,6 +144,21 @@ pub async fn enqueue_direct(
     Ok(id)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}/deliveries",
+    operation_id = "list_event_deliveries",
+    tag = "deliveries",
+    summary = "List the deliveries of one event",
+    params(("id" = String, Path, description = "the event id"), Page),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "a page of deliveries", body = DeliveryList),
+        ServerKeyErrors,
+        (status = 404, description = "no such event", body = ErrorBody),
+        (status = 422, description = "invalid `limit` or `cursor`", body = ErrorBody),
+    ),
+)]
 async fn event_deliveries(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -149,13 +187,93 @@ async fn event_deliveries(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+/// Query of `GET /v1/deliveries`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DeliveryQuery {
+    /// Only deliveries in this status.
+    #[param(inline, value_type = Option<JobStatus>)]
     status: Option<String>,
+    /// Opaque cursor from a previous page's `next_cursor`.
     cursor: Option<String>,
+    /// Page size, 1..=500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 
+// Mirrors `DeliveryRow::view`; tests/openapi.rs compares it with real answers.
+/// A delivery: one notification to one device.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Delivery)]
+#[allow(dead_code)]
+struct DeliveryView {
+    id: String,
+    event_id: String,
+    /// The rule that produced it; null for direct sends.
+    rule: Option<String>,
+    /// `apns` or `fcm`.
+    platform: String,
+    token: String,
+    status: JobStatus,
+    attempts: i64,
+    /// RFC 3339; only while queued.
+    next_attempt_at: Option<String>,
+    last_reason: Option<String>,
+    provider_id: Option<String>,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339.
+    updated_at: String,
+}
+
+/// A page of deliveries.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct DeliveryList {
+    deliveries: Vec<DeliveryView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// One delivery with its attempt log.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct DeliveryDetail {
+    #[serde(flatten)]
+    delivery: DeliveryView,
+    attempt_log: Vec<AttemptView>,
+}
+
+/// One attempt to hand a delivery to its provider.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Attempt)]
+#[allow(dead_code)]
+struct AttemptView {
+    attempt: i64,
+    /// The provider-neutral outcome, e.g. `delivered` or `invalid_token`.
+    outcome: String,
+    reason: Option<String>,
+    provider_id: Option<String>,
+    latency_ms: i64,
+    /// RFC 3339.
+    at: String,
+}
+
+const DELIVERY_ID: &str = "the delivery id";
+
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries",
+    tag = "deliveries",
+    summary = "The delivery log, most recently updated first",
+    params(DeliveryQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "a page of deliveries", body = DeliveryList),
+        ServerKeyErrors,
+        (status = 422, description = "invalid `status`, `limit` or `cursor`", body = ErrorBody),
+    ),
+)]
 async fn list_deliveries(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -205,6 +323,20 @@ async fn list_deliveries(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{id}",
+    operation_id = "get_delivery",
+    tag = "deliveries",
+    summary = "Read one delivery with its attempt log",
+    params(("id" = String, Path, description = DELIVERY_ID)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "the delivery", body = DeliveryDetail),
+        ServerKeyErrors,
+        (status = 404, description = "no such delivery", body = ErrorBody),
+    ),
+)]
 async fn show_delivery(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -230,6 +362,21 @@ async fn show_delivery(
     Ok(Json(view))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/retry",
+    operation_id = "retry_delivery",
+    tag = "deliveries",
+    summary = "Re-queue one dead letter",
+    params(("id" = String, Path, description = DELIVERY_ID)),
+    security(("api_key" = [])),
+    responses(
+        (status = 202, description = "re-queued", body = Requeued),
+        ServerKeyErrors,
+        (status = 404, description = "no such delivery", body = ErrorBody),
+        (status = 409, description = "the delivery is not a dead letter", body = ErrorBody),
+    ),
+)]
 async fn replay_one(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -254,15 +401,30 @@ async fn replay_one(
     Ok((StatusCode::ACCEPTED, Json(json!({"requeued": n}))))
 }
 
-/// Body of the bulk replay.
-#[derive(Debug, Default, Deserialize)]
+/// Body of the bulk replay; an empty object re-queues every dead letter of the app.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReplayFilter {
+    /// Only dead letters of this event.
     event_id: Option<String>,
     /// Only dead letters that died at or after this RFC 3339 time.
     since: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/retry",
+    operation_id = "retry_deliveries",
+    tag = "deliveries",
+    summary = "Re-queue dead letters in bulk",
+    request_body = ReplayFilter,
+    security(("api_key" = [])),
+    responses(
+        (status = 202, description = "the matching dead letters were re-queued", body = Requeued),
+        ServerKeyErrors,
+        JsonBodyErrors,
+    ),
+)]
 async fn replay_many(
     State(state): State<AppState>,
     caller: ServerCaller,

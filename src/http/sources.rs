@@ -3,58 +3,122 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use ipnet::IpNet;
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{JsonBodyErrors, ServerKeyErrors};
 use super::{parse_json, ApiJson, AppState, ServerCaller};
-use crate::error::{on_unique_violation, ApiError, Result};
+use crate::error::{on_unique_violation, ApiError, ErrorBody, Result};
 use crate::signature::standard_webhooks_key;
 use crate::store::{new_id, now_ms, rfc3339, NewSource, Scheme, SourceSecret, WebhookSource};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/sources", post(create).get(list))
-        .route("/v1/sources/{name}", get(show).patch(update).delete(remove))
-        .route("/v1/sources/{name}/secrets", post(add_secret))
-        .route(
-            "/v1/sources/{name}/secrets/{secret_id}",
-            delete(remove_secret),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(add_secret))
+        .routes(routes!(remove_secret))
 }
 
 /// Body of `POST /v1/sources`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateSource {
+    /// 1-64 characters of `[a-z0-9_-]`; part of the webhook URL.
+    #[schema(example = "billing")]
     name: String,
     scheme: Scheme,
-    /// Initial secrets; one is generated when absent.
+    /// Initial secrets (at most 5); one is generated when absent. Standard Webhooks secrets
+    /// are `whsec_` + base64 of 16-64 bytes, others 16-256 characters.
     #[serde(default)]
     secrets: Vec<String>,
+    /// Dotted JSON path of the event type in the body (default `type`).
+    #[schema(example = "data.event")]
     event_type_path: Option<String>,
+    /// Only these client addresses may call the webhook (CIDRs or single addresses).
     #[serde(default)]
+    #[schema(example = json!(["203.0.113.0/24"]))]
     allowed_cidrs: Vec<String>,
 }
 
-/// Body of `PATCH /v1/sources/{name}`.
-#[derive(Debug, Deserialize)]
+/// Body of `PATCH /v1/sources/{name}`; absent fields are left unchanged.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateSource {
+    /// Dotted JSON path of the event type in the body.
     event_type_path: Option<String>,
+    /// Replaces the allowlist; an empty list allows every address.
     allowed_cidrs: Option<Vec<String>>,
 }
 
-/// Body of `POST /v1/sources/{name}/secrets`.
-#[derive(Debug, Default, Deserialize)]
+/// Body of `POST /v1/sources/{name}/secrets`; an empty body generates the secret.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddSecret {
+    /// The new secret, in the scheme's format; generated when absent.
     secret: Option<String>,
 }
+
+// Mirrors `source_view`; tests/openapi.rs compares it with real answers.
+/// A webhook source.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Source)]
+#[allow(dead_code)]
+struct SourceView {
+    id: String,
+    name: String,
+    scheme: Scheme,
+    /// Where the sender posts: `/v1/webhooks/{app_id}/{name}`.
+    webhook_path: String,
+    event_type_path: Option<String>,
+    allowed_cidrs: Vec<String>,
+    secrets: Vec<SecretView>,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339.
+    updated_at: String,
+}
+
+/// A source secret: in full only in the answer that created it, otherwise a hint.
+#[derive(utoipa::ToSchema)]
+#[schema(as = SourceSecret)]
+#[allow(dead_code)]
+struct SecretView {
+    id: String,
+    /// RFC 3339.
+    created_at: String,
+    /// The full secret; only when the source or secret was just created.
+    #[schema(nullable = false)]
+    secret: Option<String>,
+    /// The secret's first 8 characters, followed by an ellipsis.
+    #[schema(nullable = false)]
+    hint: Option<String>,
+}
+
+/// The answer to adding a secret: the secret in full, shown only here.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct AddedSecret {
+    id: String,
+    secret: String,
+    /// RFC 3339.
+    created_at: String,
+}
+
+/// Every source of the app.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct SourceList {
+    sources: Vec<SourceView>,
+}
+
+const NAME: &str = "the source's name";
 
 /// Most secrets a source may hold at once (rotation needs two; a few more is slack).
 const MAX_SECRETS: usize = 5;
@@ -195,6 +259,21 @@ pub fn new_source(
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sources",
+    operation_id = "create_source",
+    tag = "sources",
+    summary = "Create a webhook source; its secrets are shown in full only here",
+    request_body = CreateSource,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "created, with full secrets", body = SourceView),
+        ServerKeyErrors,
+        (status = 409, description = "a source with this name already exists", body = ErrorBody),
+        JsonBodyErrors,
+    ),
+)]
 async fn create(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -216,6 +295,18 @@ async fn create(
     Ok((StatusCode::CREATED, Json(source_view(&source, true))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sources",
+    operation_id = "list_sources",
+    tag = "sources",
+    summary = "List the app's webhook sources",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "every source, secrets as hints", body = SourceList),
+        ServerKeyErrors,
+    ),
+)]
 async fn list(State(state): State<AppState>, caller: ServerCaller) -> Result<Json<Value>> {
     let sources = state.store.list_sources(caller.app_id()).await?;
     Ok(Json(json!({
@@ -231,6 +322,20 @@ async fn load(state: &AppState, app_id: &str, name: &str) -> Result<WebhookSourc
         .ok_or(ApiError::NotFound("source"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sources/{name}",
+    operation_id = "get_source",
+    tag = "sources",
+    summary = "Read one webhook source",
+    params(("name" = String, Path, description = NAME)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "the source, secrets as hints", body = SourceView),
+        ServerKeyErrors,
+        (status = 404, description = "no such source", body = ErrorBody),
+    ),
+)]
 async fn show(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -240,6 +345,22 @@ async fn show(
     Ok(Json(source_view(&source, false)))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/sources/{name}",
+    operation_id = "update_source",
+    tag = "sources",
+    summary = "Change a source's event type path or allowlist",
+    params(("name" = String, Path, description = NAME)),
+    request_body = UpdateSource,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "the updated source", body = SourceView),
+        ServerKeyErrors,
+        (status = 404, description = "no such source", body = ErrorBody),
+        JsonBodyErrors,
+    ),
+)]
 async fn update(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -258,6 +379,20 @@ async fn update(
     Ok(Json(source_view(&source, false)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/sources/{name}",
+    operation_id = "delete_source",
+    tag = "sources",
+    summary = "Delete a webhook source",
+    params(("name" = String, Path, description = NAME)),
+    security(("api_key" = [])),
+    responses(
+        (status = 204, description = "deleted"),
+        ServerKeyErrors,
+        (status = 404, description = "no such source", body = ErrorBody),
+    ),
+)]
 async fn remove(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -269,6 +404,27 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sources/{name}/secrets",
+    operation_id = "add_source_secret",
+    tag = "sources",
+    summary = "Add a secret (rotation); any active secret verifies",
+    params(("name" = String, Path, description = NAME)),
+    request_body(
+        content = Option<AddSecret>,
+        description = "optional: an empty body generates a secret",
+    ),
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "added; the secret is shown in full only here", body = AddedSecret),
+        ServerKeyErrors,
+        (status = 400, description = "the body is not valid JSON", body = ErrorBody),
+        (status = 404, description = "no such source", body = ErrorBody),
+        (status = 409, description = "the source already holds 5 secrets", body = ErrorBody),
+        (status = 422, description = "invalid secret for the scheme; `error.field` names it", body = ErrorBody),
+    ),
+)]
 async fn add_secret(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -309,6 +465,24 @@ async fn add_secret(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/sources/{name}/secrets/{secret_id}",
+    operation_id = "delete_source_secret",
+    tag = "sources",
+    summary = "Retire a secret",
+    params(
+        ("name" = String, Path, description = NAME),
+        ("secret_id" = String, Path, description = "the secret's id (`sec_...`)"),
+    ),
+    security(("api_key" = [])),
+    responses(
+        (status = 204, description = "removed"),
+        ServerKeyErrors,
+        (status = 404, description = "no such source or secret", body = ErrorBody),
+        (status = 409, description = "it is the source's last secret", body = ErrorBody),
+    ),
+)]
 async fn remove_secret(
     State(state): State<AppState>,
     caller: ServerCaller,

@@ -2,30 +2,67 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{JsonBodyErrors, ServerKeyErrors};
 use super::sources::validate_name;
 use super::{ApiJson, AppState, ServerCaller};
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::rules::{RuleSpec, TemplateRef};
 use crate::store::{rfc3339, NamedSpec, SpecKind};
 use crate::template::TemplateSpec;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/templates", get(list_templates))
-        .route(
-            "/v1/templates/{name}",
-            get(get_template).put(put_template).delete(delete_template),
-        )
-        .route("/v1/rules", get(list_rules))
-        .route(
-            "/v1/rules/{name}",
-            get(get_rule).put(put_rule).delete(delete_rule),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_templates))
+        .routes(routes!(get_template, put_template, delete_template))
+        .routes(routes!(list_rules))
+        .routes(routes!(get_rule, put_rule, delete_rule))
 }
+
+/// A stored template.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct NamedTemplate {
+    name: String,
+    spec: TemplateSpec,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339.
+    updated_at: String,
+}
+
+/// A stored rule.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct NamedRule {
+    name: String,
+    spec: RuleSpec,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339.
+    updated_at: String,
+}
+
+/// Every template of the app.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct TemplateList {
+    templates: Vec<NamedTemplate>,
+}
+
+/// Every rule of the app.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct RuleList {
+    rules: Vec<NamedRule>,
+}
+
+const TEMPLATE_NAME: &str = "the template's name: 1-64 characters of [a-z0-9_-]";
+const RULE_NAME: &str = "the rule's name: 1-64 characters of [a-z0-9_-]";
 
 fn view(spec: &NamedSpec) -> Value {
     json!({
@@ -53,6 +90,21 @@ async fn put_spec(
     Ok((status, Json(view(&stored))))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/templates/{name}",
+    tag = "templates",
+    summary = "Create or replace a named template",
+    params(("name" = String, Path, description = TEMPLATE_NAME)),
+    request_body = TemplateSpec,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "created", body = NamedTemplate),
+        (status = 200, description = "replaced", body = NamedTemplate),
+        ServerKeyErrors,
+        JsonBodyErrors,
+    ),
+)]
 async fn put_template(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -65,6 +117,21 @@ async fn put_template(
     put_spec(&state, SpecKind::Template, caller.app_id(), &name, &spec).await
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/rules/{name}",
+    tag = "rules",
+    summary = "Create or replace a rule",
+    params(("name" = String, Path, description = RULE_NAME)),
+    request_body = RuleSpec,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "created", body = NamedRule),
+        (status = 200, description = "replaced", body = NamedRule),
+        ServerKeyErrors,
+        JsonBodyErrors,
+    ),
+)]
 async fn put_rule(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -130,6 +197,17 @@ async fn delete_one(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/templates",
+    tag = "templates",
+    summary = "List the app's templates",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "every template", body = TemplateList),
+        ServerKeyErrors,
+    ),
+)]
 async fn list_templates(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -137,10 +215,34 @@ async fn list_templates(
     list(&state, SpecKind::Template, caller.app_id(), "templates").await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/rules",
+    tag = "rules",
+    summary = "List the app's rules",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "every rule", body = RuleList),
+        ServerKeyErrors,
+    ),
+)]
 async fn list_rules(State(state): State<AppState>, caller: ServerCaller) -> Result<Json<Value>> {
     list(&state, SpecKind::Rule, caller.app_id(), "rules").await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/templates/{name}",
+    tag = "templates",
+    summary = "Read one template",
+    params(("name" = String, Path, description = TEMPLATE_NAME)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "the template", body = NamedTemplate),
+        ServerKeyErrors,
+        (status = 404, description = "no such template", body = ErrorBody),
+    ),
+)]
 async fn get_template(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -149,6 +251,19 @@ async fn get_template(
     get_one(&state, SpecKind::Template, caller.app_id(), &name).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/rules/{name}",
+    tag = "rules",
+    summary = "Read one rule",
+    params(("name" = String, Path, description = RULE_NAME)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "the rule", body = NamedRule),
+        ServerKeyErrors,
+        (status = 404, description = "no such rule", body = ErrorBody),
+    ),
+)]
 async fn get_rule(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -157,6 +272,19 @@ async fn get_rule(
     get_one(&state, SpecKind::Rule, caller.app_id(), &name).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/templates/{name}",
+    tag = "templates",
+    summary = "Delete a template",
+    params(("name" = String, Path, description = TEMPLATE_NAME)),
+    security(("api_key" = [])),
+    responses(
+        (status = 204, description = "deleted"),
+        ServerKeyErrors,
+        (status = 404, description = "no such template", body = ErrorBody),
+    ),
+)]
 async fn delete_template(
     State(state): State<AppState>,
     caller: ServerCaller,
@@ -165,6 +293,19 @@ async fn delete_template(
     delete_one(&state, SpecKind::Template, caller.app_id(), &name).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/rules/{name}",
+    tag = "rules",
+    summary = "Delete a rule",
+    params(("name" = String, Path, description = RULE_NAME)),
+    security(("api_key" = [])),
+    responses(
+        (status = 204, description = "deleted"),
+        ServerKeyErrors,
+        (status = 404, description = "no such rule", body = ErrorBody),
+    ),
+)]
 async fn delete_rule(
     State(state): State<AppState>,
     caller: ServerCaller,

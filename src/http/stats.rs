@@ -2,29 +2,111 @@
 //! throughput series, recent dead letters and recently pruned tokens (redacted).
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::ServerKeyErrors;
 use super::{ApiQuery, AppState, Viewer};
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::redact::redact;
-use crate::store::{now_ms, rfc3339, JobStatus};
+use crate::store::{now_ms, rfc3339, JobStatus, QueueStats, WindowStats};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/stats", get(stats))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stats))
 }
 
 /// The windows every stats answer carries.
 pub const WINDOWS: [(&str, i64); 3] = [("5m", 300), ("1h", 3600), ("24h", 86_400)];
 
-#[derive(Debug, Deserialize)]
+// Mirrors the answer `stats` builds; tests/openapi.rs compares it with a real one.
+/// Delivery statistics of one app or of all apps.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct StatsReport {
+    /// The app the figures are for; null for all apps (operator only).
+    app_id: Option<String>,
+    /// RFC 3339.
+    generated_at: String,
+    /// Figures by window: `5m`, `1h` and `24h`.
+    windows: std::collections::BTreeMap<String, WindowStats>,
+    queue: QueueStats,
+    /// Attempts per minute over the last hour.
+    throughput_per_minute: Vec<ThroughputPoint>,
+    /// The latest dead letters (one app only; empty for all apps).
+    recent_dead_letters: Vec<DeadLetter>,
+    /// The latest pruned tokens, redacted (one app only; empty for all apps).
+    recent_pruned_tokens: Vec<PrunedToken>,
+}
+
+/// Attempts in one minute.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ThroughputPoint {
+    /// RFC 3339 start of the minute.
+    at: String,
+    delivered: i64,
+    failed: i64,
+}
+
+/// A recent dead letter.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct DeadLetter {
+    /// The delivery id.
+    id: String,
+    event_id: String,
+    platform: String,
+    /// Redacted device token.
+    token: String,
+    reason: Option<String>,
+    attempts: i64,
+    /// RFC 3339.
+    at: String,
+}
+
+/// A recently pruned token.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct PrunedToken {
+    platform: String,
+    /// Redacted device token.
+    token: String,
+    /// The provider's reason.
+    reason: String,
+    /// False when the device had registered again since the provider's timestamp.
+    deleted: bool,
+    /// RFC 3339.
+    at: String,
+}
+
+/// Query of `GET /v1/stats`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StatsQuery {
-    /// Operator only: one app instead of all.
+    /// Operator: one app instead of all. A server key may only name its own app.
     app_id: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    operation_id = "get_stats",
+    tag = "stats",
+    summary = "Delivery figures over 5 minutes, 1 hour and 24 hours, with the queue",
+    description = "With a server key: that app's figures, its recent dead letters and pruned \
+                   tokens (redacted). With the operator key: every app's figures, or one app's \
+                   with `app_id`.",
+    params(StatsQuery),
+    security(("api_key" = []), ("operator_key" = [])),
+    responses(
+        (status = 200, description = "the figures", body = StatsReport),
+        ServerKeyErrors,
+        (status = 404, description = "a server key asked for another app", body = ErrorBody),
+    ),
+)]
 async fn stats(
     State(state): State<AppState>,
     viewer: Viewer,

@@ -8,20 +8,22 @@ use std::net::{IpAddr, SocketAddr};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use http_body_util::BodyExt;
 use ipnet::IpNet;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::EventAccepted;
 use super::AppState;
 use crate::config::Config;
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::signature::{self, SignatureError};
 use crate::store::{EventInsert, NewEvent, Scheme, WebhookSource};
 
-pub fn router(_config: &Config) -> Router<AppState> {
-    Router::new().route("/v1/webhooks/{app_id}/{source}", post(ingest))
+pub fn router(_config: &Config) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(ingest))
 }
 
 /// Default JSON path of the event type when the scheme carries none in a header.
@@ -29,6 +31,37 @@ const DEFAULT_TYPE_PATH: &str = "type";
 const MAX_EVENT_TYPE_LEN: usize = 256;
 const MAX_EVENT_ID_LEN: usize = 256;
 
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{app_id}/{source}",
+    operation_id = "receive_webhook",
+    tag = "webhooks",
+    summary = "Receive a signed webhook and store it as an event",
+    description = "Takes no API key: the request is authenticated by the signature of its \
+                   source's scheme over the raw body bytes (`standard_webhooks`: `webhook-id`, \
+                   `webhook-timestamp`, `webhook-signature`; `github`: `X-Hub-Signature-256`; \
+                   `stripe`: `Stripe-Signature`; `generic`: `X-Webhook-Signature`). Timestamps \
+                   must be within the configured tolerance. The event is committed before the \
+                   answer; an event id the source already sent is answered 200 as a duplicate.",
+    params(
+        ("app_id" = String, Path, description = "the app the source belongs to"),
+        ("source" = String, Path, description = "the source's name"),
+    ),
+    request_body(
+        content = Object,
+        description = "the sender's JSON object; its event type is read from the scheme's \
+                       header or from the source's `event_type_path` (default `type`)",
+    ),
+    responses(
+        (status = 202, description = "the event was stored", body = EventAccepted),
+        (status = 200, description = "a duplicate of an event already stored", body = EventAccepted),
+        (status = 400, description = "malformed signature headers, a body that is not a JSON object, or no event type", body = ErrorBody),
+        (status = 401, description = "missing or bad signature, or a timestamp outside the tolerance", body = ErrorBody),
+        (status = 403, description = "the client address is not in the source's allowlist", body = ErrorBody),
+        (status = 404, description = "no such webhook source", body = ErrorBody),
+        (status = 413, description = "the body exceeds `webhooks.max_body_bytes`", body = ErrorBody),
+    ),
+)]
 async fn ingest(
     State(state): State<AppState>,
     Path((app_id, source_name)): Path<(String, String)>,

@@ -37,21 +37,32 @@ pub struct Device {
 }
 
 /// The API view of a device.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Device)]
 pub struct DeviceView {
     token: String,
+    /// `apns` or `fcm`.
     platform: String,
     user_id: Option<String>,
+    /// Canonical BCP-47 tag.
     locale: Option<String>,
     timezone: Option<String>,
     app_version: Option<String>,
+    /// APNs only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     environment: Option<String>,
+    /// APNs only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     topic: Option<String>,
+    #[schema(value_type = Object)]
     attributes: Value,
+    #[schema(value_type = Vec<String>)]
     tags: Value,
+    /// RFC 3339.
     created_at: String,
+    /// RFC 3339.
     updated_at: String,
 }
 

@@ -54,16 +54,24 @@ pub struct Event {
 }
 
 /// The API view of an event.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Event)]
 pub struct EventView {
     id: String,
+    /// The webhook source; null for direct sends.
     source_id: Option<String>,
+    /// The sender's own event id, used for deduplication.
     external_id: Option<String>,
     event_type: String,
+    /// `received`, `dispatched` or `completed`.
     status: String,
+    /// RFC 3339.
     received_at: String,
+    /// RFC 3339.
     updated_at: String,
+    /// The JSON payload; only when reading a single event.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>, nullable = false)]
     payload: Option<Value>,
 }
 

@@ -8,7 +8,8 @@ use serde::Serialize;
 use super::{new_id, now_ms, rfc3339, Backend, Event, Store};
 
 /// Where a delivery job is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = DeliveryStatus)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     /// Waiting for `next_attempt_at`.

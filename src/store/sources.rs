@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{new_id, now_ms, Store};
 
 /// How a source signs its requests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scheme {
     /// Standard Webhooks / Svix: `webhook-id`, `webhook-timestamp`, `webhook-signature`.

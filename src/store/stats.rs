@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::Store;
 
 /// Figures for one window.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct WindowStats {
     /// Window length in seconds.
     pub window_secs: i64,
@@ -32,7 +32,7 @@ pub struct WindowStats {
 }
 
 /// Failed attempts of one kind.
-#[derive(Clone, Debug, Serialize, PartialEq, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, PartialEq, sqlx::FromRow, utoipa::ToSchema)]
 pub struct FailureCount {
     /// `retry`, `failed` or `invalid_token`.
     pub outcome: String,
@@ -54,7 +54,7 @@ pub struct SeriesPoint {
 }
 
 /// Queue figures.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct QueueStats {
     /// Jobs waiting.
     pub queued: i64,

@@ -116,10 +116,12 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     let providers = Arc::new(Providers::new(&config.apns, &config.fcm)?);
     let state = AppState {
         config: Arc::new(config),
-        store,
+        store: store.clone(),
         metrics: Arc::new(Metrics::new()),
         wake: Wake::default(),
         providers: providers.clone(),
+        events: store::EventWriter::spawn(store.clone()),
+        limiter: Default::default(),
     };
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);

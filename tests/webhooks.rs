@@ -537,3 +537,72 @@ backend_tests!(
     sources_are_isolated_per_app_and_validated,
     the_event_type_can_come_from_a_configured_json_path,
 );
+
+async fn rate_limits_per_source_and_per_key_answer_429_with_retry_after(db: Db) {
+    let t = TestApp::spawn_with(db, |c| {
+        // Three requests of burst, then one more every ten seconds: no refill during the test.
+        c.rate_limits.source_per_sec = 0.1;
+        c.rate_limits.server_key_per_sec = 0.1;
+        c.rate_limits.burst_secs = 30.0;
+    })
+    .await;
+    let app = t.new_app().await;
+    // Uses one of the key's three tokens.
+    let secret = create_source(&t, &app, "busy", "generic", json!({})).await;
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let body = event_body(&format!("rl{i}"));
+        let h = sign(
+            Scheme::Generic,
+            &secret,
+            body.as_bytes(),
+            &format!("rl{i}"),
+            now(),
+        );
+        let resp = t
+            .client
+            .post(t.url(&format!("/v1/webhooks/{}/busy", app.app.id)))
+            .body(body);
+        let resp = h
+            .iter()
+            .fold(resp, |r, (k, v)| r.header(k.as_str(), v.as_str()))
+            .send()
+            .await
+            .expect("send");
+        let retry_after = resp.headers().get("retry-after").cloned();
+        let status = resp.status().as_u16();
+        if status == 429 {
+            let secs: u64 = retry_after
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .expect("Retry-After seconds");
+            assert!((1..=10).contains(&secs), "{secs}");
+            let err: Value = resp.json().await.expect("json");
+            assert_eq!(err["error"]["code"], "rate_limited");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [202, 202, 202, 429], "burst of 3, then limited");
+    // The server key has two tokens left after creating the source; then it is limited too.
+    let (status, _) = t
+        .call(Method::GET, "/v1/sources", Some(&app.server_key), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = t
+        .call(Method::GET, "/v1/sources", Some(&app.server_key), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, err) = t
+        .call(Method::GET, "/v1/sources", Some(&app.server_key), None)
+        .await;
+    assert_eq!(status, 429, "{err}");
+    // Another app's key has its own bucket.
+    let other = t.new_app().await;
+    let (status, _) = t
+        .call(Method::GET, "/v1/sources", Some(&other.server_key), None)
+        .await;
+    assert_eq!(status, 200);
+}
+
+backend_tests!(rate_limits_per_source_and_per_key_answer_429_with_retry_after);

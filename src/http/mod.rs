@@ -31,7 +31,8 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::push::Providers;
-use crate::store::{ApiKey, KeyKind, Store};
+use crate::ratelimit::RateLimiter;
+use crate::store::{ApiKey, EventWriter, KeyKind, Store};
 use crate::worker::Wake;
 
 /// State handed to every handler; cheap to clone.
@@ -47,6 +48,10 @@ pub struct AppState {
     pub wake: Wake,
     /// Provider senders (for their connection gauges).
     pub providers: Arc<Providers>,
+    /// Group-commit writer for incoming events.
+    pub events: EventWriter,
+    /// Request rate limits per key and per source.
+    pub limiter: Arc<RateLimiter>,
 }
 
 /// Every route with its documentation, built from the same annotated handlers.
@@ -131,6 +136,17 @@ impl FromRequestParts<AppState> for Caller {
             .authenticate(key)
             .await?
             .ok_or_else(|| ApiError::Unauthorized("invalid or revoked API key".into()))?;
+        let limits = &state.config.rate_limits;
+        let per_sec = match key.kind {
+            KeyKind::Server => limits.server_key_per_sec,
+            KeyKind::Client => limits.client_key_per_sec,
+        };
+        state
+            .limiter
+            .check(&format!("key:{}", key.id), per_sec, limits.burst_secs)
+            .map_err(|wait| ApiError::TooManyRequests {
+                retry_after_secs: crate::ratelimit::retry_after_secs(wait),
+            })?;
         Ok(Caller(key))
     }
 }

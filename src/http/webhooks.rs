@@ -19,8 +19,9 @@ use super::openapi::EventAccepted;
 use super::AppState;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorBody, Result};
+use crate::ratelimit::retry_after_secs;
 use crate::signature::{self, SignatureError};
-use crate::store::{EventInsert, NewEvent, Scheme, WebhookSource};
+use crate::store::{EventInsert, IncomingEvent, Scheme, WebhookSource};
 
 pub fn router(_config: &Config) -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(ingest))
@@ -60,6 +61,7 @@ const MAX_EVENT_ID_LEN: usize = 256;
         (status = 403, description = "the client address is not in the source's allowlist", body = ErrorBody),
         (status = 404, description = "no such webhook source", body = ErrorBody),
         (status = 413, description = "the body exceeds `webhooks.max_body_bytes`", body = ErrorBody),
+        (status = 429, description = "the source's rate limit (`rate_limits.source_per_sec`) is exceeded; see `Retry-After`", body = ErrorBody),
     ),
 )]
 async fn ingest(
@@ -106,9 +108,20 @@ async fn accept(
 
     let source = state
         .store
-        .get_source(app_id, source_name)
+        .get_source_cached(app_id, source_name)
         .await?
         .ok_or(ApiError::NotFound("webhook source"))?;
+    let limits = &state.config.rate_limits;
+    state
+        .limiter
+        .check(
+            &format!("source:{}", source.id),
+            limits.source_per_sec,
+            limits.burst_secs,
+        )
+        .map_err(|wait| ApiError::TooManyRequests {
+            retry_after_secs: retry_after_secs(wait),
+        })?;
 
     let peer = parts
         .extensions
@@ -164,14 +177,15 @@ async fn accept(
     let payload_text =
         std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
 
+    // Committed (together with concurrent webhooks, in one transaction) before we answer.
     let inserted = state
-        .store
-        .insert_event(&NewEvent {
-            app_id,
-            source_id: Some(&source.id),
-            external_id: external_id.as_deref(),
-            event_type: &event_type,
-            payload: payload_text,
+        .events
+        .insert(IncomingEvent {
+            app_id: app_id.to_string(),
+            source_id: Some(source.id.clone()),
+            external_id,
+            event_type: event_type.clone(),
+            payload: payload_text.to_string(),
             direct_rule: None,
         })
         .await?;

@@ -27,6 +27,8 @@ struct Args {
     sizes: Vec<u64>,
     ingest_secs: u64,
     h2load_requests: u64,
+    /// `delivery`, `ingest` or both (default).
+    only: Option<String>,
 }
 
 fn args() -> Args {
@@ -34,6 +36,7 @@ fn args() -> Args {
         sizes: vec![1_000, 10_000, 100_000],
         ingest_secs: 10,
         h2load_requests: 500_000,
+        only: None,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -48,6 +51,10 @@ fn args() -> Args {
             }
             "--ingest-secs" => {
                 a.ingest_secs = argv[i + 1].parse().unwrap_or(10);
+                i += 1;
+            }
+            "--only" => {
+                a.only = Some(argv[i + 1].clone());
                 i += 1;
             }
             "--h2load-requests" => {
@@ -115,6 +122,9 @@ async fn bridge(db_url: String, sim: &SimulatorHandle) -> anyhow::Result<pushbri
     config.worker.batch_size = 1000;
     config.worker.concurrency = 1000;
     config.worker.poll_interval_ms = 20;
+    // Measure the pipeline, not the per-key and per-source limits.
+    config.rate_limits.server_key_per_sec = 0.0;
+    config.rate_limits.source_per_sec = 0.0;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     pushbridge::start(config, listener).await
 }
@@ -468,7 +478,12 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    let raw = h2load_raw(args.h2load_requests).await?;
+    let run = |part: &str| args.only.as_deref().is_none_or(|o| o == part);
+    let raw = if run("delivery") {
+        h2load_raw(args.h2load_requests).await?
+    } else {
+        None
+    };
     match raw {
         Some(r) => println!(
             "simulator raw capacity (h2load -n {} -c 2 -m 100, APNs endpoint): {r:.0} req/s\n",
@@ -477,21 +492,25 @@ async fn main() -> anyhow::Result<()> {
         None => println!("simulator raw capacity: not measured (h2load missing)\n"),
     }
 
-    println!("## Delivery: one event to N devices (half APNs, half FCM), TLS HTTP/2 through the simulator\n");
-    println!("| backend | devices | total s | fan-out s | notifications/s | bridge/raw | p50 ms | p99 ms | peak RSS MB |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for backend in &backends {
-        for &n in &args.sizes {
-            let r = delivery(backend, n).await?;
-            let rate = r.devices as f64 / r.secs;
-            let ratio = raw.map_or("–".to_string(), |raw| format!("{:.2}", rate / raw));
-            println!(
-                "| {backend} | {} | {:.2} | {:.2} | {:.0} | {ratio} | {} | {} | {:.0} |",
-                r.devices, r.secs, r.fanout_secs, rate, r.p50_ms, r.p99_ms, r.peak_rss_mb
-            );
+    if run("delivery") {
+        println!("## Delivery: one event to N devices (half APNs, half FCM), TLS HTTP/2 through the simulator\n");
+        println!("| backend | devices | total s | fan-out s | notifications/s | bridge/raw | p50 ms | p99 ms | peak RSS MB |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for backend in &backends {
+            for &n in &args.sizes {
+                let r = delivery(backend, n).await?;
+                let rate = r.devices as f64 / r.secs;
+                let ratio = raw.map_or("–".to_string(), |raw| format!("{:.2}", rate / raw));
+                println!(
+                    "| {backend} | {} | {:.2} | {:.2} | {:.0} | {ratio} | {} | {} | {:.0} |",
+                    r.devices, r.secs, r.fanout_secs, rate, r.p50_ms, r.p99_ms, r.peak_rss_mb
+                );
+            }
         }
     }
-
+    if !run("ingest") {
+        return Ok(());
+    }
     println!("\n## Ingest: signed Standard Webhooks, 202 after the event is committed\n");
     println!("| backend | load | accepted/s | vs ceiling | p50 ms | p99 ms |");
     println!("|---|---|---:|---:|---:|---:|");

@@ -274,7 +274,7 @@ impl Store {
         app_id: &str,
         devices: &[(String, DeviceRegistration)],
     ) -> anyhow::Result<()> {
-        const CHUNK: usize = 400;
+        const CHUNK: usize = super::ROWS_PER_STATEMENT;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         for chunk in devices.chunks(CHUNK) {

@@ -270,42 +270,43 @@ impl Store {
         let now = now_ms();
         let ids: Vec<String> = events.iter().map(|_| new_id("evt")).collect();
         let mut tx = self.pool.begin().await?;
-        let mut sql = String::with_capacity(200 + events.len() * 60);
-        sql.push_str(&format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES "));
-        for i in 0..events.len() {
-            let b = i * 7 + 2;
-            if i > 0 {
-                sql.push(',');
+        let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for (chunk, chunk_ids) in events
+            .chunks(super::ROWS_PER_STATEMENT)
+            .zip(ids.chunks(super::ROWS_PER_STATEMENT))
+        {
+            let mut sql = String::with_capacity(200 + chunk.len() * 60);
+            sql.push_str(&format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES "));
+            for i in 0..chunk.len() {
+                let b = i * 7 + 2;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, 'received', $1, $1, ${})",
+                    b,
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                ));
             }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, 'received', $1, $1, ${})",
-                b,
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6
-            ));
+            sql.push_str(" ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id");
+            let mut q = sqlx::query_as::<_, (String,)>(&sql).bind(now);
+            for (e, id) in chunk.iter().zip(chunk_ids) {
+                q = q
+                    .bind(id)
+                    .bind(&e.app_id)
+                    .bind(&e.source_id)
+                    .bind(&e.external_id)
+                    .bind(&e.event_type)
+                    .bind(&e.payload)
+                    .bind(&e.direct_rule);
+            }
+            inserted.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
         }
-        sql.push_str(" ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id");
-        let mut q = sqlx::query_as::<_, (String,)>(&sql).bind(now);
-        for (e, id) in events.iter().zip(&ids) {
-            q = q
-                .bind(id)
-                .bind(&e.app_id)
-                .bind(&e.source_id)
-                .bind(&e.external_id)
-                .bind(&e.event_type)
-                .bind(&e.payload)
-                .bind(&e.direct_rule);
-        }
-        let inserted: std::collections::HashSet<String> = q
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|(id,)| id)
-            .collect();
         let mut out = Vec::with_capacity(events.len());
         for (e, id) in events.iter().zip(ids) {
             if inserted.contains(&id) {

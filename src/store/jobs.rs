@@ -296,10 +296,10 @@ impl FanOut<'_> {
 }
 
 /// Results per multi-row statement when recording attempts.
-const RECORD_CHUNK: usize = 250;
+const RECORD_CHUNK: usize = super::ROWS_PER_STATEMENT;
 
-/// Jobs per multi-row INSERT: 9 binds each stays far below SQLite's parameter limit.
-const INSERT_CHUNK: usize = 500;
+/// Jobs per multi-row INSERT.
+const INSERT_CHUNK: usize = super::ROWS_PER_STATEMENT;
 
 const DELIVERY_COLUMNS: &str = "id, event_id, rule, platform, token, status, attempts, \
      next_attempt_at, last_reason, provider_id, created_at, updated_at";

@@ -124,6 +124,11 @@ impl Store {
     }
 }
 
+/// Rows per multi-row statement. SQLite looks up a statement's `$n` parameters by name, in
+/// time linear in their number, so binding costs grow with the square of the statement size;
+/// a few hundred parameters per statement keeps that small while still saving most round trips.
+pub(crate) const ROWS_PER_STATEMENT: usize = 48;
+
 /// Current time as unix milliseconds, the unit every stored timestamp uses.
 pub fn now_ms() -> i64 {
     SystemTime::now()

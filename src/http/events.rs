@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::ServerKeyErrors;
-use super::{encode_cursor, ApiQuery, AppState, Page, ServerCaller};
+use super::{time_cursor, ApiQuery, AppState, Page, ServerCaller};
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::store::EventView;
 
@@ -86,15 +86,8 @@ async fn list(
         limit: q.limit,
     };
     let limit = page.limit()?;
-    let cursor = page.cursor()?;
-    let before = cursor
-        .as_deref()
-        .map(|c| {
-            c.split_once(':')
-                .and_then(|(ts, id)| Some((ts.parse::<i64>().ok()?, id)))
-                .ok_or_else(|| ApiError::field("cursor", "not a cursor from this API"))
-        })
-        .transpose()?;
+    let cursor = page.time_cursor()?;
+    let before = cursor.as_ref().map(|(ts, id)| (*ts, id.as_str()));
     let events = state
         .store
         .list_events(caller.app_id(), q.event_type.as_deref(), before, limit + 1)
@@ -102,11 +95,7 @@ async fn list(
     let has_more = events.len() > limit as usize;
     let events = &events[..events.len().min(limit as usize)];
     let next_cursor = has_more
-        .then(|| {
-            events
-                .last()
-                .map(|e| encode_cursor(&format!("{}:{}", e.received_at, e.id)))
-        })
+        .then(|| events.last().map(|e| time_cursor(e.received_at, &e.id)))
         .flatten();
     Ok(Json(json!({
         "events": events.iter().map(|e| e.view(false)).collect::<Vec<_>>(),

@@ -120,17 +120,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::Unauthorized("missing Authorization: Bearer <api key>".into())
-        })?;
-        let key = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::Unauthorized("Authorization must be 'Bearer <api key>'".into())
-            })?;
+        let key = bearer(parts)?;
         let key = state
             .store
             .authenticate(key)
@@ -327,6 +317,17 @@ impl Page {
         }
     }
 
+    /// A `(time, id)` cursor of a newest-first list, as written by [`time_cursor`].
+    pub fn time_cursor(&self) -> Result<Option<(i64, String)>, ApiError> {
+        self.cursor()?
+            .map(|c| {
+                c.split_once(':')
+                    .and_then(|(ts, id)| Some((ts.parse::<i64>().ok()?, id.to_string())))
+                    .ok_or_else(|| ApiError::field("cursor", "not a cursor from this API"))
+            })
+            .transpose()
+    }
+
     /// The decoded cursor text.
     pub fn cursor(&self) -> Result<Option<String>, ApiError> {
         use base64::Engine;
@@ -341,6 +342,11 @@ impl Page {
             })
             .transpose()
     }
+}
+
+/// The cursor after a row of a newest-first list ordered by (time, id).
+pub fn time_cursor(ts: i64, id: &str) -> String {
+    encode_cursor(&format!("{ts}:{id}"))
 }
 
 /// Encodes a cursor for `next_cursor`.

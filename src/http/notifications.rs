@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{EventAccepted, JsonBodyErrors, Requeued, ServerKeyErrors};
-use super::{encode_cursor, ApiJson, ApiQuery, AppState, Page, ServerCaller};
+use super::{encode_cursor, time_cursor, ApiJson, ApiQuery, AppState, Page, ServerCaller};
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::rules::{Audience, DeviceFilter, RuleSpec, TemplateRef};
 use crate::store::{EventInsert, JobStatus, NewEvent, SpecKind, Store};
@@ -296,15 +296,8 @@ async fn list_deliveries(
         limit: q.limit,
     };
     let limit = page.limit()?;
-    let cursor = page.cursor()?;
-    let before = cursor
-        .as_deref()
-        .map(|c| {
-            c.split_once(':')
-                .and_then(|(ts, id)| Some((ts.parse::<i64>().ok()?, id)))
-                .ok_or_else(|| ApiError::field("cursor", "not a cursor from this API"))
-        })
-        .transpose()?;
+    let cursor = page.time_cursor()?;
+    let before = cursor.as_ref().map(|(ts, id)| (*ts, id.as_str()));
     let rows = state
         .store
         .list_deliveries(caller.app_id(), status, before, limit + 1)
@@ -312,10 +305,7 @@ async fn list_deliveries(
     let more = rows.len() > limit as usize;
     let rows = &rows[..rows.len().min(limit as usize)];
     let next = more
-        .then(|| {
-            rows.last()
-                .map(|r| encode_cursor(&format!("{}:{}", r.updated_at, r.id)))
-        })
+        .then(|| rows.last().map(|r| time_cursor(r.updated_at, &r.id)))
         .flatten();
     Ok(Json(json!({
         "deliveries": rows.iter().map(|r| r.view()).collect::<Vec<_>>(),

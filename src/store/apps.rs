@@ -109,6 +109,7 @@ fn parse_key(key: &str) -> Option<(&str, &str)> {
 impl Store {
     /// Creates an app with one server key and one client key.
     pub async fn create_app(&self, name: &str) -> anyhow::Result<NewApp> {
+        let _turn = self.write_turn().await;
         let app = App {
             id: new_id("app"),
             name: name.to_string(),
@@ -152,6 +153,7 @@ impl Store {
 
     /// Deletes an app and everything it owns.
     pub async fn delete_app(&self, id: &str) -> anyhow::Result<bool> {
+        let _turn = self.write_turn().await;
         let r = sqlx::query("DELETE FROM apps WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
@@ -161,6 +163,7 @@ impl Store {
 
     /// Adds a key to an app (rotation); returns the plaintext key, shown once.
     pub async fn create_key(&self, app_id: &str, kind: KeyKind) -> anyhow::Result<String> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         let key = insert_key(&mut tx, app_id, kind).await?;
         tx.commit().await?;
@@ -181,6 +184,7 @@ impl Store {
 
     /// Revokes a key; it stops authenticating immediately.
     pub async fn revoke_key(&self, key_id: &str) -> anyhow::Result<bool> {
+        let _turn = self.write_turn().await;
         let r =
             sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(now_ms())

@@ -131,6 +131,7 @@ impl Store {
         token: &str,
         reg: &DeviceRegistration,
     ) -> anyhow::Result<(Device, bool)> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let sql = format!(
             "INSERT INTO devices ({DEVICE_COLUMNS}) \
@@ -175,6 +176,7 @@ impl Store {
 
     /// Unregisters a device; false when it did not exist.
     pub async fn delete_device(&self, app_id: &str, token: &str) -> anyhow::Result<bool> {
+        let _turn = self.write_turn().await;
         let r = sqlx::query("DELETE FROM devices WHERE app_id = $1 AND token = $2")
             .bind(app_id)
             .bind(token)
@@ -274,6 +276,7 @@ impl Store {
         app_id: &str,
         devices: &[(String, DeviceRegistration)],
     ) -> anyhow::Result<()> {
+        let _turn = self.write_turn().await;
         const CHUNK: usize = super::ROWS_PER_STATEMENT;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;

@@ -124,6 +124,7 @@ const EVENT_COLUMNS: &str = "id, app_id, source_id, external_id, event_type, pay
 impl Store {
     /// Stores an event unless the same source already sent the same external id.
     pub async fn insert_event(&self, new: &NewEvent<'_>) -> anyhow::Result<EventInsert> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let id = new_id("evt");
         let inserted: Option<(String,)> = sqlx::query_as(&format!(
@@ -267,6 +268,7 @@ impl Store {
         &self,
         events: &[IncomingEvent],
     ) -> anyhow::Result<Vec<EventInsert>> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let ids: Vec<String> = events.iter().map(|_| new_id("evt")).collect();
         let mut tx = self.pool.begin().await?;

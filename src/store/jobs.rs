@@ -202,6 +202,8 @@ pub struct CallbackRow {
 
 /// An open fan-out transaction; see [`Store::begin_fan_out`].
 pub struct FanOut<'e> {
+    /// Held for the whole fan-out: this transaction is the one writer (SQLite).
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
     tx: sqlx::Transaction<'static, sqlx::Any>,
     event: &'e Event,
     now: i64,
@@ -332,6 +334,7 @@ impl Store {
         lease_ms: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<Event>> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -357,7 +360,9 @@ impl Store {
     /// `finish`, marks the event dispatched (or completed when nothing is left to send).
     /// Nothing is visible to workers until it commits, and a crash mid-way rolls it all back.
     pub async fn begin_fan_out<'e>(&self, event: &'e Event) -> anyhow::Result<FanOut<'e>> {
+        let turn = self.write_turn().await;
         Ok(FanOut {
+            _turn: turn,
             tx: self.pool.begin().await?,
             event,
             now: now_ms(),
@@ -368,6 +373,7 @@ impl Store {
 
     /// Completes leased events that no rule matched, in one statement.
     pub async fn complete_unmatched(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         for chunk in ids.chunks(500) {
             let placeholders: Vec<String> =
@@ -393,6 +399,7 @@ impl Store {
         owner: &str,
         delay_ms: i64,
     ) -> anyhow::Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query("UPDATE events SET lease_until = $1 WHERE id = $2 AND lease_owner = $3")
             .bind(now_ms() + delay_ms)
             .bind(event_id)
@@ -404,6 +411,7 @@ impl Store {
 
     /// Puts jobs whose lease expired (their worker died) back in the queue.
     pub async fn requeue_expired(&self) -> anyhow::Result<u64> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let r = sqlx::query(
             "UPDATE delivery_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, \
@@ -417,6 +425,7 @@ impl Store {
 
     /// Extends the leases this worker holds, so a slow batch is not taken for a dead one.
     pub async fn renew_leases(&self, owner: &str, lease_ms: i64) -> anyhow::Result<u64> {
+        let _turn = self.write_turn().await;
         let r = sqlx::query(
             "UPDATE delivery_jobs SET lease_until = $1 WHERE lease_owner = $2 AND status = 'in_flight'",
         )
@@ -434,6 +443,7 @@ impl Store {
         lease_ms: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<ClaimedJob>> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -456,6 +466,7 @@ impl Store {
 
     /// Returns claimed jobs to the queue untouched (graceful shutdown).
     pub async fn release_jobs(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         for id in ids {
             sqlx::query(
@@ -475,6 +486,7 @@ impl Store {
     /// multi-row statements, then pruning (with the re-registration guard), pruned-token
     /// callbacks and event completion. Returns how many devices were pruned.
     pub async fn record_results(&self, owner: &str, results: &[JobResult]) -> anyhow::Result<u64> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         // Jobs whose lease this worker still holds; a job re-claimed by another instance after
@@ -732,6 +744,7 @@ impl Store {
         event_id: Option<&str>,
         since_ms: Option<i64>,
     ) -> anyhow::Result<u64> {
+        let _turn = self.write_turn().await;
         // Every statement here writes first: in SQLite's WAL mode a transaction that reads and
         // then writes can fail when another writer commits in between.
         let now = now_ms();
@@ -802,6 +815,7 @@ impl Store {
         url: Option<&str>,
         secret: Option<&str>,
     ) -> anyhow::Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query("UPDATE apps SET callback_url = $1, callback_secret = $2 WHERE id = $3")
             .bind(url)
             .bind(secret)
@@ -830,6 +844,7 @@ impl Store {
         lease_ms: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<CallbackRow>> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -856,6 +871,7 @@ impl Store {
         retry_at: Option<i64>,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
+        let _turn = self.write_turn().await;
         let status = match (delivered, retry_at) {
             (true, _) => "delivered",
             (false, Some(_)) => "queued",

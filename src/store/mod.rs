@@ -46,6 +46,10 @@ pub struct Store {
     /// and are dropped on every local change, so another instance's edit (a secret rotation,
     /// an allowlist change) applies here within `sources::CACHE_TTL`.
     source_cache: std::sync::Arc<sources::SourceCache>,
+    /// SQLite allows one writer at a time. Writers take turns on this fair (FIFO) lock instead
+    /// of racing for the database lock through `busy_timeout`, where under sustained load one
+    /// can lose every race until it times out. PostgreSQL does not use it.
+    write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -91,6 +95,7 @@ impl Store {
             pool,
             backend,
             source_cache: Default::default(),
+            write_lock: Default::default(),
         })
     }
 
@@ -105,6 +110,14 @@ impl Store {
             .await
             .context("running migrations")?;
         Ok(())
+    }
+
+    /// Waits for this process's turn to write (SQLite); `None` on PostgreSQL.
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.write_lock.clone().lock_owned().await),
+            Backend::Postgres => None,
+        }
     }
 
     /// The engine behind this store.

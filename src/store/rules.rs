@@ -54,6 +54,7 @@ impl Store {
         name: &str,
         spec: &str,
     ) -> anyhow::Result<(NamedSpec, bool)> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let row = sqlx::query_as::<_, NamedSpec>(&format!(
             "INSERT INTO {table} (id, app_id, name, spec, created_at, updated_at) \
@@ -112,6 +113,7 @@ impl Store {
         app_id: &str,
         name: &str,
     ) -> anyhow::Result<bool> {
+        let _turn = self.write_turn().await;
         let r = sqlx::query(&format!(
             "DELETE FROM {} WHERE app_id = $1 AND name = $2",
             kind.table()

@@ -178,6 +178,7 @@ impl Store {
         app_id: &str,
         new: &NewSource,
     ) -> Result<WebhookSource, sqlx::Error> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let secrets: Vec<SourceSecret> = new
             .secrets
@@ -259,6 +260,7 @@ impl Store {
 
     /// Replaces the mutable settings and secrets of a source.
     pub async fn update_source(&self, source: &WebhookSource) -> anyhow::Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "UPDATE webhook_sources SET secrets = $1, event_type_path = $2, allowed_cidrs = $3, \
              updated_at = $4 WHERE id = $5 AND app_id = $6",
@@ -277,6 +279,7 @@ impl Store {
 
     /// Deletes a source; its past events stay (with no source).
     pub async fn delete_source(&self, app_id: &str, name: &str) -> anyhow::Result<bool> {
+        let _turn = self.write_turn().await;
         let r = sqlx::query("DELETE FROM webhook_sources WHERE app_id = $1 AND name = $2")
             .bind(app_id)
             .bind(name)

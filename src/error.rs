@@ -124,10 +124,32 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// PostgreSQL's SQLSTATE for text it cannot store: a NUL character in a `text` value.
+const PG_CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+
+/// Whether a store error was caused by client input the database cannot hold (a NUL
+/// character: PostgreSQL refuses it in text, SQLite accepts it). That is a bad request from
+/// the client, not an internal error.
+fn is_unstorable_input(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(db)) => {
+                db.code().as_deref() == Some(PG_CHARACTER_NOT_IN_REPERTOIRE)
+            }
+            _ => false,
+        })
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let message = match &self {
+        let this = match self {
+            Self::Internal(e) if is_unstorable_input(&e) => {
+                Self::BadRequest("text must not contain NUL characters".into())
+            }
+            other => other,
+        };
+        let status = this.status();
+        let message = match &this {
             Self::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");
                 "internal error".to_string()
@@ -135,19 +157,19 @@ impl IntoResponse for ApiError {
             Self::InvalidField { message, .. } => message.clone(),
             other => other.to_string(),
         };
-        let field = match &self {
+        let field = match &this {
             Self::InvalidField { field, .. } => Some(field.clone()),
             _ => None,
         };
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code(),
+                code: this.code(),
                 message,
                 field,
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if let Self::TooManyRequests { retry_after_secs } = self {
+        if let Self::TooManyRequests { retry_after_secs } = this {
             if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }

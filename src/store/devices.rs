@@ -230,6 +230,10 @@ impl Store {
         column: &'static str,
         values: &[String],
     ) -> anyhow::Result<Vec<Device>> {
+        // No stored value holds a NUL (PostgreSQL refuses it in text, and registration checks
+        // tokens), so such a value matches nothing; binding it would fail the whole query on
+        // PostgreSQL and wedge the fan-out of the event that named it.
+        let values: Vec<&String> = values.iter().filter(|v| !v.contains('\0')).collect();
         let mut out = Vec::new();
         for chunk in values.chunks(500) {
             let placeholders: Vec<String> =

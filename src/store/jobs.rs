@@ -639,7 +639,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        let events: HashSet<&str> = mine.iter().map(|r| r.job.event_id.as_str()).collect();
+        let mut events: Vec<&str> = mine.iter().map(|r| r.job.event_id.as_str()).collect();
+        events.sort_unstable();
+        // Deduplicated, in a consistent order, so two batches that lock the same events cannot
+        // deadlock.
+        events.dedup();
         for event_id in events {
             complete_event_if_done(&mut tx, event_id, now).await?;
         }
@@ -912,6 +916,14 @@ async fn complete_event_if_done(
     event_id: &str,
     now: i64,
 ) -> anyhow::Result<()> {
+    // Lock the event row first. Without it, two transactions recording the last two jobs of
+    // one event each saw the other's job still in flight (READ COMMITTED on PostgreSQL), neither
+    // completed the event, and it stayed `dispatched` forever. With the lock the second waits
+    // for the first to commit, and its check below (a new statement) sees that job finished.
+    sqlx::query("UPDATE events SET updated_at = updated_at WHERE id = $1")
+        .bind(event_id)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query(
         "UPDATE events SET status = 'completed', updated_at = $1 WHERE id = $2 \
          AND status = 'dispatched' AND NOT EXISTS (SELECT 1 FROM delivery_jobs \

@@ -952,9 +952,6 @@ backend_tests!(a_thousand_malformed_or_forged_requests_are_refused_and_store_not
 /// A path parameter that is not UTF-8 once percent-decoded is refused like any other bad
 /// input: 4xx with a JSON error body.
 #[tokio::test]
-#[ignore = "bug: axum's Path rejection escapes the API error type; `/v1/devices/%ff%fe` gets \
-            400 text/plain \"Invalid URL: Invalid UTF-8 in `token`\" (fix in src/http: map \
-            PathRejection to ApiError)"]
 async fn a_non_utf8_path_parameter_gets_a_json_error() {
     let t = TestApp::spawn_with(Db::Sqlite, |c| c.worker.enabled = false).await;
     let app = t.new_app().await;

@@ -1,6 +1,8 @@
 //! Operator surface: the dashboard page and the operator-only endpoints it uses.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::ApiPath as Path;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse};
 use axum::Json;

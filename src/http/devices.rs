@@ -1,6 +1,8 @@
 //! Device registry: `PUT/GET/DELETE /v1/devices/{token}`, `GET /v1/users/{user_id}/devices`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::ApiPath as Path;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;

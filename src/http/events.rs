@@ -1,6 +1,8 @@
 //! Received events, for auditing: `GET /v1/events`, `GET /v1/events/{id}` (server key).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::ApiPath as Path;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};

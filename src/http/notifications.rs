@@ -2,7 +2,9 @@
 //! A direct send is stored as an event carrying its own rule, so it takes exactly the path a
 //! webhook takes: durable accept, fan-out, queue, retry.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::ApiPath as Path;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;

@@ -1,7 +1,9 @@
 //! Webhook sources: `/v1/sources` (server key). Secrets are shown in full only when created.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::ApiPath as Path;
 use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;

@@ -1,6 +1,8 @@
 //! Named templates (`/v1/templates`) and rules (`/v1/rules`), server key only.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::ApiPath as Path;
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};

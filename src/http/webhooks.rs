@@ -6,7 +6,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
+
+use super::ApiPath as Path;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use http_body_util::BodyExt;

@@ -413,10 +413,12 @@ impl Store {
     pub async fn requeue_expired(&self) -> anyhow::Result<u64> {
         let _turn = self.write_turn().await;
         let now = now_ms();
-        let r = sqlx::query(
+        let r = sqlx::query(&format!(
             "UPDATE delivery_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, \
-             updated_at = $1 WHERE status = 'in_flight' AND lease_until < $1",
-        )
+             updated_at = $1 WHERE id IN (SELECT id FROM delivery_jobs \
+             WHERE status = 'in_flight' AND lease_until < $1 {})",
+            self.skip_locked()
+        ))
         .bind(now)
         .execute(&self.pool)
         .await?;
@@ -426,9 +428,13 @@ impl Store {
     /// Extends the leases this worker holds, so a slow batch is not taken for a dead one.
     pub async fn renew_leases(&self, owner: &str, lease_ms: i64) -> anyhow::Result<u64> {
         let _turn = self.write_turn().await;
-        let r = sqlx::query(
-            "UPDATE delivery_jobs SET lease_until = $1 WHERE lease_owner = $2 AND status = 'in_flight'",
-        )
+        // Rows locked right now are being recorded by this worker; skipping them (PostgreSQL)
+        // avoids a lock-order deadlock with that transaction.
+        let r = sqlx::query(&format!(
+            "UPDATE delivery_jobs SET lease_until = $1 WHERE id IN (SELECT id FROM delivery_jobs \
+             WHERE lease_owner = $2 AND status = 'in_flight' {})",
+            self.skip_locked()
+        ))
         .bind(now_ms() + lease_ms)
         .bind(owner)
         .execute(&self.pool)

@@ -120,6 +120,15 @@ impl Store {
         }
     }
 
+    /// `FOR UPDATE SKIP LOCKED` on PostgreSQL (rows another transaction is working on are
+    /// left to it); nothing on SQLite, where writers take turns anyway.
+    pub(crate) fn skip_locked(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        }
+    }
+
     /// The engine behind this store.
     pub fn backend(&self) -> Backend {
         self.backend

@@ -102,15 +102,25 @@ impl Worker {
             }
         }
         let done: HashSet<&str> = results.iter().map(|r| r.job.id.as_str()).collect();
-        let unfinished: Vec<String> = ids
+        let mut unfinished: Vec<String> = ids
             .iter()
             .filter(|id| !done.contains(id.as_str()))
             .cloned()
             .collect();
-        match self.store.record_results(&self.owner, &results).await {
+        // A failed recording (e.g. a deadlock victim on PostgreSQL) is retried once; if it
+        // fails again the batch goes back to the queue rather than staying in flight under
+        // leases this worker keeps renewing.
+        let mut recorded = self.store.record_results(&self.owner, &results).await;
+        if let Err(e) = &recorded {
+            tracing::warn!(error = %format!("{e:#}"), jobs = results.len(), "recording results failed; retrying once");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            recorded = self.store.record_results(&self.owner, &results).await;
+        }
+        match recorded {
             Ok(pruned) => self.metrics.pruned(pruned),
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), jobs = results.len(), "recording results failed; leases will expire and the jobs retry")
+                tracing::error!(error = %format!("{e:#}"), jobs = results.len(), "recording results failed; releasing the batch");
+                unfinished.extend(results.iter().map(|r| r.job.id.clone()));
             }
         }
         if !unfinished.is_empty() {

@@ -235,13 +235,12 @@ impl Store {
         // PostgreSQL and wedge the fan-out of the event that named it.
         let values: Vec<&String> = values.iter().filter(|v| !v.contains('\0')).collect();
         let mut out = Vec::new();
-        for chunk in values.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        for chunk in values.chunks(super::ROWS_PER_STATEMENT) {
+            let placeholders = super::values_rows(chunk.len(), "?", 2);
             let sql = format!(
                 "SELECT {DEVICE_COLUMNS} FROM devices WHERE app_id = $1 AND {column} IN ({}) \
                  ORDER BY token",
-                placeholders.join(", ")
+                placeholders
             );
             let mut q = sqlx::query_as::<_, Device>(&sql).bind(app_id);
             for v in chunk {
@@ -286,17 +285,11 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for chunk in devices.chunks(CHUNK) {
             let mut sql = format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ");
-            for i in 0..chunk.len() {
-                let b = i * 10;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str("($1");
-                for k in 1..=10 {
-                    sql.push_str(&format!(", ${}", b + k + 2));
-                }
-                sql.push_str(", $2, $2)");
-            }
+            sql.push_str(&super::values_rows(
+                chunk.len(),
+                "($1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, $2, $2)",
+                3,
+            ));
             sql.push_str(
                 " ON CONFLICT (app_id, token) DO UPDATE SET platform = excluded.platform, \
                  user_id = excluded.user_id, locale = excluded.locale, timezone = excluded.timezone, \

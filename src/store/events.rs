@@ -279,22 +279,11 @@ impl Store {
         {
             let mut sql = String::with_capacity(200 + chunk.len() * 60);
             sql.push_str(&format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES "));
-            for i in 0..chunk.len() {
-                let b = i * 7 + 2;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, 'received', $1, $1, ${})",
-                    b,
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6
-                ));
-            }
+            sql.push_str(&super::values_rows(
+                chunk.len(),
+                "(?, ?, ?, ?, ?, ?, 'received', $1, $1, ?)",
+                2,
+            ));
             sql.push_str(" ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id");
             let mut q = sqlx::query_as::<_, (String,)>(&sql).bind(now);
             for (e, id) in chunk.iter().zip(chunk_ids) {

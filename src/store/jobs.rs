@@ -218,34 +218,17 @@ impl FanOut<'_> {
     pub async fn insert(&mut self, jobs: &[NewJob]) -> anyhow::Result<()> {
         let (event, now) = (self.event, self.now);
         for chunk in jobs.chunks(INSERT_CHUNK) {
-            let shared = chunk.len() * 9;
-            let mut sql = String::with_capacity(160 + chunk.len() * 64);
-            sql.push_str(
+            let mut sql = String::from(
                 "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
                  attempts, next_attempt_at, last_reason, event_at, created_at, updated_at) VALUES ",
             );
-            for i in 0..chunk.len() {
-                let b = i * 9;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${n}, ${}, ${r}, ${n}, ${n})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8,
-                    b + 9,
-                    n = shared + 1,
-                    r = shared + 2,
-                ));
-            }
+            sql.push_str(&super::values_rows(
+                chunk.len(),
+                "(?, ?, ?, ?, ?, ?, ?, ?, 0, $1, ?, $2, $1, $1)",
+                3,
+            ));
             sql.push_str(" ON CONFLICT (id) DO NOTHING");
-            let mut q = sqlx::query(&sql);
+            let mut q = sqlx::query(&sql).bind(now).bind(event.received_at);
             for j in chunk {
                 q = q
                     .bind(&j.id)
@@ -262,10 +245,7 @@ impl FanOut<'_> {
                     _ => self.dead += 1,
                 }
             }
-            q.bind(now)
-                .bind(event.received_at)
-                .execute(&mut *self.tx)
-                .await?;
+            q.execute(&mut *self.tx).await?;
         }
         Ok(())
     }
@@ -375,13 +355,12 @@ impl Store {
     pub async fn complete_unmatched(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
         let _turn = self.write_turn().await;
         let now = now_ms();
-        for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+        for chunk in ids.chunks(super::ROWS_PER_STATEMENT) {
+            let placeholders = super::values_rows(chunk.len(), "?", 3);
             let sql = format!(
                 "UPDATE events SET status = 'completed', updated_at = $1, lease_owner = NULL, \
                  lease_until = NULL WHERE lease_owner = $2 AND status = 'received' AND id IN ({})",
-                placeholders.join(", ")
+                placeholders
             );
             let mut q = sqlx::query(&sql).bind(now).bind(owner);
             for id in chunk {
@@ -501,21 +480,11 @@ impl Store {
         for chunk in results.chunks(RECORD_CHUNK) {
             let mut sql = String::with_capacity(600 + chunk.len() * 80);
             sql.push_str("WITH v(id, status, attempts, next_at, reason, pid) AS (VALUES ");
-            for i in 0..chunk.len() {
-                let b = i * 6 + 3;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, CAST(${} AS BIGINT), CAST(${} AS BIGINT), ${}, ${})",
-                    b,
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5
-                ));
-            }
+            sql.push_str(&super::values_rows(
+                chunk.len(),
+                "(?, ?, CAST(? AS BIGINT), CAST(? AS BIGINT), ?, ?)",
+                3,
+            ));
             sql.push_str(
                 ") UPDATE delivery_jobs SET status = v.status, attempts = v.attempts, \
                  next_attempt_at = v.next_at, last_reason = v.reason, \
@@ -546,24 +515,11 @@ impl Store {
                 "INSERT INTO delivery_attempts (id, job_id, app_id, platform, attempt, outcome, \
                  reason, provider_id, latency_ms, at) VALUES ",
             );
-            for i in 0..chunk.len() {
-                let b = i * 9 + 2;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, $1)",
-                    b,
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8
-                ));
-            }
+            sql.push_str(&super::values_rows(
+                chunk.len(),
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, $1)",
+                2,
+            ));
             let mut q = sqlx::query(&sql).bind(now);
             for r in chunk {
                 q = q

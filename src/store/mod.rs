@@ -151,6 +151,29 @@ impl Store {
 /// a few hundred parameters per statement keeps that small while still saving most round trips.
 pub(crate) const ROWS_PER_STATEMENT: usize = 48;
 
+/// `rows` copies of `row` joined by commas, each `?` in them replaced by the next parameter
+/// number from `first` on: per-row values are bound in order after the shared ones (`$1`...).
+/// `values_rows(2, "(?, ?, $1)", 2)` is `"($2, $3, $1),($4, $5, $1)"`.
+pub(crate) fn values_rows(rows: usize, row: &str, first: usize) -> String {
+    let mut out = String::with_capacity(rows * (row.len() + 8));
+    let mut next = first;
+    for i in 0..rows {
+        if i > 0 {
+            out.push(',');
+        }
+        for c in row.chars() {
+            if c == '?' {
+                out.push('$');
+                out.push_str(&next.to_string());
+                next += 1;
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
 /// Current time as unix milliseconds, the unit every stored timestamp uses.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -199,6 +222,12 @@ mod tests {
             "postgres://bob:***@db:5432/x"
         );
         assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+
+    #[test]
+    fn values_rows_numbers_parameters_in_order() {
+        assert_eq!(values_rows(2, "(?, ?, $1)", 2), "($2, $3, $1),($4, $5, $1)");
+        assert_eq!(values_rows(3, "?", 3), "$3,$4,$5");
     }
 
     #[test]

@@ -146,7 +146,7 @@ async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult>
     let app = store.create_app("bench").await?;
     // Generated and imported in slices, so the setup does not inflate the measured peak.
     let registration = |i: u64| {
-        let apns = i % 2 == 0;
+        let apns = i.is_multiple_of(2);
         let token = if apns {
             apns_test_token(ApnsTestKind::Success, i)
         } else {
@@ -155,7 +155,7 @@ async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult>
         let reg = DeviceRegistration {
             platform: if apns { "apns" } else { "fcm" }.into(),
             user_id: Some(format!("user-{i}")),
-            locale: Some(if i % 3 == 0 { "fr-FR" } else { "en-US" }.into()),
+            locale: Some(if i.is_multiple_of(3) { "fr-FR" } else { "en-US" }.into()),
             timezone: None,
             app_version: None,
             environment: apns.then(|| "production".to_string()),

@@ -155,7 +155,14 @@ async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult>
         let reg = DeviceRegistration {
             platform: if apns { "apns" } else { "fcm" }.into(),
             user_id: Some(format!("user-{i}")),
-            locale: Some(if i.is_multiple_of(3) { "fr-FR" } else { "en-US" }.into()),
+            locale: Some(
+                if i.is_multiple_of(3) {
+                    "fr-FR"
+                } else {
+                    "en-US"
+                }
+                .into(),
+            ),
             timezone: None,
             app_version: None,
             environment: apns.then(|| "production".to_string()),

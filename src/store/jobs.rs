@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use super::{new_id, now_ms, rfc3339, Backend, Event, Store};
+use super::{new_id, now_ms, rfc3339, Event, Store};
 
 /// Where a delivery job is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -316,10 +316,7 @@ impl Store {
     ) -> anyhow::Result<Vec<Event>> {
         let _turn = self.write_turn().await;
         let now = now_ms();
-        let lock = match self.backend {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
+        let lock = self.skip_locked();
         Ok(sqlx::query_as::<_, Event>(&format!(
             "UPDATE events SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
                SELECT id FROM events WHERE status = 'received' \
@@ -430,10 +427,7 @@ impl Store {
     ) -> anyhow::Result<Vec<ClaimedJob>> {
         let _turn = self.write_turn().await;
         let now = now_ms();
-        let lock = match self.backend {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
+        let lock = self.skip_locked();
         Ok(sqlx::query_as::<_, ClaimedJob>(&format!(
             "UPDATE delivery_jobs SET status = 'in_flight', lease_owner = $1, lease_until = $2, \
                updated_at = $3 \
@@ -812,10 +806,7 @@ impl Store {
     ) -> anyhow::Result<Vec<CallbackRow>> {
         let _turn = self.write_turn().await;
         let now = now_ms();
-        let lock = match self.backend {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
+        let lock = self.skip_locked();
         Ok(sqlx::query_as::<_, CallbackRow>(&format!(
             "UPDATE callback_outbox SET next_attempt_at = $1 WHERE id IN ( \
                SELECT id FROM callback_outbox WHERE status = 'queued' AND next_attempt_at <= $2 \

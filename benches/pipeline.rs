@@ -19,7 +19,6 @@ use anyhow::Context;
 use pushbridge::config::Config;
 use pushbridge::signature::sign;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
-use pushbridge::simulator::{SimulatorConfig, SimulatorHandle};
 use pushbridge::store::{now_ms, DeviceRegistration, Scheme};
 use serde_json::json;
 
@@ -89,12 +88,68 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-async fn start_simulator() -> anyhow::Result<SimulatorHandle> {
-    let mut cfg = SimulatorConfig::with_certs_dir(&certs());
-    cfg.apns_listen = "127.0.0.1:0".parse()?;
-    cfg.fcm_listen = "127.0.0.1:0".parse()?;
-    cfg.max_records = 1_000;
-    pushbridge::simulator::start(cfg).await
+/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_secs(pid: &str) -> f64 {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesized command name; utime and stime are 14 and 15.
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            Some(rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?)
+        })
+        .unwrap_or_default();
+    ticks / 100.0 // USER_HZ
+}
+
+/// The provider simulator as its own process (`pushbridge simulate`), so that the bench
+/// process's memory and CPU are the bridge's alone. Killed on drop.
+struct Simulator {
+    child: std::process::Child,
+    apns_url: String,
+    fcm_url: String,
+}
+
+impl Simulator {
+    fn start() -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
+            .args(["simulate", "--apns-listen", "127.0.0.1:0"])
+            .args(["--fcm-listen", "127.0.0.1:0", "--max-records", "0"])
+            .arg("--certs-dir")
+            .arg(certs())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting pushbridge simulate")?;
+        let stdout = child.stdout.take().context("simulator stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut url = |prefix: &str| -> anyhow::Result<String> {
+            let line = lines.next().context("simulator exited")??;
+            Ok(line
+                .strip_prefix(prefix)
+                .with_context(|| format!("unexpected simulator output: {line}"))?
+                .trim()
+                .to_string())
+        };
+        let apns_url = url("APNs simulator:")?;
+        let fcm_url = url("FCM simulator:")?;
+        Ok(Self {
+            child,
+            apns_url,
+            fcm_url,
+        })
+    }
+
+    fn cpu_secs(&self) -> f64 {
+        cpu_secs(&self.child.id().to_string())
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 async fn database_url(backend: &str, dir: &Path) -> anyhow::Result<String> {
@@ -112,13 +167,13 @@ async fn database_url(backend: &str, dir: &Path) -> anyhow::Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
-async fn bridge(db_url: String, sim: &SimulatorHandle) -> anyhow::Result<pushbridge::Running> {
+async fn bridge(db_url: String, sim: &Simulator) -> anyhow::Result<pushbridge::Running> {
     let mut config = Config {
         database_url: db_url,
         database_max_connections: 8,
         ..Config::default()
     };
-    pushbridge::use_simulator(&mut config, sim, &certs());
+    pushbridge::use_simulator_at(&mut config, &sim.apns_url, &sim.fcm_url, &certs());
     config.worker.batch_size = 1000;
     config.worker.concurrency = 1000;
     config.worker.poll_interval_ms = 20;
@@ -136,11 +191,14 @@ struct DeliveryResult {
     p50_ms: i64,
     p99_ms: i64,
     peak_rss_mb: f64,
+    /// CPU seconds used from the POST to completion by the bridge and by the simulator.
+    bridge_cpu: f64,
+    sim_cpu: f64,
 }
 
 async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult> {
     let dir = tempfile::tempdir()?;
-    let sim = start_simulator().await?;
+    let sim = Simulator::start()?;
     let running = bridge(database_url(backend, dir.path()).await?, &sim).await?;
     let store = running.state.store.clone();
     let app = store.create_app("bench").await?;
@@ -182,6 +240,7 @@ async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult>
     reset_peak_rss();
 
     let client = reqwest::Client::new();
+    let (bridge_cpu0, sim_cpu0) = (cpu_secs("self"), sim.cpu_secs());
     let started = Instant::now();
     let resp = client
         .post(format!("http://{}/v1/notifications", running.addr))
@@ -219,6 +278,7 @@ async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult>
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let secs = started.elapsed().as_secs_f64();
+    let (bridge_cpu, sim_cpu) = (cpu_secs("self") - bridge_cpu0, sim.cpu_secs() - sim_cpu0);
     let peak_rss_mb = rss_mb("VmHWM:");
     let latencies = store.delivery_latencies(&event_id).await?;
     anyhow::ensure!(
@@ -237,16 +297,19 @@ async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult>
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         peak_rss_mb,
+        bridge_cpu,
+        sim_cpu,
     })
 }
 
 /// The simulator's raw capacity: h2load against the APNs endpoint with a valid JWT.
-async fn h2load_raw(requests: u64) -> anyhow::Result<Option<f64>> {
+/// Returns the rate and the simulator's CPU microseconds per request.
+async fn h2load_raw(requests: u64) -> anyhow::Result<Option<(f64, f64)>> {
     if Command::new("h2load").arg("--version").output().is_err() {
         eprintln!("h2load not installed (Debian: nghttp2-client); raw capacity not measured");
         return Ok(None);
     }
-    let sim = start_simulator().await?;
+    let sim = Simulator::start()?;
     let key =
         std::fs::read(certs().join(format!("AuthKey_{}.p8", pushbridge::simulator::TEST_KEY_ID)))?;
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
@@ -264,9 +327,10 @@ async fn h2load_raw(requests: u64) -> anyhow::Result<Option<f64>> {
     )?;
     let url = format!(
         "{}/3/device/{}",
-        sim.apns_url(),
+        sim.apns_url,
         apns_test_token(ApnsTestKind::Success, 7)
     );
+    let cpu0 = sim.cpu_secs();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("h2load")
             .args(["-n", &requests.to_string(), "-c", "2", "-m", "100"])
@@ -300,7 +364,8 @@ async fn h2load_raw(requests: u64) -> anyhow::Result<Option<f64>> {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|r| r.parse::<f64>().ok())
         .context("parsing h2load output")?;
-    Ok(Some(rate))
+    let sim_cpu_per_request_us = (sim.cpu_secs() - cpu0) / requests as f64 * 1e6;
+    Ok(Some((rate, sim_cpu_per_request_us)))
 }
 
 struct IngestResult {
@@ -452,7 +517,7 @@ async fn ingest(
     secs: u64,
 ) -> anyhow::Result<(IngestResult, IngestResult, IngestResult)> {
     let dir = tempfile::tempdir()?;
-    let sim = start_simulator().await?;
+    let sim = Simulator::start()?;
     let running = bridge(database_url(backend, dir.path()).await?, &sim).await?;
     let store = running.state.store.clone();
     let app = store.create_app("bench").await?;
@@ -493,26 +558,40 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    match raw {
-        Some(r) => println!(
-            "simulator raw capacity (h2load -n {} -c 2 -m 100, APNs endpoint): {r:.0} req/s\n",
+    let raw = raw.map(|(rate, cpu_us)| {
+        println!(
+            "simulator raw capacity (h2load -n {} -c 2 -m 100, APNs endpoint): {rate:.0} req/s, \
+             simulator CPU {cpu_us:.0} µs/request\n",
             args.h2load_requests
-        ),
+        );
+        rate
+    });
+    match raw {
+        Some(_) => {}
         None => println!("simulator raw capacity: not measured (h2load missing)\n"),
     }
 
     if run("delivery") {
         println!("## Delivery: one event to N devices (half APNs, half FCM), TLS HTTP/2 through the simulator\n");
-        println!("| backend | devices | total s | fan-out s | notifications/s | bridge/raw | p50 ms | p99 ms | peak RSS MB |");
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| backend | devices | total s | fan-out s | notifications/s | bridge/raw | p50 ms | p99 ms | bridge peak RSS MB | bridge CPU µs/notif. | simulator CPU µs/notif. |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for backend in &backends {
             for &n in &args.sizes {
                 let r = delivery(backend, n).await?;
                 let rate = r.devices as f64 / r.secs;
                 let ratio = raw.map_or("–".to_string(), |raw| format!("{:.2}", rate / raw));
+                let per = |cpu: f64| cpu / r.devices as f64 * 1e6;
                 println!(
-                    "| {backend} | {} | {:.2} | {:.2} | {:.0} | {ratio} | {} | {} | {:.0} |",
-                    r.devices, r.secs, r.fanout_secs, rate, r.p50_ms, r.p99_ms, r.peak_rss_mb
+                    "| {backend} | {} | {:.2} | {:.2} | {:.0} | {ratio} | {} | {} | {:.0} | {:.0} | {:.0} |",
+                    r.devices,
+                    r.secs,
+                    r.fanout_secs,
+                    rate,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.peak_rss_mb,
+                    per(r.bridge_cpu),
+                    per(r.sim_cpu)
                 );
             }
         }

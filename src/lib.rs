@@ -81,11 +81,22 @@ pub fn use_simulator(
     sim: &simulator::SimulatorHandle,
     certs_dir: &std::path::Path,
 ) {
+    use_simulator_at(config, &sim.apns_url(), &sim.fcm_url(), certs_dir);
+}
+
+/// [`use_simulator`] for a simulator running elsewhere (e.g. `pushbridge simulate` in another
+/// process), given the base URLs it printed.
+pub fn use_simulator_at(
+    config: &mut Config,
+    apns_url: &str,
+    fcm_url: &str,
+    certs_dir: &std::path::Path,
+) {
     let ca = vec![certs_dir.join("ca.pem")];
     config.apns = push::ApnsConfig {
         enabled: true,
-        endpoint: sim.apns_url(),
-        sandbox_endpoint: sim.apns_url(),
+        endpoint: apns_url.to_string(),
+        sandbox_endpoint: apns_url.to_string(),
         key_path: certs_dir.join(format!("AuthKey_{}.p8", simulator::TEST_KEY_ID)),
         key_id: simulator::TEST_KEY_ID.into(),
         team_id: simulator::TEST_TEAM_ID.into(),
@@ -95,9 +106,9 @@ pub fn use_simulator(
     };
     config.fcm = push::FcmConfig {
         enabled: true,
-        endpoint: sim.fcm_url(),
+        endpoint: fcm_url.to_string(),
         service_account_path: certs_dir.join("fcm-service-account.json"),
-        token_uri: Some(sim.token_uri()),
+        token_uri: Some(format!("{fcm_url}/token")),
         extra_root_certs: ca,
         ..config.fcm.clone()
     };

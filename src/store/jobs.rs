@@ -53,8 +53,6 @@ impl JobStatus {
 /// A job produced by fan-out.
 #[derive(Clone, Debug)]
 pub struct NewJob {
-    /// Deterministic id (event, rule, token) so a repeated fan-out cannot duplicate.
-    pub id: String,
     /// Rule name that produced it.
     pub rule: Option<String>,
     /// `apns` or `fcm`.
@@ -211,12 +209,20 @@ pub struct FanOut<'e> {
     pub queued: u64,
     /// Jobs written as dead letters so far.
     pub dead: u64,
+    /// Jobs written so far: the next job's number within the event.
+    written: u64,
 }
 
 impl FanOut<'_> {
-    /// Writes a batch of jobs (multi-row inserts; a repeated job id is ignored).
+    /// Writes a batch of jobs (multi-row inserts).
+    ///
+    /// A job's id is its event's id and its number within the fan-out, so an event's jobs are
+    /// appended side by side to the primary-key B-tree instead of landing at random places in
+    /// it. Numbers cannot collide: the fan-out is one transaction, so a repeated fan-out of the
+    /// same event starts from nothing, and only one can commit (see `finish`).
     pub async fn insert(&mut self, jobs: &[NewJob]) -> anyhow::Result<()> {
         let (event, now) = (self.event, self.now);
+        let event_part = event.id.strip_prefix("evt_").unwrap_or(&event.id);
         for chunk in jobs.chunks(INSERT_CHUNK) {
             let mut sql = String::from(
                 "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
@@ -227,11 +233,11 @@ impl FanOut<'_> {
                 "(?, ?, ?, ?, ?, ?, ?, ?, 0, $1, ?, $2, $1, $1)",
                 3,
             ));
-            sql.push_str(" ON CONFLICT (id) DO NOTHING");
             let mut q = sqlx::query(&sql).bind(now).bind(event.received_at);
             for j in chunk {
+                self.written += 1;
                 q = q
-                    .bind(&j.id)
+                    .bind(format!("job_{event_part}_{:08}", self.written))
                     .bind(&event.app_id)
                     .bind(&event.id)
                     .bind(&j.rule)
@@ -345,6 +351,7 @@ impl Store {
             now: now_ms(),
             queued: 0,
             dead: 0,
+            written: 0,
         })
     }
 

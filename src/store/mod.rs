@@ -206,9 +206,11 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// Random identifier with a readable prefix, e.g. `app_3f9c...`.
+/// Unique identifier with a readable prefix, e.g. `evt_019a...`. UUIDv7: time-ordered, so rows
+/// keyed by it are appended to the end of their B-tree instead of scattered through it, and
+/// random enough in its low bits to be unguessable.
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
 #[cfg(test)]

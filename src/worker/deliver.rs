@@ -1,11 +1,16 @@
 //! The delivery loop: claim due jobs under a lease, send them concurrently, record every
 //! attempt, then retry with backoff, dead-letter, or prune.
+//!
+//! It is a pipeline, not a sequence of batches: the claimer tops the in-flight set up to
+//! `worker.concurrency` as sends finish, each finished send hands its result to the recorder,
+//! and the recorder writes whatever has accumulated in one transaction while the next sends
+//! are already on the wire. A slow send delays only itself, never a whole batch.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use super::retry::{decide, RetryDecision};
@@ -14,31 +19,56 @@ use crate::push::{ApnsEnvironment, Outcome, Platform, Target};
 use crate::redact::Redacted;
 use crate::store::{now_ms, ClaimedJob, JobResult, JobStatus, Prune};
 
-/// Delivery loops per process; several keep the pipe full while one batch is recorded.
-const DELIVERY_LOOPS: usize = 2;
+/// Claims wait until at least this share of `concurrency` is free, so that a steady stream of
+/// finishing sends leads to a few large claims rather than many one-row claims.
+const CLAIM_FRACTION: usize = 4;
+
+/// Ids of claimed jobs not yet handed to the recorder: released on shutdown.
+type InFlight = Arc<Mutex<HashSet<String>>>;
 
 impl Worker {
     pub(crate) async fn deliver_loop(self, stop: watch::Receiver<bool>) {
-        let permits = Arc::new(Semaphore::new(self.config.concurrency as usize));
-        let mut loops = JoinSet::new();
-        for _ in 0..DELIVERY_LOOPS {
-            let w = self.clone();
-            let s = stop.clone();
-            let p = permits.clone();
-            loops.spawn(async move { w.deliver_batches(s, p).await });
+        let limit = self.config.concurrency.max(1) as usize;
+        let (results, to_record) = mpsc::channel(limit);
+        let recorder = tokio::spawn(self.clone().record_loop(to_record));
+        self.claim_loop(stop, results, limit).await;
+        // Every sender is gone (the claimer's and the sends'): the recorder drains and stops.
+        if let Err(e) = recorder.await {
+            tracing::error!(error = %e, "delivery recorder failed");
         }
-        while loops.join_next().await.is_some() {}
     }
 
-    async fn deliver_batches(self, mut stop: watch::Receiver<bool>, permits: Arc<Semaphore>) {
+    /// Keeps up to `limit` sends in flight until shutdown; then gives them
+    /// `shutdown_grace_secs` and releases whatever is still unsent to the queue.
+    async fn claim_loop(
+        &self,
+        mut stop: watch::Receiver<bool>,
+        results: mpsc::Sender<JobResult>,
+        limit: usize,
+    ) {
         let lease_ms = (self.config.lease_secs * 1000) as i64;
+        let batch = (self.config.batch_size.max(1) as usize).min(limit);
+        let permits = Arc::new(Semaphore::new(limit));
+        let in_flight: InFlight = Arc::default();
+        let mut sends = JoinSet::new();
         loop {
+            while sends.try_join_next().is_some() {}
             if *stop.borrow() {
-                return;
+                break;
             }
+            let free = permits.available_permits();
+            if free < batch.div_ceil(CLAIM_FRACTION) {
+                // Full: wait for sends to finish.
+                tokio::select! {
+                    _ = sends.join_next() => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+                continue;
+            }
+            let want = free.min(batch);
             let jobs = match self
                 .store
-                .claim_jobs(&self.owner, lease_ms, i64::from(self.config.batch_size))
+                .claim_jobs(&self.owner, lease_ms, want as i64)
                 .await
             {
                 Ok(jobs) => jobs,
@@ -48,85 +78,73 @@ impl Worker {
                     continue;
                 }
             };
-            if jobs.is_empty() {
-                if !self.idle(&self.wake.jobs, &mut stop).await {
-                    return;
-                }
-                continue;
+            let drained = jobs.len() < want;
+            for job in jobs {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    // Cannot happen (only this loop takes permits); never drop a claimed job.
+                    tracing::error!("no send slot for a claimed job; releasing it");
+                    let _ = self.store.release_jobs(&self.owner, &[job.id]).await;
+                    continue;
+                };
+                lock(&in_flight).insert(job.id.clone());
+                let (w, results, in_flight) = (self.clone(), results.clone(), in_flight.clone());
+                sends.spawn(async move {
+                    let id = job.id.clone();
+                    let result = w.attempt(job).await;
+                    if results.send(result).await.is_ok() {
+                        lock(&in_flight).remove(&id);
+                    }
+                    drop(permit);
+                });
             }
-            if jobs.len() == self.config.batch_size as usize {
-                // More is probably waiting: let the sibling loop claim it meanwhile.
-                self.wake.jobs.notify_one();
+            if drained && !self.idle(&self.wake.jobs, &mut stop).await {
+                break;
             }
-            self.run_batch(jobs, stop.clone(), permits.clone()).await;
+        }
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
+        let finished =
+            tokio::time::timeout(grace, async { while sends.join_next().await.is_some() {} }).await;
+        if finished.is_err() {
+            tracing::warn!(
+                unfinished = sends.len(),
+                "shutdown grace over; releasing unsent jobs"
+            );
+            sends.shutdown().await;
+        }
+        let unsent: Vec<String> = lock(&in_flight).drain().collect();
+        if !unsent.is_empty() {
+            if let Err(e) = self.store.release_jobs(&self.owner, &unsent).await {
+                tracing::error!(error = %e, "releasing unsent jobs failed; their leases will expire");
+            }
         }
     }
 
-    /// Sends one claimed batch. On shutdown, sends get `shutdown_grace_secs` to finish; jobs
-    /// still unsent after that are released to the queue for another instance or restart.
-    async fn run_batch(
-        &self,
-        jobs: Vec<ClaimedJob>,
-        mut stop: watch::Receiver<bool>,
-        permits: Arc<Semaphore>,
-    ) {
-        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
-        let mut set = JoinSet::new();
-        for job in jobs {
-            let w = self.clone();
-            let permits = permits.clone();
-            set.spawn(async move {
-                let _permit = permits.acquire_owned().await.ok();
-                w.attempt(job).await
-            });
-        }
-        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
-        let deadline = async move {
-            let _ = stop.wait_for(|s| *s).await;
-            tokio::time::sleep(grace).await;
-        };
-        tokio::pin!(deadline);
-        let mut results = Vec::with_capacity(ids.len());
-        loop {
-            tokio::select! {
-                joined = set.join_next() => match joined {
-                    Some(Ok(result)) => results.push(result),
-                    Some(Err(e)) => tracing::error!(error = %e, "delivery task failed"),
-                    None => break,
-                },
-                () = &mut deadline => {
-                    tracing::warn!(unfinished = set.len(), "shutdown grace over; releasing unsent jobs");
-                    set.abort_all();
-                    break;
+    /// Writes results as they arrive: everything that accumulated while the previous write
+    /// was running goes into the next one (one transaction, a few multi-row statements).
+    async fn record_loop(self, mut results: mpsc::Receiver<JobResult>) {
+        let max = (self.config.batch_size.max(1) as usize).max(64);
+        let mut batch = Vec::with_capacity(max);
+        while results.recv_many(&mut batch, max).await > 0 {
+            // A failed recording (e.g. a deadlock victim on PostgreSQL) is retried once; if it
+            // fails again the jobs go back to the queue rather than staying in flight under
+            // leases this worker keeps renewing.
+            let mut recorded = self.store.record_results(&self.owner, &batch).await;
+            if let Err(e) = &recorded {
+                tracing::warn!(error = %format!("{e:#}"), jobs = batch.len(), "recording results failed; retrying once");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                recorded = self.store.record_results(&self.owner, &batch).await;
+            }
+            match recorded {
+                Ok(pruned) => self.metrics.pruned(pruned),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), jobs = batch.len(), "recording results failed; releasing the jobs");
+                    let ids: Vec<String> = batch.iter().map(|r| r.job.id.clone()).collect();
+                    if let Err(e) = self.store.release_jobs(&self.owner, &ids).await {
+                        tracing::error!(error = %e, "releasing jobs failed; their leases will expire");
+                    }
                 }
             }
-        }
-        let done: HashSet<&str> = results.iter().map(|r| r.job.id.as_str()).collect();
-        let mut unfinished: Vec<String> = ids
-            .iter()
-            .filter(|id| !done.contains(id.as_str()))
-            .cloned()
-            .collect();
-        // A failed recording (e.g. a deadlock victim on PostgreSQL) is retried once; if it
-        // fails again the batch goes back to the queue rather than staying in flight under
-        // leases this worker keeps renewing.
-        let mut recorded = self.store.record_results(&self.owner, &results).await;
-        if let Err(e) = &recorded {
-            tracing::warn!(error = %format!("{e:#}"), jobs = results.len(), "recording results failed; retrying once");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            recorded = self.store.record_results(&self.owner, &results).await;
-        }
-        match recorded {
-            Ok(pruned) => self.metrics.pruned(pruned),
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), jobs = results.len(), "recording results failed; releasing the batch");
-                unfinished.extend(results.iter().map(|r| r.job.id.clone()));
-            }
-        }
-        if !unfinished.is_empty() {
-            if let Err(e) = self.store.release_jobs(&self.owner, &unfinished).await {
-                tracing::error!(error = %e, "releasing unfinished jobs failed; their leases will expire");
-            }
+            batch.clear();
         }
     }
 
@@ -219,4 +237,11 @@ impl Worker {
         }
         result
     }
+}
+
+/// The in-flight set's lock; a panic while holding it cannot leave it inconsistent (every
+/// critical section is one insert, remove or drain), so poisoning is ignored.
+fn lock(set: &InFlight) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    set.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

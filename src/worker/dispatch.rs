@@ -1,11 +1,10 @@
 //! Fan-out: a received event becomes one rendered delivery job per device, written in batches
 //! in the same transaction that marks the event dispatched.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::{JobPayload, Worker};
@@ -125,14 +124,14 @@ impl Worker {
             let template = self.template(&event.app_id, &rule.template).await?;
             let rule_name = name.unwrap_or_else(|| "direct".into());
             // Devices arrive in pages and are rendered and written page by page, so memory
-            // stays flat however large the audience is.
+            // stays flat however large the audience is. A device appears at most once per rule:
+            // tokens are unique per app, list audiences are one `IN (...)` query, and filter
+            // pages follow a strictly increasing token cursor.
             let mut pages = self.audience(&event.app_id, &rule.audience, &payload);
-            let mut seen = HashSet::new();
             while let Some(devices) = pages.next_page(&self.store).await? {
                 let jobs: Vec<NewJob> = devices
                     .iter()
-                    .filter(|d| seen.insert(d.token.clone()))
-                    .map(|d| render_job(event, &rule_name, &template, &event_ctx, d))
+                    .map(|d| render_job(&rule_name, &template, &event_ctx, d))
                     .collect();
                 fan_out.insert(&jobs).await?;
             }
@@ -278,14 +277,7 @@ fn event_context(event: &Event, payload: &Value) -> Value {
     ctx
 }
 
-/// Same event, rule and token always give the same job id, so a repeated fan-out is a no-op.
-fn job_id(event_id: &str, rule: &str, token: &str) -> String {
-    let digest = Sha256::digest(format!("{event_id}\0{rule}\0{token}").as_bytes());
-    format!("job_{}", &hex::encode(digest)[..32])
-}
-
 fn render_job(
-    event: &Event,
     rule: &str,
     template: &Result<CompiledTemplate, String>,
     event_ctx: &minijinja::Value,
@@ -315,7 +307,6 @@ fn render_job(
         notification,
     };
     NewJob {
-        id: job_id(&event.id, rule, &device.token),
         rule: Some(rule.to_string()),
         platform: device.platform.clone(),
         token: device.token.clone(),

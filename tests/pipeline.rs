@@ -673,7 +673,173 @@ async fn shutdown_finishes_in_flight_sends_and_loses_nothing(db: Db) {
     );
 }
 
+/// A fan-out that committed its first slice and then lost its instance is resumed by another
+/// worker after the cursor: every device gets exactly one job and one send, numbered on from
+/// the committed slice, across more than one page of devices.
+async fn a_fan_out_cut_short_resumes_after_its_last_committed_slice(db: Db) {
+    use pushbridge::push::Notification;
+    use pushbridge::rules::{Audience, DeviceFilter, TemplateRef};
+    use pushbridge::store::{DeviceRegistration, FanOutCursor, FanOutSlice, JobStatus, NewJob};
+    use pushbridge::template::TemplateSpec;
+    use pushbridge::worker::JobPayload;
+
+    let sim = simulator().await;
+    // Workers only look for events when woken, so the half-done event below stays untouched
+    // until the wake-up at the end.
+    let t = TestApp::with_simulator(db, &sim, |c| c.worker.poll_interval_ms = 3_600_000).await;
+    let app = t.new_app().await;
+    let store = t.store();
+    let n = 2_500u64; // more than one page of devices
+    let devices: Vec<(String, DeviceRegistration)> = (0..n)
+        .map(|i| {
+            let apns = i % 2 == 0;
+            let token = if apns {
+                apns_test_token(ApnsTestKind::Success, i)
+            } else {
+                fcm_test_token(FcmTestKind::Success, i)
+            };
+            let reg = DeviceRegistration {
+                platform: if apns { "apns" } else { "fcm" }.into(),
+                user_id: None,
+                locale: None,
+                timezone: None,
+                app_version: None,
+                environment: apns.then(|| "production".to_string()),
+                topic: None,
+                attributes: json!({}),
+                tags: vec![],
+            };
+            (token, reg)
+        })
+        .collect();
+    store
+        .import_devices(&app.app.id, &devices)
+        .await
+        .expect("import");
+    let (first_token, first) = devices
+        .iter()
+        .min_by(|a, b| a.0.cmp(&b.0))
+        .expect("devices");
+
+    let template = TemplateSpec {
+        title: Some("Resumed".into()),
+        ..TemplateSpec::default()
+    };
+    let event_id = pushbridge::http::notifications::enqueue_direct(
+        store,
+        &app.app.id,
+        Audience::Devices(DeviceFilter::default()),
+        TemplateRef::Inline(Box::new(template)),
+        Default::default(),
+        None,
+    )
+    .await
+    .expect("event stored");
+    // Another instance leases the event, commits the slice with the lowest token, and dies.
+    let events = store
+        .claim_events("wrk_crashed", 60_000, 10)
+        .await
+        .expect("claim");
+    let event = events
+        .iter()
+        .find(|e| e.id == event_id)
+        .expect("the event is leased");
+    let job = NewJob {
+        rule: Some("direct".into()),
+        platform: first.platform.clone(),
+        token: first_token.clone(),
+        job: serde_json::to_string(&JobPayload::V1 {
+            environment: first.environment.clone(),
+            topic: None,
+            notification: Notification {
+                title: Some("Resumed".into()),
+                ..Notification::default()
+            },
+        })
+        .expect("payload"),
+        status: JobStatus::Queued,
+        last_reason: None,
+    };
+    let cursor = FanOutCursor {
+        rule: "direct".into(),
+        after: Some(first_token.clone()),
+    };
+    let written = store
+        .write_fan_out_slice(
+            event,
+            "wrk_crashed",
+            1, // its lease runs out at once
+            0,
+            FanOutSlice {
+                jobs: std::slice::from_ref(&job),
+                cursor: &cursor,
+            },
+        )
+        .await
+        .expect("slice");
+    assert_eq!(written, Some(1));
+    // A lost lease cannot write: the sequence has moved on.
+    let stale = store
+        .write_fan_out_slice(
+            event,
+            "wrk_other",
+            60_000,
+            0,
+            FanOutSlice {
+                jobs: std::slice::from_ref(&job),
+                cursor: &cursor,
+            },
+        )
+        .await
+        .expect("stale slice");
+    assert_eq!(stale, None, "a writer without the lease writes nothing");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+
+    // Any new event wakes this instance's workers, which take over the expired lease.
+    send_to_users(&t, &app, &["nobody"], json!({"body": "wake up"})).await;
+    let done = wait_completed(&t, &app, &event_id).await;
+    assert_eq!(done["deliveries"]["delivered"], n, "{done}");
+
+    let mut per_token: std::collections::HashMap<String, u64> = Default::default();
+    for r in sim.records() {
+        if r.side != Side::Token && r.status == 200 {
+            if let Some(token) = r.token {
+                *per_token.entry(token).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(per_token.len() as u64, n, "every device got a notification");
+    assert!(
+        per_token.values().all(|&c| c == 1),
+        "no device got two notifications"
+    );
+    let jobs = store
+        .event_deliveries(&app.app.id, &event_id, "", 10_000)
+        .await
+        .expect("deliveries");
+    let mut numbers: Vec<u64> = jobs
+        .iter()
+        .map(|j| {
+            j.id.rsplit('_')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .expect("numbered job id")
+        })
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=n).collect::<Vec<_>>(), "jobs numbered 1..=n");
+    let first_job = jobs
+        .iter()
+        .find(|j| j.token == *first_token)
+        .expect("first job");
+    assert!(
+        first_job.id.ends_with("_00000001"),
+        "the committed slice was kept"
+    );
+}
+
 backend_tests!(
+    a_fan_out_cut_short_resumes_after_its_last_committed_slice,
     webhook_for_user_gives_one_personalized_payload_per_device,
     a_condition_that_does_not_match_sends_nothing,
     a_410_prunes_the_token_and_fires_the_callback_but_keeps_a_re_registered_device,

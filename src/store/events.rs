@@ -51,6 +51,12 @@ pub struct Event {
     pub updated_at: i64,
     /// Audience and template of a direct send (JSON rule), instead of the app's rules.
     pub direct_rule: Option<String>,
+    /// Where a fan-out cut short stopped (see [`super::FanOutCursor`]); none before it starts.
+    #[sqlx(default)]
+    pub fanout_cursor: Option<String>,
+    /// Jobs its fan-out has committed so far (the next job's sequence number).
+    #[sqlx(default)]
+    pub fanout_jobs: i64,
 }
 
 /// The API view of an event.

@@ -198,89 +198,24 @@ pub struct CallbackRow {
     pub attempts: i64,
 }
 
-/// An open fan-out transaction; see [`Store::begin_fan_out`].
-pub struct FanOut<'e> {
-    /// Held for the whole fan-out: this transaction is the one writer (SQLite).
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
-    tx: sqlx::Transaction<'static, sqlx::Any>,
-    event: &'e Event,
-    now: i64,
-    /// Jobs written as queued so far.
-    pub queued: u64,
-    /// Jobs written as dead letters so far.
-    pub dead: u64,
-    /// Jobs written so far: the next job's number within the event.
-    written: u64,
+/// How far an event's fan-out got: rules are written in name order, and within a rule the
+/// devices in token order. Every rule named before `rule` is done; so is `rule` itself when
+/// `after` is `None`, else its devices up to and including token `after`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct FanOutCursor {
+    /// The rule being written (`direct` for a direct send).
+    pub rule: String,
+    /// The last token written, while the rule is unfinished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
-impl FanOut<'_> {
-    /// Writes a batch of jobs (multi-row inserts).
-    ///
-    /// A job's id is its event's id and its number within the fan-out, so an event's jobs are
-    /// appended side by side to the primary-key B-tree instead of landing at random places in
-    /// it. Numbers cannot collide: the fan-out is one transaction, so a repeated fan-out of the
-    /// same event starts from nothing, and only one can commit (see `finish`).
-    pub async fn insert(&mut self, jobs: &[NewJob]) -> anyhow::Result<()> {
-        let (event, now) = (self.event, self.now);
-        let event_part = event.id.strip_prefix("evt_").unwrap_or(&event.id);
-        for chunk in jobs.chunks(INSERT_CHUNK) {
-            let mut sql = String::from(
-                "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
-                 attempts, next_attempt_at, last_reason, event_at, created_at, updated_at) VALUES ",
-            );
-            sql.push_str(&super::values_rows(
-                chunk.len(),
-                "(?, ?, ?, ?, ?, ?, ?, ?, 0, $1, ?, $2, $1, $1)",
-                3,
-            ));
-            let mut q = sqlx::query(&sql).bind(now).bind(event.received_at);
-            for j in chunk {
-                self.written += 1;
-                q = q
-                    .bind(format!("job_{event_part}_{:08}", self.written))
-                    .bind(&event.app_id)
-                    .bind(&event.id)
-                    .bind(&j.rule)
-                    .bind(&j.platform)
-                    .bind(&j.token)
-                    .bind(j.status.as_str())
-                    .bind(&j.job)
-                    .bind(&j.last_reason);
-                match j.status {
-                    JobStatus::Queued => self.queued += 1,
-                    _ => self.dead += 1,
-                }
-            }
-            q.execute(&mut *self.tx).await?;
-        }
-        Ok(())
-    }
-
-    /// Marks the event dispatched (or completed) and commits. False, with everything rolled
-    /// back, when this instance no longer holds the event's lease.
-    pub async fn finish(mut self, owner: &str) -> anyhow::Result<bool> {
-        let status = if self.queued > 0 {
-            "dispatched"
-        } else {
-            "completed"
-        };
-        let moved = sqlx::query(
-            "UPDATE events SET status = $1, updated_at = $2, lease_owner = NULL, lease_until = NULL \
-             WHERE id = $3 AND status = 'received' AND lease_owner = $4",
-        )
-        .bind(status)
-        .bind(self.now)
-        .bind(&self.event.id)
-        .bind(owner)
-        .execute(&mut *self.tx)
-        .await?;
-        if moved.rows_affected() == 0 {
-            self.tx.rollback().await?;
-            return Ok(false);
-        }
-        self.tx.commit().await?;
-        Ok(true)
-    }
+/// One committed step of a fan-out: jobs and the cursor after them.
+pub struct FanOutSlice<'a> {
+    /// Jobs to write, numbered from the event's `fanout_jobs` on.
+    pub jobs: &'a [NewJob],
+    /// Progress once they are written.
+    pub cursor: &'a FanOutCursor,
 }
 
 /// Results per multi-row statement when recording attempts.
@@ -329,7 +264,7 @@ impl Store {
                AND (lease_until IS NULL OR lease_until < $3) \
                ORDER BY received_at LIMIT $4 {lock}) \
              RETURNING id, app_id, source_id, external_id, event_type, payload, status, \
-               received_at, updated_at, direct_rule"
+               received_at, updated_at, direct_rule, fanout_cursor, fanout_jobs"
         ))
         .bind(owner)
         .bind(now + lease_ms)
@@ -339,20 +274,104 @@ impl Store {
         .await?)
     }
 
-    /// Starts an event's fan-out: one transaction that receives the jobs in batches and, at
-    /// `finish`, marks the event dispatched (or completed when nothing is left to send).
-    /// Nothing is visible to workers until it commits, and a crash mid-way rolls it all back.
-    pub async fn begin_fan_out<'e>(&self, event: &'e Event) -> anyhow::Result<FanOut<'e>> {
-        let turn = self.write_turn().await;
-        Ok(FanOut {
-            _turn: turn,
-            tx: self.pool.begin().await?,
-            event,
-            now: now_ms(),
-            queued: 0,
-            dead: 0,
-            written: 0,
-        })
+    /// Writes one slice of an event's fan-out in its own transaction: the jobs, the cursor, and
+    /// a renewed event lease. Workers can send these jobs at once. `Ok(None)`, with nothing
+    /// written, when this instance no longer holds the event's lease; otherwise the number of
+    /// jobs the event has after this slice.
+    ///
+    /// A job's id is its event's id and its sequence number, so an event's jobs are appended
+    /// side by side to the primary-key B-tree instead of landing at random places in it. The
+    /// numbers cannot collide: they continue from the event's committed `fanout_jobs`, and a
+    /// slice commits only while its writer holds the lease.
+    pub async fn write_fan_out_slice(
+        &self,
+        event: &Event,
+        owner: &str,
+        lease_ms: i64,
+        first_seq: i64,
+        slice: FanOutSlice<'_>,
+    ) -> anyhow::Result<Option<i64>> {
+        let cursor = serde_json::to_string(slice.cursor)?;
+        let jobs_after = first_seq + slice.jobs.len() as i64;
+        let _turn = self.write_turn().await;
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // The lease check comes first, so a writer that lost the event writes nothing.
+        let held = sqlx::query(
+            "UPDATE events SET fanout_cursor = $1, fanout_jobs = $2, lease_until = $3, \
+             updated_at = $4 WHERE id = $5 AND status = 'received' AND lease_owner = $6 \
+             AND fanout_jobs = $7",
+        )
+        .bind(&cursor)
+        .bind(jobs_after)
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(&event.id)
+        .bind(owner)
+        .bind(first_seq)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if held == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let event_part = event.id.strip_prefix("evt_").unwrap_or(&event.id);
+        let mut seq = first_seq;
+        for chunk in slice.jobs.chunks(INSERT_CHUNK) {
+            let mut sql = String::from(
+                "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
+                 attempts, next_attempt_at, last_reason, event_at, created_at, updated_at) VALUES ",
+            );
+            sql.push_str(&super::values_rows(
+                chunk.len(),
+                "(?, ?, ?, ?, ?, ?, ?, ?, 0, $1, ?, $2, $1, $1)",
+                3,
+            ));
+            let mut q = sqlx::query(&sql).bind(now).bind(event.received_at);
+            for j in chunk {
+                seq += 1;
+                q = q
+                    .bind(format!("job_{event_part}_{seq:08}"))
+                    .bind(&event.app_id)
+                    .bind(&event.id)
+                    .bind(&j.rule)
+                    .bind(&j.platform)
+                    .bind(&j.token)
+                    .bind(j.status.as_str())
+                    .bind(&j.job)
+                    .bind(&j.last_reason);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(jobs_after))
+    }
+
+    /// Ends an event's fan-out: the event is `dispatched`, or `completed` at once when none of
+    /// its jobs is left to send (every job was dead on arrival, or already delivered while
+    /// later slices were written). False when this instance no longer holds the lease.
+    pub async fn finish_fan_out(&self, event_id: &str, owner: &str) -> anyhow::Result<bool> {
+        let _turn = self.write_turn().await;
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE events SET status = 'dispatched', updated_at = $1, lease_owner = NULL, \
+             lease_until = NULL, fanout_cursor = NULL WHERE id = $2 AND status = 'received' \
+             AND lease_owner = $3",
+        )
+        .bind(now)
+        .bind(event_id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        complete_event_if_done(&mut tx, event_id, now).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Completes leased events that no rule matched, in one statement.

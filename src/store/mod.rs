@@ -80,7 +80,8 @@ impl Store {
                 Box::pin(async move {
                     conn.execute(
                         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
-                         PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;",
+                         PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON; \
+                         PRAGMA cache_size=-8192; PRAGMA temp_store=MEMORY;",
                     )
                     .await?;
                     Ok(())
@@ -149,7 +150,7 @@ impl Store {
 /// Rows per multi-row statement. SQLite looks up a statement's `$n` parameters by name, in
 /// time linear in their number, so binding costs grow with the square of the statement size;
 /// a few hundred parameters per statement keeps that small while still saving most round trips.
-pub(crate) const ROWS_PER_STATEMENT: usize = 48;
+pub(crate) const ROWS_PER_STATEMENT: usize = 16;
 
 /// `rows` copies of `row` joined by commas, each `?` in them replaced by the next parameter
 /// number from `first` on: per-row values are bound in order after the shared ones (`$1`...).

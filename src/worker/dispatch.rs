@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use anyhow::Context;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::{JobPayload, Worker};
 use crate::rules::{user_ids_at, Audience, DeviceFilter, RuleSpec, TemplateRef};
-use crate::store::{Device, Event, JobStatus, NewJob, SpecKind, Store};
+use crate::store::{Device, Event, FanOutCursor, FanOutSlice, JobStatus, NewJob, SpecKind, Store};
 use crate::template::{context, event_value, CompiledTemplate, TemplateSpec};
 
 /// Events leased per round.
@@ -111,38 +112,83 @@ impl Worker {
         Ok((matching, payload))
     }
 
-    /// Renders and writes one event's jobs for its matching rules.
+    /// Renders and writes one event's jobs for its matching rules, one committed slice per page
+    /// of devices, resuming after the event's cursor when an earlier fan-out was cut short.
     async fn dispatch(
         &self,
         event: &Event,
-        rules: Vec<(Option<String>, RuleSpec)>,
+        mut rules: Vec<(Option<String>, RuleSpec)>,
         payload: Value,
     ) -> anyhow::Result<()> {
+        let lease_ms = (self.config.lease_secs * 1000) as i64;
         let event_ctx = event_value(&event_context(event, &payload));
-        let mut fan_out = self.store.begin_fan_out(event).await?;
-        for (name, rule) in rules {
+        let resume: Option<FanOutCursor> = event
+            .fanout_cursor
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .context("reading the event's fan-out cursor")?;
+        // The cursor's order: rules by name, compared here rather than in SQL, whose collation
+        // may differ between databases.
+        let name = |n: &Option<String>| n.clone().unwrap_or_else(|| "direct".into());
+        rules.sort_by_key(|(n, _)| name(n));
+        let mut seq = event.fanout_jobs;
+        let (mut queued, mut dead) = (0u64, 0u64);
+        for (rule_name, rule) in rules {
+            let rule_name = name(&rule_name);
+            let after = match &resume {
+                Some(c) if rule_name < c.rule => continue,
+                Some(c) if rule_name == c.rule => match &c.after {
+                    Some(token) => Some(token.clone()),
+                    None => continue,
+                },
+                _ => None,
+            };
             let template = self.template(&event.app_id, &rule.template).await?;
-            let rule_name = name.unwrap_or_else(|| "direct".into());
-            // Devices arrive in pages and are rendered and written page by page, so memory
-            // stays flat however large the audience is. A device appears at most once per rule:
-            // tokens are unique per app, list audiences are one `IN (...)` query, and filter
-            // pages follow a strictly increasing token cursor.
-            let mut pages = self.audience(&event.app_id, &rule.audience, &payload);
+            // Devices arrive in pages; each page is rendered and committed on its own, so
+            // memory stays flat however large the audience is and workers start sending while
+            // later pages are written. A device appears at most once per rule: tokens are
+            // unique per app, list audiences are one `IN (...)` query, and filter pages follow
+            // a strictly increasing token cursor.
+            let mut pages = self.audience(&event.app_id, &rule.audience, &payload, after);
             while let Some(devices) = pages.next_page(&self.store).await? {
                 let jobs: Vec<NewJob> = devices
                     .iter()
                     .map(|d| render_job(&rule_name, &template, &event_ctx, d))
                     .collect();
-                fan_out.insert(&jobs).await?;
+                let cursor = FanOutCursor {
+                    rule: rule_name.clone(),
+                    after: pages.resume_after(),
+                };
+                let slice = FanOutSlice {
+                    jobs: &jobs,
+                    cursor: &cursor,
+                };
+                match self
+                    .store
+                    .write_fan_out_slice(event, &self.owner, lease_ms, seq, slice)
+                    .await?
+                {
+                    Some(total) => seq = total,
+                    None => {
+                        tracing::warn!(event = %event.id, "lost the event's lease during fan-out; its new holder continues");
+                        return Ok(());
+                    }
+                }
+                let slice_queued = jobs
+                    .iter()
+                    .filter(|j| j.status == JobStatus::Queued)
+                    .count() as u64;
+                let slice_dead = jobs.len() as u64 - slice_queued;
+                self.metrics.fanned_out(slice_queued, slice_dead);
+                (queued, dead) = (queued + slice_queued, dead + slice_dead);
+                if slice_queued > 0 {
+                    self.wake.jobs.notify_one();
+                }
             }
         }
-        let (queued, dead) = (fan_out.queued, fan_out.dead);
-        if fan_out.finish(&self.owner).await? {
-            tracing::info!(event = %event.id, queued, dead, "event dispatched");
-            self.metrics.fanned_out(queued, dead);
-            if queued > 0 {
-                self.wake.jobs.notify_one();
-            }
+        if self.store.finish_fan_out(&event.id, &self.owner).await? {
+            tracing::info!(event = %event.id, queued, dead, jobs = seq, "event dispatched");
         }
         Ok(())
     }
@@ -172,7 +218,14 @@ impl Worker {
     }
 
     /// The devices a rule addresses, as a pager.
-    fn audience(&self, app_id: &str, audience: &Audience, payload: &Value) -> AudiencePages {
+    /// `after`: resume a filter audience after this token.
+    fn audience(
+        &self,
+        app_id: &str,
+        audience: &Audience,
+        payload: &Value,
+        after: Option<String>,
+    ) -> AudiencePages {
         let app_id = app_id.to_string();
         match audience {
             Audience::UserIdPath(path) => AudiencePages::Users {
@@ -201,7 +254,7 @@ impl Worker {
             Audience::Devices(filter) => AudiencePages::Filter {
                 app_id,
                 filter: filter.clone(),
-                after: Some(String::new()),
+                after: Some(after.unwrap_or_default()),
             },
         }
     }
@@ -228,6 +281,14 @@ enum AudiencePages {
 }
 
 impl AudiencePages {
+    /// Where the next page starts, while there is one.
+    fn resume_after(&self) -> Option<String> {
+        match self {
+            Self::Filter { after, .. } => after.clone(),
+            Self::Users { .. } | Self::Tokens { .. } => None,
+        }
+    }
+
     async fn next_page(&mut self, store: &Store) -> anyhow::Result<Option<Vec<Device>>> {
         match self {
             Self::Users { app_id, users } => match users.take() {

@@ -133,6 +133,8 @@ impl Simulator {
         };
         let apns_url = url("APNs simulator:")?;
         let fcm_url = url("FCM simulator:")?;
+        // Keep reading: with the pipe closed, the simulator's next line would kill it (EPIPE).
+        std::thread::spawn(move || lines.for_each(drop));
         Ok(Self {
             child,
             apns_url,
@@ -283,8 +285,9 @@ async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult>
     let latencies = store.delivery_latencies(&event_id).await?;
     anyhow::ensure!(
         latencies.len() as u64 == devices,
-        "{} of {devices} delivered",
-        latencies.len()
+        "{} of {devices} delivered; jobs by status: {:?}",
+        latencies.len(),
+        store.event_counts(&event_id).await?
     );
     let pct = |p: f64| {
         latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]

@@ -115,7 +115,7 @@ impl Store {
             name: name.to_string(),
             created_at: now_ms(),
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         sqlx::query("INSERT INTO apps (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(&app.id)
             .bind(&app.name)
@@ -156,7 +156,7 @@ impl Store {
         let _turn = self.write_turn().await;
         let r = sqlx::query("DELETE FROM apps WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -164,7 +164,7 @@ impl Store {
     /// Adds a key to an app (rotation); returns the plaintext key, shown once.
     pub async fn create_key(&self, app_id: &str, kind: KeyKind) -> anyhow::Result<String> {
         let _turn = self.write_turn().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         let key = insert_key(&mut tx, app_id, kind).await?;
         tx.commit().await?;
         Ok(key)
@@ -189,7 +189,7 @@ impl Store {
             sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(now_ms())
                 .bind(key_id)
-                .execute(&self.pool)
+                .execute(&self.writes)
                 .await?;
         Ok(r.rows_affected() > 0)
     }

@@ -158,7 +158,7 @@ impl Store {
             .bind(reg.attributes.to_string())
             .bind(serde_json::to_string(&reg.tags)?)
             .bind(now)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writes)
             .await?;
         let created = device.created_at == device.updated_at;
         Ok((device, created))
@@ -180,7 +180,7 @@ impl Store {
         let r = sqlx::query("DELETE FROM devices WHERE app_id = $1 AND token = $2")
             .bind(app_id)
             .bind(token)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -282,7 +282,7 @@ impl Store {
         let _turn = self.write_turn().await;
         const CHUNK: usize = super::ROWS_PER_STATEMENT;
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         for chunk in devices.chunks(CHUNK) {
             let mut sql = format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ");
             sql.push_str(&super::values_rows(

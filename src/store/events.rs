@@ -146,7 +146,7 @@ impl Store {
         .bind(EventStatus::Received.as_str())
         .bind(now)
         .bind(new.direct_rule)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writes)
         .await?;
         if let Some((id,)) = inserted {
             return Ok(EventInsert::Accepted(id));
@@ -155,7 +155,7 @@ impl Store {
             sqlx::query_as("SELECT id FROM events WHERE source_id = $1 AND external_id = $2")
                 .bind(new.source_id)
                 .bind(new.external_id)
-                .fetch_one(&self.pool)
+                .fetch_one(&self.writes)
                 .await?;
         Ok(EventInsert::Duplicate(original))
     }
@@ -277,7 +277,7 @@ impl Store {
         let _turn = self.write_turn().await;
         let now = now_ms();
         let ids: Vec<String> = events.iter().map(|_| new_id("evt")).collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (chunk, chunk_ids) in events
             .chunks(super::ROWS_PER_STATEMENT)

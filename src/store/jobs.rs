@@ -270,7 +270,7 @@ impl Store {
         .bind(now + lease_ms)
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writes)
         .await?)
     }
 
@@ -295,7 +295,7 @@ impl Store {
         let jobs_after = first_seq + slice.jobs.len() as i64;
         let _turn = self.write_turn().await;
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         // The lease check comes first, so a writer that lost the event writes nothing.
         let held = sqlx::query(
             "UPDATE events SET fanout_cursor = $1, fanout_jobs = $2, lease_until = $3, \
@@ -354,7 +354,7 @@ impl Store {
     pub async fn finish_fan_out(&self, event_id: &str, owner: &str) -> anyhow::Result<bool> {
         let _turn = self.write_turn().await;
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         let moved = sqlx::query(
             "UPDATE events SET status = 'dispatched', updated_at = $1, lease_owner = NULL, \
              lease_until = NULL, fanout_cursor = NULL WHERE id = $2 AND status = 'received' \
@@ -389,7 +389,7 @@ impl Store {
             for id in chunk {
                 q = q.bind(id);
             }
-            q.execute(&self.pool).await?;
+            q.execute(&self.writes).await?;
         }
         Ok(())
     }
@@ -406,7 +406,7 @@ impl Store {
             .bind(now_ms() + delay_ms)
             .bind(event_id)
             .bind(owner)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(())
     }
@@ -422,7 +422,7 @@ impl Store {
             self.skip_locked()
         ))
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await?;
         Ok(r.rows_affected())
     }
@@ -439,7 +439,7 @@ impl Store {
         ))
         .bind(now_ms() + lease_ms)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await?;
         Ok(r.rows_affected())
     }
@@ -465,14 +465,14 @@ impl Store {
         .bind(now + lease_ms)
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writes)
         .await?)
     }
 
     /// Returns claimed jobs to the queue untouched (graceful shutdown).
     pub async fn release_jobs(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
         let _turn = self.write_turn().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         for id in ids {
             sqlx::query(
                 "UPDATE delivery_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL \
@@ -493,7 +493,7 @@ impl Store {
     pub async fn record_results(&self, owner: &str, results: &[JobResult]) -> anyhow::Result<u64> {
         let _turn = self.write_turn().await;
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         // Jobs whose lease this worker still holds; a job re-claimed by another instance after
         // our lease expired is theirs now, and their result wins.
         let mut owned: HashSet<String> = HashSet::with_capacity(results.len());
@@ -734,7 +734,7 @@ impl Store {
         // Every statement here writes first: in SQLite's WAL mode a transaction that reads and
         // then writes can fail when another writer commits in between.
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         const REQUEUE: &str = "UPDATE delivery_jobs SET status = 'queued', attempts = 0, \
              next_attempt_at = $1, updated_at = $1, created_at = $1";
         let mut targets: Vec<(String, String)> = Vec::new();
@@ -806,7 +806,7 @@ impl Store {
             .bind(url)
             .bind(secret)
             .bind(app_id)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(())
     }
@@ -842,7 +842,7 @@ impl Store {
         .bind(now + lease_ms)
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writes)
         .await?)
     }
 
@@ -868,7 +868,7 @@ impl Store {
         .bind(retry_at.unwrap_or_else(now_ms))
         .bind(error)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await?;
         Ok(())
     }

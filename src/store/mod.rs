@@ -40,7 +40,14 @@ pub enum Backend {
 /// Shared handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Reads (and, on PostgreSQL, writes too).
     pool: AnyPool,
+    /// Writes. On SQLite one dedicated connection with a large page cache: writers take turns
+    /// anyway, and one connection keeps the pages every write touches (queue indexes, the tail
+    /// of each B-tree) hot, where spreading writes over the pool would warm a cache per
+    /// connection and hold the same pages several times over. The same pool as `pool` on
+    /// PostgreSQL.
+    writes: AnyPool,
     backend: Backend,
     /// Webhook sources by (app, name), read on every webhook. Entries live for a few seconds
     /// and are dropped on every local change, so another instance's edit (a secret rotation,
@@ -51,6 +58,11 @@ pub struct Store {
     /// can lose every race until it times out. PostgreSQL does not use it.
     write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
+
+/// SQLite page cache of the one writing connection, KiB.
+const SQLITE_WRITER_CACHE_KIB: i64 = 32 * 1024;
+/// SQLite page cache of each reading connection, KiB (SQLite's default is about 2 MiB).
+const SQLITE_READER_CACHE_KIB: i64 = 2 * 1024;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -72,28 +84,43 @@ impl Store {
             _ => url.to_string(),
         };
         let options = AnyConnectOptions::from_str(&url).context("parsing database_url")?;
-        let mut pool_options = AnyPoolOptions::new().max_connections(max_connections);
-        if backend == Backend::Sqlite {
-            // One writer at a time: WAL lets readers proceed, busy_timeout makes writers queue
-            // instead of failing, and NORMAL sync is durable across process crashes in WAL mode.
-            pool_options = pool_options.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    conn.execute(
-                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
-                         PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON; \
-                         PRAGMA cache_size=-8192; PRAGMA temp_store=MEMORY;",
-                    )
-                    .await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = pool_options
-            .connect_with(options)
+        let connect = |connections: u32, cache_kib: i64| {
+            let mut pool_options = AnyPoolOptions::new().max_connections(connections);
+            if backend == Backend::Sqlite {
+                // WAL lets readers proceed beside the writer, busy_timeout makes a writer of
+                // another process queue instead of failing, and NORMAL sync is durable across
+                // process crashes in WAL mode. A negative cache_size is in KiB.
+                pool_options = pool_options.after_connect(move |conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute(
+                            format!(
+                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                                 PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON; \
+                                 PRAGMA temp_store=MEMORY; PRAGMA cache_size=-{cache_kib};"
+                            )
+                            .as_str(),
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                });
+            }
+            pool_options.connect_with(options.clone())
+        };
+        let pool = connect(max_connections, SQLITE_READER_CACHE_KIB)
             .await
             .with_context(|| format!("connecting to {}", redact_url(&url)))?;
+        // An in-memory database exists once per connection pool: it cannot have a second one.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let writes = match backend {
+            Backend::Sqlite if !in_memory => connect(1, SQLITE_WRITER_CACHE_KIB)
+                .await
+                .with_context(|| format!("connecting to {}", redact_url(&url)))?,
+            Backend::Sqlite | Backend::Postgres => pool.clone(),
+        };
         Ok(Self {
             pool,
+            writes,
             backend,
             source_cache: Default::default(),
             write_lock: Default::default(),
@@ -107,7 +134,7 @@ impl Store {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator
-            .run(&self.pool)
+            .run(&self.writes)
             .await
             .context("running migrations")?;
         Ok(())
@@ -143,6 +170,7 @@ impl Store {
 
     /// Closes all connections.
     pub async fn close(&self) {
+        self.writes.close().await;
         self.pool.close().await;
     }
 }

@@ -70,7 +70,7 @@ impl Store {
         .bind(name)
         .bind(spec)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writes)
         .await?;
         let created = row.created_at == row.updated_at;
         Ok((row, created))
@@ -120,7 +120,7 @@ impl Store {
         ))
         .bind(app_id)
         .bind(name)
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await?;
         Ok(r.rows_affected() > 0)
     }

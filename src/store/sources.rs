@@ -211,7 +211,7 @@ impl Store {
         .bind(&source.event_type_path)
         .bind(json_text(&source.allowed_cidrs))
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await?;
         self.source_cache.forget(app_id);
         Ok(source)
@@ -271,7 +271,7 @@ impl Store {
         .bind(now_ms())
         .bind(&source.id)
         .bind(&source.app_id)
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await?;
         self.source_cache.forget(&source.app_id);
         Ok(())
@@ -283,7 +283,7 @@ impl Store {
         let r = sqlx::query("DELETE FROM webhook_sources WHERE app_id = $1 AND name = $2")
             .bind(app_id)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         self.source_cache.forget(app_id);
         Ok(r.rows_affected() > 0)

@@ -282,13 +282,6 @@ async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult>
     let secs = started.elapsed().as_secs_f64();
     let (bridge_cpu, sim_cpu) = (cpu_secs("self") - bridge_cpu0, sim.cpu_secs() - sim_cpu0);
     let peak_rss_mb = rss_mb("VmHWM:");
-    eprintln!(
-        "MEM anon {} file {} shmem {} rss {}",
-        rss_mb("RssAnon:"),
-        rss_mb("RssFile:"),
-        rss_mb("RssShmem:"),
-        rss_mb("VmRSS:")
-    );
     let latencies = store.delivery_latencies(&event_id).await?;
     anyhow::ensure!(
         latencies.len() as u64 == devices,

@@ -235,7 +235,7 @@ impl Store {
         // PostgreSQL and wedge the fan-out of the event that named it.
         let values: Vec<&String> = values.iter().filter(|v| !v.contains('\0')).collect();
         let mut out = Vec::new();
-        for chunk in values.chunks(super::ROWS_PER_STATEMENT) {
+        for chunk in values.chunks(self.rows_per_statement()) {
             let placeholders = super::values_rows(chunk.len(), "?", 2);
             let sql = format!(
                 "SELECT {DEVICE_COLUMNS} FROM devices WHERE app_id = $1 AND {column} IN ({}) \
@@ -280,10 +280,9 @@ impl Store {
         devices: &[(String, DeviceRegistration)],
     ) -> anyhow::Result<()> {
         let _turn = self.write_turn().await;
-        const CHUNK: usize = super::ROWS_PER_STATEMENT;
         let now = now_ms();
         let mut tx = self.writes.begin().await?;
-        for chunk in devices.chunks(CHUNK) {
+        for chunk in devices.chunks(self.rows_per_statement()) {
             let mut sql = format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ");
             sql.push_str(&super::values_rows(
                 chunk.len(),

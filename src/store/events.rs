@@ -280,8 +280,8 @@ impl Store {
         let mut tx = self.writes.begin().await?;
         let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (chunk, chunk_ids) in events
-            .chunks(super::ROWS_PER_STATEMENT)
-            .zip(ids.chunks(super::ROWS_PER_STATEMENT))
+            .chunks(self.rows_per_statement())
+            .zip(ids.chunks(self.rows_per_statement()))
         {
             let mut sql = String::with_capacity(200 + chunk.len() * 60);
             sql.push_str(&format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES "));

@@ -218,12 +218,6 @@ pub struct FanOutSlice<'a> {
     pub cursor: &'a FanOutCursor,
 }
 
-/// Results per multi-row statement when recording attempts.
-const RECORD_CHUNK: usize = super::ROWS_PER_STATEMENT;
-
-/// Jobs per multi-row INSERT.
-const INSERT_CHUNK: usize = super::ROWS_PER_STATEMENT;
-
 const DELIVERY_COLUMNS: &str = "id, event_id, rule, platform, token, status, attempts, \
      next_attempt_at, last_reason, provider_id, created_at, updated_at";
 
@@ -318,7 +312,7 @@ impl Store {
         }
         let event_part = event.id.strip_prefix("evt_").unwrap_or(&event.id);
         let mut seq = first_seq;
-        for chunk in slice.jobs.chunks(INSERT_CHUNK) {
+        for chunk in slice.jobs.chunks(self.rows_per_statement()) {
             let mut sql = String::from(
                 "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
                  attempts, next_attempt_at, last_reason, event_at, created_at, updated_at) VALUES ",
@@ -378,7 +372,7 @@ impl Store {
     pub async fn complete_unmatched(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
         let _turn = self.write_turn().await;
         let now = now_ms();
-        for chunk in ids.chunks(super::ROWS_PER_STATEMENT) {
+        for chunk in ids.chunks(self.rows_per_statement()) {
             let placeholders = super::values_rows(chunk.len(), "?", 3);
             let sql = format!(
                 "UPDATE events SET status = 'completed', updated_at = $1, lease_owner = NULL, \
@@ -497,7 +491,7 @@ impl Store {
         // Jobs whose lease this worker still holds; a job re-claimed by another instance after
         // our lease expired is theirs now, and their result wins.
         let mut owned: HashSet<String> = HashSet::with_capacity(results.len());
-        for chunk in results.chunks(RECORD_CHUNK) {
+        for chunk in results.chunks(self.rows_per_statement()) {
             let mut sql = String::with_capacity(600 + chunk.len() * 80);
             sql.push_str("WITH v(id, status, attempts, next_at, reason, pid) AS (VALUES ");
             sql.push_str(&super::values_rows(
@@ -529,7 +523,7 @@ impl Store {
             .iter()
             .filter(|r| owned.contains(&r.job.id))
             .collect();
-        for chunk in mine.chunks(RECORD_CHUNK) {
+        for chunk in mine.chunks(self.rows_per_statement()) {
             let mut sql = String::with_capacity(200 + chunk.len() * 80);
             sql.push_str(
                 "INSERT INTO delivery_attempts (id, job_id, app_id, platform, attempt, outcome, \

@@ -157,6 +157,18 @@ impl Store {
         }
     }
 
+    /// Rows per multi-row statement. SQLite looks up a statement's `$n` parameters by name, in
+    /// time linear in their number, so binding costs grow with the square of the statement
+    /// size: small statements are cheapest there, and a statement is an in-process call anyway.
+    /// On PostgreSQL each statement is a network round trip, so larger ones win (well below
+    /// its 65 535-parameter limit).
+    pub(crate) fn rows_per_statement(&self) -> usize {
+        match self.backend {
+            Backend::Sqlite => 16,
+            Backend::Postgres => 200,
+        }
+    }
+
     /// The engine behind this store.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -174,11 +186,6 @@ impl Store {
         self.pool.close().await;
     }
 }
-
-/// Rows per multi-row statement. SQLite looks up a statement's `$n` parameters by name, in
-/// time linear in their number, so binding costs grow with the square of the statement size;
-/// a few hundred parameters per statement keeps that small while still saving most round trips.
-pub(crate) const ROWS_PER_STATEMENT: usize = 16;
 
 /// `rows` copies of `row` joined by commas, each `?` in them replaced by the next parameter
 /// number from `first` on: per-row values are bound in order after the shared ones (`$1`...).

@@ -1,5 +1,6 @@
-//! Fan-out: a received event becomes one rendered delivery job per device, written in batches
-//! in the same transaction that marks the event dispatched.
+//! Fan-out: a received event becomes one rendered delivery job per device, written one page of
+//! devices per transaction together with the event's cursor, and marked dispatched after the
+//! last page. A fan-out cut short resumes after its last committed page.
 
 use std::collections::HashMap;
 use std::time::Duration;

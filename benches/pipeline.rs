@@ -169,6 +169,20 @@ async fn database_url(backend: &str, dir: &Path) -> anyhow::Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
+/// Drops a benchmark's PostgreSQL database (SQLite files go with their temporary directory).
+async fn drop_database(backend: &str, db_url: &str) -> anyhow::Result<()> {
+    if backend == "sqlite" {
+        return Ok(());
+    }
+    use sqlx::Connection;
+    let name = &db_url[db_url.rfind('/').context("database in URL")? + 1..];
+    let mut conn = sqlx::PgConnection::connect(&std::env::var("DATABASE_URL")?).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
 async fn bridge(db_url: String, sim: &Simulator) -> anyhow::Result<pushbridge::Running> {
     let mut config = Config {
         database_url: db_url,
@@ -201,7 +215,8 @@ struct DeliveryResult {
 async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult> {
     let dir = tempfile::tempdir()?;
     let sim = Simulator::start()?;
-    let running = bridge(database_url(backend, dir.path()).await?, &sim).await?;
+    let db_url = database_url(backend, dir.path()).await?;
+    let running = bridge(db_url.clone(), &sim).await?;
     let store = running.state.store.clone();
     let app = store.create_app("bench").await?;
     // Generated and imported in slices, so the setup does not inflate the measured peak.
@@ -293,6 +308,7 @@ async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult>
         latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
     running.shutdown().await?;
+    drop_database(backend, &db_url).await?;
     Ok(DeliveryResult {
         devices,
         secs,
@@ -521,7 +537,8 @@ async fn ingest(
 ) -> anyhow::Result<(IngestResult, IngestResult, IngestResult)> {
     let dir = tempfile::tempdir()?;
     let sim = Simulator::start()?;
-    let running = bridge(database_url(backend, dir.path()).await?, &sim).await?;
+    let db_url = database_url(backend, dir.path()).await?;
+    let running = bridge(db_url.clone(), &sim).await?;
     let store = running.state.store.clone();
     let app = store.create_app("bench").await?;
     let source = pushbridge::http::sources::new_source(
@@ -540,6 +557,7 @@ async fn ingest(
     let signed = ingest_closed(&base, &app.app.id, &secret, true, secs).await?;
     let fixed = ingest_fixed_rate(&base, &app.app.id, &secret, 5_000, secs).await?;
     running.shutdown().await?;
+    drop_database(backend, &db_url).await?;
     Ok((ceiling, signed, fixed))
 }
 

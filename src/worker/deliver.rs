@@ -6,12 +6,12 @@
 //! and the recorder writes whatever has accumulated in one transaction while the next sends
 //! are already on the wire. A slow send delays only itself, never a whole batch.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::task::{self, JoinSet};
 
 use super::retry::{decide, RetryDecision};
 use super::{JobPayload, Worker};
@@ -51,17 +51,24 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(limit));
         let in_flight: InFlight = Arc::default();
         let mut sends = JoinSet::new();
+        // Which job each send task carries, to put it back if the task panics.
+        let mut tasks: HashMap<task::Id, String> = HashMap::new();
         loop {
-            while sends.try_join_next().is_some() {}
+            while let Some(joined) = sends.try_join_next_with_id() {
+                self.reap(joined, &mut tasks, &in_flight).await;
+            }
             if *stop.borrow() {
                 break;
             }
             let free = permits.available_permits();
             if free < batch.div_ceil(CLAIM_FRACTION) {
                 // Full: wait for sends to finish.
-                tokio::select! {
-                    _ = sends.join_next() => {}
-                    _ = stop.wait_for(|s| *s) => {}
+                let joined = tokio::select! {
+                    joined = sends.join_next_with_id() => joined,
+                    _ = stop.wait_for(|s| *s) => None,
+                };
+                if let Some(joined) = joined {
+                    self.reap(joined, &mut tasks, &in_flight).await;
                 }
                 continue;
             }
@@ -87,8 +94,9 @@ impl Worker {
                     continue;
                 };
                 lock(&in_flight).insert(job.id.clone());
+                let job_id = job.id.clone();
                 let (w, results, in_flight) = (self.clone(), results.clone(), in_flight.clone());
-                sends.spawn(async move {
+                let handle = sends.spawn(async move {
                     let id = job.id.clone();
                     let result = w.attempt(job).await;
                     if results.send(result).await.is_ok() {
@@ -96,14 +104,19 @@ impl Worker {
                     }
                     drop(permit);
                 });
+                tasks.insert(handle.id(), job_id);
             }
             if drained && !self.idle(&self.wake.jobs, &mut stop).await {
                 break;
             }
         }
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
-        let finished =
-            tokio::time::timeout(grace, async { while sends.join_next().await.is_some() {} }).await;
+        let finished = tokio::time::timeout(grace, async {
+            while let Some(joined) = sends.join_next_with_id().await {
+                self.reap(joined, &mut tasks, &in_flight).await;
+            }
+        })
+        .await;
         if finished.is_err() {
             tracing::warn!(
                 unfinished = sends.len(),
@@ -115,6 +128,31 @@ impl Worker {
         if !unsent.is_empty() {
             if let Err(e) = self.store.release_jobs(&self.owner, &unsent).await {
                 tracing::error!(error = %e, "releasing unsent jobs failed; their leases will expire");
+            }
+        }
+    }
+
+    /// Forgets a finished send. A send that panicked never handed its result to the recorder:
+    /// its job goes back to the queue now rather than staying in flight under a lease this
+    /// worker keeps renewing.
+    async fn reap(
+        &self,
+        joined: Result<(task::Id, ()), task::JoinError>,
+        tasks: &mut HashMap<task::Id, String>,
+        in_flight: &InFlight,
+    ) {
+        let id = match &joined {
+            Ok((id, ())) => *id,
+            Err(e) => e.id(),
+        };
+        let Some(job) = tasks.remove(&id) else { return };
+        if let Err(e) = joined {
+            if e.is_panic() {
+                tracing::error!(job = %job, "delivery task panicked; releasing its job");
+                lock(in_flight).remove(&job);
+                if let Err(e) = self.store.release_jobs(&self.owner, &[job]).await {
+                    tracing::error!(error = %e, "releasing the job failed; its lease will expire");
+                }
             }
         }
     }

@@ -6,8 +6,8 @@
 //! and the recorder writes whatever has accumulated in one transaction while the next sends
 //! are already on the wire. A slow send delays only itself, never a whole batch.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -22,9 +22,6 @@ use crate::store::{now_ms, ClaimedJob, JobResult, JobStatus, Prune};
 /// Claims wait until at least this share of `concurrency` is free, so that a steady stream of
 /// finishing sends leads to a few large claims rather than many one-row claims.
 const CLAIM_FRACTION: usize = 4;
-
-/// Ids of claimed jobs not yet handed to the recorder: released on shutdown.
-type InFlight = Arc<Mutex<HashSet<String>>>;
 
 impl Worker {
     pub(crate) async fn deliver_loop(self, stop: watch::Receiver<bool>) {
@@ -49,13 +46,13 @@ impl Worker {
         let lease_ms = (self.config.lease_secs * 1000) as i64;
         let batch = (self.config.batch_size.max(1) as usize).min(limit);
         let permits = Arc::new(Semaphore::new(limit));
-        let in_flight: InFlight = Arc::default();
         let mut sends = JoinSet::new();
-        // Which job each send task carries, to put it back if the task panics.
+        // The job each send task carries, until the task has handed its result to the
+        // recorder: what is left here at shutdown was never sent and goes back to the queue.
         let mut tasks: HashMap<task::Id, String> = HashMap::new();
         loop {
             while let Some(joined) = sends.try_join_next_with_id() {
-                self.reap(joined, &mut tasks, &in_flight).await;
+                self.reap(joined, &mut tasks).await;
             }
             if *stop.borrow() {
                 break;
@@ -68,7 +65,7 @@ impl Worker {
                     _ = stop.wait_for(|s| *s) => None,
                 };
                 if let Some(joined) = joined {
-                    self.reap(joined, &mut tasks, &in_flight).await;
+                    self.reap(joined, &mut tasks).await;
                 }
                 continue;
             }
@@ -93,16 +90,13 @@ impl Worker {
                     let _ = self.store.release_jobs(&self.owner, &[job.id]).await;
                     continue;
                 };
-                lock(&in_flight).insert(job.id.clone());
                 let job_id = job.id.clone();
-                let (w, results, in_flight) = (self.clone(), results.clone(), in_flight.clone());
+                let (w, results) = (self.clone(), results.clone());
                 let handle = sends.spawn(async move {
-                    let id = job.id.clone();
                     let result = w.attempt(job).await;
-                    if results.send(result).await.is_ok() {
-                        lock(&in_flight).remove(&id);
-                    }
+                    let handed_over = results.send(result).await.is_ok();
                     drop(permit);
+                    handed_over
                 });
                 tasks.insert(handle.id(), job_id);
             }
@@ -113,7 +107,7 @@ impl Worker {
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
         let finished = tokio::time::timeout(grace, async {
             while let Some(joined) = sends.join_next_with_id().await {
-                self.reap(joined, &mut tasks, &in_flight).await;
+                self.reap(joined, &mut tasks).await;
             }
         })
         .await;
@@ -122,9 +116,13 @@ impl Worker {
                 unfinished = sends.len(),
                 "shutdown grace over; releasing unsent jobs"
             );
-            sends.shutdown().await;
+            sends.abort_all();
+            // Aborted sends stay in `tasks`; one that finished meanwhile is reaped as usual.
+            while let Some(joined) = sends.join_next_with_id().await {
+                self.reap(joined, &mut tasks).await;
+            }
         }
-        let unsent: Vec<String> = lock(&in_flight).drain().collect();
+        let unsent: Vec<String> = tasks.into_values().collect();
         if !unsent.is_empty() {
             if let Err(e) = self.store.release_jobs(&self.owner, &unsent).await {
                 tracing::error!(error = %e, "releasing unsent jobs failed; their leases will expire");
@@ -132,27 +130,25 @@ impl Worker {
         }
     }
 
-    /// Forgets a finished send. A send that panicked never handed its result to the recorder:
-    /// its job goes back to the queue now rather than staying in flight under a lease this
-    /// worker keeps renewing.
+    /// Forgets a send whose result reached the recorder. One that panicked, or found the
+    /// recorder gone, never handed its result over: its job goes back to the queue now rather
+    /// than staying in flight under a lease this worker keeps renewing. An aborted send
+    /// (shutdown) stays in `tasks`, released with the other unsent jobs.
     async fn reap(
         &self,
-        joined: Result<(task::Id, ()), task::JoinError>,
+        joined: Result<(task::Id, bool), task::JoinError>,
         tasks: &mut HashMap<task::Id, String>,
-        in_flight: &InFlight,
     ) {
-        let id = match &joined {
-            Ok((id, ())) => *id,
-            Err(e) => e.id(),
+        let (id, lost) = match &joined {
+            Ok((id, handed_over)) => (*id, !handed_over),
+            Err(e) if e.is_cancelled() => return,
+            Err(e) => (e.id(), true),
         };
         let Some(job) = tasks.remove(&id) else { return };
-        if let Err(e) = joined {
-            if e.is_panic() {
-                tracing::error!(job = %job, "delivery task panicked; releasing its job");
-                lock(in_flight).remove(&job);
-                if let Err(e) = self.store.release_jobs(&self.owner, &[job]).await {
-                    tracing::error!(error = %e, "releasing the job failed; its lease will expire");
-                }
+        if lost {
+            tracing::error!(job = %job, "a send ended without recording its result; releasing its job");
+            if let Err(e) = self.store.release_jobs(&self.owner, &[job]).await {
+                tracing::error!(error = %e, "releasing the job failed; its lease will expire");
             }
         }
     }
@@ -275,11 +271,4 @@ impl Worker {
         }
         result
     }
-}
-
-/// The in-flight set's lock; a panic while holding it cannot leave it inconsistent (every
-/// critical section is one insert, remove or drain), so poisoning is ignored.
-fn lock(set: &InFlight) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    set.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

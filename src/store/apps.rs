@@ -109,13 +109,13 @@ fn parse_key(key: &str) -> Option<(&str, &str)> {
 impl Store {
     /// Creates an app with one server key and one client key.
     pub async fn create_app(&self, name: &str) -> anyhow::Result<NewApp> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let app = App {
             id: new_id("app"),
             name: name.to_string(),
             created_at: now_ms(),
         };
-        let mut tx = self.writes.begin().await?;
+        let mut tx = turn.db().begin().await?;
         sqlx::query("INSERT INTO apps (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(&app.id)
             .bind(&app.name)
@@ -153,18 +153,18 @@ impl Store {
 
     /// Deletes an app and everything it owns.
     pub async fn delete_app(&self, id: &str) -> anyhow::Result<bool> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let r = sqlx::query("DELETE FROM apps WHERE id = $1")
             .bind(id)
-            .execute(&self.writes)
+            .execute(turn.db())
             .await?;
         Ok(r.rows_affected() > 0)
     }
 
     /// Adds a key to an app (rotation); returns the plaintext key, shown once.
     pub async fn create_key(&self, app_id: &str, kind: KeyKind) -> anyhow::Result<String> {
-        let _turn = self.write_turn().await;
-        let mut tx = self.writes.begin().await?;
+        let turn = self.write_turn().await;
+        let mut tx = turn.db().begin().await?;
         let key = insert_key(&mut tx, app_id, kind).await?;
         tx.commit().await?;
         Ok(key)
@@ -184,12 +184,12 @@ impl Store {
 
     /// Revokes a key; it stops authenticating immediately.
     pub async fn revoke_key(&self, key_id: &str) -> anyhow::Result<bool> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let r =
             sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(now_ms())
                 .bind(key_id)
-                .execute(&self.writes)
+                .execute(turn.db())
                 .await?;
         Ok(r.rows_affected() > 0)
     }

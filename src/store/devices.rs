@@ -131,7 +131,7 @@ impl Store {
         token: &str,
         reg: &DeviceRegistration,
     ) -> anyhow::Result<(Device, bool)> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let now = now_ms();
         let sql = format!(
             "INSERT INTO devices ({DEVICE_COLUMNS}) \
@@ -158,7 +158,7 @@ impl Store {
             .bind(reg.attributes.to_string())
             .bind(serde_json::to_string(&reg.tags)?)
             .bind(now)
-            .fetch_one(&self.writes)
+            .fetch_one(turn.db())
             .await?;
         let created = device.created_at == device.updated_at;
         Ok((device, created))
@@ -176,11 +176,11 @@ impl Store {
 
     /// Unregisters a device; false when it did not exist.
     pub async fn delete_device(&self, app_id: &str, token: &str) -> anyhow::Result<bool> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let r = sqlx::query("DELETE FROM devices WHERE app_id = $1 AND token = $2")
             .bind(app_id)
             .bind(token)
-            .execute(&self.writes)
+            .execute(turn.db())
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -279,9 +279,9 @@ impl Store {
         app_id: &str,
         devices: &[(String, DeviceRegistration)],
     ) -> anyhow::Result<()> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let now = now_ms();
-        let mut tx = self.writes.begin().await?;
+        let mut tx = turn.db().begin().await?;
         for chunk in devices.chunks(self.rows_per_statement()) {
             let mut sql = format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ");
             sql.push_str(&super::values_rows(

@@ -130,7 +130,7 @@ const EVENT_COLUMNS: &str = "id, app_id, source_id, external_id, event_type, pay
 impl Store {
     /// Stores an event unless the same source already sent the same external id.
     pub async fn insert_event(&self, new: &NewEvent<'_>) -> anyhow::Result<EventInsert> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let now = now_ms();
         let id = new_id("evt");
         let inserted: Option<(String,)> = sqlx::query_as(&format!(
@@ -146,7 +146,7 @@ impl Store {
         .bind(EventStatus::Received.as_str())
         .bind(now)
         .bind(new.direct_rule)
-        .fetch_optional(&self.writes)
+        .fetch_optional(turn.db())
         .await?;
         if let Some((id,)) = inserted {
             return Ok(EventInsert::Accepted(id));
@@ -155,7 +155,7 @@ impl Store {
             sqlx::query_as("SELECT id FROM events WHERE source_id = $1 AND external_id = $2")
                 .bind(new.source_id)
                 .bind(new.external_id)
-                .fetch_one(&self.writes)
+                .fetch_one(turn.db())
                 .await?;
         Ok(EventInsert::Duplicate(original))
     }
@@ -274,10 +274,10 @@ impl Store {
         &self,
         events: &[IncomingEvent],
     ) -> anyhow::Result<Vec<EventInsert>> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let now = now_ms();
         let ids: Vec<String> = events.iter().map(|_| new_id("evt")).collect();
-        let mut tx = self.writes.begin().await?;
+        let mut tx = turn.db().begin().await?;
         let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (chunk, chunk_ids) in events
             .chunks(self.rows_per_statement())

@@ -249,7 +249,7 @@ impl Store {
         lease_ms: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<Event>> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let now = now_ms();
         let lock = self.skip_locked();
         Ok(sqlx::query_as::<_, Event>(&format!(
@@ -264,7 +264,7 @@ impl Store {
         .bind(now + lease_ms)
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.writes)
+        .fetch_all(turn.db())
         .await?)
     }
 
@@ -287,9 +287,9 @@ impl Store {
     ) -> anyhow::Result<Option<i64>> {
         let cursor = serde_json::to_string(slice.cursor)?;
         let jobs_after = first_seq + slice.jobs.len() as i64;
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let now = now_ms();
-        let mut tx = self.writes.begin().await?;
+        let mut tx = turn.db().begin().await?;
         // The lease check comes first, so a writer that lost the event writes nothing.
         let held = sqlx::query(
             "UPDATE events SET fanout_cursor = $1, fanout_jobs = $2, lease_until = $3, \
@@ -346,9 +346,9 @@ impl Store {
     /// its jobs is left to send (every job was dead on arrival, or already delivered while
     /// later slices were written). False when this instance no longer holds the lease.
     pub async fn finish_fan_out(&self, event_id: &str, owner: &str) -> anyhow::Result<bool> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let now = now_ms();
-        let mut tx = self.writes.begin().await?;
+        let mut tx = turn.db().begin().await?;
         let moved = sqlx::query(
             "UPDATE events SET status = 'dispatched', updated_at = $1, lease_owner = NULL, \
              lease_until = NULL, fanout_cursor = NULL WHERE id = $2 AND status = 'received' \
@@ -370,7 +370,7 @@ impl Store {
 
     /// Completes leased events that no rule matched, in one statement.
     pub async fn complete_unmatched(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let now = now_ms();
         for chunk in ids.chunks(self.rows_per_statement()) {
             let placeholders = super::values_rows(chunk.len(), "?", 3);
@@ -383,7 +383,7 @@ impl Store {
             for id in chunk {
                 q = q.bind(id);
             }
-            q.execute(&self.writes).await?;
+            q.execute(turn.db()).await?;
         }
         Ok(())
     }
@@ -395,19 +395,19 @@ impl Store {
         owner: &str,
         delay_ms: i64,
     ) -> anyhow::Result<()> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         sqlx::query("UPDATE events SET lease_until = $1 WHERE id = $2 AND lease_owner = $3")
             .bind(now_ms() + delay_ms)
             .bind(event_id)
             .bind(owner)
-            .execute(&self.writes)
+            .execute(turn.db())
             .await?;
         Ok(())
     }
 
     /// Puts jobs whose lease expired (their worker died) back in the queue.
     pub async fn requeue_expired(&self) -> anyhow::Result<u64> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let now = now_ms();
         let r = sqlx::query(&format!(
             "UPDATE delivery_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, \
@@ -416,14 +416,14 @@ impl Store {
             self.skip_locked()
         ))
         .bind(now)
-        .execute(&self.writes)
+        .execute(turn.db())
         .await?;
         Ok(r.rows_affected())
     }
 
     /// Extends the leases this worker holds, so a slow batch is not taken for a dead one.
     pub async fn renew_leases(&self, owner: &str, lease_ms: i64) -> anyhow::Result<u64> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         // Rows locked right now are being recorded by this worker; skipping them (PostgreSQL)
         // avoids a lock-order deadlock with that transaction.
         let r = sqlx::query(&format!(
@@ -433,7 +433,7 @@ impl Store {
         ))
         .bind(now_ms() + lease_ms)
         .bind(owner)
-        .execute(&self.writes)
+        .execute(turn.db())
         .await?;
         Ok(r.rows_affected())
     }
@@ -445,7 +445,7 @@ impl Store {
         lease_ms: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<ClaimedJob>> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let now = now_ms();
         let lock = self.skip_locked();
         Ok(sqlx::query_as::<_, ClaimedJob>(&format!(
@@ -459,14 +459,14 @@ impl Store {
         .bind(now + lease_ms)
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.writes)
+        .fetch_all(turn.db())
         .await?)
     }
 
     /// Returns claimed jobs to the queue untouched (graceful shutdown).
     pub async fn release_jobs(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
-        let _turn = self.write_turn().await;
-        let mut tx = self.writes.begin().await?;
+        let turn = self.write_turn().await;
+        let mut tx = turn.db().begin().await?;
         for id in ids {
             sqlx::query(
                 "UPDATE delivery_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL \
@@ -485,9 +485,9 @@ impl Store {
     /// multi-row statements, then pruning (with the re-registration guard), pruned-token
     /// callbacks and event completion. Returns how many devices were pruned.
     pub async fn record_results(&self, owner: &str, results: &[JobResult]) -> anyhow::Result<u64> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let now = now_ms();
-        let mut tx = self.writes.begin().await?;
+        let mut tx = turn.db().begin().await?;
         // Jobs whose lease this worker still holds; a job re-claimed by another instance after
         // our lease expired is theirs now, and their result wins.
         let mut owned: HashSet<String> = HashSet::with_capacity(results.len());
@@ -724,11 +724,11 @@ impl Store {
         event_id: Option<&str>,
         since_ms: Option<i64>,
     ) -> anyhow::Result<u64> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         // Every statement here writes first: in SQLite's WAL mode a transaction that reads and
         // then writes can fail when another writer commits in between.
         let now = now_ms();
-        let mut tx = self.writes.begin().await?;
+        let mut tx = turn.db().begin().await?;
         const REQUEUE: &str = "UPDATE delivery_jobs SET status = 'queued', attempts = 0, \
              next_attempt_at = $1, updated_at = $1, created_at = $1";
         let mut targets: Vec<(String, String)> = Vec::new();
@@ -795,12 +795,12 @@ impl Store {
         url: Option<&str>,
         secret: Option<&str>,
     ) -> anyhow::Result<()> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         sqlx::query("UPDATE apps SET callback_url = $1, callback_secret = $2 WHERE id = $3")
             .bind(url)
             .bind(secret)
             .bind(app_id)
-            .execute(&self.writes)
+            .execute(turn.db())
             .await?;
         Ok(())
     }
@@ -824,7 +824,7 @@ impl Store {
         lease_ms: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<CallbackRow>> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let now = now_ms();
         let lock = self.skip_locked();
         Ok(sqlx::query_as::<_, CallbackRow>(&format!(
@@ -836,7 +836,7 @@ impl Store {
         .bind(now + lease_ms)
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.writes)
+        .fetch_all(turn.db())
         .await?)
     }
 
@@ -848,7 +848,7 @@ impl Store {
         retry_at: Option<i64>,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let status = match (delivered, retry_at) {
             (true, _) => "delivered",
             (false, Some(_)) => "queued",
@@ -862,7 +862,7 @@ impl Store {
         .bind(retry_at.unwrap_or_else(now_ms))
         .bind(error)
         .bind(id)
-        .execute(&self.writes)
+        .execute(turn.db())
         .await?;
         Ok(())
     }

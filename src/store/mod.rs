@@ -64,6 +64,19 @@ const SQLITE_WRITER_CACHE_KIB: i64 = 32 * 1024;
 /// SQLite page cache of each reading connection, KiB (SQLite's default is about 2 MiB).
 const SQLITE_READER_CACHE_KIB: i64 = 2 * 1024;
 
+/// This process's turn to write; see [`Store::write_turn`].
+pub(crate) struct WriteTurn<'s> {
+    _lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+    db: &'s AnyPool,
+}
+
+impl WriteTurn<'_> {
+    /// The pool writes go to: the one writing connection on SQLite.
+    pub(crate) fn db(&self) -> &AnyPool {
+        self.db
+    }
+}
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -140,11 +153,17 @@ impl Store {
         Ok(())
     }
 
-    /// Waits for this process's turn to write (SQLite); `None` on PostgreSQL.
-    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        match self.backend {
+    /// Waits for this process's turn to write (SQLite; immediate on PostgreSQL). Writes go
+    /// through the turn's [`WriteTurn::db`], so taking the turn and using the writing
+    /// connection cannot come apart.
+    pub(crate) async fn write_turn(&self) -> WriteTurn<'_> {
+        let lock = match self.backend {
             Backend::Sqlite => Some(self.write_lock.clone().lock_owned().await),
             Backend::Postgres => None,
+        };
+        WriteTurn {
+            _lock: lock,
+            db: &self.writes,
         }
     }
 

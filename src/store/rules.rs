@@ -54,7 +54,7 @@ impl Store {
         name: &str,
         spec: &str,
     ) -> anyhow::Result<(NamedSpec, bool)> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let now = now_ms();
         let row = sqlx::query_as::<_, NamedSpec>(&format!(
             "INSERT INTO {table} (id, app_id, name, spec, created_at, updated_at) \
@@ -70,7 +70,7 @@ impl Store {
         .bind(name)
         .bind(spec)
         .bind(now)
-        .fetch_one(&self.writes)
+        .fetch_one(turn.db())
         .await?;
         let created = row.created_at == row.updated_at;
         Ok((row, created))
@@ -113,14 +113,14 @@ impl Store {
         app_id: &str,
         name: &str,
     ) -> anyhow::Result<bool> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let r = sqlx::query(&format!(
             "DELETE FROM {} WHERE app_id = $1 AND name = $2",
             kind.table()
         ))
         .bind(app_id)
         .bind(name)
-        .execute(&self.writes)
+        .execute(turn.db())
         .await?;
         Ok(r.rows_affected() > 0)
     }

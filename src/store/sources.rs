@@ -178,7 +178,7 @@ impl Store {
         app_id: &str,
         new: &NewSource,
     ) -> Result<WebhookSource, sqlx::Error> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let now = now_ms();
         let secrets: Vec<SourceSecret> = new
             .secrets
@@ -211,7 +211,7 @@ impl Store {
         .bind(&source.event_type_path)
         .bind(json_text(&source.allowed_cidrs))
         .bind(now)
-        .execute(&self.writes)
+        .execute(turn.db())
         .await?;
         self.source_cache.forget(app_id);
         Ok(source)
@@ -260,7 +260,7 @@ impl Store {
 
     /// Replaces the mutable settings and secrets of a source.
     pub async fn update_source(&self, source: &WebhookSource) -> anyhow::Result<()> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         sqlx::query(
             "UPDATE webhook_sources SET secrets = $1, event_type_path = $2, allowed_cidrs = $3, \
              updated_at = $4 WHERE id = $5 AND app_id = $6",
@@ -271,7 +271,7 @@ impl Store {
         .bind(now_ms())
         .bind(&source.id)
         .bind(&source.app_id)
-        .execute(&self.writes)
+        .execute(turn.db())
         .await?;
         self.source_cache.forget(&source.app_id);
         Ok(())
@@ -279,11 +279,11 @@ impl Store {
 
     /// Deletes a source; its past events stay (with no source).
     pub async fn delete_source(&self, app_id: &str, name: &str) -> anyhow::Result<bool> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let r = sqlx::query("DELETE FROM webhook_sources WHERE app_id = $1 AND name = $2")
             .bind(app_id)
             .bind(name)
-            .execute(&self.writes)
+            .execute(turn.db())
             .await?;
         self.source_cache.forget(app_id);
         Ok(r.rows_affected() > 0)

@@ -42,10 +42,15 @@ async fn send_to_users(t: &TestApp, app: &NewApp, users: &[&str], template: Valu
 }
 
 async fn wait_completed(t: &TestApp, app: &NewApp, event_id: &str) -> Value {
-    t.wait_for(&format!("/v1/events/{event_id}"), &app.server_key, |e| {
-        e["status"] == "completed"
-    })
-    .await
+    let event = t
+        .wait_for(&format!("/v1/events/{event_id}"), &app.server_key, |e| {
+            e["status"] == "completed"
+        })
+        .await;
+    // Completion comes from the event's count of unfinished jobs; it must land on zero, not
+    // below (a finish counted twice) and not above (a replay or fan-out slice not counted).
+    assert_eq!(t.open_jobs(event_id).await, 0, "{event}");
+    event
 }
 
 async fn deliveries(t: &TestApp, app: &NewApp, event_id: &str) -> Vec<Value> {

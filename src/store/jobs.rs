@@ -25,6 +25,11 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Delivered, dead or invalid: the job will not be sent again unless replayed.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Delivered | Self::Dead | Self::Invalid)
+    }
+
     /// Stored name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -287,14 +292,19 @@ impl Store {
     ) -> anyhow::Result<Option<i64>> {
         let cursor = serde_json::to_string(slice.cursor)?;
         let jobs_after = first_seq + slice.jobs.len() as i64;
+        let open = slice
+            .jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Queued)
+            .count() as i64;
         let turn = self.write_turn().await;
         let now = now_ms();
         let mut tx = turn.db().begin().await?;
         // The lease check comes first, so a writer that lost the event writes nothing.
         let held = sqlx::query(
             "UPDATE events SET fanout_cursor = $1, fanout_jobs = $2, lease_until = $3, \
-             updated_at = $4 WHERE id = $5 AND status = 'received' AND lease_owner = $6 \
-             AND fanout_jobs = $7",
+             updated_at = $4, open_jobs = open_jobs + $8 WHERE id = $5 AND status = 'received' \
+             AND lease_owner = $6 AND fanout_jobs = $7",
         )
         .bind(&cursor)
         .bind(jobs_after)
@@ -303,6 +313,7 @@ impl Store {
         .bind(&event.id)
         .bind(owner)
         .bind(first_seq)
+        .bind(open)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -363,7 +374,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        complete_event_if_done(&mut tx, event_id, now).await?;
+        complete_event_if_done(&mut tx, event_id, 0, now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -438,7 +449,8 @@ impl Store {
         Ok(r.rows_affected())
     }
 
-    /// Claims up to `limit` due jobs under a lease.
+    /// Claims up to `limit` due jobs under a lease. `updated_at` stays the time of the last
+    /// recorded outcome, so a claim moves the job in none of the indexes keyed by it.
     pub async fn claim_jobs(
         &self,
         owner: &str,
@@ -449,8 +461,7 @@ impl Store {
         let now = now_ms();
         let lock = self.skip_locked();
         Ok(sqlx::query_as::<_, ClaimedJob>(&format!(
-            "UPDATE delivery_jobs SET status = 'in_flight', lease_owner = $1, lease_until = $2, \
-               updated_at = $3 \
+            "UPDATE delivery_jobs SET status = 'in_flight', lease_owner = $1, lease_until = $2 \
              WHERE id IN (SELECT id FROM delivery_jobs WHERE status = 'queued' \
                AND next_attempt_at <= $3 ORDER BY next_attempt_at LIMIT $4 {lock}) \
              RETURNING id, app_id, event_id, platform, token, job, attempts, created_at, event_at"
@@ -526,18 +537,17 @@ impl Store {
         for chunk in mine.chunks(self.rows_per_statement()) {
             let mut sql = String::with_capacity(200 + chunk.len() * 80);
             sql.push_str(
-                "INSERT INTO delivery_attempts (id, job_id, app_id, platform, attempt, outcome, \
+                "INSERT INTO delivery_attempts (job_id, app_id, platform, attempt, outcome, \
                  reason, provider_id, latency_ms, at) VALUES ",
             );
             sql.push_str(&super::values_rows(
                 chunk.len(),
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, $1)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, $1)",
                 2,
             ));
             let mut q = sqlx::query(&sql).bind(now);
             for r in chunk {
                 q = q
-                    .bind(new_id("att"))
                     .bind(&r.job.id)
                     .bind(&r.job.app_id)
                     .bind(&r.job.platform)
@@ -615,13 +625,14 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        let mut events: Vec<&str> = mine.iter().map(|r| r.job.event_id.as_str()).collect();
-        events.sort_unstable();
-        // Deduplicated, in a consistent order, so two batches that lock the same events cannot
-        // deadlock.
-        events.dedup();
-        for event_id in events {
-            complete_event_if_done(&mut tx, event_id, now).await?;
+        // Jobs that reached a final status, by event; in a consistent order, so two batches
+        // that lock the same events cannot deadlock.
+        let mut finished: std::collections::BTreeMap<&str, i64> = Default::default();
+        for r in &mine {
+            *finished.entry(r.job.event_id.as_str()).or_default() += i64::from(r.status.is_final());
+        }
+        for (event_id, done) in finished.into_iter().filter(|(_, done)| *done > 0) {
+            complete_event_if_done(&mut tx, event_id, done, now).await?;
         }
         tx.commit().await?;
         Ok(pruned_count)
@@ -761,14 +772,19 @@ impl Store {
                 .await?;
             }
         }
-        let events: HashSet<&str> = targets.iter().map(|(_, e)| e.as_str()).collect();
-        for event_id in events {
+        let mut reopened: std::collections::BTreeMap<&str, i64> = Default::default();
+        for (_, event_id) in &targets {
+            *reopened.entry(event_id.as_str()).or_default() += 1;
+        }
+        for (event_id, jobs) in reopened {
             sqlx::query(
-                "UPDATE events SET status = 'dispatched', updated_at = $1 \
-                 WHERE id = $2 AND status = 'completed'",
+                "UPDATE events SET open_jobs = open_jobs + $3, updated_at = $1, \
+                 status = CASE WHEN status = 'completed' THEN 'dispatched' ELSE status END \
+                 WHERE id = $2",
             )
             .bind(now)
             .bind(event_id)
+            .bind(jobs)
             .execute(&mut *tx)
             .await?;
         }
@@ -884,26 +900,28 @@ impl Store {
     }
 }
 
+/// Subtracts `finished` jobs from the event's count of jobs still to send, and completes the
+/// event when none is left and its fan-out has ended. One statement on the event row: on
+/// PostgreSQL a concurrent transaction recording the event's other jobs waits for the row lock
+/// and then applies its own subtraction to the committed count, so no finish is lost and
+/// exactly one of them sees zero.
 async fn complete_event_if_done(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     event_id: &str,
+    finished: i64,
     now: i64,
 ) -> anyhow::Result<()> {
-    // Lock the event row first. Without it, two transactions recording the last two jobs of
-    // one event each saw the other's job still in flight (READ COMMITTED on PostgreSQL), neither
-    // completed the event, and it stayed `dispatched` forever. With the lock the second waits
-    // for the first to commit, and its check below (a new statement) sees that job finished.
-    sqlx::query("UPDATE events SET updated_at = updated_at WHERE id = $1")
-        .bind(event_id)
-        .execute(&mut **tx)
-        .await?;
     sqlx::query(
-        "UPDATE events SET status = 'completed', updated_at = $1 WHERE id = $2 \
-         AND status = 'dispatched' AND NOT EXISTS (SELECT 1 FROM delivery_jobs \
-           WHERE event_id = $2 AND status IN ('queued', 'in_flight'))",
+        "UPDATE events SET open_jobs = open_jobs - $3, \
+           status = CASE WHEN status = 'dispatched' AND open_jobs - $3 <= 0 \
+             THEN 'completed' ELSE status END, \
+           updated_at = CASE WHEN status = 'dispatched' AND open_jobs - $3 <= 0 \
+             THEN $1 ELSE updated_at END \
+         WHERE id = $2",
     )
     .bind(now)
     .bind(event_id)
+    .bind(finished)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -178,17 +178,26 @@ impl Store {
     /// Queue depth and the age of the oldest due job.
     pub async fn queue_stats(&self, app_id: Option<&str>, now: i64) -> anyhow::Result<QueueStats> {
         let app = app_id.unwrap_or("");
-        let counts: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT status, COUNT(*) FROM delivery_jobs WHERE ($1 = '' OR app_id = $1) \
-             AND status IN ('queued', 'in_flight', 'dead') GROUP BY status",
+        // One subquery per status, so each reads only its partial index.
+        let (queued, in_flight, dead): (i64, i64, i64) = sqlx::query_as(
+            "SELECT \
+               (SELECT COUNT(*) FROM delivery_jobs WHERE status = 'queued' \
+                 AND ($1 = '' OR app_id = $1)), \
+               (SELECT COUNT(*) FROM delivery_jobs WHERE status = 'in_flight' \
+                 AND ($1 = '' OR app_id = $1)), \
+               (SELECT COUNT(*) FROM delivery_jobs WHERE status = 'dead' \
+                 AND ($1 = '' OR app_id = $1))",
         )
         .bind(app)
-        .fetch_all(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        let count = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
         let (oldest,): (Option<i64>,) = sqlx::query_as(
-            "SELECT MIN(next_attempt_at) FROM delivery_jobs WHERE ($1 = '' OR app_id = $1) \
-             AND status IN ('queued', 'in_flight') AND next_attempt_at <= $2",
+            "SELECT MIN(t) FROM ( \
+               SELECT MIN(next_attempt_at) AS t FROM delivery_jobs WHERE status = 'queued' \
+                 AND next_attempt_at <= $2 AND ($1 = '' OR app_id = $1) \
+               UNION ALL \
+               SELECT MIN(next_attempt_at) AS t FROM delivery_jobs WHERE status = 'in_flight' \
+                 AND ($1 = '' OR app_id = $1)) AS due",
         )
         .bind(app)
         .bind(now)
@@ -198,9 +207,9 @@ impl Store {
             .map(|t| ((now - t).max(0) as f64) / 1000.0)
             .unwrap_or(0.0);
         Ok(QueueStats {
-            queued: count("queued"),
-            in_flight: count("in_flight"),
-            dead: count("dead"),
+            queued,
+            in_flight,
+            dead,
             oldest_due_age_secs,
         })
     }

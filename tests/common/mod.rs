@@ -153,6 +153,19 @@ impl TestApp {
         &self.running.as_ref().expect("running").state.store
     }
 
+    /// The event's stored count of jobs still to send (zero once it is completed).
+    pub async fn open_jobs(&self, event_id: &str) -> i64 {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&self.db_url).await.expect("connect");
+        let (n,): (i64,) = sqlx::query_as("SELECT open_jobs FROM events WHERE id = $1")
+            .bind(event_id)
+            .fetch_one(&pool)
+            .await
+            .expect("open_jobs");
+        pool.close().await;
+        n
+    }
+
     pub fn running(&self) -> &Running {
         self.running.as_ref().expect("running")
     }

@@ -628,10 +628,10 @@ impl Store {
         // Jobs that reached a final status, by event; in a consistent order, so two batches
         // that lock the same events cannot deadlock.
         let mut finished: std::collections::BTreeMap<&str, i64> = Default::default();
-        for r in &mine {
-            *finished.entry(r.job.event_id.as_str()).or_default() += i64::from(r.status.is_final());
+        for r in mine.iter().filter(|r| r.status.is_final()) {
+            *finished.entry(r.job.event_id.as_str()).or_default() += 1;
         }
-        for (event_id, done) in finished.into_iter().filter(|(_, done)| *done > 0) {
+        for (event_id, done) in finished {
             complete_event_if_done(&mut tx, event_id, done, now).await?;
         }
         tx.commit().await?;

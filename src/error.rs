@@ -26,7 +26,8 @@ pub struct ErrorDetail {
     pub code: &'static str,
     /// Human-readable explanation.
     pub message: String,
-    /// The offending field (dotted path), present only with `invalid_field`.
+    /// The offending field (dotted path), present with `invalid_field`, and with
+    /// `bad_request` when one field is at fault.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false, example = "locale")]
     pub field: Option<String>,
@@ -46,6 +47,13 @@ pub enum ApiError {
     /// The request as a whole is malformed (bad JSON, bad header, ...).
     #[error("{0}")]
     BadRequest(String),
+    /// A field holds a NUL character, which no stored text may hold (PostgreSQL cannot store
+    /// it; SQLite could): refused up front, so both backends answer alike.
+    #[error("{field}: must not contain NUL characters")]
+    NulInText {
+        /// Dotted name of the field, path parameter or query parameter.
+        field: String,
+    },
     /// No or unknown credentials.
     #[error("{0}")]
     Unauthorized(String),
@@ -87,10 +95,21 @@ impl ApiError {
         }
     }
 
+    /// Refuses `value` when it holds a NUL character, naming `field`.
+    pub fn check_nul(field: &str, value: &str) -> Result<(), Self> {
+        if value.contains('\0') {
+            Err(Self::NulInText {
+                field: field.to_string(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::NulInText { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -105,7 +124,7 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             Self::InvalidField { .. } => "invalid_field",
-            Self::BadRequest(_) => "bad_request",
+            Self::BadRequest(_) | Self::NulInText { .. } => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
@@ -155,10 +174,11 @@ impl IntoResponse for ApiError {
                 "internal error".to_string()
             }
             Self::InvalidField { message, .. } => message.clone(),
+            Self::NulInText { .. } => "must not contain NUL characters".to_string(),
             other => other.to_string(),
         };
         let field = match &this {
-            Self::InvalidField { field, .. } => Some(field.clone()),
+            Self::InvalidField { field, .. } | Self::NulInText { field } => Some(field.clone()),
             _ => None,
         };
         let body = ErrorBody {

@@ -1,6 +1,13 @@
-//! Prometheus metrics, owned by the app state (no global registry).
+//! Prometheus metrics, owned by the app state (no global registry), and their exposition in
+//! the OpenMetrics and the classic Prometheus text formats.
+//!
+//! No label value comes from unauthenticated input: webhook sources are labelled only once
+//! they are found (`unknown` otherwise), methods and routes come from closed sets, and every
+//! free-text value (a provider's reason) is escaped by [`LabelText`].
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -9,15 +16,46 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use crate::push::Outcome;
 use prometheus_client::registry::Registry;
 
+/// A label value holding text the bridge does not choose itself, written with the escapes
+/// both text formats require (`\\`, `\"`, `\n`), so no value can end its quotes early or
+/// start a line of its own.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct LabelText(String);
+
+impl LabelText {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+}
+
+impl EncodeLabelValue for LabelText {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The source label of a webhook whose source was not found: one series, however many
+/// different paths strangers post to.
+pub const UNKNOWN_SOURCE: &str = "unknown";
+
 /// Labels of webhook ingest counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
-    /// `<app id>/<source name>`.
-    pub source: String,
+    /// `<app id>/<source name>` of a stored source, or `unknown`.
+    pub source: LabelText,
     /// `accepted`, `duplicate` or `rejected`.
-    pub outcome: String,
+    pub outcome: &'static str,
     /// Why it was rejected; empty otherwise.
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 /// Labels of delivery counters.
@@ -26,9 +64,9 @@ pub struct DeliveryLabels {
     /// `apns` or `fcm`.
     pub provider: String,
     /// `delivered`, `invalid_token`, `retry` or `failed`.
-    pub outcome: String,
+    pub outcome: &'static str,
     /// Provider reason; empty on success.
-    pub reason: String,
+    pub reason: LabelText,
 }
 
 /// Labels carrying only the provider.
@@ -48,8 +86,8 @@ pub struct JobLabels {
 /// Labels of HTTP request metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    /// Method.
-    pub method: String,
+    /// Method: one of the standard ones, or `other`.
+    pub method: &'static str,
     /// Matched route pattern, e.g. `/v1/devices/{token}`.
     pub route: String,
     /// Status code.
@@ -198,8 +236,8 @@ impl Metrics {
         self.deliveries
             .get_or_create(&DeliveryLabels {
                 provider: provider.to_string(),
-                outcome: label.to_string(),
-                reason: reason.to_string(),
+                outcome: label,
+                reason: LabelText::new(reason),
             })
             .inc();
         self.provider_latency
@@ -212,14 +250,14 @@ impl Metrics {
     /// Observes one HTTP request.
     pub fn http_request(
         &self,
-        method: &str,
+        method: &http::Method,
         route: &str,
         status: u16,
         elapsed: std::time::Duration,
     ) {
         self.http_duration
             .get_or_create(&HttpLabels {
-                method: method.to_string(),
+                method: method_label(method),
                 route: route.to_string(),
                 status: status.to_string(),
             })
@@ -299,34 +337,125 @@ impl Metrics {
         }
     }
 
-    /// Counts one webhook request.
-    pub fn webhook(&self, source: &str, outcome: &str, reason: &str) {
+    /// Counts one webhook request; `source` is the stored source's label, or `None` when
+    /// no source was found for the path.
+    pub fn webhook(&self, source: Option<&str>, outcome: &'static str, reason: &'static str) {
         self.webhooks
             .get_or_create(&WebhookLabels {
-                source: source.to_string(),
-                outcome: outcome.to_string(),
-                reason: reason.to_string(),
+                source: LabelText::new(source.unwrap_or(UNKNOWN_SOURCE)),
+                outcome,
+                reason,
             })
             .inc();
     }
 
-    /// The current value of a webhook counter (0 when never incremented).
-    pub fn webhook_count(&self, source: &str, outcome: &str, reason: &str) -> u64 {
-        self.webhooks
-            .get_or_create(&WebhookLabels {
-                source: source.to_string(),
-                outcome: outcome.to_string(),
-                reason: reason.to_string(),
-            })
-            .get()
-    }
-
-    /// Renders the OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
+    /// Renders the exposition in `format`.
+    pub fn encode(&self, format: ExpositionFormat) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
-        out
+        match format {
+            ExpositionFormat::OpenMetrics => out,
+            ExpositionFormat::Classic => classic_text(&out),
+        }
     }
+}
+
+/// The method label: the standard methods by name, anything else (extension methods a
+/// client can invent freely) as `other`.
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
+/// The two text expositions a scraper may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpositionFormat {
+    /// OpenMetrics 1.0 (`application/openmetrics-text; version=1.0.0`).
+    OpenMetrics,
+    /// The classic Prometheus text format (`text/plain; version=0.0.4`).
+    Classic,
+}
+
+impl ExpositionFormat {
+    /// The `Content-Type` of an exposition in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+
+    /// Picks the format from an `Accept` header: the acceptable one with the higher quality,
+    /// OpenMetrics on a tie, for `*/*` or when the header is absent or unreadable.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let Some(accept) = accept else {
+            return Self::OpenMetrics;
+        };
+        let (mut open, mut classic) = (None::<f32>, None::<f32>);
+        for range in accept.split(',') {
+            let mut params = range.split(';').map(str::trim);
+            let media = params.next().unwrap_or_default().to_ascii_lowercase();
+            let q = params
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, v)| v.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            let slot = match media.as_str() {
+                "application/openmetrics-text" => &mut open,
+                "text/plain" | "text/*" => &mut classic,
+                _ => continue,
+            };
+            *slot = Some(slot.map_or(q, |old: f32| old.max(q)));
+        }
+        match (open.filter(|q| *q > 0.0), classic.filter(|q| *q > 0.0)) {
+            (_, None) => Self::OpenMetrics,
+            (None, Some(_)) => Self::Classic,
+            (Some(o), Some(c)) if c > o => Self::Classic,
+            _ => Self::OpenMetrics,
+        }
+    }
+}
+
+/// Rewrites an OpenMetrics exposition into the classic text format: a counter family is
+/// named with its `_total` suffix there, and the `# EOF` and `# UNIT` lines do not exist.
+/// Sample lines and label escaping are the same in both.
+fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let header = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match header.and_then(|(p, rest)| rest.split_once(' ').map(|(name, tail)| (p, name, tail)))
+        {
+            Some((prefix, name, tail)) if counters.contains(name) => {
+                let _ = writeln!(out, "{prefix}{name}_total {tail}");
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }

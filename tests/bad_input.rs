@@ -1019,3 +1019,58 @@ fn check_refusal_json(status: u16, body: &Value) -> bool {
 }
 
 backend_tests!(an_audience_with_a_nul_character_does_not_wedge_the_fan_out);
+
+/// NUL characters in path parameters, query parameters and JSON strings get the same 400,
+/// naming the parameter, on SQLite (which could store them) and PostgreSQL (which cannot).
+async fn nul_characters_are_refused_alike_on_every_backend(db: Db) {
+    let t = TestApp::spawn(db).await;
+    let app = t.new_app().await;
+    let apns = "ab".repeat(32);
+    let cases: Vec<(Method, String, Option<Value>, &str)> = vec![
+        (Method::GET, "/v1/devices/abc%00def".into(), None, "token"),
+        (Method::GET, "/v1/sources/bill%00ing".into(), None, "name"),
+        (Method::GET, "/v1/events/evt%00x".into(), None, "id"),
+        (
+            Method::POST,
+            "/v1/deliveries/del%00x/retry".into(),
+            None,
+            "id",
+        ),
+        (
+            Method::GET,
+            "/v1/users/u%001/devices".into(),
+            None,
+            "user_id",
+        ),
+        (Method::GET, "/v1/events?type=a%00b".into(), None, "type"),
+        (
+            Method::POST,
+            "/v1/deliveries/retry".into(),
+            Some(json!({"event_id": "evt\u{0}"})),
+            "event_id",
+        ),
+        (
+            Method::PUT,
+            format!("/v1/devices/{apns}"),
+            Some(json!({"platform": "apns", "attributes": {"name": "a\u{0}"}})),
+            "attributes.name",
+        ),
+        (
+            Method::POST,
+            "/v1/notifications".into(),
+            Some(json!({"to": {"users": ["u1", "u\u{0}2"]}, "template": {"body": "x"}})),
+            "to.users[1]",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let (status, resp) = t
+            .call(method.clone(), &path, Some(&app.server_key), body)
+            .await;
+        assert_eq!(status, 400, "{method} {path}: {resp}");
+        assert_eq!(resp["error"]["code"], "bad_request", "{method} {path}");
+        assert_eq!(resp["error"]["field"], field, "{method} {path}: {resp}");
+    }
+    t.shutdown().await;
+}
+
+backend_tests!(nul_characters_are_refused_alike_on_every_backend);

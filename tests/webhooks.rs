@@ -606,3 +606,48 @@ async fn rate_limits_per_source_and_per_key_answer_429_with_retry_after(db: Db) 
 }
 
 backend_tests!(rate_limits_per_source_and_per_key_answer_429_with_retry_after);
+
+/// A NUL in the event type or in a Stripe event id cannot be stored on PostgreSQL; every
+/// backend refuses it alike, with a 400 naming the field, so the sender stops retrying, and
+/// concurrent webhooks committed in the same group are not affected.
+async fn a_nul_in_the_event_type_or_id_is_refused_alike_on_every_backend(db: Db) {
+    let t = TestApp::spawn(db).await;
+    let app = t.new_app().await;
+    let stripe = create_source(&t, &app, "stripe", "stripe", json!({})).await;
+    let cases = [
+        (json!({"id": "evt_1", "type": "pay\u{0}ment"}), "type"),
+        (json!({"id": "evt\u{0}2", "type": "payment"}), "id"),
+    ];
+    for (payload, field) in cases {
+        let body = payload.to_string();
+        let h = sign(Scheme::Stripe, &stripe, body.as_bytes(), "", now());
+        let (status, resp) = post_webhook(&t, &app, "stripe", &h, body).await;
+        assert_eq!(status, 400, "{resp}");
+        assert_eq!(resp["error"]["code"], "bad_request");
+        assert_eq!(resp["error"]["field"], field, "{resp}");
+    }
+    // A NUL elsewhere in the payload is stored as JSON spells it, escaped.
+    let body = json!({"id": "evt_3", "type": "payment", "note": "a\u{0}b"}).to_string();
+    let h = sign(Scheme::Stripe, &stripe, body.as_bytes(), "", now());
+    let (status, resp) = post_webhook(&t, &app, "stripe", &h, body).await;
+    assert_eq!(status, 202, "{resp}");
+    assert_eq!(stored_events(&t, &app).await, 1);
+    // A configured type path is named as the field.
+    let generic = create_source(
+        &t,
+        &app,
+        "crm",
+        "generic",
+        json!({"event_type_path": "meta.kind"}),
+    )
+    .await;
+    let body = json!({"meta": {"kind": "x\u{0}"}}).to_string();
+    let h = sign(Scheme::Generic, &generic, body.as_bytes(), "g-1", now());
+    let (status, resp) = post_webhook(&t, &app, "crm", &h, body).await;
+    assert_eq!(
+        (status, &resp["error"]["field"]),
+        (400, &json!("meta.kind"))
+    );
+}
+
+backend_tests!(a_nul_in_the_event_type_or_id_is_refused_alike_on_every_backend);

@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 
 use super::openapi::OperatorErrors;
 use super::{AppState, Operator};
+use crate::metrics::ExpositionFormat;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -67,29 +68,36 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     get,
     path = "/metrics",
     tag = "health",
-    summary = "Prometheus metrics in the OpenMetrics text format",
+    summary = "Prometheus metrics in the OpenMetrics or the classic text format",
+    description = "OpenMetrics 1.0 by default; the classic Prometheus text format (0.0.4) when \
+                   the `Accept` header prefers `text/plain`.",
     security(("operator_key" = [])),
     responses(
         (
             status = 200,
             description = "counters, histograms and gauges",
-            body = String,
-            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            content(
+                (String = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                (String = "text/plain; version=0.0.4; charset=utf-8"),
+            )
         ),
         OperatorErrors,
     ),
 )]
-async fn metrics(State(state): State<AppState>, _operator: Operator) -> impl IntoResponse {
+async fn metrics(
+    State(state): State<AppState>,
+    _operator: Operator,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
     match state.store.queue_stats(None, crate::store::now_ms()).await {
         Ok(q) => state.metrics.set_queue(&q),
         Err(e) => tracing::warn!(error = %e, "sampling queue depth failed"),
     }
     state.metrics.set_pools(&state.providers.stats());
+    let format =
+        ExpositionFormat::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        state.metrics.encode(format),
     )
 }

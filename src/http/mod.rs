@@ -90,7 +90,7 @@ async fn observe(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let started = std::time::Instant::now();
-    let method = request.method().as_str().to_string();
+    let method = request.method().clone();
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -263,8 +263,48 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 ApiError::BadRequest(format!("cannot read body: {e}"))
             }
         })?;
+        reject_nul_strings(&bytes)?;
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// Refuses a JSON body in which any string (key or value) holds a NUL character, naming
+/// where. JSON can only spell NUL as the escape `\u0000`, so bodies without that text skip
+/// the walk.
+fn reject_nul_strings(bytes: &[u8]) -> Result<(), ApiError> {
+    const ESCAPE: &[u8] = b"\\u0000";
+    if !bytes.windows(ESCAPE.len()).any(|w| w == ESCAPE) {
+        return Ok(());
+    }
+    // Unparsable bodies are refused by the parser with its own message.
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Ok(());
+    };
+    fn walk(value: &serde_json::Value, path: &str) -> Result<(), ApiError> {
+        let here = |key: &str| {
+            if path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
+        match value {
+            serde_json::Value::String(s) => {
+                ApiError::check_nul(if path.is_empty() { "body" } else { path }, s)
+            }
+            serde_json::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, v)| walk(v, &format!("{path}[{i}]"))),
+            serde_json::Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+                let field = here(&k.replace('\0', "\\0"));
+                ApiError::check_nul(&field, k)?;
+                walk(v, &field)
+            }),
+            _ => Ok(()),
+        }
+    }
+    walk(&value, "")
 }
 
 /// Body limit of ordinary JSON endpoints (axum's default).
@@ -367,6 +407,11 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if let Ok(raw) = axum::extract::RawPathParams::from_request_parts(parts, state).await {
+            for (name, value) in &raw {
+                ApiError::check_nul(name, value)?;
+            }
+        }
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(v)| ApiPath(v))
@@ -382,6 +427,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            ApiError::check_nul(&name, &value)?;
+        }
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(de)
             .map(ApiQuery)

@@ -1,6 +1,6 @@
 //! Signed webhook ingest: `POST /v1/webhooks/{app_id}/{source}`.
 //!
-//! Order of checks: body size, source lookup, IP allowlist, signature over the raw bytes,
+//! Order of checks: source lookup, body size, IP allowlist, signature over the raw bytes,
 //! JSON shape, event type, then a durable insert (deduplicated per source) before answering.
 
 use std::net::{IpAddr, SocketAddr};
@@ -71,15 +71,23 @@ async fn ingest(
     Path((app_id, source_name)): Path<(String, String)>,
     request: Request,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let label = format!("{app_id}/{source_name}");
-    let result = accept(&state, &app_id, &source_name, request).await;
+    // Only a stored source becomes a label: the path is the caller's to choose.
+    let (label, result) = match state.store.get_source_cached(&app_id, &source_name).await {
+        Ok(Some(source)) => (
+            Some(format!("{app_id}/{}", source.name)),
+            accept(&state, &source, request).await,
+        ),
+        Ok(None) => (None, Err(ApiError::NotFound("webhook source"))),
+        Err(e) => (None, Err(e.into())),
+    };
+    let label = label.as_deref();
     match &result {
-        Ok((StatusCode::ACCEPTED, _)) => state.metrics.webhook(&label, "accepted", ""),
-        Ok(_) => state.metrics.webhook(&label, "duplicate", ""),
+        Ok((StatusCode::ACCEPTED, _)) => state.metrics.webhook(label, "accepted", ""),
+        Ok(_) => state.metrics.webhook(label, "duplicate", ""),
         Err(e) => {
             let reason = rejection_reason(e);
-            tracing::info!(source = %label, reason, "webhook rejected");
-            state.metrics.webhook(&label, "rejected", reason);
+            tracing::info!(app = ?app_id, source = ?source_name, reason, "webhook rejected");
+            state.metrics.webhook(label, "rejected", reason);
         }
     }
     result
@@ -92,7 +100,9 @@ fn rejection_reason(e: &ApiError) -> &'static str {
         ApiError::Forbidden(_) => "ip_not_allowed",
         ApiError::Unauthorized(_) => "bad_signature",
         ApiError::UnsupportedMediaType(_) => "not_json",
-        ApiError::BadRequest(_) | ApiError::InvalidField { .. } => "malformed",
+        ApiError::BadRequest(_) | ApiError::InvalidField { .. } | ApiError::NulInText { .. } => {
+            "malformed"
+        }
         ApiError::TooManyRequests { .. } => "rate_limited",
         _ => "internal",
     }
@@ -100,19 +110,14 @@ fn rejection_reason(e: &ApiError) -> &'static str {
 
 async fn accept(
     state: &AppState,
-    app_id: &str,
-    source_name: &str,
+    source: &WebhookSource,
     request: Request,
 ) -> Result<(StatusCode, Json<Value>)> {
+    let app_id = source.app_id.as_str();
     let (parts, body) = request.into_parts();
     let limit = state.config.webhooks.max_body_bytes;
     let body = read_limited(body, &parts.headers, limit).await?;
 
-    let source = state
-        .store
-        .get_source_cached(app_id, source_name)
-        .await?
-        .ok_or(ApiError::NotFound("webhook source"))?;
     let limits = &state.config.rate_limits;
     state
         .limiter
@@ -154,7 +159,7 @@ async fn accept(
     if !payload.is_object() {
         return Err(ApiError::BadRequest("body must be a JSON object".into()));
     }
-    let event_type = event_type(&source, verified.event_type, &payload)?;
+    let event_type = event_type(source, verified.event_type, &payload)?;
     let external_id = verified
         .event_id
         .or_else(|| {
@@ -168,6 +173,9 @@ async fn accept(
                 .flatten()
         })
         .filter(|id| !id.is_empty());
+    if let Some(id) = &external_id {
+        ApiError::check_nul("id", id)?;
+    }
     if external_id
         .as_ref()
         .is_some_and(|id| id.len() > MAX_EVENT_ID_LEN)
@@ -287,6 +295,7 @@ fn event_type(
                 .ok_or_else(|| {
                     ApiError::BadRequest(format!("no string event type at JSON path `{path}`"))
                 })?;
+            ApiError::check_nul(path, found)?;
             found.to_string()
         }
     };

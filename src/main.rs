@@ -462,7 +462,7 @@ async fn specs(kind: SpecKind, command: SpecCommand, config: &Config) -> anyhow:
             let normalized = match kind {
                 SpecKind::Template => {
                     let spec: TemplateSpec = serde_json::from_str(&text)?;
-                    spec.compile().map_err(|e| anyhow::anyhow!("{e}"))?;
+                    spec.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
                     serde_json::to_string(&spec)?
                 }
                 SpecKind::Rule => {

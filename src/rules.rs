@@ -144,7 +144,7 @@ impl RuleSpec {
                 Err(rule_error("template", "must name a template"))
             }
             TemplateRef::Inline(spec) => spec
-                .compile()
+                .validate()
                 .map(|_| ())
                 .map_err(|e| rule_error(format!("template.{}", e.field), e.message)),
             TemplateRef::Named(_) => Ok(()),

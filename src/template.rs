@@ -5,6 +5,13 @@
 //! - `event`: the event payload, plus `event.id` / `event.type` when the payload has none;
 //! - `device`: platform, locale, timezone, app_version, attributes, tags;
 //! - `user`: `id` plus the device's attributes (so `user.first_name` works).
+//!
+//! Rendering is bounded, so one app's template cannot take the CPU from everyone else: each
+//! field gets [`RENDER_FUEL`] engine steps (loop iterations, filters and expressions all
+//! count) and may write at most [`MAX_RENDERED_BYTES`]. Over either bound the render fails
+//! for that device, with a reason, as any other render error. [`TemplateSpec::validate`]
+//! also renders every field once against a sample context at save time, so a template
+//! that cannot finish even without data is refused there.
 
 use std::collections::BTreeMap;
 
@@ -139,14 +146,83 @@ pub struct TemplateError {
     pub field: String,
     /// The engine's message.
     pub message: String,
+    /// The render went over a bound (steps or output size), rather than failing on its own.
+    pub over_bound: bool,
 }
 
+impl TemplateError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+            over_bound: false,
+        }
+    }
+}
+
+/// Engine steps one template field may take to render. A field of an ordinary notification
+/// takes tens to a few hundred; this allows loops over a few thousand items and stops a
+/// runaway one within milliseconds.
+pub const RENDER_FUEL: u64 = 50_000;
+
+/// Bytes one rendered field may hold; a whole APNs or FCM payload is at most 4 KiB (5 KiB
+/// for VoIP), so a larger field could never be sent anyway.
+pub const MAX_RENDERED_BYTES: usize = 16 * 1024;
+
 /// Fresh sandboxed environment: no loader, so templates cannot read files or include others.
-fn environment() -> Environment<'static> {
+fn environment(undefined: UndefinedBehavior) -> Environment<'static> {
     let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_undefined_behavior(undefined);
     env.set_recursion_limit(32);
+    env.set_fuel(Some(RENDER_FUEL));
     env
+}
+
+/// Collects a render's output, refusing to grow past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct BoundedOutput {
+    text: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered output too large"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Renders one compiled field within the bounds.
+fn render_bounded(
+    env: &Environment<'static>,
+    name: &str,
+    ctx: &minijinja::Value,
+) -> Result<String, TemplateError> {
+    let error = |message: String| TemplateError::new(name, message);
+    let over_bound = |message: String| TemplateError {
+        over_bound: true,
+        ..error(message)
+    };
+    let template = env.get_template(name).map_err(|e| error(e.to_string()))?;
+    let mut out = BoundedOutput::default();
+    match template.render_captured_to(ctx, &mut out) {
+        Ok(_) => String::from_utf8(out.text).map_err(|_| error("rendered invalid UTF-8".into())),
+        Err(_) if out.overflowed => Err(over_bound(format!(
+            "renders to more than {MAX_RENDERED_BYTES} bytes"
+        ))),
+        Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(over_bound(format!(
+            "takes more than {RENDER_FUEL} steps to render; simplify its loops"
+        ))),
+        Err(e) => Err(error(e.to_string())),
+    }
 }
 
 impl TemplateSpec {
@@ -187,6 +263,33 @@ impl TemplateSpec {
         out
     }
 
+    /// What a template must pass to be saved: [`Self::compile`], and every field renders
+    /// within the bounds against a sample context. Variables the sample lacks are undefined
+    /// rather than errors here, so the check reaches the loops that real data would drive.
+    pub fn validate(&self) -> Result<CompiledTemplate, TemplateError> {
+        let compiled = self.compile()?;
+        let mut env = environment(UndefinedBehavior::Chainable);
+        let sources = self.sources();
+        for (name, source) in &sources {
+            env.add_template_owned(name.clone(), source.clone())
+                .map_err(|e| TemplateError::new(name.as_str(), e.to_string()))?;
+        }
+        let sample = context(
+            &event_value(&serde_json::json!({"id": "evt_sample", "type": "sample"})),
+            &serde_json::json!({"platform": "apns", "locale": "en", "timezone": "UTC",
+                                "attributes": {}, "tags": []}),
+            Some("sample-user"),
+        );
+        for (name, _) in &sources {
+            match render_bounded(&env, name, &sample) {
+                Err(e) if e.over_bound => return Err(e),
+                // Other errors come from the sample lacking real data.
+                _ => {}
+            }
+        }
+        Ok(compiled)
+    }
+
     /// Checks the spec and compiles every template string.
     pub fn compile(&self) -> Result<CompiledTemplate, TemplateError> {
         if self.title.is_none()
@@ -194,26 +297,23 @@ impl TemplateSpec {
             && self.options.content_available != Some(true)
             && self.options.data.is_empty()
         {
-            return Err(TemplateError {
-                field: "body".into(),
-                message: "a template needs a title or body, data, or content_available".into(),
-            });
+            return Err(TemplateError::new(
+                "body",
+                "a template needs a title or body, data, or content_available",
+            ));
         }
         for tag in self.locales.keys() {
             if crate::http::canonical_locale(tag).as_deref() != Some(tag.as_str()) {
-                return Err(TemplateError {
-                    field: format!("locales.{tag}"),
-                    message: "must be a canonical BCP-47 tag such as fr or pt-BR".into(),
-                });
+                return Err(TemplateError::new(
+                    format!("locales.{tag}"),
+                    "must be a canonical BCP-47 tag such as fr or pt-BR",
+                ));
             }
         }
-        let mut env = environment();
+        let mut env = environment(UndefinedBehavior::Strict);
         for (name, source) in self.sources() {
             env.add_template_owned(name.clone(), source)
-                .map_err(|e| TemplateError {
-                    field: name,
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| TemplateError::new(name, e.to_string()))?;
         }
         Ok(CompiledTemplate {
             env,
@@ -224,13 +324,7 @@ impl TemplateSpec {
 
 impl CompiledTemplate {
     fn render_field(&self, name: &str, ctx: &minijinja::Value) -> Result<String, TemplateError> {
-        self.env
-            .get_template(name)
-            .and_then(|t| t.render(ctx))
-            .map_err(|e| TemplateError {
-                field: name.to_string(),
-                message: e.to_string(),
-            })
+        render_bounded(&self.env, name, ctx)
     }
 
     /// The locale variant chain for a device locale: exact tag, then its language.
@@ -316,9 +410,11 @@ impl CompiledTemplate {
             Some(BadgeSpec::Template(_)) => {
                 let field = format!("{prefix}.badge");
                 let text = self.render_field(&field, ctx)?;
-                n.badge = Some(text.trim().parse().map_err(|_| TemplateError {
-                    field,
-                    message: format!("rendered to {text:?}, not a non-negative integer"),
+                n.badge = Some(text.trim().parse().map_err(|_| {
+                    TemplateError::new(
+                        field,
+                        format!("rendered to {text:?}, not a non-negative integer"),
+                    )
                 })?);
             }
             None => {}
@@ -512,5 +608,40 @@ mod tests {
                 "apns"
             )
             .is_err());
+    }
+
+    #[test]
+    fn renders_over_the_bounds_fail_with_a_reason() {
+        let ctx = context(&event_value(&json!({"n": 100_000})), &json!({}), None);
+        let t = spec(json!({"body": "{% for i in range(event.n) %}{% endfor %}"}))
+            .compile()
+            .expect("compiles");
+        let err = t.render(&ctx, None, "apns").expect_err("out of fuel");
+        assert!(err.over_bound && err.message.contains("steps"), "{err}");
+        let t = spec(json!({"body": "{{ 'x' * (event.n // 4) }}"}))
+            .compile()
+            .expect("compiles");
+        let err = t.render(&ctx, None, "apns").expect_err("too large");
+        assert!(err.over_bound && err.message.contains("bytes"), "{err}");
+        // Within both bounds, the same templates render.
+        let small = context(&event_value(&json!({"n": 100})), &json!({}), None);
+        assert_eq!(
+            t.render(&small, None, "apns").expect("renders").body,
+            Some("x".repeat(25))
+        );
+    }
+
+    #[test]
+    fn validation_refuses_only_what_cannot_finish_without_data() {
+        let slow = "{% for i in range(20000) %}{% for j in range(20000) %}{% endfor %}{% endfor %}";
+        let err = spec(json!({"body": slow}))
+            .validate()
+            .err()
+            .expect("refused");
+        assert!(err.over_bound, "{err}");
+        // Undefined data is no error at save time: real events bring it.
+        spec(json!({"body": "{{ event.data.amount }} {% for x in event.items %}{{ x }}{% endfor %}"}))
+            .validate()
+            .expect("accepted");
     }
 }

@@ -114,7 +114,7 @@ async fn put_template(
     ApiJson(spec): ApiJson<TemplateSpec>,
 ) -> Result<(StatusCode, Json<Value>)> {
     validate_name(&name)?;
-    spec.compile()
+    spec.validate()
         .map_err(|e| ApiError::field(e.field, e.message))?;
     put_spec(&state, SpecKind::Template, caller.app_id(), &name, &spec).await
 }

@@ -3,11 +3,13 @@
 //! last page. A fan-out cut short resumes after its last committed page.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{json, Value};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use super::{JobPayload, Worker};
 use crate::rules::{user_ids_at, Audience, DeviceFilter, RuleSpec, TemplateRef};
@@ -16,15 +18,36 @@ use crate::template::{context, event_value, CompiledTemplate, TemplateSpec};
 
 /// Events leased per round.
 const EVENT_BATCH: i64 = 128;
+/// Apps' fan-out tasks running at once; the loop claims no more while this many run.
+const FANOUT_TASKS: usize = 16;
 /// Devices read per page when scanning by tags/attributes.
 const DEVICE_PAGE: u32 = 2000;
 
 impl Worker {
+    /// Claims received events and fans them out, one task per app of each claimed batch:
+    /// an app's events go one after the other, different apps' side by side, and the loop
+    /// claims again without waiting for earlier tasks, so an app whose templates render
+    /// slowly delays its own events, never another app's.
     pub(crate) async fn dispatch_loop(self, mut stop: watch::Receiver<bool>) {
         let lease_ms = (self.config.lease_secs * 1000) as i64;
+        let mut running: JoinSet<Vec<String>> = JoinSet::new();
+        let mut unmatched: Vec<String> = Vec::new();
         loop {
+            while let Some(done) = running.try_join_next() {
+                self.finished_app_task(done, &mut unmatched);
+            }
+            self.complete_unmatched(&mut unmatched).await;
             if *stop.borrow() {
-                return;
+                break;
+            }
+            if running.len() >= FANOUT_TASKS {
+                tokio::select! {
+                    done = running.join_next() => if let Some(done) = done {
+                        self.finished_app_task(done, &mut unmatched);
+                    },
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+                continue;
             }
             match self
                 .store
@@ -32,38 +55,20 @@ impl Worker {
                 .await
             {
                 Ok(events) if !events.is_empty() => {
-                    // Rules are read once per app per round; events no rule matches are
-                    // completed together in one statement.
-                    let mut rules_by_app: HashMap<String, Vec<(Option<String>, RuleSpec)>> =
-                        HashMap::new();
-                    let mut unmatched = Vec::new();
-                    for event in events {
-                        let outcome = match self.rules_for(&event, &mut rules_by_app).await {
-                            Ok((rules, _)) if rules.is_empty() => {
-                                unmatched.push(event.id.clone());
-                                Ok(())
-                            }
-                            Ok((rules, payload)) => self.dispatch(&event, rules, payload).await,
-                            Err(e) => Err(e),
-                        };
-                        if let Err(e) = outcome {
-                            tracing::error!(event = %event.id, error = %format!("{e:#}"), "fan-out failed; will retry");
-                            let _ = self
-                                .store
-                                .release_event(&event.id, &self.owner, 5_000)
-                                .await;
-                        }
-                    }
-                    if !unmatched.is_empty() {
-                        if let Err(e) = self.store.complete_unmatched(&self.owner, &unmatched).await
-                        {
-                            tracing::error!(error = %e, "completing events without rules failed; will retry");
-                        }
+                    for events in by_app(events) {
+                        let worker = self.clone();
+                        running.spawn(async move { worker.dispatch_app(events).await });
                     }
                 }
                 Ok(_) => {
-                    if !self.idle(&self.wake.events, &mut stop).await {
-                        return;
+                    // Nothing new: wait for a wake-up, or for a task to finish first.
+                    tokio::select! {
+                        keep_going = self.idle(&self.wake.events, &mut stop) => if !keep_going {
+                            break;
+                        },
+                        Some(done) = running.join_next(), if !running.is_empty() => {
+                            self.finished_app_task(done, &mut unmatched);
+                        }
                     }
                 }
                 Err(e) => {
@@ -72,6 +77,75 @@ impl Worker {
                 }
             }
         }
+        // Shutdown: running fan-outs get the grace period to finish; one cut short resumes
+        // from its committed cursor when its lease expires.
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(done) = running.join_next().await {
+                self.finished_app_task(done, &mut unmatched);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                unfinished = running.len(),
+                "shutdown grace over; fan-outs resume after their lease"
+            );
+            running.abort_all();
+        }
+        self.complete_unmatched(&mut unmatched).await;
+    }
+
+    fn finished_app_task(
+        &self,
+        done: Result<Vec<String>, tokio::task::JoinError>,
+        unmatched: &mut Vec<String>,
+    ) {
+        match done {
+            Ok(ids) => unmatched.extend(ids),
+            // Its events stay leased and are claimed again when the lease expires.
+            Err(e) => tracing::error!(error = %e, "a fan-out task failed"),
+        }
+    }
+
+    /// Completes, in one statement, the events no rule matched.
+    async fn complete_unmatched(&self, unmatched: &mut Vec<String>) {
+        if unmatched.is_empty() {
+            return;
+        }
+        match self.store.complete_unmatched(&self.owner, unmatched).await {
+            Ok(()) => unmatched.clear(),
+            // They stay leased by this worker and are claimed again after the lease.
+            Err(e) => {
+                tracing::error!(error = %e, "completing events without rules failed; will retry");
+                unmatched.clear();
+            }
+        }
+    }
+
+    /// Fans out one app's claimed events in order; returns those no rule matched. Rules are
+    /// read once for all of them.
+    async fn dispatch_app(self, events: Vec<Event>) -> Vec<String> {
+        let mut rules_by_app: HashMap<String, Vec<(Option<String>, RuleSpec)>> = HashMap::new();
+        let mut unmatched = Vec::new();
+        for event in events {
+            let outcome = match self.rules_for(&event, &mut rules_by_app).await {
+                Ok((rules, _)) if rules.is_empty() => {
+                    unmatched.push(event.id.clone());
+                    Ok(())
+                }
+                Ok((rules, payload)) => self.dispatch(&event, rules, payload).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                tracing::error!(event = %event.id, error = %format!("{e:#}"), "fan-out failed; will retry");
+                let _ = self
+                    .store
+                    .release_event(&event.id, &self.owner, 5_000)
+                    .await;
+            }
+        }
+        unmatched
     }
 
     /// The rules that apply to an event (its own rule for a direct send), and its payload.
@@ -145,7 +219,7 @@ impl Worker {
                 },
                 _ => None,
             };
-            let template = self.template(&event.app_id, &rule.template).await?;
+            let template = Arc::new(self.template(&event.app_id, &rule.template).await?);
             // Devices arrive in pages; each page is rendered and committed on its own, so
             // memory stays flat however large the audience is and workers start sending while
             // later pages are written. A device appears at most once per rule: tokens are
@@ -153,10 +227,7 @@ impl Worker {
             // a strictly increasing token cursor.
             let mut pages = self.audience(&event.app_id, &rule.audience, &payload, after);
             while let Some(devices) = pages.next_page(&self.store).await? {
-                let jobs: Vec<NewJob> = devices
-                    .iter()
-                    .map(|d| render_job(&rule_name, &template, &event_ctx, d))
-                    .collect();
+                let jobs = render_page(&rule_name, &template, &event_ctx, devices).await?;
                 let cursor = FanOutCursor {
                     rule: rule_name.clone(),
                     after: pages.resume_after(),
@@ -339,6 +410,25 @@ fn event_context(event: &Event, payload: &Value) -> Value {
     ctx
 }
 
+/// Renders a page of jobs on a blocking thread: however long a template takes within its
+/// bounds, the runtime's threads stay free for other apps' fan-outs and for sending.
+async fn render_page(
+    rule: &str,
+    template: &Arc<Result<CompiledTemplate, String>>,
+    event_ctx: &minijinja::Value,
+    devices: Vec<Device>,
+) -> anyhow::Result<Vec<NewJob>> {
+    let (rule, template, event_ctx) = (rule.to_string(), template.clone(), event_ctx.clone());
+    tokio::task::spawn_blocking(move || {
+        devices
+            .iter()
+            .map(|d| render_job(&rule, &template, &event_ctx, d))
+            .collect()
+    })
+    .await
+    .context("rendering a page of jobs")
+}
+
 fn render_job(
     rule: &str,
     template: &Result<CompiledTemplate, String>,
@@ -376,4 +466,18 @@ fn render_job(
         status,
         last_reason,
     }
+}
+
+/// Groups claimed events by app, keeping the claim order within and across apps.
+fn by_app(events: Vec<Event>) -> Vec<Vec<Event>> {
+    let mut groups: Vec<Vec<Event>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for event in events {
+        let i = *index.entry(event.app_id.clone()).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[i].push(event);
+    }
+    groups
 }

@@ -179,6 +179,7 @@ async fn authorize_user_id(
     if current.is_some_and(|d| d.user_id.as_deref() == Some(user_id)) {
         return Ok(Write::KeepingUser);
     }
+    tracing::info!(app = caller.app_id(), token = %Redacted(token), "registration without a needed user proof refused");
     Err(ApiError::Forbidden(
         "user_auth is required: a client key of this app sets or changes user_id only with \
          a proof from the app's backend (see GET /v1/app/user-auth)"

@@ -16,6 +16,7 @@ pub mod simulator;
 pub mod store;
 pub mod template;
 mod tls;
+pub mod user_auth;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -124,6 +125,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 /// Starts the bridge on `listener` with `config`.
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Running> {
     let store = open_store(&config).await?;
+    warn_unverified_apps(&store).await?;
     let providers = Arc::new(Providers::new(&config.apns, &config.fcm)?);
     let state = AppState {
         config: Arc::new(config),
@@ -172,6 +174,20 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         server,
         workers,
     })
+}
+
+/// Apps that let client keys set any user id (apps that existed before user verification)
+/// are a risk their operators should hear about on every start.
+async fn warn_unverified_apps(store: &Store) -> anyhow::Result<()> {
+    let unverified = store.count_unverified_apps().await?;
+    if unverified > 0 {
+        tracing::warn!(
+            apps = unverified,
+            "some apps accept client-key device registrations for any user id without proof \
+             (client_user_ids = unverified); see the README's \"Verified user ids\""
+        );
+    }
+    Ok(())
 }
 
 async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {

@@ -9,6 +9,7 @@ use pushbridge::http::notifications::enqueue_direct;
 use pushbridge::rules::{Audience, RuleSpec, TemplateRef};
 use pushbridge::store::{KeyKind, Scheme, SpecKind};
 use pushbridge::template::TemplateSpec;
+use pushbridge::user_auth::{ClientUserIds, KeyAlgorithm};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -138,6 +139,43 @@ enum AppsCommand {
         /// App id.
         app_id: String,
     },
+    /// Show the app's user-auth settings (the secret that proves device user ids, whether
+    /// client keys must prove them, the public keys for JWT proofs), after applying any
+    /// changes given.
+    UserAuth(UserAuthArgs),
+}
+
+#[derive(clap::Args)]
+struct UserAuthArgs {
+    /// App id.
+    app_id: String,
+    /// Replace the secret; proofs made with the old one stop working at once.
+    #[arg(long)]
+    rotate: bool,
+    /// Whether client keys must prove the user ids they register.
+    #[arg(long, value_enum)]
+    client_user_ids: Option<PolicyArg>,
+    /// Register a public key (SubjectPublicKeyInfo PEM file) for JWT proofs.
+    #[arg(long, value_name = "PEM_FILE", requires = "algorithm")]
+    add_key: Option<PathBuf>,
+    /// Algorithm of the key given with --add-key.
+    #[arg(long, value_enum, requires = "add_key")]
+    algorithm: Option<AlgorithmArg>,
+    /// Remove a public key by id.
+    #[arg(long, value_name = "KEY_ID")]
+    remove_key: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyArg {
+    Verified,
+    Unverified,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AlgorithmArg {
+    Es256,
+    Rs256,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -355,7 +393,9 @@ async fn apps(command: AppsCommand, config: &Config) -> anyhow::Result<()> {
             println!("app_id:     {}", created.app.id);
             println!("server_key: {}", created.server_key);
             println!("client_key: {}", created.client_key);
+            println!("user_auth_secret: {}", created.user_auth_secret);
             println!("(keys are shown once; only their hashes are stored)");
+            println!("(the user-auth secret signs user ids on your backend; `apps user-auth` shows it again)");
         }
         AppsCommand::List => {
             for app in store.list_apps().await? {
@@ -366,6 +406,54 @@ async fn apps(command: AppsCommand, config: &Config) -> anyhow::Result<()> {
             anyhow::ensure!(store.delete_app(&app_id).await?, "no app {app_id}");
             println!("deleted {app_id}");
         }
+        AppsCommand::UserAuth(args) => user_auth(&store, args).await?,
+    }
+    Ok(())
+}
+
+async fn user_auth(store: &pushbridge::store::Store, args: UserAuthArgs) -> anyhow::Result<()> {
+    let app_id = &args.app_id;
+    anyhow::ensure!(store.get_app(app_id).await?.is_some(), "no app {app_id}");
+    if let Some(policy) = args.client_user_ids {
+        let policy = match policy {
+            PolicyArg::Verified => ClientUserIds::Verified,
+            PolicyArg::Unverified => ClientUserIds::Unverified,
+        };
+        store.set_client_user_ids(app_id, policy).await?;
+    }
+    if args.rotate {
+        store.rotate_user_auth_secret(app_id).await?;
+        println!("rotated the secret; proofs made with the old one no longer work");
+    }
+    if let (Some(file), Some(algorithm)) = (&args.add_key, args.algorithm) {
+        let algorithm = match algorithm {
+            AlgorithmArg::Es256 => KeyAlgorithm::ES256,
+            AlgorithmArg::Rs256 => KeyAlgorithm::RS256,
+        };
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let pem = pushbridge::user_auth::check_public_key(algorithm, &text)?;
+        let key = store
+            .add_user_auth_key(app_id, algorithm, &pem)
+            .await?
+            .context("the app already has the most user-auth keys allowed; remove one first")?;
+        println!("added key {}", key.id);
+    }
+    if let Some(key_id) = &args.remove_key {
+        anyhow::ensure!(
+            store.remove_user_auth_key(app_id, key_id).await?,
+            "no user-auth key {key_id} in {app_id}"
+        );
+        println!("removed key {key_id}");
+    }
+    let settings = store
+        .user_auth(app_id)
+        .await?
+        .with_context(|| format!("no app {app_id}"))?;
+    println!("secret:          {}", settings.secret);
+    println!("client_user_ids: {}", settings.client_user_ids.as_str());
+    for key in &settings.public_keys {
+        println!("key:             {}\t{}", key.id, key.algorithm.as_str());
     }
     Ok(())
 }

@@ -523,6 +523,8 @@ fn malformed_requests(
         ("POST", "/v1/deliveries/retry".into()),
         ("GET", "/v1/app".into()),
         ("PUT", "/v1/app/callback".into()),
+        ("POST", "/v1/app/user-auth".into()),
+        ("POST", "/v1/app/user-auth/keys".into()),
         ("GET", "/v1/stats".into()),
         ("GET", "/metrics".into()),
         ("GET", "/v1/admin/apps".into()),

@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{simulator, Db, TestApp, OPERATOR_KEY};
+use common::{proven, simulator, Db, TestApp, OPERATOR_KEY};
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -99,7 +99,7 @@ async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
                 Method::PUT,
                 &format!("/v1/devices/{token}"),
                 Some(&app.client_key),
-                Some(json!({"platform": platform, "user_id": "u1"})),
+                Some(proven(&app, json!({"platform": platform, "user_id": "u1"}))),
             )
             .await;
         assert_eq!(status, 201);

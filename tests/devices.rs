@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{apns_token, fcm_token, Db, TestApp};
+use common::{apns_token, fcm_token, proven, Db, TestApp};
 use reqwest::Method;
 use serde_json::json;
 
@@ -11,11 +11,14 @@ async fn register_get_list_delete_round_trip(db: Db) {
     let app = t.new_app().await;
     let token = apns_token(1);
     let path = format!("/v1/devices/{token}");
-    let body = json!({
-        "platform": "apns", "user_id": "u1", "locale": "fr-fr", "timezone": "Europe/Paris",
-        "app_version": "1.2.3", "environment": "sandbox", "topic": "com.example.app",
-        "attributes": {"first_name": "Ada"}, "tags": ["beta"]
-    });
+    let body = proven(
+        &app,
+        json!({
+            "platform": "apns", "user_id": "u1", "locale": "fr-fr", "timezone": "Europe/Paris",
+            "app_version": "1.2.3", "environment": "sandbox", "topic": "com.example.app",
+            "attributes": {"first_name": "Ada"}, "tags": ["beta"]
+        }),
+    );
     let (status, created) = t
         .call(
             Method::PUT,
@@ -79,7 +82,7 @@ async fn re_registering_a_token_moves_it_to_the_new_user(db: Db) {
                 Method::PUT,
                 &path,
                 Some(&app.client_key),
-                Some(json!({"platform": "fcm", "user_id": user})),
+                Some(proven(&app, json!({"platform": "fcm", "user_id": user}))),
             )
             .await;
         assert!(status == 200 || status == 201);
@@ -183,7 +186,7 @@ async fn apps_cannot_see_or_change_each_others_devices(db: Db) {
             Method::PUT,
             &path,
             Some(&a.client_key),
-            Some(json!({"platform": "apns", "user_id": "shared"})),
+            Some(proven(&a, json!({"platform": "apns", "user_id": "shared"}))),
         )
         .await;
     assert_eq!(status, 201);
@@ -208,7 +211,7 @@ async fn apps_cannot_see_or_change_each_others_devices(db: Db) {
             Method::PUT,
             &path,
             Some(&b.client_key),
-            Some(json!({"platform": "apns", "user_id": "other"})),
+            Some(proven(&b, json!({"platform": "apns", "user_id": "other"}))),
         )
         .await;
     assert_eq!(status, 201);
@@ -409,7 +412,10 @@ async fn the_listener_serves_https_when_tls_is_configured(db: Db) {
     let resp = client
         .put(url.replace("/healthz", &format!("/v1/devices/{}", apns_token(42))))
         .bearer_auth(&app.client_key)
-        .json(&json!({"platform": "apns", "user_id": "tls-user"}))
+        .json(&proven(
+            &app,
+            json!({"platform": "apns", "user_id": "tls-user"}),
+        ))
         .send()
         .await
         .expect("register over https");

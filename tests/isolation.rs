@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{simulator, Db, TestApp, OPERATOR_KEY};
+use common::{proven, simulator, Db, TestApp, OPERATOR_KEY};
 use pushbridge::signature::sign;
 use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};
 use pushbridge::simulator::Side;
@@ -44,7 +44,10 @@ async fn populate(t: &TestApp, app: NewApp, seed: u64) -> Tenant {
             Method::PUT,
             &format!("/v1/devices/{tok}"),
             &app.client_key,
-            Some(json!({"platform": "apns", "user_id": "ub", "attributes": {"name": "Bea"}})),
+            Some(proven(
+                &app,
+                json!({"platform": "apns", "user_id": "ub", "attributes": {"name": "Bea"}}),
+            )),
         )
         .await;
     }
@@ -333,7 +336,10 @@ async fn another_apps_server_key_can_neither_read_nor_change_anything(db: Db) {
         Method::PUT,
         &format!("/v1/devices/{}", b.token),
         &a.client_key,
-        Some(json!({"platform": "apns", "user_id": "intruder"})),
+        Some(proven(
+            &a,
+            json!({"platform": "apns", "user_id": "intruder"}),
+        )),
     )
     .await;
     // B's webhook endpoint does not accept A's secret.
@@ -541,7 +547,7 @@ async fn sql_injection_looking_values_round_trip_literally(db: Db) {
             Method::PUT,
             &format!("/v1/devices/{token}"),
             &app.client_key,
-            Some(registration),
+            Some(proven(&app, registration)),
         )
         .await;
         let device = ok(&t, Method::GET, &format!("/v1/devices/{token}"), key, None).await;

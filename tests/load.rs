@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bridge_env, certs_dir, open_store, BridgeProcess, Db};
+use common::{bridge_env, certs_dir, open_store, proven, BridgeProcess, Db};
 use pushbridge::signature::sign;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
 use pushbridge::store::{now_ms, DeviceRegistration, Scheme};
@@ -191,6 +191,7 @@ async fn sustained_mixed_load_keeps_memory_bounded(db: Db) {
             client.clone(),
         );
         let key = app.client_key.clone();
+        let tenant = app.clone();
         let base = bridge.base.clone();
         tasks.push(tokio::spawn(async move {
             let mut k = 0u64;
@@ -200,10 +201,11 @@ async fn sustained_mixed_load_keeps_memory_bounded(db: Db) {
                 let resp = client
                     .put(format!("{base}/v1/devices/{token}"))
                     .bearer_auth(&key)
-                    .json(
-                        &json!({"platform": "apns", "user_id": format!("u{}", k % USERS),
-                                  "attributes": {"first_name": "Load", "n": k}}),
-                    )
+                    .json(&proven(
+                        &tenant,
+                        json!({"platform": "apns", "user_id": format!("u{}", k % USERS),
+                               "attributes": {"first_name": "Load", "n": k}}),
+                    ))
                     .send()
                     .await
                     .expect("register");

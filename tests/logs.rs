@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{bridge_env, open_store, simulator, BridgeProcess, Db, OPERATOR_KEY};
+use common::{
+    bridge_env, open_store, proven, simulator, user_proof, BridgeProcess, Db, OPERATOR_KEY,
+};
 use pushbridge::signature::sign;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
 use pushbridge::store::{now_ms, Scheme};
@@ -75,8 +77,11 @@ async fn debug_logs_carry_no_secrets_tokens_or_payloads(db: Db) {
             reqwest::Method::PUT,
             &format!("/v1/devices/{token}"),
             &app.client_key,
-            Some(json!({"platform": platform, "user_id": "u1",
-                        "attributes": {"first_name": "Ada"}})),
+            Some(proven(
+                &app,
+                json!({"platform": platform, "user_id": "u1",
+                       "attributes": {"first_name": "Ada"}}),
+            )),
         )
         .await;
         assert_eq!(status, 201, "{resp}");
@@ -90,6 +95,28 @@ async fn debug_logs_carry_no_secrets_tokens_or_payloads(db: Db) {
         None,
     )
     .await;
+
+    // A registration whose user proof is for someone else, and the user-auth secret rotated.
+    let proof = user_proof(&app, "u1");
+    let (status, _) = call(
+        &bridge,
+        reqwest::Method::PUT,
+        &format!("/v1/devices/{}", tokens[0].1),
+        &app.client_key,
+        Some(json!({"platform": "apns", "user_id": "u2", "user_auth": proof})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, user_auth) = call(
+        &bridge,
+        reqwest::Method::POST,
+        "/v1/app/user-auth",
+        server,
+        Some(json!({"rotate_secret": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{user_auth}");
+    let rotated_user_auth = user_auth["secret"].as_str().expect("secret").to_string();
 
     // Sources with secrets (one given, one generated), and a callback with its own secret.
     let given_secret = format!("given-secret-{}", uuid::Uuid::new_v4().simple());
@@ -283,6 +310,9 @@ async fn debug_logs_carry_no_secrets_tokens_or_payloads(db: Db) {
         "callback secret (base64)",
         callback_secret.trim_start_matches("whsec_"),
     );
+    check("user-auth secret", &app.user_auth_secret);
+    check("rotated user-auth secret", &rotated_user_auth);
+    check("user proof", &proof);
     check("operator key", OPERATOR_KEY);
     check("payload text", MARKER);
     for line in logs.lines() {

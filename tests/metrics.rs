@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{simulator, Db, TestApp, OPERATOR_KEY};
+use common::{proven, simulator, Db, TestApp, OPERATOR_KEY};
 use pushbridge::signature::sign;
 use pushbridge::simulator::tokens::{
     apns_test_token, apns_test_token_failing_first, fcm_test_token, ApnsTestKind, FcmTestKind,
@@ -41,7 +41,7 @@ async fn metrics_and_stats_reflect_a_scripted_run(db: Db) {
                 Method::PUT,
                 &format!("/v1/devices/{token}"),
                 Some(&app.client_key),
-                Some(json!({"platform": platform, "user_id": "u1"})),
+                Some(proven(&app, json!({"platform": platform, "user_id": "u1"}))),
             )
             .await;
         assert_eq!(status, 201);

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{apns_token, Db, TestApp};
+use common::{apns_token, user_proof, Db, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -55,6 +55,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/app"),
     ("PUT", "/v1/app/callback"),
     ("DELETE", "/v1/app/callback"),
+    // user_auth.rs
+    ("GET", "/v1/app/user-auth"),
+    ("POST", "/v1/app/user-auth"),
+    ("POST", "/v1/app/user-auth/keys"),
+    ("DELETE", "/v1/app/user-auth/keys/{id}"),
     // stats.rs
     ("GET", "/v1/stats"),
     // admin.rs
@@ -304,11 +309,12 @@ async fn security_matches_who_may_call(db: Db) {
                 "{method} {path} is documented as needing a key"
             );
         }
-        // A client key may only use endpoints documented as taking any app key and
-        // answering no 403 for it.
-        let forbids_client_keys = doc["paths"][*path][method.to_lowercase()]["responses"]
-            .get("403")
-            .is_some();
+        // A client key may only use endpoints documented as taking any app key and not
+        // answering 403 for a client key (registration answers 403 for a missing user proof).
+        let forbids_client_keys = doc["paths"][*path][method.to_lowercase()]["responses"]["403"]
+            ["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("needs a server key"));
         if schemes == ["api_key"] {
             let (status, _) = probe(&t, method, path, Some(&app.client_key)).await;
             assert_eq!(
@@ -354,7 +360,8 @@ async fn documented_schemas_match_the_api(db: Db) {
     let mut full = json!({
         "platform": "apns", "user_id": "u1", "locale": "fr-FR", "timezone": "Europe/Paris",
         "app_version": "1.0", "environment": "sandbox", "topic": "com.example.app",
-        "attributes": {"first_name": "Ada"}, "tags": ["beta"]
+        "attributes": {"first_name": "Ada"}, "tags": ["beta"],
+        "user_auth": user_proof(&app, "u1")
     });
     assert_eq!(
         properties.keys().collect::<BTreeSet<_>>(),

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::{simulator, Db, TestApp};
+use common::{proven, simulator, Db, TestApp};
 use pushbridge::signature::{sign, verify};
 use pushbridge::simulator::tokens::{
     apns_test_token, apns_test_token_failing_first, fcm_test_token, fcm_test_token_failing_first,
@@ -22,7 +22,7 @@ async fn register(t: &TestApp, app: &NewApp, token: &str, body: Value) {
             Method::PUT,
             &format!("/v1/devices/{token}"),
             Some(&app.client_key),
-            Some(body),
+            Some(proven(app, body)),
         )
         .await;
     assert!(status == 201 || status == 200, "{resp}");

@@ -14,6 +14,7 @@ use super::sources::generate_secret;
 use super::{ApiJson, AppState, ServerCaller};
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::store::Scheme;
+use crate::user_auth::ClientUserIds;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -29,6 +30,8 @@ struct AppView {
     name: String,
     /// Where `devices.pruned` callbacks go; null when unset.
     callback_url: Option<String>,
+    /// Whether client keys must prove the user ids they register (`/v1/app/user-auth`).
+    client_user_ids: ClientUserIds,
 }
 
 /// The callback just set, with the secret that signs its requests (shown only here).
@@ -60,10 +63,16 @@ async fn show(State(state): State<AppState>, caller: ServerCaller) -> Result<Jso
         .await?
         .ok_or(ApiError::NotFound("app"))?;
     let callback = state.store.callback_target(caller.app_id()).await?;
+    let user_auth = state
+        .store
+        .user_auth(caller.app_id())
+        .await?
+        .ok_or(ApiError::NotFound("app"))?;
     Ok(Json(json!({
         "id": app.id,
         "name": app.name,
         "callback_url": callback.map(|(url, _)| url),
+        "client_user_ids": user_auth.client_user_ids,
     })))
 }
 

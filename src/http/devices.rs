@@ -1,4 +1,5 @@
-//! Device registry: `PUT/GET/DELETE /v1/devices/{token}`, `GET /v1/users/{user_id}/devices`.
+//! Device registry: `PUT/GET/DELETE /v1/devices/{token}`, `GET /v1/users/{user_id}/devices`,
+//! and the rule for which registrations must prove their user id.
 
 use axum::extract::State;
 
@@ -15,7 +16,8 @@ use super::{encode_cursor, ApiJson, ApiQuery, AppState, Caller, Page, ServerCall
 use crate::config::DeviceLimits;
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::redact::Redacted;
-use crate::store::{DeviceRegistration, DeviceView};
+use crate::store::{now_ms, DeviceRegistration, DeviceView, KeyKind};
+use crate::user_auth::{ClientUserIds, Verifier};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -51,6 +53,12 @@ struct RegisterDevice {
     /// Tags for device audiences (each 1-64 characters).
     #[serde(default)]
     tags: Option<Vec<String>>,
+    /// Proof from the app's backend that the device is `user_id`'s: lowercase hex
+    /// HMAC-SHA256(user-auth secret, user_id), or a JWT (HS256 with that secret, or ES256/RS256
+    /// with a registered public key) whose `sub` is the user id and whose `exp` is at most an
+    /// hour away. Needed when a client key of a `verified` app sets or changes `user_id`;
+    /// checked whenever it is sent. Never stored.
+    user_auth: Option<String>,
 }
 
 /// A page of a user's devices.
@@ -77,6 +85,9 @@ const TOKEN: &str = "the provider's device token (APNs: hex; FCM: registration t
         (status = 201, description = "registered", body = DeviceView),
         (status = 200, description = "an existing registration was updated", body = DeviceView),
         AppKeyErrors,
+        (status = 403, description = "`user_auth` is missing (a client key of a verified app \
+            setting or changing `user_id`) or does not prove `user_id`", body = ErrorBody),
+        (status = 409, description = "the device moved to another user meanwhile; retry", body = ErrorBody),
         JsonBodyErrors,
     ),
 )]
@@ -84,13 +95,22 @@ async fn register(
     State(state): State<AppState>,
     caller: Caller,
     Path(token): Path<String>,
-    ApiJson(body): ApiJson<RegisterDevice>,
+    ApiJson(mut body): ApiJson<RegisterDevice>,
 ) -> Result<(StatusCode, Json<Value>)> {
+    let proof = body.user_auth.take();
     let (token, reg) = validate_registration(&token, body, &state.config.devices)?;
-    let (device, created) = state
-        .store
-        .upsert_device(caller.app_id(), &token, &reg)
-        .await?;
+    let write = authorize_user_id(&state, &caller, &token, &reg, proof.as_deref()).await?;
+    let store = &state.store;
+    let (device, created) = match write {
+        Write::Upsert => store.upsert_device(caller.app_id(), &token, &reg).await?,
+        Write::KeepingUser => store
+            .update_device_keeping_user(caller.app_id(), &token, &reg)
+            .await?
+            .map(|device| (device, false))
+            .ok_or_else(|| {
+                ApiError::Conflict("the device moved to another user meanwhile; retry".into())
+            })?,
+    };
     tracing::info!(app = caller.app_id(), token = %Redacted(&token), created, "device registered");
     let status = if created {
         StatusCode::CREATED
@@ -98,6 +118,73 @@ async fn register(
         StatusCode::OK
     };
     Ok((status, Json(json!(device.view()))))
+}
+
+/// How an authorized registration may be written.
+enum Write {
+    /// Insert or replace, whatever user the device had.
+    Upsert,
+    /// Update only while the device is still registered to the same user: no proof was given
+    /// because the user id does not change, so it must not change under us either.
+    KeepingUser,
+}
+
+/// Decides whether the registration may set its `user_id`. A client key ships inside every
+/// copy of the app, so on a `verified` app it may only set or change a user id with a proof
+/// from the app's backend; keeping the device's current user id needs none (apps re-register
+/// on every launch), nor does registering without one (which gives no one a user's
+/// notifications, and a client key may delete the device anyway). A proof that is sent is
+/// always checked, whoever sends it, so an app can roll proofs out before it opts in.
+async fn authorize_user_id(
+    state: &AppState,
+    caller: &Caller,
+    token: &str,
+    reg: &DeviceRegistration,
+    proof: Option<&str>,
+) -> Result<Write> {
+    let Some(user_id) = reg.user_id.as_deref() else {
+        return match proof {
+            Some(_) => Err(ApiError::field(
+                "user_auth",
+                "vouches for a user id; send user_id with it",
+            )),
+            None => Ok(Write::Upsert),
+        };
+    };
+    if proof.is_none() && caller.0.kind == KeyKind::Server {
+        return Ok(Write::Upsert);
+    }
+    let settings = state
+        .store
+        .user_auth(caller.app_id())
+        .await?
+        .ok_or(ApiError::NotFound("app"))?;
+    if let Some(proof) = proof {
+        let verifier = Verifier {
+            app_id: caller.app_id(),
+            secret: &settings.secret,
+            public_keys: &settings.public_keys,
+        };
+        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or_default();
+        verifier.verify(proof, user_id, now_secs).map_err(|e| {
+            tracing::info!(app = caller.app_id(), token = %Redacted(token), reason = %e, "user proof refused");
+            ApiError::Forbidden(e.to_string())
+        })?;
+        return Ok(Write::Upsert);
+    }
+    if settings.client_user_ids == ClientUserIds::Unverified {
+        return Ok(Write::Upsert);
+    }
+    let current = state.store.get_device(caller.app_id(), token).await?;
+    if current.is_some_and(|d| d.user_id.as_deref() == Some(user_id)) {
+        return Ok(Write::KeepingUser);
+    }
+    tracing::info!(app = caller.app_id(), token = %Redacted(token), "registration without a needed user proof refused");
+    Err(ApiError::Forbidden(
+        "user_auth is required: a client key of this app sets or changes user_id only with \
+         a proof from the app's backend (see GET /v1/app/user-auth)"
+            .into(),
+    ))
 }
 
 #[utoipa::path(

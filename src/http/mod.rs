@@ -11,6 +11,7 @@ pub mod sources;
 mod specs;
 mod stats;
 pub use stats::WINDOWS;
+mod user_auth;
 mod webhooks;
 
 pub(crate) use devices::canonical_locale;
@@ -66,6 +67,7 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .merge(specs::router())
         .merge(notifications::router())
         .merge(app::router())
+        .merge(user_auth::router())
         .merge(stats::router())
         .merge(admin::router())
 }

@@ -38,7 +38,7 @@ pub const OPERATOR_KEY: &str = "operator_key";
         (name = "rules", description = "Rules mapping events to audiences and templates (server key)"),
         (name = "notifications", description = "Direct sends (server key)"),
         (name = "deliveries", description = "Delivery log and replay (server key)"),
-        (name = "app", description = "The calling app and its pruned-token callback (server key)"),
+        (name = "app", description = "The calling app, its pruned-token callback and its user-auth settings (server key)"),
         (name = "stats", description = "Delivery statistics (server or operator key)"),
         (name = "admin", description = "Operator dashboard and endpoints (operator key)"),
     )

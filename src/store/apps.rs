@@ -1,4 +1,5 @@
 //! Apps and their API keys. Keys are stored only as SHA-256 hashes of their secret part.
+//! User-auth settings of an app live in `user_auth.rs`.
 
 use rand::RngCore;
 use serde::Serialize;
@@ -6,6 +7,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{new_id, now_ms, Store};
+use crate::user_auth::{generate_secret, ClientUserIds};
 
 /// A tenant: every device, source and event belongs to exactly one app.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
@@ -69,6 +71,8 @@ pub struct NewApp {
     pub server_key: String,
     /// Registration-only key.
     pub client_key: String,
+    /// Signs user ids for client-key registrations (`user_auth`); readable again later.
+    pub user_auth_secret: String,
 }
 
 #[derive(sqlx::FromRow)]
@@ -107,7 +111,8 @@ fn parse_key(key: &str) -> Option<(&str, &str)> {
 }
 
 impl Store {
-    /// Creates an app with one server key and one client key.
+    /// Creates an app with one server key, one client key and a user-auth secret; client keys
+    /// of a new app must prove the user ids they register.
     pub async fn create_app(&self, name: &str) -> anyhow::Result<NewApp> {
         let turn = self.write_turn().await;
         let app = App {
@@ -115,13 +120,19 @@ impl Store {
             name: name.to_string(),
             created_at: now_ms(),
         };
+        let user_auth_secret = generate_secret();
         let mut tx = turn.db().begin().await?;
-        sqlx::query("INSERT INTO apps (id, name, created_at) VALUES ($1, $2, $3)")
-            .bind(&app.id)
-            .bind(&app.name)
-            .bind(app.created_at)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO apps (id, name, created_at, user_auth_secret, client_user_ids) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&app.id)
+        .bind(&app.name)
+        .bind(app.created_at)
+        .bind(&user_auth_secret)
+        .bind(ClientUserIds::Verified.as_str())
+        .execute(&mut *tx)
+        .await?;
         let server_key = insert_key(&mut tx, &app.id, KeyKind::Server).await?;
         let client_key = insert_key(&mut tx, &app.id, KeyKind::Client).await?;
         tx.commit().await?;
@@ -129,6 +140,7 @@ impl Store {
             app,
             server_key,
             client_key,
+            user_auth_secret,
         })
     }
 

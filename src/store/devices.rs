@@ -164,6 +164,44 @@ impl Store {
         Ok((device, created))
     }
 
+    /// Updates a registration only while the device is still registered to the user it names
+    /// (`reg.user_id`); `None` when it is not (or no longer) so. Keeping a user needs no proof,
+    /// so this write must not land on a device that moved to someone else or was deleted
+    /// since the caller looked.
+    pub async fn update_device_keeping_user(
+        &self,
+        app_id: &str,
+        token: &str,
+        reg: &DeviceRegistration,
+    ) -> anyhow::Result<Option<Device>> {
+        let Some(user_id) = &reg.user_id else {
+            return Ok(None);
+        };
+        let turn = self.write_turn().await;
+        let sql = format!(
+            "UPDATE devices SET platform = $3, locale = $5, timezone = $6, app_version = $7, \
+               environment = $8, topic = $9, attributes = $10, tags = $11, \
+               updated_at = CASE WHEN $12 > updated_at THEN $12 ELSE updated_at + 1 END \
+             WHERE app_id = $1 AND token = $2 AND user_id = $4 \
+             RETURNING {DEVICE_COLUMNS}"
+        );
+        Ok(sqlx::query_as::<_, Device>(&sql)
+            .bind(app_id)
+            .bind(token)
+            .bind(&reg.platform)
+            .bind(user_id)
+            .bind(&reg.locale)
+            .bind(&reg.timezone)
+            .bind(&reg.app_version)
+            .bind(&reg.environment)
+            .bind(&reg.topic)
+            .bind(reg.attributes.to_string())
+            .bind(serde_json::to_string(&reg.tags)?)
+            .bind(now_ms())
+            .fetch_optional(turn.db())
+            .await?)
+    }
+
     /// One device of an app.
     pub async fn get_device(&self, app_id: &str, token: &str) -> anyhow::Result<Option<Device>> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE app_id = $1 AND token = $2");

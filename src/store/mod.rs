@@ -10,6 +10,7 @@ mod jobs;
 mod rules;
 mod sources;
 mod stats;
+mod user_auth;
 
 pub use apps::{ApiKey, App, KeyKind, NewApp};
 pub use devices::{Device, DeviceRegistration, DeviceView};
@@ -20,6 +21,7 @@ pub use jobs::*;
 pub use rules::{NamedSpec, SpecKind};
 pub use sources::{NewSource, Scheme, SourceSecret, WebhookSource};
 pub use stats::{FailureCount, QueueStats, SeriesPoint, WindowStats};
+pub use user_auth::UserAuth;
 
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -150,6 +152,16 @@ impl Store {
             .run(&self.writes)
             .await
             .context("running migrations")?;
+        let filled = self
+            .fill_user_auth_secrets()
+            .await
+            .context("giving apps their user-auth secrets")?;
+        if filled > 0 {
+            tracing::info!(
+                apps = filled,
+                "generated user-auth secrets for existing apps"
+            );
+        }
         Ok(())
     }
 

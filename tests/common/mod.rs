@@ -124,7 +124,8 @@ impl TestApp {
         Self::spawn_on(url, dir, tweak).await
     }
 
-    async fn spawn_on(
+    /// The app on an existing database (e.g. one prepared at an older schema).
+    pub async fn spawn_on(
         db_url: String,
         dir: std::sync::Arc<tempfile::TempDir>,
         tweak: impl FnOnce(&mut Config),
@@ -212,6 +213,29 @@ impl TestApp {
             r.shutdown().await.expect("clean shutdown");
         }
     }
+}
+
+/// `HMAC-SHA256(user-auth secret, user_id)` in lowercase hex: the proof an app's backend
+/// computes for the device registrations of a logged-in user.
+pub fn user_proof(app: &NewApp, user_id: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(app.user_auth_secret.as_bytes())
+        .expect("HMAC takes any key");
+    mac.update(user_id.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A device registration body with the proof of its `user_id` added, as a mobile app sends it
+/// with a client key (unchanged when it names no user).
+pub fn proven(app: &NewApp, mut body: Value) -> Value {
+    if let Some(user) = body
+        .get("user_id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    {
+        body["user_auth"] = Value::String(user_proof(app, &user));
+    }
+    body
 }
 
 pub fn apns_token(seed: u8) -> String {

@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{AppKeyErrors, JsonBodyErrors, ServerKeyErrors};
-use super::{encode_cursor, ApiJson, ApiQuery, AppState, Caller, Page, ServerCaller};
+use super::{encode_cursor, ApiJson, ApiQuery, AppState, Caller, CursorKind, Page, ServerCaller};
 use crate::config::DeviceLimits;
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::redact::Redacted;
@@ -173,7 +173,7 @@ async fn list_user_devices(
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<Value>> {
     let limit = page.limit()?;
-    let after = page.cursor()?;
+    let after = page.cursor(CursorKind::UserDevices)?;
     let devices = state
         .store
         .list_user_devices(caller.app_id(), &user_id, after.as_deref(), limit + 1)
@@ -181,7 +181,11 @@ async fn list_user_devices(
     let has_more = devices.len() > limit as usize;
     let devices = &devices[..devices.len().min(limit as usize)];
     let next_cursor = has_more
-        .then(|| devices.last().map(|d| encode_cursor(&d.token)))
+        .then(|| {
+            devices
+                .last()
+                .map(|d| encode_cursor(CursorKind::UserDevices, &d.token))
+        })
         .flatten();
     Ok(Json(json!({
         "devices": devices.iter().map(|d| d.view()).collect::<Vec<_>>(),

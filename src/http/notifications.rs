@@ -13,7 +13,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{EventAccepted, JsonBodyErrors, Requeued, ServerKeyErrors};
-use super::{encode_cursor, time_cursor, ApiJson, ApiQuery, AppState, Page, ServerCaller};
+use super::{
+    encode_cursor, time_cursor, ApiJson, ApiQuery, AppState, CursorKind, Page, ServerCaller,
+};
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::rules::{Audience, DeviceFilter, RuleSpec, TemplateRef};
 use crate::store::{EventInsert, JobStatus, NewEvent, SpecKind, Store};
@@ -176,7 +178,9 @@ async fn event_deliveries(
         return Err(ApiError::NotFound("event"));
     }
     let limit = page.limit()?;
-    let after = page.cursor()?.unwrap_or_default();
+    let after = page
+        .cursor(CursorKind::EventDeliveries)?
+        .unwrap_or_default();
     let rows = state
         .store
         .event_deliveries(caller.app_id(), &event_id, &after, limit + 1)
@@ -185,7 +189,7 @@ async fn event_deliveries(
     let rows = &rows[..rows.len().min(limit as usize)];
     Ok(Json(json!({
         "deliveries": rows.iter().map(|r| r.view()).collect::<Vec<_>>(),
-        "next_cursor": more.then(|| rows.last().map(|r| encode_cursor(&r.id))).flatten(),
+        "next_cursor": more.then(|| rows.last().map(|r| encode_cursor(CursorKind::EventDeliveries, &r.id))).flatten(),
     })))
 }
 
@@ -298,7 +302,7 @@ async fn list_deliveries(
         limit: q.limit,
     };
     let limit = page.limit()?;
-    let cursor = page.time_cursor()?;
+    let cursor = page.time_cursor(CursorKind::Deliveries)?;
     let before = cursor.as_ref().map(|(ts, id)| (*ts, id.as_str()));
     let rows = state
         .store
@@ -307,7 +311,10 @@ async fn list_deliveries(
     let more = rows.len() > limit as usize;
     let rows = &rows[..rows.len().min(limit as usize)];
     let next = more
-        .then(|| rows.last().map(|r| time_cursor(r.updated_at, &r.id)))
+        .then(|| {
+            rows.last()
+                .map(|r| time_cursor(CursorKind::Deliveries, r.updated_at, &r.id))
+        })
         .flatten();
     Ok(Json(json!({
         "deliveries": rows.iter().map(|r| r.view()).collect::<Vec<_>>(),

@@ -28,8 +28,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct ListEvents {
     /// Only events of exactly this type.
     #[serde(rename = "type")]
+    #[param(min_length = 1, max_length = 256)]
     event_type: Option<String>,
-    /// Opaque cursor from a previous page's `next_cursor`.
+    /// Opaque cursor from a previous page's `next_cursor` of this list.
+    #[param(min_length = 1, pattern = r"^[A-Za-z0-9_-]+$")]
     cursor: Option<String>,
     /// Page size, 1..=500 (default 50).
     #[param(minimum = 1, maximum = 500)]
@@ -91,7 +93,7 @@ impl DeliveryCounts {
     responses(
         (status = 200, description = "a page of events (without payloads), with delivery counts", body = EventList),
         ServerKeyErrors,
-        (status = 422, description = "invalid `limit` or `cursor`", body = ErrorBody),
+        (status = 422, description = "invalid `type`, `limit` or `cursor`", body = ErrorBody),
     ),
 )]
 async fn list(
@@ -104,6 +106,12 @@ async fn list(
         limit: q.limit,
     };
     let limit = page.limit()?;
+    if q.event_type
+        .as_ref()
+        .is_some_and(|t| t.is_empty() || t.chars().count() > 256)
+    {
+        return Err(ApiError::field("type", "must be 1-256 characters"));
+    }
     let cursor = page.time_cursor(CursorKind::Events)?;
     let before = cursor.as_ref().map(|(ts, id)| (*ts, id.as_str()));
     let events = state

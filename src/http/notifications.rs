@@ -55,6 +55,7 @@ struct SendRequest {
     #[schema(value_type = Object)]
     data: Map<String, Value>,
     /// Event type recorded for the send (default `notification.direct`).
+    #[schema(min_length = 1, max_length = 256)]
     event_type: Option<String>,
 }
 
@@ -200,7 +201,8 @@ struct DeliveryQuery {
     /// Only deliveries in this status.
     #[param(inline, value_type = Option<JobStatus>)]
     status: Option<String>,
-    /// Opaque cursor from a previous page's `next_cursor`.
+    /// Opaque cursor from a previous page's `next_cursor` of this list.
+    #[param(min_length = 1, pattern = r"^[A-Za-z0-9_-]+$")]
     cursor: Option<String>,
     /// Page size, 1..=500 (default 50).
     #[param(minimum = 1, maximum = 500)]
@@ -407,6 +409,7 @@ struct ReplayFilter {
     /// Only dead letters of this event.
     event_id: Option<String>,
     /// Only dead letters that died at or after this RFC 3339 time.
+    #[schema(format = DateTime, example = "2026-01-31T12:00:00Z")]
     since: Option<String>,
 }
 

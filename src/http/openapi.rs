@@ -88,9 +88,10 @@ pub const TEXT_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$";
 /// A cursor: unpadded URL-safe base64, as every `next_cursor` is.
 pub const CURSOR_PATTERN: &str = "^[A-Za-z0-9_-]+$";
 
-/// Constraints of path parameters that many operations share, set in one place: `token`,
-/// every `name` of a source, template or rule, `source` and `user_id`. Applied by
-/// [`Document::new`], once the routers have added their operations.
+/// What many operations share, set in one place: the constraints of the path parameters
+/// `token`, every `name` of a source, template or rule, `source` and `user_id`, and the 400
+/// of text holding NUL. Applied by [`Document::new`], once the routers have added their
+/// operations.
 struct PathConstraints;
 
 impl Modify for PathConstraints {
@@ -114,6 +115,29 @@ impl Modify for PathConstraints {
                 &mut item.patch,
             ];
             for op in operations.into_iter().flatten() {
+                // `ApiJson`, `ApiPath` and `ApiQuery` refuse NUL in any text with a 400.
+                let takes_input = op.request_body.is_some()
+                    || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                if takes_input && !op.responses.responses.contains_key("400") {
+                    op.responses.responses.insert(
+                        "400".to_string(),
+                        utoipa::openapi::ResponseBuilder::new()
+                            .description(
+                                "a parameter or body string holds a NUL character; \
+                                 `error.field` names it",
+                            )
+                            .content(
+                                "application/json",
+                                utoipa::openapi::ContentBuilder::new()
+                                    .schema(Some(utoipa::openapi::Ref::from_schema_name(
+                                        "ErrorBody",
+                                    )))
+                                    .build(),
+                            )
+                            .build()
+                            .into(),
+                    );
+                }
                 for param in op.parameters.iter_mut().flatten() {
                     if param.parameter_in != ParameterIn::Path {
                         continue;
@@ -241,8 +265,11 @@ pub enum OperatorErrors {
 #[derive(IntoResponses)]
 #[allow(dead_code)]
 pub enum JsonBodyErrors {
-    /// Not JSON at all.
-    #[response(status = 400, description = "the body is not valid JSON")]
+    /// Not JSON at all, or text the store cannot hold.
+    #[response(
+        status = 400,
+        description = "the body is not valid JSON, or a string in it holds a NUL character"
+    )]
     BadRequest(ErrorBody),
     /// Over the body limit.
     #[response(status = 413, description = "the body exceeds 2 MiB")]

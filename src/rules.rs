@@ -15,6 +15,7 @@ use crate::template::TemplateSpec;
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// Event type pattern; `*` matches any run of characters, `?` one character.
+    #[schema(min_length = 1, max_length = 256, example = "payment.*")]
     pub event: String,
     /// Optional condition evaluated against the event payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +60,7 @@ pub struct DeviceFilter {
     pub attributes: Map<String, Value>,
     /// Only this platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::openapi::PlatformName>)]
     pub platform: Option<String>,
 }
 
@@ -105,7 +107,7 @@ const MAX_LIST: usize = 10_000;
 impl RuleSpec {
     /// Checks everything that can be checked without the database.
     pub fn validate(&self) -> Result<(), RuleError> {
-        if self.event.is_empty() || self.event.len() > 256 {
+        if self.event.is_empty() || self.event.chars().count() > 256 {
             return Err(rule_error("event", "must be 1-256 characters"));
         }
         if let Some(c) = &self.condition {

@@ -520,9 +520,327 @@ async fn documented_schemas_match_the_api(db: Db) {
     t.shutdown().await;
 }
 
+/// The documented pattern of `schema` (resolving a `$ref`), compiled.
+fn pattern_of(doc: &Value, schema: &Value) -> regex::Regex {
+    let schema = match schema["$ref"].as_str() {
+        Some(r) => doc.pointer(r.trim_start_matches('#')).expect("ref target"),
+        None => schema,
+    };
+    let pattern = schema["pattern"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no pattern in {schema}"));
+    regex::Regex::new(pattern).unwrap_or_else(|e| panic!("{pattern}: {e}"))
+}
+
+fn path_param<'a>(doc: &'a Value, method: &str, path: &str, name: &str) -> &'a Value {
+    doc["paths"][path][method]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|p| p["name"] == name)
+        .map(|p| &p["schema"])
+        .unwrap_or_else(|| panic!("{method} {path} documents no {name}"))
+}
+
+/// The documented pattern matches `sample` exactly when the server accepted it.
+fn assert_agrees(what: &str, pattern: &regex::Regex, sample: &str, status: u16) {
+    assert!(
+        status < 300 || status == 422,
+        "{what} {sample:?}: unexpected {status}"
+    );
+    assert_eq!(
+        pattern.is_match(sample),
+        status < 300,
+        "{what} {sample:?}: the document and the server disagree (server said {status})"
+    );
+}
+
+async fn put_device(t: &TestApp, key: &str, token: &str, body: Value) -> u16 {
+    let path = format!("/v1/devices/{token}");
+    t.call(Method::PUT, &path, Some(key), Some(body)).await.0
+}
+
+async fn documented_constraints_are_what_the_server_enforces(db: Db) {
+    let t = TestApp::spawn(db).await;
+    let doc = fetch_document(&t).await;
+    let app = t.new_app().await;
+    let key = app.server_key.as_str();
+
+    // Device tokens: a token either platform accepts matches the documented pattern.
+    let token = pattern_of(
+        &doc,
+        path_param(&doc, "put", "/v1/devices/{token}", "token"),
+    );
+    for sample in [
+        apns_token(1),
+        "AB".repeat(32),
+        "ab".repeat(100),
+        "ab".repeat(101),
+        format!("{}a", "ab".repeat(40)),
+        "zz".repeat(32),
+        common::fcm_token("x"),
+        "a".repeat(99),
+        format!("{}!", "a".repeat(120)),
+        "0".into(),
+    ] {
+        let apns = put_device(&t, key, &sample, json!({"platform": "apns"})).await;
+        let fcm = put_device(&t, key, &sample, json!({"platform": "fcm"})).await;
+        assert_agrees("token", &token, &sample, apns.min(fcm));
+    }
+
+    // Fields of a registration.
+    let register = schema(&doc, "RegisterDevice");
+    let fields: [(&str, Vec<String>); 4] = [
+        (
+            "locale",
+            [
+                "en",
+                "en-us",
+                "zh-hant-tw",
+                "es-419",
+                "de-CH-1996",
+                "sl-rozaj-biske",
+                "en-US-u-ca-gregory",
+                "x-whatever",
+                "en-x-private",
+                "",
+                "e",
+                "en_US",
+                "english-language-tag",
+                "en--US",
+                "123",
+                "en-US-",
+                "en-a",
+                "toolonglang",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        (
+            "timezone",
+            [
+                "Europe/Paris",
+                "UTC",
+                "Etc/GMT+5",
+                "",
+                "Europe Paris",
+                "Europe/Paris;",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        (
+            "user_id",
+            vec![
+                "u1".into(),
+                "Zoé 1".into(),
+                String::new(),
+                "a\u{1}b".into(),
+                "a".repeat(257),
+            ],
+        ),
+        (
+            "app_version",
+            vec![
+                "1.0".into(),
+                String::new(),
+                "a\u{7f}".into(),
+                "a".repeat(64),
+                "a".repeat(65),
+            ],
+        ),
+    ];
+    for (name, samples) in fields {
+        let pattern = pattern_of(&doc, &register["properties"][name]);
+        let max = register["properties"][name]["maxLength"].as_u64();
+        for sample in samples {
+            let mut body = json!({"platform": "apns"});
+            body[name] = json!(sample);
+            let status = put_device(&t, key, &apns_token(9), body).await;
+            if max.is_some_and(|m| sample.chars().count() as u64 > m) {
+                assert_eq!(status, 422, "{name} {sample:?} is longer than documented");
+            } else {
+                assert_agrees(name, &pattern, &sample, status);
+            }
+        }
+    }
+    let tag = pattern_of(&doc, &register["properties"]["tags"]["items"]);
+    for sample in [
+        String::from("beta"),
+        String::new(),
+        "x".repeat(64),
+        "x".repeat(65),
+        "a\tb".into(),
+    ] {
+        let body = json!({"platform": "apns", "tags": [sample]});
+        let status = put_device(&t, key, &apns_token(9), body).await;
+        assert_agrees("tag", &tag, &sample, status);
+    }
+
+    // Names of templates (and of rules and sources: the same validator).
+    let name = pattern_of(
+        &doc,
+        path_param(&doc, "put", "/v1/templates/{name}", "name"),
+    );
+    for sample in [
+        String::from("ok-name_1"),
+        "Upper".into(),
+        "dot.name".into(),
+        "a".repeat(64),
+        "a".repeat(65),
+    ] {
+        let path = format!("/v1/templates/{sample}");
+        let (status, _) = t
+            .call(Method::PUT, &path, Some(key), Some(json!({"body": "hi"})))
+            .await;
+        assert_agrees("name", &name, &sample, status);
+    }
+
+    // Allowlist entries and secrets of a source.
+    let create = schema(&doc, "CreateSource");
+    let mut sources = 0;
+    let mut create_source = async |body: Value| {
+        sources += 1;
+        let mut body = body;
+        body["name"] = json!(format!("s{sources}"));
+        t.call(Method::POST, "/v1/sources", Some(key), Some(body))
+            .await
+            .0
+    };
+    let cidr = pattern_of(&doc, &create["properties"]["allowed_cidrs"]["items"]);
+    for sample in [
+        "10.0.0.0/8",
+        "203.0.113.9",
+        "::1",
+        "2001:db8::/32",
+        "::ffff:1.2.3.4",
+        "1::2:1.2.3.4",
+        "10.0.0.0/33",
+        "1.2.3",
+        "01.2.3.4",
+        "fe80::1%eth0",
+        "2001:db8::/129",
+        "garbage",
+    ] {
+        let status = create_source(json!({"scheme": "generic", "allowed_cidrs": [sample]})).await;
+        assert_agrees("cidr", &cidr, sample, status);
+    }
+    let secret = pattern_of(&doc, &create["properties"]["secrets"]["items"]);
+    for sample in [
+        "s".repeat(16),
+        "with spaces and ~!".repeat(2),
+        "s".repeat(15),
+        "é".repeat(20),
+        format!("{}\n", "s".repeat(20)),
+    ] {
+        let status = create_source(json!({"scheme": "github", "secrets": [sample]})).await;
+        assert_agrees("secret", &secret, &sample, status);
+    }
+
+    // Every documented platform and environment registers a device.
+    for platform in schema(&doc, "Platform")["enum"].as_array().expect("enum") {
+        let sample = match platform.as_str() {
+            Some("apns") => apns_token(3),
+            Some("fcm") => common::fcm_token("p"),
+            other => panic!("undocumented platform {other:?}"),
+        };
+        let status = put_device(&t, key, &sample, json!({"platform": platform})).await;
+        assert!(status < 300, "{platform}: {status}");
+    }
+    for env in schema(&doc, "ApnsEnvironment")["enum"]
+        .as_array()
+        .expect("enum")
+    {
+        let body = json!({"platform": "apns", "environment": env});
+        assert!(
+            put_device(&t, key, &apns_token(4), body).await < 300,
+            "{env}"
+        );
+    }
+
+    // Bodies are JSON objects: an array is refused, even one serde could read as the struct;
+    // an optional body may also be `null`.
+    let (status, body) = t
+        .call(
+            Method::PATCH,
+            "/v1/sources/s1",
+            Some(key),
+            Some(json!([null, null])),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = t
+        .call(
+            Method::POST,
+            "/v1/sources/s1/secrets",
+            Some(key),
+            Some(Value::Null),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = t
+        .call(Method::GET, "/v1/events?type=", Some(key), None)
+        .await;
+    assert_eq!(
+        status, 422,
+        "an empty type is below the documented minLength"
+    );
+
+    // Cursors: every `next_cursor` matches the documented pattern.
+    for seed in 1..=2 {
+        put_device(
+            &t,
+            key,
+            &apns_token(seed),
+            json!({"platform": "apns", "user_id": "u1"}),
+        )
+        .await;
+    }
+    let (_, page) = t
+        .call(Method::GET, "/v1/users/u1/devices?limit=1", Some(key), None)
+        .await;
+    let cursor = path_param(&doc, "get", "/v1/users/{user_id}/devices", "cursor");
+    let next = page["next_cursor"].as_str().expect("cursor");
+    assert!(pattern_of(&doc, cursor).is_match(next), "{next}");
+
+    // Every operation that takes an app key documents its rate limit, as does the webhook.
+    for (method, path, op) in operations(&doc) {
+        let app_key = op["security"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r.get("api_key").is_some());
+        if app_key || path.starts_with("/v1/webhooks/") {
+            assert!(
+                op["responses"].get("429").is_some(),
+                "{method} {path} does not document 429"
+            );
+        }
+    }
+    // The webhook documents every scheme's signature header, as optional.
+    let webhook = &doc["paths"]["/v1/webhooks/{app_id}/{source}"]["post"]["parameters"];
+    for header in [
+        "webhook-signature",
+        "X-Hub-Signature-256",
+        "Stripe-Signature",
+        "X-Webhook-Signature",
+    ] {
+        assert!(
+            webhook
+                .as_array()
+                .expect("parameters")
+                .iter()
+                .any(|p| p["name"] == header && p["in"] == "header" && p["required"] != true),
+            "{header} is not an optional header parameter"
+        );
+    }
+    t.shutdown().await;
+}
+
 backend_tests!(
     document_lists_exactly_the_served_routes,
     every_operation_is_described,
     security_matches_who_may_call,
     documented_schemas_match_the_api,
+    documented_constraints_are_what_the_server_enforces,
 );

@@ -81,7 +81,12 @@ async fn show(State(state): State<AppState>, caller: ServerCaller) -> Result<Jso
 #[serde(deny_unknown_fields)]
 struct CallbackRequest {
     /// Absolute http(s) URL, at most 2048 characters.
-    #[schema(example = "https://app.example.com/hooks/pushbridge")]
+    #[schema(
+        example = "https://app.example.com/hooks/pushbridge",
+        format = "uri",
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]"
+    )]
     url: String,
 }
 

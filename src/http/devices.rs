@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{AppKeyErrors, JsonBodyErrors, ServerKeyErrors};
-use super::{encode_cursor, ApiJson, ApiQuery, AppState, Caller, Page, ServerCaller};
+use super::{encode_cursor, ApiJson, ApiQuery, AppState, Caller, CursorKind, Page, ServerCaller};
 use crate::config::DeviceLimits;
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::redact::Redacted;
@@ -29,29 +29,52 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RegisterDevice {
-    /// `apns` or `fcm`; decides the token's expected shape.
-    #[schema(example = "apns")]
+    /// Decides the token's expected shape: APNs tokens are hex, FCM tokens are not.
+    #[schema(value_type = super::openapi::PlatformName, example = "apns")]
     platform: String,
-    /// The owning user, for user audiences (1-256 characters).
+    /// The owning user, for user audiences.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     user_id: Option<String>,
     /// BCP-47 language tag, stored in canonical case (`fr-fr` becomes `fr-FR`).
-    #[schema(example = "fr-FR")]
+    #[schema(
+        example = "fr-FR",
+        max_length = 64,
+        pattern = "^(?:[A-Za-z]{2,3}(?:-[A-Za-z]{3}){0,3}|[A-Za-z]{5,8})(?:-[A-Za-z]{4})?(?:-(?:[A-Za-z]{2}|[0-9]{3}))?(?:-(?:[A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*(?:-[A-WYZa-wyz0-9](?:-[A-Za-z0-9]{2,8})+)*(?:-[Xx](?:-[A-Za-z0-9]{1,8})+)?$|^[Xx](?:-[A-Za-z0-9]{1,8})+$"
+    )]
     locale: Option<String>,
     /// IANA time zone name.
-    #[schema(example = "Europe/Paris")]
+    #[schema(example = "Europe/Paris", pattern = "^[A-Za-z0-9/_+-]{1,64}$")]
     timezone: Option<String>,
-    /// App version (1-64 characters).
+    /// App version.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     app_version: Option<String>,
-    /// APNs only: `production` (default) or `sandbox`.
+    /// APNs only (default `production`); an FCM device must not send it.
+    #[schema(value_type = Option<super::openapi::EnvironmentName>)]
     environment: Option<String>,
     /// APNs only: the bundle id to send with (`apns-topic`).
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     topic: Option<String>,
-    /// Free-form JSON object, visible to templates as `device.attributes` and `user.*`.
+    /// Free-form JSON object, visible to templates as `device.attributes` and `user.*`; at
+    /// most `devices.max_attributes_bytes` (default 8192) when serialized.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     attributes: Option<Value>,
-    /// Tags for device audiences (each 1-64 characters).
+    /// Tags for device audiences, each 1-64 characters without control characters; at most
+    /// `devices.max_tags` (default 64).
     #[serde(default)]
+    #[schema(inline, value_type = Option<Vec<super::openapi::Tag>>)]
     tags: Option<Vec<String>>,
     /// Proof from the app's backend that the device is `user_id`'s: lowercase hex
     /// HMAC-SHA256(user-auth secret, user_id), or a JWT (HS256 with that secret, or ES256/RS256
@@ -260,7 +283,7 @@ async fn list_user_devices(
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<Value>> {
     let limit = page.limit()?;
-    let after = page.cursor()?;
+    let after = page.cursor(CursorKind::UserDevices)?;
     let devices = state
         .store
         .list_user_devices(caller.app_id(), &user_id, after.as_deref(), limit + 1)
@@ -268,7 +291,11 @@ async fn list_user_devices(
     let has_more = devices.len() > limit as usize;
     let devices = &devices[..devices.len().min(limit as usize)];
     let next_cursor = has_more
-        .then(|| devices.last().map(|d| encode_cursor(&d.token)))
+        .then(|| {
+            devices
+                .last()
+                .map(|d| encode_cursor(CursorKind::UserDevices, &d.token))
+        })
         .flatten();
     Ok(Json(json!({
         "devices": devices.iter().map(|d| d.view()).collect::<Vec<_>>(),

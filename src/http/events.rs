@@ -1,5 +1,7 @@
 //! Received events, for auditing: `GET /v1/events`, `GET /v1/events/{id}` (server key).
 
+use std::collections::HashMap;
+
 use axum::extract::State;
 
 use super::ApiPath as Path;
@@ -10,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::ServerKeyErrors;
-use super::{time_cursor, ApiQuery, AppState, Page, ServerCaller};
+use super::{time_cursor, ApiQuery, AppState, CursorKind, Page, ServerCaller};
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::store::EventView;
 
@@ -26,8 +28,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct ListEvents {
     /// Only events of exactly this type.
     #[serde(rename = "type")]
+    #[param(min_length = 1, max_length = 256)]
     event_type: Option<String>,
-    /// Opaque cursor from a previous page's `next_cursor`.
+    /// Opaque cursor from a previous page's `next_cursor` of this list.
+    #[param(min_length = 1, pattern = r"^[A-Za-z0-9_-]+$")]
     cursor: Option<String>,
     /// Page size, 1..=500 (default 50).
     #[param(minimum = 1, maximum = 500)]
@@ -38,14 +42,14 @@ struct ListEvents {
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 struct EventList {
-    events: Vec<EventView>,
+    /// Without payloads, each with its delivery counts.
+    events: Vec<EventDetail>,
     /// Pass as `cursor` for the next page; null on the last page.
     next_cursor: Option<String>,
 }
 
-/// One event with its payload and the count of its deliveries by status.
+/// An event with the count of its deliveries by status (and its payload when read alone).
 #[derive(serde::Serialize, utoipa::ToSchema)]
-#[allow(dead_code)]
 struct EventDetail {
     #[serde(flatten)]
     event: EventView,
@@ -53,8 +57,7 @@ struct EventDetail {
 }
 
 /// How many deliveries an event has, in total and by status.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Default, serde::Serialize, utoipa::ToSchema)]
 struct DeliveryCounts {
     total: i64,
     queued: i64,
@@ -62,6 +65,21 @@ struct DeliveryCounts {
     delivered: i64,
     dead: i64,
     invalid: i64,
+}
+
+impl DeliveryCounts {
+    /// Adds `n` jobs in `status`; a status this view does not know still counts in `total`.
+    fn add(&mut self, status: &str, n: i64) {
+        self.total += n;
+        match status {
+            "queued" => self.queued += n,
+            "in_flight" => self.in_flight += n,
+            "delivered" => self.delivered += n,
+            "dead" => self.dead += n,
+            "invalid" => self.invalid += n,
+            _ => {}
+        }
+    }
 }
 
 #[utoipa::path(
@@ -73,9 +91,9 @@ struct DeliveryCounts {
     params(ListEvents),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "a page of events (without payloads)", body = EventList),
+        (status = 200, description = "a page of events (without payloads), with delivery counts", body = EventList),
         ServerKeyErrors,
-        (status = 422, description = "invalid `limit` or `cursor`", body = ErrorBody),
+        (status = 422, description = "invalid `type`, `limit` or `cursor`", body = ErrorBody),
     ),
 )]
 async fn list(
@@ -88,7 +106,13 @@ async fn list(
         limit: q.limit,
     };
     let limit = page.limit()?;
-    let cursor = page.time_cursor()?;
+    if q.event_type
+        .as_ref()
+        .is_some_and(|t| t.is_empty() || t.chars().count() > 256)
+    {
+        return Err(ApiError::field("type", "must be 1-256 characters"));
+    }
+    let cursor = page.time_cursor(CursorKind::Events)?;
     let before = cursor.as_ref().map(|(ts, id)| (*ts, id.as_str()));
     let events = state
         .store
@@ -97,10 +121,26 @@ async fn list(
     let has_more = events.len() > limit as usize;
     let events = &events[..events.len().min(limit as usize)];
     let next_cursor = has_more
-        .then(|| events.last().map(|e| time_cursor(e.received_at, &e.id)))
+        .then(|| {
+            events
+                .last()
+                .map(|e| time_cursor(CursorKind::Events, e.received_at, &e.id))
+        })
         .flatten();
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let mut counts: HashMap<String, DeliveryCounts> = HashMap::new();
+    for (event_id, status, n) in state.store.events_counts(&ids).await? {
+        counts.entry(event_id).or_default().add(&status, n);
+    }
+    let events: Vec<EventDetail> = events
+        .iter()
+        .map(|e| EventDetail {
+            deliveries: counts.remove(&e.id).unwrap_or_default(),
+            event: e.view(false),
+        })
+        .collect();
     Ok(Json(json!({
-        "events": events.iter().map(|e| e.view(false)).collect::<Vec<_>>(),
+        "events": events,
         "next_cursor": next_cursor,
     })))
 }
@@ -129,16 +169,12 @@ async fn show(
         .get_event(caller.app_id(), &id)
         .await?
         .ok_or(ApiError::NotFound("event"))?;
-    let mut view = json!(event.view(true));
-    let counts = state.store.event_counts(&event.id).await?;
-    let mut deliveries = json!({"total": counts.iter().map(|(_, n)| n).sum::<i64>()});
-    for status in ["queued", "in_flight", "delivered", "dead", "invalid"] {
-        let n = counts
-            .iter()
-            .find(|(s, _)| s == status)
-            .map_or(0, |(_, n)| *n);
-        deliveries[status] = json!(n);
+    let mut deliveries = DeliveryCounts::default();
+    for (status, n) in state.store.event_counts(&event.id).await? {
+        deliveries.add(&status, n);
     }
-    view["deliveries"] = deliveries;
-    Ok(Json(view))
+    Ok(Json(json!(EventDetail {
+        event: event.view(true),
+        deliveries,
+    })))
 }

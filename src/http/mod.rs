@@ -314,6 +314,13 @@ pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// Parses JSON, reporting syntax errors as 400 and shape errors as 422 naming the field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde reads a struct from a JSON array of its fields in order; every body of this API
+    // is an object, so an array is refused rather than read positionally.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+        return Err(ApiError::field("body", "must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize(&mut de) {
         Ok(v) => {
@@ -342,11 +349,41 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct Page {
-    /// Opaque cursor from a previous page's `next_cursor`.
+    /// Opaque cursor from a previous page's `next_cursor` of the same list.
+    #[param(min_length = 1, pattern = r"^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
     /// Page size, 1..=500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+}
+
+/// The list a cursor belongs to. Its tag leads the encoded cursor, so a cursor handed to
+/// another list is refused as foreign instead of being read as a position in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CursorKind {
+    /// `GET /v1/users/{user_id}/devices`: after a token.
+    UserDevices,
+    /// `GET /v1/events`: before a (received_at, id).
+    Events,
+    /// `GET /v1/deliveries`: before an (updated_at, id).
+    Deliveries,
+    /// `GET /v1/events/{id}/deliveries`: after a delivery id.
+    EventDeliveries,
+}
+
+impl CursorKind {
+    fn tag(self) -> &'static str {
+        match self {
+            Self::UserDevices => "ud",
+            Self::Events => "ev",
+            Self::Deliveries => "dl",
+            Self::EventDeliveries => "ed",
+        }
+    }
+}
+
+fn foreign_cursor() -> ApiError {
+    ApiError::field("cursor", "not a cursor from this list")
 }
 
 impl Page {
@@ -360,18 +397,18 @@ impl Page {
     }
 
     /// A `(time, id)` cursor of a newest-first list, as written by [`time_cursor`].
-    pub fn time_cursor(&self) -> Result<Option<(i64, String)>, ApiError> {
-        self.cursor()?
+    pub fn time_cursor(&self, kind: CursorKind) -> Result<Option<(i64, String)>, ApiError> {
+        self.cursor(kind)?
             .map(|c| {
                 c.split_once(':')
                     .and_then(|(ts, id)| Some((ts.parse::<i64>().ok()?, id.to_string())))
-                    .ok_or_else(|| ApiError::field("cursor", "not a cursor from this API"))
+                    .ok_or_else(foreign_cursor)
             })
             .transpose()
     }
 
-    /// The decoded cursor text.
-    pub fn cursor(&self) -> Result<Option<String>, ApiError> {
+    /// The position a cursor of list `kind` carries, as written by [`encode_cursor`].
+    pub fn cursor(&self, kind: CursorKind) -> Result<Option<String>, ApiError> {
         use base64::Engine;
         self.cursor
             .as_deref()
@@ -380,21 +417,25 @@ impl Page {
                     .decode(c)
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| ApiError::field("cursor", "not a cursor from this API"))
+                    .and_then(|text| {
+                        let (tag, position) = text.split_once('|')?;
+                        (tag == kind.tag()).then(|| position.to_string())
+                    })
+                    .ok_or_else(foreign_cursor)
             })
             .transpose()
     }
 }
 
 /// The cursor after a row of a newest-first list ordered by (time, id).
-pub fn time_cursor(ts: i64, id: &str) -> String {
-    encode_cursor(&format!("{ts}:{id}"))
+pub fn time_cursor(kind: CursorKind, ts: i64, id: &str) -> String {
+    encode_cursor(kind, &format!("{ts}:{id}"))
 }
 
-/// Encodes a cursor for `next_cursor`.
-pub fn encode_cursor(raw: &str) -> String {
+/// Encodes the position after the last row of a page of list `kind`, for `next_cursor`.
+pub fn encode_cursor(kind: CursorKind, position: &str) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}|{position}", kind.tag()))
 }
 
 /// Path-parameter extractor whose errors (e.g. a parameter that is not UTF-8) are API errors.

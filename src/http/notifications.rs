@@ -13,7 +13,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{EventAccepted, JsonBodyErrors, Requeued, ServerKeyErrors};
-use super::{encode_cursor, time_cursor, ApiJson, ApiQuery, AppState, Page, ServerCaller};
+use super::{
+    encode_cursor, time_cursor, ApiJson, ApiQuery, AppState, CursorKind, Page, ServerCaller,
+};
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::rules::{Audience, DeviceFilter, RuleSpec, TemplateRef};
 use crate::store::{EventInsert, JobStatus, NewEvent, SpecKind, Store};
@@ -53,6 +55,7 @@ struct SendRequest {
     #[schema(value_type = Object)]
     data: Map<String, Value>,
     /// Event type recorded for the send (default `notification.direct`).
+    #[schema(min_length = 1, max_length = 256)]
     event_type: Option<String>,
 }
 
@@ -176,7 +179,9 @@ async fn event_deliveries(
         return Err(ApiError::NotFound("event"));
     }
     let limit = page.limit()?;
-    let after = page.cursor()?.unwrap_or_default();
+    let after = page
+        .cursor(CursorKind::EventDeliveries)?
+        .unwrap_or_default();
     let rows = state
         .store
         .event_deliveries(caller.app_id(), &event_id, &after, limit + 1)
@@ -185,7 +190,7 @@ async fn event_deliveries(
     let rows = &rows[..rows.len().min(limit as usize)];
     Ok(Json(json!({
         "deliveries": rows.iter().map(|r| r.view()).collect::<Vec<_>>(),
-        "next_cursor": more.then(|| rows.last().map(|r| encode_cursor(&r.id))).flatten(),
+        "next_cursor": more.then(|| rows.last().map(|r| encode_cursor(CursorKind::EventDeliveries, &r.id))).flatten(),
     })))
 }
 
@@ -196,7 +201,8 @@ struct DeliveryQuery {
     /// Only deliveries in this status.
     #[param(inline, value_type = Option<JobStatus>)]
     status: Option<String>,
-    /// Opaque cursor from a previous page's `next_cursor`.
+    /// Opaque cursor from a previous page's `next_cursor` of this list.
+    #[param(min_length = 1, pattern = r"^[A-Za-z0-9_-]+$")]
     cursor: Option<String>,
     /// Page size, 1..=500 (default 50).
     #[param(minimum = 1, maximum = 500)]
@@ -298,7 +304,7 @@ async fn list_deliveries(
         limit: q.limit,
     };
     let limit = page.limit()?;
-    let cursor = page.time_cursor()?;
+    let cursor = page.time_cursor(CursorKind::Deliveries)?;
     let before = cursor.as_ref().map(|(ts, id)| (*ts, id.as_str()));
     let rows = state
         .store
@@ -307,7 +313,10 @@ async fn list_deliveries(
     let more = rows.len() > limit as usize;
     let rows = &rows[..rows.len().min(limit as usize)];
     let next = more
-        .then(|| rows.last().map(|r| time_cursor(r.updated_at, &r.id)))
+        .then(|| {
+            rows.last()
+                .map(|r| time_cursor(CursorKind::Deliveries, r.updated_at, &r.id))
+        })
         .flatten();
     Ok(Json(json!({
         "deliveries": rows.iter().map(|r| r.view()).collect::<Vec<_>>(),
@@ -400,6 +409,7 @@ struct ReplayFilter {
     /// Only dead letters of this event.
     event_id: Option<String>,
     /// Only dead letters that died at or after this RFC 3339 time.
+    #[schema(format = DateTime, example = "2026-01-31T12:00:00Z")]
     since: Option<String>,
 }
 

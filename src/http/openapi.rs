@@ -26,7 +26,7 @@ pub const OPERATOR_KEY: &str = "operator_key";
                        notifications out.\n\nErrors are JSON `{\"error\": {\"code\", \"message\", \
                        \"field\"?}}` (schema `ErrorBody`)."
     ),
-    components(schemas(ErrorBody, ErrorDetail)),
+    components(schemas(ErrorBody, ErrorDetail, PlatformName, EnvironmentName)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "health", description = "Liveness, readiness, metrics and this document"),
@@ -77,6 +77,130 @@ impl Modify for SecuritySchemes {
     }
 }
 
+// Documentation of the validators' rules, checked against them by tests/openapi.rs.
+/// An APNs token (an even number, 64-200, of hex digits) or an FCM registration token
+/// (100-4096 of `[A-Za-z0-9_:-]`); `PUT` checks it against the body's `platform`.
+pub const TOKEN_PATTERN: &str = "^(?:(?:[0-9A-Fa-f]{2}){32,100}|[A-Za-z0-9_:-]{100,4096})$";
+/// A source, template or rule name (`sources::validate_name`).
+pub const NAME_PATTERN: &str = "^[a-z0-9_-]{1,64}$";
+/// Text without control characters (`char::is_control`), such as a user id.
+pub const TEXT_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$";
+/// A cursor: unpadded URL-safe base64, as every `next_cursor` is.
+pub const CURSOR_PATTERN: &str = "^[A-Za-z0-9_-]+$";
+
+/// What many operations share, set in one place: the constraints of the path parameters
+/// `token`, every `name` of a source, template or rule, `source` and `user_id`, and the 400
+/// of text holding NUL. Applied by [`Document::new`], once the routers have added their
+/// operations.
+struct PathConstraints;
+
+impl Modify for PathConstraints {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let text = |pattern: &str, min: usize, max: usize| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(pattern))
+                .min_length(Some(min))
+                .max_length(Some(max))
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                // `ApiJson`, `ApiPath` and `ApiQuery` refuse NUL in any text with a 400.
+                let takes_input = op.request_body.is_some()
+                    || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                if takes_input && !op.responses.responses.contains_key("400") {
+                    op.responses.responses.insert(
+                        "400".to_string(),
+                        utoipa::openapi::ResponseBuilder::new()
+                            .description(
+                                "a parameter or body string holds a NUL character; \
+                                 `error.field` names it",
+                            )
+                            .content(
+                                "application/json",
+                                utoipa::openapi::ContentBuilder::new()
+                                    .schema(Some(utoipa::openapi::Ref::from_schema_name(
+                                        "ErrorBody",
+                                    )))
+                                    .build(),
+                            )
+                            .build()
+                            .into(),
+                    );
+                }
+                for param in op.parameters.iter_mut().flatten() {
+                    if param.parameter_in != ParameterIn::Path {
+                        continue;
+                    }
+                    let schema = match param.name.as_str() {
+                        "token" => text(TOKEN_PATTERN, 64, 4096),
+                        "name" | "source" => text(NAME_PATTERN, 1, 64),
+                        "user_id" => text(TEXT_PATTERN, 1, 256),
+                        _ => continue,
+                    };
+                    param.schema = Some(schema.into());
+                }
+            }
+        }
+    }
+}
+
+// The schemas of `crate::push::Platform` and `ApnsEnvironment`, which stay free of API
+// concerns; tests/openapi.rs registers a device with every documented value.
+/// A device's push platform.
+#[derive(ToSchema)]
+#[schema(as = Platform, rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum PlatformName {
+    /// Apple Push Notification service.
+    Apns,
+    /// Firebase Cloud Messaging.
+    Fcm,
+}
+
+/// Which APNs host an APNs device token belongs to.
+#[derive(ToSchema)]
+#[schema(as = ApnsEnvironment, rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum EnvironmentName {
+    /// App Store and TestFlight builds.
+    Production,
+    /// Development builds.
+    Sandbox,
+}
+
+/// A device tag.
+#[derive(ToSchema)]
+#[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{1,64}$")]
+#[allow(dead_code)]
+pub struct Tag(String);
+
+/// A webhook source's client allowlist entry: a CIDR or a single address, IPv4 or IPv6.
+#[derive(ToSchema)]
+#[schema(
+    example = "203.0.113.0/24",
+    pattern = "^(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}(?:/(?:3[0-2]|[12]?[0-9]))?$|^(?:(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6})?|[0-9A-Fa-f]{1,4}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,5})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){1}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,4})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){2}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,3})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){3}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,2})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){4}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,1})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){5}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,0})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){6}::|(?:[0-9A-Fa-f]{1,4}:){6}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|::(?:[0-9A-Fa-f]{1,4}:){0,5}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}::(?:[0-9A-Fa-f]{1,4}:){0,4}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){1}::(?:[0-9A-Fa-f]{1,4}:){0,3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){2}::(?:[0-9A-Fa-f]{1,4}:){0,2}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){3}::(?:[0-9A-Fa-f]{1,4}:){0,1}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){4}::(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})(?:/(?:12[0-8]|1[01][0-9]|[1-9]?[0-9]))?$"
+)]
+#[allow(dead_code)]
+pub struct Cidr(String);
+
+/// A webhook secret of a `github`, `stripe` or `generic` source: 16-256 printable ASCII
+/// characters. A `standard_webhooks` secret is `whsec_` followed by base64 of 16-64 bytes.
+#[derive(ToSchema)]
+#[schema(pattern = "^[ -~]{16,256}$")]
+#[allow(dead_code)]
+pub struct Secret(String);
+
 /// Errors of endpoints that accept any app key.
 #[derive(IntoResponses)]
 #[allow(dead_code)]
@@ -87,6 +211,14 @@ pub enum AppKeyErrors {
         description = "missing, malformed, invalid or revoked API key"
     )]
     Unauthorized(ErrorBody),
+    /// Over the key's rate limit.
+    #[response(
+        status = 429,
+        description = "the key's rate limit (`rate_limits.server_key_per_sec` or \
+                       `client_key_per_sec`) is exceeded",
+        headers(("Retry-After" = u64, description = "seconds until a retry may succeed"))
+    )]
+    TooManyRequests(ErrorBody),
 }
 
 /// Errors of endpoints that need a server key.
@@ -105,6 +237,13 @@ pub enum ServerKeyErrors {
         description = "a client key; this endpoint needs a server key"
     )]
     Forbidden(ErrorBody),
+    /// Over the key's rate limit.
+    #[response(
+        status = 429,
+        description = "the key's rate limit (`rate_limits.server_key_per_sec`) is exceeded",
+        headers(("Retry-After" = u64, description = "seconds until a retry may succeed"))
+    )]
+    TooManyRequests(ErrorBody),
 }
 
 /// Errors of operator-only endpoints.
@@ -126,8 +265,11 @@ pub enum OperatorErrors {
 #[derive(IntoResponses)]
 #[allow(dead_code)]
 pub enum JsonBodyErrors {
-    /// Not JSON at all.
-    #[response(status = 400, description = "the body is not valid JSON")]
+    /// Not JSON at all, or text the store cannot hold.
+    #[response(
+        status = 400,
+        description = "the body is not valid JSON, or a string in it holds a NUL character"
+    )]
     BadRequest(ErrorBody),
     /// Over the body limit.
     #[response(status = 413, description = "the body exceeds 2 MiB")]
@@ -170,8 +312,11 @@ impl Document {
     /// Serializes `doc`; it is built from static annotations, so this cannot fail at run time
     /// once the tests pass.
     pub fn new(doc: &utoipa::openapi::OpenApi) -> Self {
+        // The routes join the document after `ApiDoc`'s own modifiers ran.
+        let mut doc = doc.clone();
+        PathConstraints.modify(&mut doc);
         Self(Bytes::from(
-            serde_json::to_vec(doc).expect("the OpenAPI document serializes to JSON"),
+            serde_json::to_vec(&doc).expect("the OpenAPI document serializes to JSON"),
         ))
     }
 }

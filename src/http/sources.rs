@@ -33,19 +33,24 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 struct CreateSource {
     /// 1-64 characters of `[a-z0-9_-]`; part of the webhook URL.
-    #[schema(example = "billing")]
+    #[schema(example = "billing", pattern = "^[a-z0-9_-]{1,64}$")]
     name: String,
     scheme: Scheme,
     /// Initial secrets (at most 5); one is generated when absent. Standard Webhooks secrets
-    /// are `whsec_` + base64 of 16-64 bytes, others 16-256 characters.
+    /// are `whsec_` + base64 of 16-64 bytes, others 16-256 printable ASCII characters.
     #[serde(default)]
+    #[schema(value_type = Vec<super::openapi::Secret>, max_items = 5)]
     secrets: Vec<String>,
     /// Dotted JSON path of the event type in the body (default `type`).
-    #[schema(example = "data.event")]
+    #[schema(
+        example = "data.event",
+        max_length = 128,
+        pattern = "^[A-Za-z0-9_-]+(?:\\.[A-Za-z0-9_-]+)*$"
+    )]
     event_type_path: Option<String>,
     /// Only these client addresses may call the webhook (CIDRs or single addresses).
     #[serde(default)]
-    #[schema(example = json!(["203.0.113.0/24"]))]
+    #[schema(value_type = Vec<super::openapi::Cidr>, example = json!(["203.0.113.0/24"]))]
     allowed_cidrs: Vec<String>,
 }
 
@@ -54,8 +59,10 @@ struct CreateSource {
 #[serde(deny_unknown_fields)]
 struct UpdateSource {
     /// Dotted JSON path of the event type in the body.
+    #[schema(max_length = 128, pattern = "^[A-Za-z0-9_-]+(?:\\.[A-Za-z0-9_-]+)*$")]
     event_type_path: Option<String>,
     /// Replaces the allowlist; an empty list allows every address.
+    #[schema(value_type = Option<Vec<super::openapi::Cidr>>)]
     allowed_cidrs: Option<Vec<String>>,
 }
 
@@ -64,6 +71,7 @@ struct UpdateSource {
 #[serde(deny_unknown_fields)]
 struct AddSecret {
     /// The new secret, in the scheme's format; generated when absent.
+    #[schema(value_type = Option<super::openapi::Secret>)]
     secret: Option<String>,
 }
 
@@ -175,8 +183,15 @@ fn validate_secret(scheme: Scheme, secret: &str, field: &str) -> Result<()> {
                 "a Standard Webhooks secret is whsec_ followed by base64 of 16-64 bytes",
             )),
         },
-        _ if (16..=256).contains(&secret.len()) => Ok(()),
-        _ => Err(ApiError::field(field, "must be 16-256 characters")),
+        _ if (16..=256).contains(&secret.len())
+            && secret.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) =>
+        {
+            Ok(())
+        }
+        _ => Err(ApiError::field(
+            field,
+            "must be 16-256 printable ASCII characters",
+        )),
     }
 }
 
@@ -433,10 +448,11 @@ async fn add_secret(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>)> {
+    // An empty body and `null` both ask for a generated secret.
     let body: AddSecret = if body.iter().all(u8::is_ascii_whitespace) {
         AddSecret::default()
     } else {
-        parse_json(&body)?
+        parse_json::<Option<AddSecret>>(&body)?.unwrap_or_default()
     };
     let mut source = load(&state, caller.app_id(), &name).await?;
     if source.secrets.len() >= MAX_SECRETS {

@@ -104,7 +104,7 @@ struct StatsQuery {
     responses(
         (status = 200, description = "the figures", body = StatsReport),
         ServerKeyErrors,
-        (status = 404, description = "a server key asked for another app", body = ErrorBody),
+        (status = 404, description = "no such app, or a server key asked for another app", body = ErrorBody),
     ),
 )]
 async fn stats(
@@ -117,7 +117,14 @@ async fn stats(
             return Err(ApiError::NotFound("app"));
         }
         (Viewer::App(own), _) => Some(own.clone()),
-        (Viewer::Operator, asked) => asked,
+        (Viewer::Operator, Some(asked)) => {
+            // Zeros for an app that does not exist would read as an idle app.
+            if state.store.get_app(&asked).await?.is_none() {
+                return Err(ApiError::NotFound("app"));
+            }
+            Some(asked)
+        }
+        (Viewer::Operator, None) => None,
     };
     let app = app_id.as_deref();
     let now = now_ms();

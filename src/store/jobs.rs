@@ -726,6 +726,28 @@ impl Store {
         .await?)
     }
 
+    /// Job counts by status of several events (a page of a list): `(event_id, status, n)`.
+    /// One grouped statement per 500 events, so a page of events costs one query.
+    pub async fn events_counts(
+        &self,
+        event_ids: &[&str],
+    ) -> anyhow::Result<Vec<(String, String, i64)>> {
+        let mut out = Vec::new();
+        for chunk in event_ids.chunks(500) {
+            let sql = format!(
+                "SELECT event_id, status, COUNT(*) FROM delivery_jobs WHERE event_id IN ({}) \
+                 GROUP BY event_id, status",
+                super::values_rows(chunk.len(), "?", 1)
+            );
+            let mut q = sqlx::query_as::<_, (String, String, i64)>(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            out.extend(q.fetch_all(&self.pool).await?);
+        }
+        Ok(out)
+    }
+
     /// Re-queues dead letters of an app: one (`ids`), or all matching `event_id`/`since`.
     /// Attempts restart at zero. Returns how many were re-queued.
     pub async fn replay_dead(

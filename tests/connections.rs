@@ -214,6 +214,15 @@ async fn a_declared_body_over_the_limit_gets_413_before_it_is_sent(db: Db) {
     })
     .await;
     let app = t.new_app().await;
+    let (status, source) = t
+        .call(
+            reqwest::Method::POST,
+            "/v1/sources",
+            Some(&app.server_key),
+            Some(serde_json::json!({"name": "billing", "scheme": "generic"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
     let too_big = pushbridge::http::DEFAULT_BODY_LIMIT + 1;
     let requests = [
         format!(
@@ -223,7 +232,7 @@ async fn a_declared_body_over_the_limit_gets_413_before_it_is_sent(db: Db) {
             app.client_key
         ),
         format!(
-            "POST /v1/webhooks/{}/any HTTP/1.1\r\nhost: localhost\r\n\
+            "POST /v1/webhooks/{}/billing HTTP/1.1\r\nhost: localhost\r\n\
              content-type: application/json\r\ncontent-length: 1025\r\n\r\n",
             app.app.id
         ),

@@ -21,6 +21,8 @@ pub struct Config {
     pub database_max_connections: u32,
     /// Optional TLS for the listener; plain HTTP when absent.
     pub tls: Option<TlsConfig>,
+    /// Limits and timeouts of the API listener.
+    pub http: crate::server::HttpConfig,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
     /// Credential for operator endpoints (`/metrics`, stats of all apps, the dashboard);
@@ -152,6 +154,7 @@ impl Default for Config {
             database_url: "sqlite://pushbridge.db".into(),
             database_max_connections: 8,
             tls: None,
+            http: Default::default(),
             log_format: LogFormat::Text,
             operator_key: None,
             devices: DeviceLimits::default(),
@@ -279,7 +282,11 @@ impl Config {
                 "must be at least 24 characters",
             ));
         }
-        for checked in [self.apns.validate(), self.fcm.validate()] {
+        for checked in [
+            self.http.validate(),
+            self.apns.validate(),
+            self.fcm.validate(),
+        ] {
             if let Err(message) = checked {
                 let (field, why) = message
                     .split_once(": ")

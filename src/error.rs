@@ -20,7 +20,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: `invalid_field`, `bad_request`, `unauthorized`,
-    /// `forbidden`, `not_found`, `conflict`, `payload_too_large`, `unsupported_media_type`,
+    /// `forbidden`, `not_found`, `method_not_allowed`, `request_timeout`, `conflict`,
+    /// `payload_too_large`, `uri_too_long`, `unsupported_media_type`, `headers_too_large`,
     /// `rate_limited` or `internal`.
     #[schema(value_type = String, example = "invalid_field")]
     pub code: &'static str,
@@ -63,12 +64,33 @@ pub enum ApiError {
     /// The resource does not exist (or belongs to another app).
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The route exists but not with this method (the `Allow` header lists those it has).
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// The request body did not arrive within `http.body_read_timeout_secs`.
+    #[error("request body not received within {secs} s")]
+    RequestTimeout {
+        /// The timeout in seconds.
+        secs: u64,
+    },
     /// A uniqueness rule was violated.
     #[error("{0}")]
     Conflict(String),
     /// The body exceeds the configured limit.
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request URI exceeds `http.max_uri_bytes`.
+    #[error("request URI exceeds {limit} bytes")]
+    UriTooLong {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request headers exceed `http.max_header_bytes` in total.
+    #[error("request headers exceed {limit} bytes")]
+    HeadersTooLarge {
         /// The limit in bytes.
         limit: usize,
     },
@@ -113,8 +135,12 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -128,8 +154,12 @@ impl ApiError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout { .. } => "request_timeout",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UriTooLong { .. } => "uri_too_long",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::TooManyRequests { .. } => "rate_limited",
             Self::Internal(_) => "internal",

@@ -1,7 +1,8 @@
 //! pushbridge: signed webhooks in, personalized APNs/FCM notifications out.
 //!
 //! `start` is the one entry point used by `main` and by the tests: it connects and migrates
-//! the store, builds the router and serves it on the given listener until shut down.
+//! the store, builds the router and serves it on the given listener until shut down. `bind`
+//! makes that listener from the config (the tests bind port 0 themselves).
 
 pub mod config;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod push;
 pub mod ratelimit;
 pub mod redact;
 pub mod rules;
+pub mod server;
 pub mod signature;
 pub mod simulator;
 pub mod store;
@@ -33,6 +35,8 @@ use crate::metrics::Metrics;
 use crate::push::Providers;
 use crate::store::Store;
 use crate::worker::{Wake, Worker};
+
+pub use crate::server::bind;
 
 /// A running bridge: its address, its state, and the handle to stop it.
 pub struct Running {
@@ -151,21 +155,16 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         JoinSet::new()
     };
     let app = http::router(state.clone());
-    let server = match &state.config.tls {
-        None => tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(wait_for_stop(stopped))
+    let acceptor = match &state.config.tls {
+        None => None,
+        Some(tls) => Some(tls::acceptor(&tls.cert_path, &tls.key_path)?),
+    };
+    let config = state.config.clone();
+    let server = tokio::spawn(async move {
+        server::serve(listener, acceptor, app, &config, stopped)
             .await
             .context("HTTP server failed")
-        }),
-        Some(tls) => {
-            let acceptor = tls::acceptor(&tls.cert_path, &tls.key_path)?;
-            tokio::spawn(tls::serve(listener, acceptor, app, wait_for_stop(stopped)))
-        }
-    };
+    });
     tracing::info!(%addr, tls = state.config.tls.is_some(), "pushbridge listening");
     Ok(Running {
         addr,
@@ -188,8 +187,4 @@ async fn warn_unverified_apps(store: &Store) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|s| *s).await;
 }

@@ -354,9 +354,7 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener = pushbridge::bind(&config)?;
     let running = pushbridge::start(config, listener).await?;
     let stopper = running.stopper();
     tokio::spawn(async move {

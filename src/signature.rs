@@ -145,6 +145,26 @@ pub fn standard_webhooks_key(secret: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
+/// The header names of a Standard Webhooks request: the standard's own, or Svix's defaults
+/// (Svix senders use those unless they pay for white-labelled headers).
+struct StandardHeaders {
+    id: &'static str,
+    timestamp: &'static str,
+    signature: &'static str,
+}
+
+const WEBHOOK_HEADERS: StandardHeaders = StandardHeaders {
+    id: "webhook-id",
+    timestamp: "webhook-timestamp",
+    signature: "webhook-signature",
+};
+
+const SVIX_HEADERS: StandardHeaders = StandardHeaders {
+    id: "svix-id",
+    timestamp: "svix-timestamp",
+    signature: "svix-signature",
+};
+
 fn verify_standard(
     headers: &HeaderMap,
     body: &[u8],
@@ -152,10 +172,17 @@ fn verify_standard(
     now_secs: i64,
     tolerance_secs: u64,
 ) -> Result<Verified, SignatureError> {
-    let id = required(headers, "webhook-id")?;
-    let ts_raw = required(headers, "webhook-timestamp")?;
-    let sig_header = required(headers, "webhook-signature")?;
-    check_timestamp("webhook-timestamp", ts_raw, now_secs, tolerance_secs)?;
+    // One family for all three headers; never a mix.
+    let names =
+        if !headers.contains_key(WEBHOOK_HEADERS.id) && headers.contains_key(SVIX_HEADERS.id) {
+            &SVIX_HEADERS
+        } else {
+            &WEBHOOK_HEADERS
+        };
+    let id = required(headers, names.id)?;
+    let ts_raw = required(headers, names.timestamp)?;
+    let sig_header = required(headers, names.signature)?;
+    check_timestamp(names.timestamp, ts_raw, now_secs, tolerance_secs)?;
     let mut signatures = Vec::new();
     for entry in sig_header
         .split(' ')
@@ -164,19 +191,19 @@ fn verify_standard(
     {
         let Some((version, sig)) = entry.split_once(',') else {
             return Err(SignatureError::MalformedHeader(
-                "webhook-signature",
+                names.signature,
                 "expected v1,<base64>",
             ));
         };
         // Other versions (e.g. asymmetric v1a) are skipped, as the spec says.
         if version == "v1" {
             signatures.push(B64.decode(sig).map_err(|_| {
-                SignatureError::MalformedHeader("webhook-signature", "signature is not base64")
+                SignatureError::MalformedHeader(names.signature, "signature is not base64")
             })?);
         }
     }
     if signatures.is_empty() {
-        return Err(SignatureError::MissingHeader("webhook-signature"));
+        return Err(SignatureError::MissingHeader(names.signature));
     }
     let keys: Vec<Vec<u8>> = secrets
         .iter()
@@ -397,6 +424,68 @@ mod tests {
                 300
             ),
             Err(SignatureError::TimestampOutOfWindow)
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_accepts_svix_header_names() {
+        // The same published vector, under the names Svix sends by default.
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = br#"{"test": 2432232314}"#;
+        let signature = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        let h = headers(&[
+            ("svix-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+            ("svix-timestamp", "1614265330"),
+            ("svix-signature", signature),
+        ]);
+        let v = verify(
+            Scheme::StandardWebhooks,
+            &h,
+            body,
+            &[secret],
+            1614265330,
+            300,
+        )
+        .expect("svix names verify");
+        assert_eq!(v.event_id.as_deref(), Some("msg_p5jXN8AQM9LWM0D4loKWxJek"));
+        assert_eq!(
+            verify(
+                Scheme::StandardWebhooks,
+                &h,
+                b"{}",
+                &[secret],
+                1614265330,
+                300
+            ),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(
+                Scheme::StandardWebhooks,
+                &h,
+                body,
+                &[secret],
+                1614265330 + 301,
+                300
+            ),
+            Err(SignatureError::TimestampOutOfWindow)
+        );
+        // The two families are never mixed: a webhook-id selects the standard's names.
+        let mixed = headers(&[
+            ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+            ("svix-timestamp", "1614265330"),
+            ("svix-signature", signature),
+        ]);
+        assert_eq!(
+            verify(
+                Scheme::StandardWebhooks,
+                &mixed,
+                body,
+                &[secret],
+                1614265330,
+                300
+            ),
+            Err(SignatureError::MissingHeader("webhook-timestamp"))
         );
     }
 

@@ -1076,3 +1076,130 @@ async fn nul_characters_are_refused_alike_on_every_backend(db: Db) {
 }
 
 backend_tests!(nul_characters_are_refused_alike_on_every_backend);
+
+/// A method a route does not have gets 405, the JSON error body and an `Allow` header that
+/// names the methods it does have.
+#[tokio::test]
+async fn a_wrong_method_gets_405_with_allow_and_a_json_error() {
+    let t = TestApp::spawn_with(Db::Sqlite, |c| c.worker.enabled = false).await;
+    for (method, path, allowed) in [
+        (
+            Method::DELETE,
+            "/v1/sources".to_string(),
+            vec!["GET", "POST"],
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/devices/{}", common::apns_token(1)),
+            vec!["GET", "PUT", "DELETE"],
+        ),
+    ] {
+        let resp = t
+            .client
+            .request(method.clone(), t.url(&path))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        let allow = resp
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        for m in allowed {
+            assert!(
+                allow.split(',').any(|a| a.trim() == m),
+                "{path}: Allow {allow:?}"
+            );
+        }
+        let body: Value = resp.json().await.expect("JSON body");
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    }
+    t.shutdown().await;
+}
+
+/// The `Bearer` scheme name is matched case-insensitively, as HTTP says auth schemes are.
+async fn the_bearer_scheme_is_case_insensitive(db: Db) {
+    let t = TestApp::spawn_with(db, |c| c.worker.enabled = false).await;
+    let app = t.new_app().await;
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let resp = t
+            .client
+            .get(t.url("/v1/app"))
+            .header("authorization", format!("{scheme} {}", app.server_key))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "{scheme}");
+    }
+    for bad in [
+        format!("Bearerx {}", app.server_key),
+        format!("Basic {}", app.server_key),
+    ] {
+        let (status, body) = {
+            let resp = t
+                .client
+                .get(t.url("/v1/app"))
+                .header("authorization", bad.clone())
+                .send()
+                .await
+                .expect("request");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.expect("JSON"))
+        };
+        assert_eq!(status, 401, "{bad}: {body}");
+    }
+    t.shutdown().await;
+}
+
+/// 414, 415 and 431 come with the API's JSON error body, like every other refusal.
+async fn oversized_uris_and_headers_and_wrong_media_types_get_json_errors(db: Db) {
+    let t = TestApp::spawn_with(db, |c| c.worker.enabled = false).await;
+    let app = t.new_app().await;
+    let limits = pushbridge::server::HttpConfig::default();
+    let long_uri = t.url(&format!("/v1/app?pad={}", "x".repeat(limits.max_uri_bytes)));
+    let cases = [
+        (
+            t.client.get(long_uri).bearer_auth(&app.server_key),
+            414,
+            "uri_too_long",
+        ),
+        (
+            t.client
+                .get(t.url("/v1/app"))
+                .bearer_auth(&app.server_key)
+                .header("x-pad", "y".repeat(limits.max_header_bytes + 1)),
+            431,
+            "headers_too_large",
+        ),
+        (
+            t.client
+                .put(t.url(&format!("/v1/devices/{}", common::apns_token(2))))
+                .bearer_auth(&app.client_key)
+                .header("content-type", "text/plain")
+                .body(r#"{"platform":"apns"}"#),
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let resp = request.send().await.expect("request");
+        assert_eq!(resp.status(), status, "{code}");
+        assert_eq!(
+            resp.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json"),
+            "{code}"
+        );
+        let body: Value = resp.json().await.expect("JSON body");
+        assert_eq!(body["error"]["code"], code, "{body}");
+    }
+    t.shutdown().await;
+}
+
+backend_tests!(
+    the_bearer_scheme_is_case_insensitive,
+    oversized_uris_and_headers_and_wrong_media_types_get_json_errors,
+);

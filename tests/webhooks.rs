@@ -526,6 +526,47 @@ async fn the_event_type_can_come_from_a_configured_json_path(db: Db) {
     assert_eq!(none["events"].as_array().map(Vec::len), Some(0));
 }
 
+/// Svix senders use `svix-id`, `svix-timestamp` and `svix-signature` unless they pay for
+/// white-labelled names; a `standard_webhooks` source verifies and dedupes those too.
+async fn svix_header_names_verify_for_a_standard_webhooks_source(db: Db) {
+    let t = TestApp::spawn(db).await;
+    let app = t.new_app().await;
+    let secret = create_source(&t, &app, "svix", "standard_webhooks", json!({})).await;
+    let body = event_body("svix");
+    let svix = |headers: Vec<(String, String)>| -> Vec<(String, String)> {
+        headers
+            .into_iter()
+            .map(|(k, v)| (k.replacen("webhook-", "svix-", 1), v))
+            .collect()
+    };
+    let headers = svix(sign(
+        Scheme::StandardWebhooks,
+        &secret,
+        body.as_bytes(),
+        "msg_svix",
+        now(),
+    ));
+    assert!(headers.iter().all(|(k, _)| k.starts_with("svix-")));
+    let (status, first) = post_webhook(&t, &app, "svix", &headers, body.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, again) = post_webhook(&t, &app, "svix", &headers, body.clone()).await;
+    assert_eq!(status, 200, "svix-id dedupes: {again}");
+    assert_eq!(again["event_id"], first["event_id"]);
+    let tampered = body.replace("150", "999");
+    let (status, _) = post_webhook(&t, &app, "svix", &headers, tampered).await;
+    assert_eq!(status, 401, "a tampered body under svix names");
+    let stale = svix(sign(
+        Scheme::StandardWebhooks,
+        &secret,
+        body.as_bytes(),
+        "msg_stale",
+        now() - 301,
+    ));
+    let (status, _) = post_webhook(&t, &app, "svix", &stale, body.clone()).await;
+    assert_eq!(status, 401, "an old svix-timestamp");
+    assert_eq!(stored_events(&t, &app).await, 1);
+}
+
 backend_tests!(
     each_scheme_accepts_a_valid_signature_and_rejects_forgeries,
     after_rotation_old_and_new_secrets_both_verify,
@@ -536,6 +577,7 @@ backend_tests!(
     an_unknown_source_gives_404,
     sources_are_isolated_per_app_and_validated,
     the_event_type_can_come_from_a_configured_json_path,
+    svix_header_names_verify_for_a_standard_webhooks_source,
 );
 
 async fn rate_limits_per_source_and_per_key_answer_429_with_retry_after(db: Db) {

@@ -18,10 +18,10 @@ pub(crate) use devices::canonical_locale;
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::{Extension, Router};
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
@@ -78,9 +78,12 @@ pub fn router(state: AppState) -> Router {
     routes
         .layer(Extension(openapi::Document::new(&doc)))
         .fallback(|| async { ApiError::NotFound("route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::BadRequest("method not allowed on this route".into())
-        })
+        // axum adds the `Allow` header to this answer itself.
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_head,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -105,6 +108,40 @@ async fn observe(
         started.elapsed(),
     );
     response
+}
+
+/// Answers 414 and 431 with our JSON error for request heads over the `[http]` limits. hyper
+/// only cuts off heads several times larger (see `server`), so these limits are what clients
+/// meet.
+async fn limit_head(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let limits = &state.config.http;
+    let uri = request.uri();
+    let uri_bytes = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if uri_bytes > limits.max_uri_bytes {
+        return ApiError::UriTooLong {
+            limit: limits.max_uri_bytes,
+        }
+        .into_response();
+    }
+    // As HTTP/1 sends them: name, ": ", value, CRLF.
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return ApiError::HeadersTooLarge {
+            limit: limits.max_header_bytes,
+        }
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// A caller authenticated with any of its app's keys (server or client).
@@ -173,11 +210,13 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <key>".into()))?;
+    // The scheme name is case-insensitive (RFC 9110, section 11.1).
     value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim())
         .ok_or_else(|| ApiError::Unauthorized("Authorization must be 'Bearer <key>'".into()))
 }
 
@@ -240,7 +279,7 @@ pub struct ApiJson<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
         let is_json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -256,15 +295,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 "Content-Type must be application/json".into(),
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge {
-                    limit: DEFAULT_BODY_LIMIT,
-                }
-            } else {
-                ApiError::BadRequest(format!("cannot read body: {e}"))
-            }
-        })?;
+        let (parts, body) = req.into_parts();
+        let bytes = read_body(body, &parts.headers, DEFAULT_BODY_LIMIT).await?;
         reject_nul_strings(&bytes)?;
         parse_json(&bytes).map(ApiJson)
     }
@@ -311,6 +343,45 @@ fn reject_nul_strings(bytes: &[u8]) -> Result<(), ApiError> {
 
 /// Body limit of ordinary JSON endpoints (axum's default).
 pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// Reads a request body of at most `limit` bytes: 413 before reading anything when the
+/// declared `Content-Length` is over it, or as soon as the bytes read are; 408 when the body
+/// misses the listener's body deadline. Every handler that reads a body reads it here.
+pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => {
+            if caused_by::<http_body_util::LengthLimitError>(&*e) {
+                Err(ApiError::PayloadTooLarge { limit })
+            } else if let Some(timeout) = find_cause::<crate::server::BodyTimeout>(&*e) {
+                Err(ApiError::RequestTimeout {
+                    secs: timeout.0.as_secs(),
+                })
+            } else {
+                Err(ApiError::BadRequest(format!("cannot read body: {e}")))
+            }
+        }
+    }
+}
+
+/// The first error of type `T` in `e`'s chain of sources.
+fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    std::iter::successors(Some(e), |e| e.source()).find_map(|e| e.downcast_ref::<T>())
+}
+
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    find_cause::<T>(e).is_some()
+}
 
 /// Parses JSON, reporting syntax errors as 400 and shape errors as 422 naming the field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

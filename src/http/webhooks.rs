@@ -5,13 +5,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 
 use super::ApiPath as Path;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use http_body_util::BodyExt;
 use ipnet::IpNet;
 use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
@@ -42,7 +40,8 @@ const MAX_EVENT_ID_LEN: usize = 256;
     summary = "Receive a signed webhook and store it as an event",
     description = "Takes no API key: the request is authenticated by the signature of its \
                    source's scheme over the raw body bytes (`standard_webhooks`: `webhook-id`, \
-                   `webhook-timestamp`, `webhook-signature`; `github`: `X-Hub-Signature-256`; \
+                   `webhook-timestamp`, `webhook-signature`, or Svix's `svix-*` names; \
+                   `github`: `X-Hub-Signature-256`; \
                    `stripe`: `Stripe-Signature`; `generic`: `X-Webhook-Signature`). Timestamps \
                    must be within the configured tolerance. The event is committed before the \
                    answer; an event id the source already sent is answered 200 as a duplicate.",
@@ -118,6 +117,7 @@ async fn ingest(
 fn rejection_reason(e: &ApiError) -> &'static str {
     match e {
         ApiError::PayloadTooLarge { .. } => "body_too_large",
+        ApiError::RequestTimeout { .. } => "body_timeout",
         ApiError::NotFound(_) => "unknown_source",
         ApiError::Forbidden(_) => "ip_not_allowed",
         ApiError::Unauthorized(_) => "bad_signature",
@@ -138,7 +138,7 @@ async fn accept(
     let app_id = source.app_id.as_str();
     let (parts, body) = request.into_parts();
     let limit = state.config.webhooks.max_body_bytes;
-    let body = read_limited(body, &parts.headers, limit).await?;
+    let body = super::read_body(body, &parts.headers, limit).await?;
 
     let limits = &state.config.rate_limits;
     state
@@ -235,25 +235,6 @@ async fn accept(
             )
         }
     })
-}
-
-/// Reads at most `limit` bytes, answering 413 as soon as the declared or actual size exceeds it.
-async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let limited = http_body_util::Limited::new(body, limit);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::PayloadTooLarge { limit })
-        }
-        Err(e) => Err(ApiError::BadRequest(format!("cannot read body: {e}"))),
-    }
 }
 
 fn signature_error(e: SignatureError) -> ApiError {

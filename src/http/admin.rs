@@ -93,7 +93,7 @@ async fn list_apps(State(state): State<AppState>, _op: Operator) -> Result<Json<
         (status = 202, description = "re-queued", body = Requeued),
         OperatorErrors,
         (status = 404, description = "no such delivery", body = ErrorBody),
-        (status = 409, description = "the delivery is not a dead letter", body = ErrorBody),
+        (status = 409, description = "the delivery is not a dead letter, or its template still does not render (the reason says which)", body = ErrorBody),
     ),
 )]
 async fn replay(
@@ -106,15 +106,5 @@ async fn replay(
         .delivery_app(&id)
         .await?
         .ok_or(ApiError::NotFound("delivery"))?;
-    let n = state
-        .store
-        .replay_dead(&app_id, Some(std::slice::from_ref(&id)), None, None)
-        .await?;
-    if n == 0 {
-        return Err(ApiError::Conflict(
-            "only dead letters can be retried".into(),
-        ));
-    }
-    state.wake.jobs.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(json!({"requeued": n}))))
+    super::notifications::replay_one_of(&state, &app_id, &id).await
 }

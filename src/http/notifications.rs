@@ -19,6 +19,7 @@ use super::{
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::rules::{Audience, DeviceFilter, RuleSpec, TemplateRef};
 use crate::store::{EventInsert, JobStatus, NewEvent, SpecKind, Store};
+use crate::worker::replay;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -375,7 +376,7 @@ async fn show_delivery(
         (status = 202, description = "re-queued", body = Requeued),
         ServerKeyErrors,
         (status = 404, description = "no such delivery", body = ErrorBody),
-        (status = 409, description = "the delivery is not a dead letter", body = ErrorBody),
+        (status = 409, description = "the delivery is not a dead letter, or its template still does not render (the reason says which)", body = ErrorBody),
     ),
 )]
 async fn replay_one(
@@ -394,12 +395,7 @@ async fn replay_one(
             row.status
         )));
     }
-    let n = state
-        .store
-        .replay_dead(caller.app_id(), Some(std::slice::from_ref(&id)), None, None)
-        .await?;
-    state.wake.jobs.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(json!({"requeued": n}))))
+    replay_one_of(&state, caller.app_id(), &id).await
 }
 
 /// Body of the bulk replay; an empty object re-queues every dead letter of the app.
@@ -441,10 +437,54 @@ async fn replay_many(
                 .map_err(|_| ApiError::field("since", "must be an RFC 3339 time"))
         })
         .transpose()?;
-    let n = state
-        .store
-        .replay_dead(caller.app_id(), None, filter.event_id.as_deref(), since)
-        .await?;
+    let selection = replay::Selection {
+        ids: None,
+        event_id: filter.event_id.as_deref(),
+        since_ms: since,
+    };
+    let report = replay::replay_dead(&state.store, caller.app_id(), selection).await?;
+    if report.requeued > 0 {
+        state.wake.jobs.notify_one();
+    }
+    Ok((StatusCode::ACCEPTED, Json(requeued_view(&report))))
+}
+
+/// Dead letters a bulk replay lists by name among those that still do not render.
+const LISTED_NOT_RENDERED: usize = 100;
+
+fn requeued_view(report: &replay::Report) -> Value {
+    json!({
+        "requeued": report.requeued,
+        "not_rendered": report.not_rendered.iter().take(LISTED_NOT_RENDERED)
+            .map(|(id, reason)| json!({"id": id, "reason": reason}))
+            .collect::<Vec<_>>(),
+        "not_rendered_total": report.not_rendered.len(),
+    })
+}
+
+/// Replays one dead letter of `app_id`: 202 once re-queued, 409 with the reason when it is
+/// not a dead letter or its template still does not render. The API and the dashboard share it.
+pub(crate) async fn replay_one_of(
+    state: &AppState,
+    app_id: &str,
+    id: &str,
+) -> Result<(StatusCode, Json<Value>)> {
+    let ids = [id.to_string()];
+    let selection = replay::Selection {
+        ids: Some(&ids),
+        ..Default::default()
+    };
+    let report = replay::replay_dead(&state.store, app_id, selection).await?;
+    if let Some((_, reason)) = report.not_rendered.first() {
+        return Err(ApiError::Conflict(format!(
+            "the delivery still does not render, so it stays a dead letter: {reason}"
+        )));
+    }
+    if report.requeued == 0 {
+        return Err(ApiError::Conflict(
+            "only dead letters can be retried".into(),
+        ));
+    }
     state.wake.jobs.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(json!({"requeued": n}))))
+    Ok((StatusCode::ACCEPTED, Json(requeued_view(&report))))
 }

@@ -302,6 +302,20 @@ pub struct EventAccepted {
 pub struct Requeued {
     /// Number of deliveries re-queued.
     pub requeued: u64,
+    /// Dead letters whose template still does not render (they stay dead), at most 100.
+    pub not_rendered: Vec<NotRendered>,
+    /// How many dead letters still do not render in all.
+    pub not_rendered_total: u64,
+}
+
+/// A dead letter a replay could not render.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct NotRendered {
+    /// The delivery id.
+    pub id: String,
+    /// Why it still does not render.
+    pub reason: String,
 }
 
 /// The document, serialized once at start-up and shared by every request for it.

@@ -173,6 +173,21 @@ pub struct AttemptRow {
     pub at: i64,
 }
 
+/// A dead letter as a replay needs it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct DeadLetter {
+    /// Job id.
+    pub id: String,
+    /// Source event.
+    pub event_id: String,
+    /// Rule that produced it (`direct` for a direct send).
+    pub rule: Option<String>,
+    /// Device token.
+    pub token: String,
+    /// Serialized payload.
+    pub job: String,
+}
+
 /// A pruned token, for the API and dashboard.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct PrunedRow {
@@ -748,56 +763,79 @@ impl Store {
         Ok(out)
     }
 
-    /// Re-queues dead letters of an app: one (`ids`), or all matching `event_id`/`since`.
-    /// Attempts restart at zero. Returns how many were re-queued.
-    pub async fn replay_dead(
+    /// Dead letters of an app: the listed ones (`ids`), or all matching `event_id`/`since`.
+    pub async fn dead_letters(
         &self,
         app_id: &str,
         ids: Option<&[String]>,
         event_id: Option<&str>,
         since_ms: Option<i64>,
+    ) -> anyhow::Result<Vec<DeadLetter>> {
+        const COLUMNS: &str = "id, event_id, rule, token, job";
+        match ids {
+            Some(ids) => {
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    out.extend(
+                        sqlx::query_as::<_, DeadLetter>(&format!(
+                            "SELECT {COLUMNS} FROM delivery_jobs \
+                             WHERE app_id = $1 AND id = $2 AND status = 'dead'"
+                        ))
+                        .bind(app_id)
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?,
+                    );
+                }
+                Ok(out)
+            }
+            None => Ok(sqlx::query_as::<_, DeadLetter>(&format!(
+                "SELECT {COLUMNS} FROM delivery_jobs WHERE app_id = $1 AND status = 'dead' \
+                 AND ($2 = '' OR event_id = $2) AND updated_at >= $3 ORDER BY id"
+            ))
+            .bind(app_id)
+            .bind(event_id.unwrap_or(""))
+            .bind(since_ms.unwrap_or(0))
+            .fetch_all(&self.pool)
+            .await?),
+        }
+    }
+
+    /// Re-queues dead letters of an app, each with its new payload when it was rendered again
+    /// (`Some`), else as it is. Attempts restart at zero; a job that is no longer dead is left
+    /// alone. Returns how many were re-queued.
+    pub async fn requeue_dead(
+        &self,
+        app_id: &str,
+        jobs: &[(String, Option<String>)],
     ) -> anyhow::Result<u64> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
         let turn = self.write_turn().await;
         // Every statement here writes first: in SQLite's WAL mode a transaction that reads and
         // then writes can fail when another writer commits in between.
         let now = now_ms();
         let mut tx = turn.db().begin().await?;
-        const REQUEUE: &str = "UPDATE delivery_jobs SET status = 'queued', attempts = 0, \
-             next_attempt_at = $1, updated_at = $1, created_at = $1";
-        let mut targets: Vec<(String, String)> = Vec::new();
-        match ids {
-            Some(ids) => {
-                for id in ids {
-                    targets.extend(
-                        sqlx::query_as::<_, (String, String)>(&format!(
-                            "{REQUEUE} WHERE app_id = $2 AND id = $3 AND status = 'dead' \
-                             RETURNING id, event_id"
-                        ))
-                        .bind(now)
-                        .bind(app_id)
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?,
-                    );
-                }
-            }
-            None => {
-                targets = sqlx::query_as::<_, (String, String)>(&format!(
-                    "{REQUEUE} WHERE app_id = $2 AND status = 'dead' AND ($3 = '' OR event_id = $3) \
-                     AND updated_at >= $4 RETURNING id, event_id"
-                ))
-                .bind(now)
-                .bind(app_id)
-                .bind(event_id.unwrap_or(""))
-                .bind(since_ms.unwrap_or(0))
-                .fetch_all(&mut *tx)
-                .await?;
+        let mut reopened: std::collections::BTreeMap<String, i64> = Default::default();
+        for (id, payload) in jobs {
+            let requeued = sqlx::query_as::<_, (String,)>(
+                "UPDATE delivery_jobs SET status = 'queued', attempts = 0, \
+                 next_attempt_at = $1, updated_at = $1, created_at = $1, \
+                 job = COALESCE($4, job) \
+                 WHERE app_id = $2 AND id = $3 AND status = 'dead' RETURNING event_id",
+            )
+            .bind(now)
+            .bind(app_id)
+            .bind(id)
+            .bind(payload.as_deref())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((event_id,)) = requeued {
+                *reopened.entry(event_id).or_default() += 1;
             }
         }
-        let mut reopened: std::collections::BTreeMap<&str, i64> = Default::default();
-        for (_, event_id) in &targets {
-            *reopened.entry(event_id.as_str()).or_default() += 1;
-        }
+        let mut total = 0;
         for (event_id, jobs) in reopened {
             sqlx::query(
                 "UPDATE events SET open_jobs = open_jobs + $3, updated_at = $1, \
@@ -805,13 +843,42 @@ impl Store {
                  WHERE id = $2",
             )
             .bind(now)
-            .bind(event_id)
+            .bind(&event_id)
             .bind(jobs)
+            .execute(&mut *tx)
+            .await?;
+            total += jobs as u64;
+        }
+        tx.commit().await?;
+        Ok(total)
+    }
+
+    /// Records why dead letters stay dead after a replay could not render them.
+    pub async fn keep_dead(
+        &self,
+        app_id: &str,
+        reasons: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        if reasons.is_empty() {
+            return Ok(());
+        }
+        let turn = self.write_turn().await;
+        let now = now_ms();
+        let mut tx = turn.db().begin().await?;
+        for (id, reason) in reasons {
+            sqlx::query(
+                "UPDATE delivery_jobs SET last_reason = $1, updated_at = $2 \
+                 WHERE app_id = $3 AND id = $4 AND status = 'dead'",
+            )
+            .bind(reason)
+            .bind(now)
+            .bind(app_id)
+            .bind(id)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
-        Ok(targets.len() as u64)
+        Ok(())
     }
 
     /// Recently pruned tokens of an app, newest first.

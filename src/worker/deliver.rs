@@ -185,33 +185,34 @@ impl Worker {
     /// One send and the decision that follows from its outcome.
     async fn attempt(&self, job: ClaimedJob) -> JobResult {
         let started = Instant::now();
-        let outcome = match serde_json::from_str::<JobPayload>(&job.job) {
-            Ok(JobPayload::V1 {
-                environment,
-                topic,
-                notification,
-            }) => {
-                let platform = if job.platform == "apns" {
-                    Platform::Apns
-                } else {
-                    Platform::Fcm
-                };
-                let target = Target {
-                    platform,
-                    token: job.token.clone(),
-                    environment: if environment.as_deref() == Some("sandbox") {
-                        ApnsEnvironment::Sandbox
+        let outcome =
+            match serde_json::from_str::<JobPayload>(&job.job).map(JobPayload::into_rendered) {
+                // Never send what was not rendered (a replay renders it again first).
+                Ok(None) => Outcome::Failed {
+                    reason: "the job has no rendered notification".into(),
+                },
+                Ok(Some((environment, topic, notification))) => {
+                    let platform = if job.platform == "apns" {
+                        Platform::Apns
                     } else {
-                        ApnsEnvironment::Production
-                    },
-                    topic,
-                };
-                self.providers.send(&target, &notification).await
-            }
-            Err(e) => Outcome::Failed {
-                reason: format!("unreadable job payload: {e}"),
-            },
-        };
+                        Platform::Fcm
+                    };
+                    let target = Target {
+                        platform,
+                        token: job.token.clone(),
+                        environment: if environment.as_deref() == Some("sandbox") {
+                            ApnsEnvironment::Sandbox
+                        } else {
+                            ApnsEnvironment::Production
+                        },
+                        topic,
+                    };
+                    self.providers.send(&target, &notification).await
+                }
+                Err(e) => Outcome::Failed {
+                    reason: format!("unreadable job payload: {e}"),
+                },
+            };
         let latency_ms = started.elapsed().as_millis() as i64;
         let now = now_ms();
         self.metrics

@@ -219,7 +219,8 @@ impl Worker {
                 },
                 _ => None,
             };
-            let template = Arc::new(self.template(&event.app_id, &rule.template).await?);
+            let template =
+                Arc::new(load_template(&self.store, &event.app_id, &rule.template).await?);
             // Devices arrive in pages; each page is rendered and committed on its own, so
             // memory stays flat however large the audience is and workers start sending while
             // later pages are written. A device appears at most once per rule: tokens are
@@ -263,30 +264,6 @@ impl Worker {
             tracing::info!(event = %event.id, queued, dead, jobs = seq, "event dispatched");
         }
         Ok(())
-    }
-
-    /// Loads and compiles a rule's template; a missing or broken template becomes the reason
-    /// every job of the rule is dead-lettered.
-    async fn template(
-        &self,
-        app_id: &str,
-        reference: &TemplateRef,
-    ) -> anyhow::Result<Result<CompiledTemplate, String>> {
-        let spec: TemplateSpec = match reference {
-            TemplateRef::Inline(spec) => (**spec).clone(),
-            TemplateRef::Named(name) => match self
-                .store
-                .get_spec(SpecKind::Template, app_id, name)
-                .await?
-            {
-                Some(stored) => match serde_json::from_str(&stored.spec) {
-                    Ok(spec) => spec,
-                    Err(e) => return Ok(Err(format!("template {name} does not parse: {e}"))),
-                },
-                None => return Ok(Err(format!("template {name} does not exist"))),
-            },
-        };
-        Ok(spec.compile().map_err(|e| format!("template error: {e}")))
     }
 
     /// The devices a rule addresses, as a pager.
@@ -398,8 +375,28 @@ impl AudiencePages {
     }
 }
 
+/// Loads and compiles a rule's template; a missing or broken template becomes the reason
+/// every job of the rule is dead-lettered.
+pub(crate) async fn load_template(
+    store: &Store,
+    app_id: &str,
+    reference: &TemplateRef,
+) -> anyhow::Result<Result<CompiledTemplate, String>> {
+    let spec: TemplateSpec = match reference {
+        TemplateRef::Inline(spec) => (**spec).clone(),
+        TemplateRef::Named(name) => match store.get_spec(SpecKind::Template, app_id, name).await? {
+            Some(stored) => match serde_json::from_str(&stored.spec) {
+                Ok(spec) => spec,
+                Err(e) => return Ok(Err(format!("template {name} does not parse: {e}"))),
+            },
+            None => return Ok(Err(format!("template {name} does not exist"))),
+        },
+    };
+    Ok(spec.compile().map_err(|e| format!("template error: {e}")))
+}
+
 /// The event as templates see it: the payload, with `id` and `type` filled in when absent.
-fn event_context(event: &Event, payload: &Value) -> Value {
+pub(crate) fn event_context(event: &Event, payload: &Value) -> Value {
     let mut ctx = payload.clone();
     if let Some(obj) = ctx.as_object_mut() {
         obj.entry("id")
@@ -435,28 +432,9 @@ fn render_job(
     event_ctx: &minijinja::Value,
     device: &Device,
 ) -> NewJob {
-    let device_ctx = json!({
-        "platform": device.platform,
-        "locale": device.locale,
-        "timezone": device.timezone,
-        "app_version": device.app_version,
-        "environment": device.environment,
-        "attributes": device.attributes_json(),
-        "tags": device.tags_list(),
-    });
-    let rendered = template.as_ref().map_err(Clone::clone).and_then(|t| {
-        let ctx = context(event_ctx, &device_ctx, device.user_id.as_deref());
-        t.render(&ctx, device.locale.as_deref(), &device.platform)
-            .map_err(|e| format!("template error: {e}"))
-    });
-    let (status, last_reason, notification) = match rendered {
-        Ok(n) => (JobStatus::Queued, None, n),
-        Err(reason) => (JobStatus::Dead, Some(reason), Default::default()),
-    };
-    let payload = JobPayload::V1 {
-        environment: device.environment.clone(),
-        topic: device.topic.clone(),
-        notification,
+    let (status, last_reason, payload) = match render_payload(template, event_ctx, device) {
+        Ok(payload) => (JobStatus::Queued, None, payload),
+        Err(reason) => (JobStatus::Dead, Some(reason), JobPayload::Unrendered),
     };
     NewJob {
         rule: Some(rule.to_string()),
@@ -466,6 +444,33 @@ fn render_job(
         status,
         last_reason,
     }
+}
+
+/// Renders one device's notification, or the reason it does not render.
+pub(crate) fn render_payload(
+    template: &Result<CompiledTemplate, String>,
+    event_ctx: &minijinja::Value,
+    device: &Device,
+) -> Result<JobPayload, String> {
+    let device_ctx = json!({
+        "platform": device.platform,
+        "locale": device.locale,
+        "timezone": device.timezone,
+        "app_version": device.app_version,
+        "environment": device.environment,
+        "attributes": device.attributes_json(),
+        "tags": device.tags_list(),
+    });
+    let notification = template.as_ref().map_err(Clone::clone).and_then(|t| {
+        let ctx = context(event_ctx, &device_ctx, device.user_id.as_deref());
+        t.render(&ctx, device.locale.as_deref(), &device.platform)
+            .map_err(|e| format!("template error: {e}"))
+    })?;
+    Ok(JobPayload::V1 {
+        environment: device.environment.clone(),
+        topic: device.topic.clone(),
+        notification,
+    })
 }
 
 /// Groups claimed events by app, keeping the claim order within and across apps.

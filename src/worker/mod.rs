@@ -5,6 +5,7 @@
 mod callbacks;
 mod deliver;
 mod dispatch;
+pub mod replay;
 pub mod retry;
 
 use std::sync::Arc;
@@ -20,6 +21,9 @@ use crate::push::{Notification, Providers};
 use crate::store::Store;
 
 /// What a delivery job carries, versioned so queued jobs survive upgrades.
+// Payloads are parsed one at a time and consumed at once; boxing the common variant would
+// cost an allocation per job for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "v")]
 pub enum JobPayload {
@@ -35,6 +39,29 @@ pub enum JobPayload {
         /// The rendered notification.
         notification: Notification,
     },
+    /// A job whose template failed to render: nothing to send until a replay renders it
+    /// again.
+    #[serde(rename = "unrendered")]
+    Unrendered,
+}
+
+impl JobPayload {
+    /// The device's APNs environment and topic with the notification to send, if the job
+    /// was rendered. Dead letters written before the `unrendered` version carry an empty
+    /// notification instead, which no template can render (it needs a title, a body, data
+    /// or content-available): they count as unrendered too.
+    pub fn into_rendered(self) -> Option<(Option<String>, Option<String>, Notification)> {
+        match self {
+            Self::V1 {
+                environment,
+                topic,
+                notification,
+            } if notification != Notification::default() => {
+                Some((environment, topic, notification))
+            }
+            Self::V1 { .. } | Self::Unrendered => None,
+        }
+    }
 }
 
 /// Wake-up signals; a notification is remembered until a loop takes it.
@@ -134,5 +161,27 @@ impl Worker {
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rendered_payloads_have_something_to_send() {
+        let parse = |text: &str| serde_json::from_str::<JobPayload>(text).expect("payload");
+        // Dead letters from before the `unrendered` version: an empty notification.
+        assert!(parse(r#"{"v":"1","notification":{}}"#)
+            .into_rendered()
+            .is_none());
+        assert!(parse(r#"{"v":"unrendered"}"#).into_rendered().is_none());
+        let (_, topic, n) = parse(r#"{"v":"1","topic":"t","notification":{"body":"hi"}}"#)
+            .into_rendered()
+            .expect("rendered");
+        assert_eq!(
+            (topic.as_deref(), n.body.as_deref()),
+            (Some("t"), Some("hi"))
+        );
     }
 }

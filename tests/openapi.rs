@@ -228,6 +228,14 @@ async fn every_operation_is_described(db: Db) {
             responses.keys().any(|s| s.starts_with('2')),
             "{what}: no success response"
         );
+        // The request-head limits apply before routing, to every operation.
+        for status in ["414", "431"] {
+            assert_eq!(
+                responses[status]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody",
+                "{what}: {status} undocumented"
+            );
+        }
         for requirement in op["security"].as_array().into_iter().flatten() {
             for scheme in requirement.as_object().expect("requirement").keys() {
                 assert!(schemes.contains_key(scheme), "{what}: unknown {scheme}");

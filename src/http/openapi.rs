@@ -89,9 +89,9 @@ pub const TEXT_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$";
 pub const CURSOR_PATTERN: &str = "^[A-Za-z0-9_-]+$";
 
 /// What many operations share, set in one place: the constraints of the path parameters
-/// `token`, every `name` of a source, template or rule, `source` and `user_id`, and the 400
-/// of text holding NUL. Applied by [`Document::new`], once the routers have added their
-/// operations.
+/// `token`, every `name` of a source, template or rule, `source` and `user_id`, the 400 of
+/// text holding NUL, and the 414 and 431 of request heads over the `[http]` limits. Applied
+/// by [`Document::new`], once the routers have added their operations.
 struct PathConstraints;
 
 impl Modify for PathConstraints {
@@ -106,6 +106,17 @@ impl Modify for PathConstraints {
                 .max_length(Some(max))
                 .build()
         };
+        let error = |description: &str| {
+            utoipa::openapi::ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
         for item in openapi.paths.paths.values_mut() {
             let operations = [
                 &mut item.get,
@@ -118,26 +129,26 @@ impl Modify for PathConstraints {
                 // `ApiJson`, `ApiPath` and `ApiQuery` refuse NUL in any text with a 400.
                 let takes_input = op.request_body.is_some()
                     || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
-                if takes_input && !op.responses.responses.contains_key("400") {
-                    op.responses.responses.insert(
+                let responses = &mut op.responses.responses;
+                if takes_input && !responses.contains_key("400") {
+                    responses.insert(
                         "400".to_string(),
-                        utoipa::openapi::ResponseBuilder::new()
-                            .description(
-                                "a parameter or body string holds a NUL character; \
-                                 `error.field` names it",
-                            )
-                            .content(
-                                "application/json",
-                                utoipa::openapi::ContentBuilder::new()
-                                    .schema(Some(utoipa::openapi::Ref::from_schema_name(
-                                        "ErrorBody",
-                                    )))
-                                    .build(),
-                            )
-                            .build()
-                            .into(),
+                        error(
+                            "a parameter or body string holds a NUL character; \
+                             `error.field` names it",
+                        )
+                        .into(),
                     );
                 }
+                // `limit_head` answers these before routing, so any operation may meet them.
+                responses.insert(
+                    "414".to_string(),
+                    error("the request URI exceeds `http.max_uri_bytes`").into(),
+                );
+                responses.insert(
+                    "431".to_string(),
+                    error("the request headers exceed `http.max_header_bytes`").into(),
+                );
                 for param in op.parameters.iter_mut().flatten() {
                     if param.parameter_in != ParameterIn::Path {
                         continue;

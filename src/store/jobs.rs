@@ -817,14 +817,32 @@ impl Store {
         // then writes can fail when another writer commits in between.
         let now = now_ms();
         let mut tx = turn.db().begin().await?;
+        const REQUEUE: &str = "UPDATE delivery_jobs SET status = 'queued', attempts = 0, \
+             next_attempt_at = $1, updated_at = $1, created_at = $1";
         let mut reopened: std::collections::BTreeMap<String, i64> = Default::default();
-        for (id, payload) in jobs {
-            let requeued = sqlx::query_as::<_, (String,)>(
-                "UPDATE delivery_jobs SET status = 'queued', attempts = 0, \
-                 next_attempt_at = $1, updated_at = $1, created_at = $1, \
-                 job = COALESCE($4, job) \
-                 WHERE app_id = $2 AND id = $3 AND status = 'dead' RETURNING event_id",
-            )
+        // Jobs keeping their payload go back several to a statement; re-rendered ones one
+        // at a time, each with its own payload.
+        let (keep, rerendered): (Vec<_>, Vec<_>) = jobs.iter().partition(|(_, p)| p.is_none());
+        let keep: Vec<&String> = keep.into_iter().map(|(id, _)| id).collect();
+        for chunk in keep.chunks(self.rows_per_statement()) {
+            let sql = format!(
+                "{REQUEUE} WHERE app_id = $2 AND status = 'dead' AND id IN ({}) \
+                 RETURNING event_id",
+                super::values_rows(chunk.len(), "?", 3)
+            );
+            let mut q = sqlx::query_as::<_, (String,)>(&sql).bind(now).bind(app_id);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for (event_id,) in q.fetch_all(&mut *tx).await? {
+                *reopened.entry(event_id).or_default() += 1;
+            }
+        }
+        for (id, payload) in rerendered {
+            let requeued = sqlx::query_as::<_, (String,)>(&format!(
+                "{REQUEUE}, job = $4 WHERE app_id = $2 AND id = $3 AND status = 'dead' \
+                 RETURNING event_id"
+            ))
             .bind(now)
             .bind(app_id)
             .bind(id)

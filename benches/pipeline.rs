@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use pushbridge::config::Config;
 use pushbridge::signature::sign;
+use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
-use pushbridge::store::{now_ms, DeviceRegistration, Scheme};
+use pushbridge::store::{now_ms, DeviceRegistration};
 use serde_json::json;
 
 struct Args {
@@ -228,7 +229,11 @@ async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult>
             fcm_test_token(FcmTestKind::Success, i)
         };
         let reg = DeviceRegistration {
-            platform: if apns { "apns" } else { "fcm" }.into(),
+            platform: if apns {
+                pushbridge::model::Platform::Apns
+            } else {
+                pushbridge::model::Platform::Fcm
+            },
             user_id: Some(format!("user-{i}")),
             locale: Some(
                 if i.is_multiple_of(3) {
@@ -240,7 +245,7 @@ async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult>
             ),
             timezone: None,
             app_version: None,
-            environment: apns.then(|| "production".to_string()),
+            environment: apns.then_some(pushbridge::model::ApnsEnvironment::Production),
             topic: None,
             attributes: json!({"first_name": format!("User {i}")}),
             tags: vec![],
@@ -436,7 +441,9 @@ async fn ingest_closed(
                         body.as_bytes(),
                         &format!("m-{worker}-{n}"),
                         now_ms() / 1000,
-                    ) {
+                    )
+                    .expect("a valid secret")
+                    {
                         req = req.header(k, v);
                     }
                     req.send().await.map(|r| r.status().as_u16())
@@ -508,7 +515,9 @@ async fn ingest_fixed_rate(
                 body.as_bytes(),
                 &format!("fixed-{sent}"),
                 now_ms() / 1000,
-            ) {
+            )
+            .expect("a valid secret")
+            {
                 req = req.header(k, v);
             }
             let t = Instant::now();
@@ -541,7 +550,7 @@ async fn ingest(
     let running = bridge(db_url.clone(), &sim).await?;
     let store = running.state.store.clone();
     let app = store.create_app("bench").await?;
-    let source = pushbridge::http::sources::new_source(
+    let source = pushbridge::model::source::new_source(
         "shop".into(),
         Scheme::StandardWebhooks,
         vec![],

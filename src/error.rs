@@ -235,3 +235,9 @@ pub fn on_unique_violation(e: sqlx::Error, message: impl Into<String>) -> ApiErr
         _ => e.into(),
     }
 }
+
+impl From<crate::model::InvalidField> for ApiError {
+    fn from(e: crate::model::InvalidField) -> Self {
+        Self::field(e.field, e.message)
+    }
+}

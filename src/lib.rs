@@ -4,19 +4,20 @@
 //! the store, builds the router and serves it on the given listener until shut down. `bind`
 //! makes that listener from the config (the tests bind port 0 themselves).
 
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod push;
 pub mod ratelimit;
 pub mod redact;
-pub mod rules;
 pub mod server;
+pub mod service;
 pub mod signature;
 pub mod simulator;
 pub mod store;
-pub mod template;
 mod tls;
 pub mod user_auth;
 pub mod worker;

@@ -5,9 +5,74 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use http::HeaderMap;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::store::Scheme;
+/// How a source signs its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    /// Standard Webhooks / Svix: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    StandardWebhooks,
+    /// GitHub: `X-Hub-Signature-256`.
+    Github,
+    /// Stripe: `Stripe-Signature: t=..,v1=..`.
+    Stripe,
+    /// `X-Webhook-Signature: sha256=<hex>`.
+    Generic,
+}
+
+impl Scheme {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StandardWebhooks => "standard_webhooks",
+            Self::Github => "github",
+            Self::Stripe => "stripe",
+            Self::Generic => "generic",
+        }
+    }
+
+    /// A new random secret in the form this scheme's senders expect.
+    pub fn generate_secret(self) -> String {
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+        match self {
+            Self::StandardWebhooks => format!("whsec_{}", B64.encode(bytes)),
+            Self::Github | Self::Stripe | Self::Generic => hex::encode(bytes),
+        }
+    }
+
+    /// Checks a secret a user supplies for this scheme; the error says what a valid one is.
+    pub fn check_secret(self, secret: &str) -> Result<(), &'static str> {
+        match self {
+            Self::StandardWebhooks => match standard_webhooks_key(secret) {
+                Some(key) if (16..=64).contains(&key.len()) => Ok(()),
+                _ => Err("a Standard Webhooks secret is whsec_ followed by base64 of 16-64 bytes"),
+            },
+            Self::Github | Self::Stripe | Self::Generic
+                if (16..=256).contains(&secret.len())
+                    && secret.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) =>
+            {
+                Ok(())
+            }
+            Self::Github | Self::Stripe | Self::Generic => {
+                Err("must be 16-256 printable ASCII characters")
+            }
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "standard_webhooks" => Some(Self::StandardWebhooks),
+            "github" => Some(Self::Github),
+            "stripe" => Some(Self::Stripe),
+            "generic" => Some(Self::Generic),
+            _ => None,
+        }
+    }
+}
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -312,8 +377,20 @@ fn verify_generic(
     })
 }
 
-/// Signs like a sender would; used by the CLI's test sender, the benches and the tests.
-pub fn sign(scheme: Scheme, secret: &str, body: &[u8], id: &str, ts: i64) -> Vec<(String, String)> {
+/// A secret that cannot sign for its scheme: a Standard Webhooks secret that is not base64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a Standard Webhooks secret must be base64, optionally after a whsec_ prefix")]
+pub struct InvalidSecret;
+
+/// Signs like a sender would; used by the outbound callbacks, the CLI's test sender, the
+/// benches and the tests. Fails rather than sign with a key other than the secret.
+pub fn sign(
+    scheme: Scheme,
+    secret: &str,
+    body: &[u8],
+    id: &str,
+    ts: i64,
+) -> Result<Vec<(String, String)>, InvalidSecret> {
     let hmac_hex = |key: &[u8], parts: &[&[u8]]| -> String {
         let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts any key length");
         for p in parts {
@@ -322,9 +399,9 @@ pub fn sign(scheme: Scheme, secret: &str, body: &[u8], id: &str, ts: i64) -> Vec
         hex::encode(mac.finalize().into_bytes())
     };
     let ts_s = ts.to_string();
-    match scheme {
+    Ok(match scheme {
         Scheme::StandardWebhooks => {
-            let key = standard_webhooks_key(secret).unwrap_or_default();
+            let key = standard_webhooks_key(secret).ok_or(InvalidSecret)?;
             let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC accepts any key length");
             mac.update(format!("{id}.{ts}.").as_bytes());
             mac.update(body);
@@ -357,7 +434,7 @@ pub fn sign(scheme: Scheme, secret: &str, body: &[u8], id: &str, ts: i64) -> Vec
             ("x-webhook-id".into(), id.into()),
             ("x-webhook-timestamp".into(), ts_s),
         ],
-    }
+    })
 }
 
 #[cfg(test)]
@@ -499,7 +576,7 @@ mod tests {
         ] {
             let secret = "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=";
             let body = br#"{"type":"x"}"#;
-            let pairs = sign(scheme, secret, body, "id-1", 1000);
+            let pairs = sign(scheme, secret, body, "id-1", 1000).expect("a valid secret");
             let pairs: Vec<(&str, &str)> = pairs
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -526,7 +603,7 @@ mod tests {
     fn stripe_accepts_any_of_several_v1_entries() {
         let secret = "sk_test";
         let body = b"{}";
-        let good = sign(Scheme::Stripe, secret, body, "", 50);
+        let good = sign(Scheme::Stripe, secret, body, "", 50).expect("a valid secret");
         let value = good[0].1.replace("t=50,", "t=50,v1=00ff,");
         let h = headers(&[("stripe-signature", &value)]);
         assert!(verify(Scheme::Stripe, &h, body, &[secret], 50, 300).is_ok());

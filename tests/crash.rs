@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use common::{bridge_env, open_store, simulator, BridgeProcess, Db};
 use pushbridge::signature::sign;
+use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
 use pushbridge::simulator::{RecordedRequest, Side};
-use pushbridge::store::{now_ms, DeviceRegistration, Scheme, Store};
+use pushbridge::store::{now_ms, DeviceRegistration, Store};
 use serde_json::{json, Value};
 
 /// Devices in the fan-out crash test (override with `CRASH_TEST_DEVICES`).
@@ -33,7 +34,7 @@ fn devices(n: u64, users: u64) -> Vec<(String, DeviceRegistration)> {
                 (fcm_test_token(FcmTestKind::Success, i), "fcm")
             };
             let reg = DeviceRegistration {
-                platform: platform.into(),
+                platform: platform.parse().expect("a platform"),
                 user_id: Some(format!("u{}", i % users)),
                 locale: None,
                 timezone: None,
@@ -278,7 +279,9 @@ async fn kill_9_during_webhook_ingest_delivers_every_accepted_event(db: Db) {
                     body.as_bytes(),
                     &id,
                     now_ms() / 1000,
-                ) {
+                )
+                .expect("a valid secret")
+                {
                     req = req.header(h, v);
                 }
                 let Ok(resp) = req.send().await else { break };
@@ -333,7 +336,9 @@ async fn kill_9_during_webhook_ingest_delivers_every_accepted_event(db: Db) {
         body.as_bytes(),
         id,
         now_ms() / 1000,
-    ) {
+    )
+    .expect("a valid secret")
+    {
         req = req.header(h, v);
     }
     let resp = req.send().await.expect("retry");

@@ -19,7 +19,7 @@ const INVALID: u64 = 300;
 
 fn registration(platform: &str) -> DeviceRegistration {
     DeviceRegistration {
-        platform: platform.into(),
+        platform: platform.parse().expect("a platform"),
         user_id: None,
         locale: None,
         timezone: None,

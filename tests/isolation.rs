@@ -5,9 +5,10 @@ mod common;
 
 use common::{proven, simulator, Db, TestApp, OPERATOR_KEY};
 use pushbridge::signature::sign;
+use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};
 use pushbridge::simulator::Side;
-use pushbridge::store::{now_ms, NewApp, Scheme};
+use pushbridge::store::{now_ms, NewApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -350,7 +351,9 @@ async fn another_apps_server_key_can_neither_read_nor_change_anything(db: Db) {
         .header("content-type", "application/json")
         .header("x-github-event", "b.created")
         .body(body.to_vec());
-    for (k, v) in sign(Scheme::Github, a_secret, body, "gh-1", now_ms() / 1000) {
+    for (k, v) in
+        sign(Scheme::Github, a_secret, body, "gh-1", now_ms() / 1000).expect("a valid secret")
+    {
         req = req.header(k, v);
     }
     assert_eq!(req.send().await.expect("webhook").status().as_u16(), 401);

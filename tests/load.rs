@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::{bridge_env, certs_dir, open_store, proven, BridgeProcess, Db};
 use pushbridge::signature::sign;
+use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
-use pushbridge::store::{now_ms, DeviceRegistration, Scheme};
+use pushbridge::store::{now_ms, DeviceRegistration};
 use serde_json::{json, Value};
 
 const USERS: u64 = 1_000;
@@ -28,7 +29,7 @@ fn long_tests_enabled() -> bool {
 
 fn registration(platform: &str, user: u64) -> DeviceRegistration {
     DeviceRegistration {
-        platform: platform.into(),
+        platform: platform.parse().expect("a platform"),
         user_id: Some(format!("u{user}")),
         locale: None,
         timezone: None,
@@ -146,7 +147,9 @@ async fn sustained_mixed_load_keeps_memory_bounded(db: Db) {
                     body.as_bytes(),
                     &format!("msg-{worker}-{k}"),
                     now_ms() / 1000,
-                ) {
+                )
+                .expect("a valid secret")
+                {
                     req = req.header(h, v);
                 }
                 let resp = req.send().await.expect("webhook");

@@ -9,8 +9,9 @@ use common::{
     bridge_env, open_store, proven, simulator, user_proof, BridgeProcess, Db, OPERATOR_KEY,
 };
 use pushbridge::signature::sign;
+use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
-use pushbridge::store::{now_ms, Scheme};
+use pushbridge::store::now_ms;
 use serde_json::{json, Value};
 
 /// A string that appears only in notification bodies and webhook payloads.
@@ -211,7 +212,9 @@ async fn debug_logs_carry_no_secrets_tokens_or_payloads(db: Db) {
             body.as_bytes(),
             &format!("msg_{i}"),
             now_ms() / 1000,
-        ) {
+        )
+        .expect("a valid secret")
+        {
             req = req.header(k, v);
         }
         let resp = req.send().await.expect("webhook");

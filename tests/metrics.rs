@@ -4,10 +4,11 @@ mod common;
 
 use common::{proven, simulator, Db, TestApp, OPERATOR_KEY};
 use pushbridge::signature::sign;
+use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{
     apns_test_token, apns_test_token_failing_first, fcm_test_token, ApnsTestKind, FcmTestKind,
 };
-use pushbridge::store::{now_ms, Scheme};
+use pushbridge::store::now_ms;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -75,7 +76,9 @@ async fn metrics_and_stats_reflect_a_scripted_run(db: Db) {
             body.as_bytes(),
             &id,
             now_ms() / 1000,
-        ) {
+        )
+        .expect("a valid secret")
+        {
             req = req.header(k, v);
         }
         req.send()

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 
 use common::{simulator, Db, TestApp};
 use pushbridge::signature::sign;
+use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
 use pushbridge::simulator::{Faults, Side};
-use pushbridge::store::{now_ms, DeviceRegistration, Scheme};
+use pushbridge::store::{now_ms, DeviceRegistration};
 use reqwest::Method;
 use serde_json::json;
 
@@ -53,12 +54,13 @@ async fn three_instances_deliver_a_10k_fan_out_once_and_survive_a_crash(db: Db) 
         tokio::spawn(async move {
             for (platform, token) in chunk {
                 let reg = DeviceRegistration {
-                    platform: platform.to_string(),
+                    platform: platform.parse().expect("a platform"),
                     user_id: Some("everyone".into()),
                     locale: None,
                     timezone: None,
                     app_version: None,
-                    environment: (platform == "apns").then(|| "production".to_string()),
+                    environment: (platform == "apns")
+                        .then_some(pushbridge::model::ApnsEnvironment::Production),
                     topic: None,
                     attributes: json!({}),
                     tags: vec![],
@@ -150,7 +152,8 @@ async fn the_same_webhook_sent_to_two_instances_at_once_is_accepted_once(db: Db)
             body.as_bytes(),
             &format!("msg_{round}"),
             now_ms() / 1000,
-        );
+        )
+        .expect("a valid secret");
         let post = |t: &TestApp| {
             let mut req = t
                 .client

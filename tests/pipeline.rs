@@ -6,13 +6,14 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{proven, simulator, Db, TestApp};
+use pushbridge::signature::Scheme;
 use pushbridge::signature::{sign, verify};
 use pushbridge::simulator::tokens::{
     apns_test_token, apns_test_token_failing_first, fcm_test_token, fcm_test_token_failing_first,
     ApnsTestKind, FcmTestKind,
 };
 use pushbridge::simulator::{Faults, Side};
-use pushbridge::store::{now_ms, NewApp, Scheme};
+use pushbridge::store::{now_ms, NewApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -152,7 +153,9 @@ async fn webhook_for_user_gives_one_personalized_payload_per_device(db: Db) {
         body.as_bytes(),
         "msg_pay_77",
         now_ms() / 1000,
-    ) {
+    )
+    .expect("a valid secret")
+    {
         req = req.header(k, v);
     }
     let resp = req.send().await.expect("webhook");
@@ -254,7 +257,9 @@ async fn a_condition_that_does_not_match_sends_nothing(db: Db) {
         body.as_bytes(),
         "small-1",
         now_ms() / 1000,
-    ) {
+    )
+    .expect("a valid secret")
+    {
         req = req.header(k, v);
     }
     let resp = req.send().await.expect("send");
@@ -682,10 +687,11 @@ async fn shutdown_finishes_in_flight_sends_and_loses_nothing(db: Db) {
 /// worker after the cursor: every device gets exactly one job and one send, numbered on from
 /// the committed slice, across more than one page of devices.
 async fn a_fan_out_cut_short_resumes_after_its_last_committed_slice(db: Db) {
-    use pushbridge::push::Notification;
-    use pushbridge::rules::{Audience, DeviceFilter, TemplateRef};
-    use pushbridge::store::{DeviceRegistration, FanOutCursor, FanOutSlice, JobStatus, NewJob};
-    use pushbridge::template::TemplateSpec;
+    use pushbridge::model::rules::{Audience, DeviceFilter, TemplateRef};
+    use pushbridge::model::template::TemplateSpec;
+    use pushbridge::model::JobStatus;
+    use pushbridge::model::Notification;
+    use pushbridge::store::{DeviceRegistration, FanOutCursor, FanOutSlice, NewJob};
     use pushbridge::worker::JobPayload;
 
     let sim = simulator().await;
@@ -704,12 +710,16 @@ async fn a_fan_out_cut_short_resumes_after_its_last_committed_slice(db: Db) {
                 fcm_test_token(FcmTestKind::Success, i)
             };
             let reg = DeviceRegistration {
-                platform: if apns { "apns" } else { "fcm" }.into(),
+                platform: if apns {
+                    pushbridge::model::Platform::Apns
+                } else {
+                    pushbridge::model::Platform::Fcm
+                },
                 user_id: None,
                 locale: None,
                 timezone: None,
                 app_version: None,
-                environment: apns.then(|| "production".to_string()),
+                environment: apns.then_some(pushbridge::model::ApnsEnvironment::Production),
                 topic: None,
                 attributes: json!({}),
                 tags: vec![],
@@ -730,7 +740,7 @@ async fn a_fan_out_cut_short_resumes_after_its_last_committed_slice(db: Db) {
         title: Some("Resumed".into()),
         ..TemplateSpec::default()
     };
-    let event_id = pushbridge::http::notifications::enqueue_direct(
+    let event_id = pushbridge::service::sends::enqueue_direct(
         store,
         &app.app.id,
         Audience::Devices(DeviceFilter::default()),
@@ -751,10 +761,10 @@ async fn a_fan_out_cut_short_resumes_after_its_last_committed_slice(db: Db) {
         .expect("the event is leased");
     let job = NewJob {
         rule: Some("direct".into()),
-        platform: first.platform.clone(),
+        platform: first.platform.as_str().into(),
         token: first_token.clone(),
         job: serde_json::to_string(&JobPayload::V1 {
-            environment: first.environment.clone(),
+            environment: first.environment.map(|e| e.as_str().to_string()),
             topic: None,
             notification: Notification {
                 title: Some("Resumed".into()),

@@ -9,10 +9,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use pushbridge::push::{
-    ApnsConfig, ApnsEnvironment, Clock, FcmConfig, Notification, Outcome, Platform, Priority,
-    Providers, Target,
-};
+use pushbridge::model::{ApnsEnvironment, Notification, Platform, Priority};
+use pushbridge::push::{ApnsConfig, Clock, FcmConfig, Outcome, Providers, Target};
 use pushbridge::simulator::{
     self, apns_test_token, apns_test_token_failing_first, fcm_test_token,
     fcm_test_token_failing_first, ApnsTestKind, Faults, FcmTestKind, RecordedRequest, Side,

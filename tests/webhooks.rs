@@ -4,7 +4,8 @@ mod common;
 
 use common::{Db, TestApp};
 use pushbridge::signature::sign;
-use pushbridge::store::{now_ms, NewApp, Scheme};
+use pushbridge::signature::Scheme;
+use pushbridge::store::{now_ms, NewApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -95,7 +96,8 @@ async fn each_scheme_accepts_a_valid_signature_and_rejects_forgeries(db: Db) {
             body.as_bytes(),
             &format!("msg_{name}"),
             now(),
-        );
+        )
+        .expect("a valid secret");
         if scheme == Scheme::Github {
             let mut headers = headers.clone();
             headers.push(("x-github-event".into(), "push".into()));
@@ -148,7 +150,8 @@ async fn each_scheme_accepts_a_valid_signature_and_rejects_forgeries(db: Db) {
             body.as_bytes(),
             "msg_w",
             now(),
-        );
+        )
+        .expect("a valid secret");
         let (status, _) = post_webhook(&t, &app, name, &wrong, body.clone()).await;
         assert_eq!(status, 401, "{name} wrong secret");
 
@@ -161,7 +164,8 @@ async fn each_scheme_accepts_a_valid_signature_and_rejects_forgeries(db: Db) {
                     body.as_bytes(),
                     &format!("msg_skew{skew}"),
                     now() + skew,
-                );
+                )
+                .expect("a valid secret");
                 let (status, err) = post_webhook(&t, &app, name, &stale, body.clone()).await;
                 assert_eq!(status, 401, "{name} skew {skew}: {err}");
                 assert!(err["error"]["message"]
@@ -204,7 +208,8 @@ async fn after_rotation_old_and_new_secrets_both_verify(db: Db) {
             body.as_bytes(),
             &format!("msg_rot{i}"),
             now(),
-        );
+        )
+        .expect("a valid secret");
         let (status, resp) = post_webhook(&t, &app, "billing", &headers, body).await;
         assert_eq!(status, 202, "secret {i}: {resp}");
     }
@@ -238,7 +243,8 @@ async fn after_rotation_old_and_new_secrets_both_verify(db: Db) {
         body.as_bytes(),
         "msg_rot_late",
         now(),
-    );
+    )
+    .expect("a valid secret");
     let (status, _) = post_webhook(&t, &app, "billing", &headers, body).await;
     assert_eq!(status, 401);
 }
@@ -254,7 +260,8 @@ async fn a_repeated_event_id_is_accepted_once(db: Db) {
         body.as_bytes(),
         "msg_dup",
         now(),
-    );
+    )
+    .expect("a valid secret");
     let (status, first) = post_webhook(&t, &app, "crm", &headers, body.clone()).await;
     assert_eq!(status, 202);
     let (status, second) = post_webhook(&t, &app, "crm", &headers, body.clone()).await;
@@ -264,7 +271,7 @@ async fn a_repeated_event_id_is_accepted_once(db: Db) {
     // Stripe has no id header: the event id in the body dedupes.
     let stripe = create_source(&t, &app, "stripe", "stripe", json!({})).await;
     for expected in [202, 200] {
-        let h = sign(Scheme::Stripe, &stripe, body.as_bytes(), "", now());
+        let h = sign(Scheme::Stripe, &stripe, body.as_bytes(), "", now()).expect("a valid secret");
         let (status, _) = post_webhook(&t, &app, "stripe", &h, body.clone()).await;
         assert_eq!(status, expected);
     }
@@ -299,7 +306,7 @@ async fn oversized_and_non_json_bodies_are_rejected(db: Db) {
     let app = t.new_app().await;
     let secret = create_source(&t, &app, "gen", "generic", json!({})).await;
     let big = json!({"type": "x", "pad": "y".repeat(2000)}).to_string();
-    let h = sign(Scheme::Generic, &secret, big.as_bytes(), "big", now());
+    let h = sign(Scheme::Generic, &secret, big.as_bytes(), "big", now()).expect("a valid secret");
     let (status, err) = post_webhook(&t, &app, "gen", &h, big).await;
     assert_eq!(status, 413, "{err}");
     assert_eq!(err["error"]["code"], "payload_too_large");
@@ -326,7 +333,8 @@ async fn oversized_and_non_json_bodies_are_rejected(db: Db) {
             bad.as_bytes(),
             &format!("bad{i}"),
             now(),
-        );
+        )
+        .expect("a valid secret");
         let (status, err) = post_webhook(&t, &app, "gen", &h, bad.to_string()).await;
         assert_eq!(status, 400, "{bad}: {err}");
     }
@@ -351,7 +359,8 @@ async fn addresses_outside_the_allowlist_get_403_even_with_spoofed_forwarded_for
     )
     .await;
     let body = event_body("ip");
-    let mut h = sign(Scheme::Generic, &secret, body.as_bytes(), "ip1", now());
+    let mut h =
+        sign(Scheme::Generic, &secret, body.as_bytes(), "ip1", now()).expect("a valid secret");
     let (status, err) = post_webhook(&t, &app, "ci", &h, body.clone()).await;
     assert_eq!(status, 403, "{err}");
     h.push(("x-forwarded-for".into(), "10.1.2.3".into()));
@@ -389,11 +398,13 @@ async fn forwarded_for_is_believed_from_a_trusted_proxy(db: Db) {
     )
     .await;
     let body = event_body("proxy");
-    let mut h = sign(Scheme::Generic, &secret, body.as_bytes(), "p1", now());
+    let mut h =
+        sign(Scheme::Generic, &secret, body.as_bytes(), "p1", now()).expect("a valid secret");
     h.push(("x-forwarded-for".into(), "10.1.2.3".into()));
     let (status, resp) = post_webhook(&t, &app, "ci", &h, body.clone()).await;
     assert_eq!(status, 202, "{resp}");
-    let mut h = sign(Scheme::Generic, &secret, body.as_bytes(), "p2", now());
+    let mut h =
+        sign(Scheme::Generic, &secret, body.as_bytes(), "p2", now()).expect("a valid secret");
     h.push(("x-forwarded-for".into(), "192.0.2.1".into()));
     let (status, _) = post_webhook(&t, &app, "ci", &h, body).await;
     assert_eq!(status, 403);
@@ -409,7 +420,8 @@ async fn an_unknown_source_gives_404(db: Db) {
         body.as_bytes(),
         "x",
         now(),
-    );
+    )
+    .expect("a valid secret");
     let (status, err) = post_webhook(&t, &app, "nope", &h, body.clone()).await;
     assert_eq!(status, 404);
     assert_eq!(err["error"]["code"], "not_found");
@@ -494,7 +506,7 @@ async fn the_event_type_can_come_from_a_configured_json_path(db: Db) {
     )
     .await;
     let body = json!({"meta": {"event": "build.failed"}}).to_string();
-    let h = sign(Scheme::Generic, &secret, body.as_bytes(), "t1", now());
+    let h = sign(Scheme::Generic, &secret, body.as_bytes(), "t1", now()).expect("a valid secret");
     let (status, resp) = post_webhook(&t, &app, "ci", &h, body).await;
     assert_eq!(status, 202);
     let (_, event) = t
@@ -539,13 +551,16 @@ async fn svix_header_names_verify_for_a_standard_webhooks_source(db: Db) {
             .map(|(k, v)| (k.replacen("webhook-", "svix-", 1), v))
             .collect()
     };
-    let headers = svix(sign(
-        Scheme::StandardWebhooks,
-        &secret,
-        body.as_bytes(),
-        "msg_svix",
-        now(),
-    ));
+    let headers = svix(
+        sign(
+            Scheme::StandardWebhooks,
+            &secret,
+            body.as_bytes(),
+            "msg_svix",
+            now(),
+        )
+        .expect("a valid secret"),
+    );
     assert!(headers.iter().all(|(k, _)| k.starts_with("svix-")));
     let (status, first) = post_webhook(&t, &app, "svix", &headers, body.clone()).await;
     assert_eq!(status, 202, "{first}");
@@ -555,13 +570,16 @@ async fn svix_header_names_verify_for_a_standard_webhooks_source(db: Db) {
     let tampered = body.replace("150", "999");
     let (status, _) = post_webhook(&t, &app, "svix", &headers, tampered).await;
     assert_eq!(status, 401, "a tampered body under svix names");
-    let stale = svix(sign(
-        Scheme::StandardWebhooks,
-        &secret,
-        body.as_bytes(),
-        "msg_stale",
-        now() - 301,
-    ));
+    let stale = svix(
+        sign(
+            Scheme::StandardWebhooks,
+            &secret,
+            body.as_bytes(),
+            "msg_stale",
+            now() - 301,
+        )
+        .expect("a valid secret"),
+    );
     let (status, _) = post_webhook(&t, &app, "svix", &stale, body.clone()).await;
     assert_eq!(status, 401, "an old svix-timestamp");
     assert_eq!(stored_events(&t, &app).await, 1);
@@ -600,7 +618,8 @@ async fn rate_limits_per_source_and_per_key_answer_429_with_retry_after(db: Db) 
             body.as_bytes(),
             &format!("rl{i}"),
             now(),
-        );
+        )
+        .expect("a valid secret");
         let resp = t
             .client
             .post(t.url(&format!("/v1/webhooks/{}/busy", app.app.id)))
@@ -662,7 +681,7 @@ async fn a_nul_in_the_event_type_or_id_is_refused_alike_on_every_backend(db: Db)
     ];
     for (payload, field) in cases {
         let body = payload.to_string();
-        let h = sign(Scheme::Stripe, &stripe, body.as_bytes(), "", now());
+        let h = sign(Scheme::Stripe, &stripe, body.as_bytes(), "", now()).expect("a valid secret");
         let (status, resp) = post_webhook(&t, &app, "stripe", &h, body).await;
         assert_eq!(status, 400, "{resp}");
         assert_eq!(resp["error"]["code"], "bad_request");
@@ -670,7 +689,7 @@ async fn a_nul_in_the_event_type_or_id_is_refused_alike_on_every_backend(db: Db)
     }
     // A NUL elsewhere in the payload is stored as JSON spells it, escaped.
     let body = json!({"id": "evt_3", "type": "payment", "note": "a\u{0}b"}).to_string();
-    let h = sign(Scheme::Stripe, &stripe, body.as_bytes(), "", now());
+    let h = sign(Scheme::Stripe, &stripe, body.as_bytes(), "", now()).expect("a valid secret");
     let (status, resp) = post_webhook(&t, &app, "stripe", &h, body).await;
     assert_eq!(status, 202, "{resp}");
     assert_eq!(stored_events(&t, &app).await, 1);
@@ -684,7 +703,7 @@ async fn a_nul_in_the_event_type_or_id_is_refused_alike_on_every_backend(db: Db)
     )
     .await;
     let body = json!({"meta": {"kind": "x\u{0}"}}).to_string();
-    let h = sign(Scheme::Generic, &generic, body.as_bytes(), "g-1", now());
+    let h = sign(Scheme::Generic, &generic, body.as_bytes(), "g-1", now()).expect("a valid secret");
     let (status, resp) = post_webhook(&t, &app, "crm", &h, body).await;
     assert_eq!(
         (status, &resp["error"]["field"]),

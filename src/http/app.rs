@@ -10,10 +10,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{JsonBodyErrors, ServerKeyErrors};
-use super::sources::generate_secret;
 use super::{ApiJson, AppState, ServerCaller};
 use crate::error::{ApiError, ErrorBody, Result};
-use crate::store::Scheme;
+use crate::signature::Scheme;
 use crate::user_auth::ClientUserIds;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -121,7 +120,7 @@ async fn set_callback(
     {
         return Err(ApiError::field("url", "must be an absolute http(s) URL"));
     }
-    let secret = generate_secret(Scheme::StandardWebhooks);
+    let secret = Scheme::StandardWebhooks.generate_secret();
     state
         .store
         .set_callback(caller.app_id(), Some(&body.url), Some(&secret))

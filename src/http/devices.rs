@@ -15,6 +15,8 @@ use super::openapi::{AppKeyErrors, JsonBodyErrors, ServerKeyErrors};
 use super::{encode_cursor, ApiJson, ApiQuery, AppState, Caller, CursorKind, Page, ServerCaller};
 use crate::config::DeviceLimits;
 use crate::error::{ApiError, ErrorBody, Result};
+use crate::model::device::normalize_token;
+use crate::model::{canonical_locale, ApnsEnvironment, Platform};
 use crate::redact::Redacted;
 use crate::store::{now_ms, DeviceRegistration, DeviceView, KeyKind};
 use crate::user_auth::{ClientUserIds, Verifier};
@@ -303,47 +305,6 @@ async fn list_user_devices(
     })))
 }
 
-/// APNs tokens are hex and case-insensitive; store them lower-case so lookups agree.
-fn normalize_token(token: &str) -> String {
-    if token.len() >= 64 && token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        token.to_ascii_lowercase()
-    } else {
-        token.to_string()
-    }
-}
-
-/// Checks a provider token's shape for its platform.
-pub(crate) fn validate_token(platform: &str, token: &str) -> Result<String> {
-    match platform {
-        "apns" => {
-            let ok = (64..=200).contains(&token.len())
-                && token.len().is_multiple_of(2)
-                && token.bytes().all(|b| b.is_ascii_hexdigit());
-            if !ok {
-                return Err(ApiError::field(
-                    "token",
-                    "an APNs token is an even number (64-200) of hex characters",
-                ));
-            }
-            Ok(token.to_ascii_lowercase())
-        }
-        "fcm" => {
-            let ok = (100..=4096).contains(&token.len())
-                && token
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'));
-            if !ok {
-                return Err(ApiError::field(
-                    "token",
-                    "an FCM token is 100-4096 characters of [A-Za-z0-9_:-]",
-                ));
-            }
-            Ok(token.to_string())
-        }
-        _ => Err(ApiError::field("platform", "must be \"apns\" or \"fcm\"")),
-    }
-}
-
 fn short_text(field: &str, value: Option<String>, max: usize) -> Result<Option<String>> {
     match value {
         Some(v) if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) => {
@@ -361,8 +322,12 @@ fn validate_registration(
     body: RegisterDevice,
     limits: &DeviceLimits,
 ) -> Result<(String, DeviceRegistration)> {
-    let token = validate_token(&body.platform, token)?;
-    let is_apns = body.platform == "apns";
+    let platform: Platform = body
+        .platform
+        .parse()
+        .map_err(|_| ApiError::field("platform", "must be \"apns\" or \"fcm\""))?;
+    let token = platform.validate_token(token)?;
+    let is_apns = platform == Platform::Apns;
     let locale = body
         .locale
         .map(|l| {
@@ -384,14 +349,10 @@ fn validate_registration(
         }
     }
     let environment = match (is_apns, body.environment.as_deref()) {
-        (true, None) => Some("production".to_string()),
-        (true, Some(e @ ("production" | "sandbox"))) => Some(e.to_string()),
-        (true, Some(_)) => {
-            return Err(ApiError::field(
-                "environment",
-                "must be \"production\" or \"sandbox\"",
-            ))
-        }
+        (true, None) => Some(ApnsEnvironment::Production),
+        (true, Some(e)) => Some(e.parse::<ApnsEnvironment>().map_err(|_| {
+            ApiError::field("environment", "must be \"production\" or \"sandbox\"")
+        })?),
         (false, None) => None,
         (false, Some(_)) => {
             return Err(ApiError::field(
@@ -430,7 +391,7 @@ fn validate_registration(
     Ok((
         token,
         DeviceRegistration {
-            platform: body.platform,
+            platform,
             user_id: short_text("user_id", body.user_id, 256)?,
             locale,
             timezone,
@@ -441,141 +402,4 @@ fn validate_registration(
             tags,
         },
     ))
-}
-
-/// Validates a BCP-47 language tag (RFC 5646 "langtag" or private use) and returns it in
-/// canonical case: `en-us` becomes `en-US`, `zh-hant-tw` becomes `zh-Hant-TW`.
-pub(crate) fn canonical_locale(tag: &str) -> Option<String> {
-    if tag.is_empty() || tag.len() > 64 {
-        return None;
-    }
-    let subtags: Vec<&str> = tag.split('-').collect();
-    let alnum = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
-    let alpha = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphabetic());
-    let digit = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let mut out: Vec<String> = Vec::with_capacity(subtags.len());
-    let mut i = 0;
-    let first = subtags[0];
-    if first.eq_ignore_ascii_case("x") {
-        // Private-use tag: x-<1..8 alnum>+
-        if subtags.len() < 2 || !subtags[1..].iter().all(|s| alnum(s) && s.len() <= 8) {
-            return None;
-        }
-        return Some(tag.to_ascii_lowercase());
-    }
-    if !(alpha(first) && (2..=8).contains(&first.len()) && first.len() != 4) {
-        return None;
-    }
-    out.push(first.to_ascii_lowercase());
-    i += 1;
-    // extlang: up to three 3-letter subtags after a 2-3 letter language
-    let mut extlangs = 0;
-    while first.len() <= 3
-        && extlangs < 3
-        && i < subtags.len()
-        && subtags[i].len() == 3
-        && alpha(subtags[i])
-    {
-        out.push(subtags[i].to_ascii_lowercase());
-        i += 1;
-        extlangs += 1;
-    }
-    // script
-    if i < subtags.len() && subtags[i].len() == 4 && alpha(subtags[i]) {
-        let s = subtags[i].to_ascii_lowercase();
-        out.push(format!("{}{}", s[..1].to_ascii_uppercase(), &s[1..]));
-        i += 1;
-    }
-    // region
-    if i < subtags.len()
-        && ((subtags[i].len() == 2 && alpha(subtags[i]))
-            || (subtags[i].len() == 3 && digit(subtags[i])))
-    {
-        out.push(subtags[i].to_ascii_uppercase());
-        i += 1;
-    }
-    // variants
-    while i < subtags.len() {
-        let s = subtags[i];
-        let is_variant = alnum(s)
-            && ((5..=8).contains(&s.len()) || (s.len() == 4 && s.as_bytes()[0].is_ascii_digit()));
-        if !is_variant {
-            break;
-        }
-        out.push(s.to_ascii_lowercase());
-        i += 1;
-    }
-    // extensions and private use
-    while i < subtags.len() {
-        let singleton = subtags[i];
-        if singleton.len() != 1 || !alnum(singleton) {
-            return None;
-        }
-        let private = singleton.eq_ignore_ascii_case("x");
-        let min = if private { 1 } else { 2 };
-        out.push(singleton.to_ascii_lowercase());
-        i += 1;
-        let start = i;
-        while i < subtags.len()
-            && subtags[i].len() >= min
-            && subtags[i].len() <= 8
-            && alnum(subtags[i])
-        {
-            if !private && subtags[i].len() == 1 {
-                break;
-            }
-            out.push(subtags[i].to_ascii_lowercase());
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-    }
-    Some(out.join("-"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locales_are_validated_and_canonicalized() {
-        for (input, want) in [
-            ("en", "en"),
-            ("en-us", "en-US"),
-            ("zh-hant-tw", "zh-Hant-TW"),
-            ("es-419", "es-419"),
-            ("de-CH-1996", "de-CH-1996"),
-            ("sl-rozaj-biske", "sl-rozaj-biske"),
-            ("en-US-u-ca-gregory", "en-US-u-ca-gregory"),
-            ("x-whatever", "x-whatever"),
-        ] {
-            assert_eq!(canonical_locale(input).as_deref(), Some(want), "{input}");
-        }
-        for bad in [
-            "",
-            "e",
-            "en_US",
-            "english-language-tag",
-            "en--US",
-            "123",
-            "en-US-",
-            "en-a",
-            "toolonglang",
-        ] {
-            assert_eq!(canonical_locale(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn tokens_are_checked_per_platform() {
-        assert!(validate_token("apns", &"ab".repeat(32)).is_ok());
-        assert!(validate_token("apns", &"ab".repeat(31)).is_err());
-        assert!(validate_token("apns", &format!("{}a", "ab".repeat(40))).is_err());
-        assert!(validate_token("apns", &"zz".repeat(32)).is_err());
-        assert!(validate_token("fcm", &"a:b_c-".repeat(20)).is_ok());
-        assert!(validate_token("fcm", &"a".repeat(99)).is_err());
-        assert!(validate_token("fcm", &format!("{}!", "a".repeat(120))).is_err());
-        assert!(validate_token("web", &"a".repeat(120)).is_err());
-    }
 }

@@ -10,11 +10,8 @@ pub mod openapi;
 pub mod sources;
 mod specs;
 mod stats;
-pub use stats::WINDOWS;
 mod user_auth;
 mod webhooks;
-
-pub(crate) use devices::canonical_locale;
 
 use std::sync::Arc;
 

@@ -17,8 +17,9 @@ use super::{
     encode_cursor, time_cursor, ApiJson, ApiQuery, AppState, CursorKind, Page, ServerCaller,
 };
 use crate::error::{ApiError, ErrorBody, Result};
-use crate::rules::{Audience, DeviceFilter, RuleSpec, TemplateRef};
-use crate::store::{EventInsert, JobStatus, NewEvent, SpecKind, Store};
+use crate::model::rules::{Audience, DeviceFilter, TemplateRef};
+use crate::model::JobStatus;
+use crate::service::sends::enqueue_direct;
 use crate::worker::replay;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -98,56 +99,6 @@ async fn send(
     .await?;
     state.wake.events.notify_one();
     Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))))
-}
-
-/// Validates and stores a direct send as an event carrying its own rule; shared by the API
-/// and the CLI. Returns the event id.
-pub async fn enqueue_direct(
-    store: &Store,
-    app_id: &str,
-    audience: Audience,
-    template: TemplateRef,
-    data: Map<String, Value>,
-    event_type: Option<String>,
-) -> Result<String> {
-    let event_type = event_type.unwrap_or_else(|| "notification.direct".into());
-    let rule = RuleSpec {
-        event: event_type.clone(),
-        condition: None,
-        audience,
-        template,
-        enabled: true,
-    };
-    rule.validate().map_err(|e| {
-        let field = e.field.replace("audience.", "to.");
-        ApiError::field(field, e.message)
-    })?;
-    if let TemplateRef::Named(name) = &rule.template {
-        if store
-            .get_spec(SpecKind::Template, app_id, name)
-            .await?
-            .is_none()
-        {
-            return Err(ApiError::field(
-                "template",
-                format!("no template named {name}"),
-            ));
-        }
-    }
-    let rule_text = serde_json::to_string(&rule).map_err(anyhow::Error::from)?;
-    let payload = Value::Object(data).to_string();
-    let inserted = store
-        .insert_event(&NewEvent {
-            app_id,
-            source_id: None,
-            external_id: None,
-            event_type: &event_type,
-            payload: &payload,
-            direct_rule: Some(&rule_text),
-        })
-        .await?;
-    let (EventInsert::Accepted(id) | EventInsert::Duplicate(id)) = inserted;
-    Ok(id)
 }
 
 #[utoipa::path(
@@ -292,7 +243,7 @@ async fn list_deliveries(
         .status
         .as_deref()
         .map(|s| {
-            JobStatus::parse(s).ok_or_else(|| {
+            s.parse::<JobStatus>().map_err(|_| {
                 ApiError::field(
                     "status",
                     "one of queued, in_flight, delivered, dead, invalid",

@@ -6,9 +6,6 @@ use axum::extract::State;
 use super::ApiPath as Path;
 use axum::http::StatusCode;
 use axum::Json;
-use base64::Engine;
-use ipnet::IpNet;
-use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
@@ -17,8 +14,9 @@ use utoipa_axum::routes;
 use super::openapi::{JsonBodyErrors, ServerKeyErrors};
 use super::{parse_json, ApiJson, AppState, ServerCaller};
 use crate::error::{on_unique_violation, ApiError, ErrorBody, Result};
-use crate::signature::standard_webhooks_key;
-use crate::store::{new_id, now_ms, rfc3339, NewSource, Scheme, SourceSecret, WebhookSource};
+use crate::model::source::{new_source, parse_cidrs, validate_event_type_path, MAX_SECRETS};
+use crate::signature::Scheme;
+use crate::store::{new_id, now_ms, rfc3339, SourceSecret, WebhookSource};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -130,9 +128,6 @@ struct SourceList {
 
 const NAME: &str = "the source's name";
 
-/// Most secrets a source may hold at once (rotation needs two; a few more is slack).
-const MAX_SECRETS: usize = 5;
-
 /// The API view of a source; `reveal` includes full secrets (only on creation/rotation).
 pub(crate) fn source_view(source: &WebhookSource, reveal: bool) -> Value {
     let secrets: Vec<Value> = source
@@ -158,121 +153,6 @@ pub(crate) fn source_view(source: &WebhookSource, reveal: bool) -> Value {
         "secrets": secrets,
         "created_at": rfc3339(source.created_at),
         "updated_at": rfc3339(source.updated_at),
-    })
-}
-
-/// A new random secret in the form the scheme's senders expect.
-pub(crate) fn generate_secret(scheme: Scheme) -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    match scheme {
-        Scheme::StandardWebhooks => format!(
-            "whsec_{}",
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        ),
-        _ => hex::encode(bytes),
-    }
-}
-
-fn validate_secret(scheme: Scheme, secret: &str, field: &str) -> Result<()> {
-    match scheme {
-        Scheme::StandardWebhooks => match standard_webhooks_key(secret) {
-            Some(key) if (16..=64).contains(&key.len()) => Ok(()),
-            _ => Err(ApiError::field(
-                field,
-                "a Standard Webhooks secret is whsec_ followed by base64 of 16-64 bytes",
-            )),
-        },
-        _ if (16..=256).contains(&secret.len())
-            && secret.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) =>
-        {
-            Ok(())
-        }
-        _ => Err(ApiError::field(
-            field,
-            "must be 16-256 printable ASCII characters",
-        )),
-    }
-}
-
-/// Checks a resource name (sources, rules, templates): 1-64 of `[a-z0-9_-]`.
-pub fn validate_name(name: &str) -> Result<()> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::field(
-            "name",
-            "must be 1-64 characters of [a-z0-9_-]",
-        ))
-    }
-}
-
-fn validate_path(path: Option<String>) -> Result<Option<String>> {
-    match path {
-        Some(p)
-            if p.is_empty()
-                || p.len() > 128
-                || p.split('.').any(str::is_empty)
-                || !p
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) =>
-        {
-            Err(ApiError::field(
-                "event_type_path",
-                "must be a dotted path such as type or data.event",
-            ))
-        }
-        other => Ok(other),
-    }
-}
-
-fn parse_cidrs(cidrs: &[String]) -> Result<Vec<IpNet>> {
-    cidrs
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            c.parse::<IpNet>()
-                .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    ApiError::field(
-                        format!("allowed_cidrs[{i}]"),
-                        "not a CIDR such as 10.0.0.0/8",
-                    )
-                })
-        })
-        .collect()
-}
-
-/// Validates a create request into the store's input; shared by the API and the CLI.
-pub fn new_source(
-    name: String,
-    scheme: Scheme,
-    secrets: Vec<String>,
-    event_type_path: Option<String>,
-    allowed_cidrs: &[String],
-) -> Result<NewSource> {
-    validate_name(&name)?;
-    if secrets.len() > MAX_SECRETS {
-        return Err(ApiError::field("secrets", format!("at most {MAX_SECRETS}")));
-    }
-    for (i, s) in secrets.iter().enumerate() {
-        validate_secret(scheme, s, &format!("secrets[{i}]"))?;
-    }
-    let secrets = if secrets.is_empty() {
-        vec![generate_secret(scheme)]
-    } else {
-        secrets
-    };
-    Ok(NewSource {
-        name,
-        scheme,
-        secrets,
-        event_type_path: validate_path(event_type_path)?,
-        allowed_cidrs: parse_cidrs(allowed_cidrs)?,
     })
 }
 
@@ -386,7 +266,7 @@ async fn update(
 ) -> Result<Json<Value>> {
     let mut source = load(&state, caller.app_id(), &name).await?;
     if let Some(path) = body.event_type_path {
-        source.event_type_path = validate_path(Some(path))?;
+        source.event_type_path = validate_event_type_path(Some(path))?;
     }
     if let Some(cidrs) = body.allowed_cidrs {
         source.allowed_cidrs = parse_cidrs(&cidrs)?;
@@ -462,10 +342,13 @@ async fn add_secret(
     }
     let secret = match body.secret {
         Some(s) => {
-            validate_secret(source.scheme, &s, "secret")?;
+            source
+                .scheme
+                .check_secret(&s)
+                .map_err(|m| ApiError::field("secret", m))?;
             s
         }
-        None => generate_secret(source.scheme),
+        None => source.scheme.generate_secret(),
     };
     let added = SourceSecret {
         id: new_id("sec"),

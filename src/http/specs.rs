@@ -10,12 +10,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{JsonBodyErrors, ServerKeyErrors};
-use super::sources::validate_name;
 use super::{ApiJson, AppState, ServerCaller};
 use crate::error::{ApiError, ErrorBody, Result};
-use crate::rules::{RuleSpec, TemplateRef};
+use crate::model::rules::RuleSpec;
+use crate::model::template::TemplateSpec;
+use crate::service::specs::{self, Spec};
 use crate::store::{rfc3339, NamedSpec, SpecKind};
-use crate::template::TemplateSpec;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -77,13 +77,11 @@ fn view(spec: &NamedSpec) -> Value {
 
 async fn put_spec(
     state: &AppState,
-    kind: SpecKind,
     app_id: &str,
     name: &str,
-    spec: &impl serde::Serialize,
+    spec: Spec,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let text = serde_json::to_string(spec).map_err(anyhow::Error::from)?;
-    let (stored, created) = state.store.put_spec(kind, app_id, name, &text).await?;
+    let (stored, created) = specs::put_spec(&state.store, app_id, name, &spec).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -113,10 +111,13 @@ async fn put_template(
     Path(name): Path<String>,
     ApiJson(spec): ApiJson<TemplateSpec>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    validate_name(&name)?;
-    spec.validate()
-        .map_err(|e| ApiError::field(e.field, e.message))?;
-    put_spec(&state, SpecKind::Template, caller.app_id(), &name, &spec).await
+    put_spec(
+        &state,
+        caller.app_id(),
+        &name,
+        Spec::Template(Box::new(spec)),
+    )
+    .await
 }
 
 #[utoipa::path(
@@ -140,23 +141,7 @@ async fn put_rule(
     Path(name): Path<String>,
     ApiJson(spec): ApiJson<RuleSpec>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    validate_name(&name)?;
-    spec.validate()
-        .map_err(|e| ApiError::field(e.field, e.message))?;
-    if let TemplateRef::Named(template) = &spec.template {
-        if state
-            .store
-            .get_spec(SpecKind::Template, caller.app_id(), template)
-            .await?
-            .is_none()
-        {
-            return Err(ApiError::field(
-                "template",
-                format!("no template named {template}"),
-            ));
-        }
-    }
-    put_spec(&state, SpecKind::Rule, caller.app_id(), &name, &spec).await
+    put_spec(&state, caller.app_id(), &name, Spec::Rule(spec)).await
 }
 
 async fn list(state: &AppState, kind: SpecKind, app_id: &str, key: &str) -> Result<Json<Value>> {

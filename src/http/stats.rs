@@ -11,15 +11,14 @@ use utoipa_axum::routes;
 use super::openapi::ServerKeyErrors;
 use super::{ApiQuery, AppState, Viewer};
 use crate::error::{ApiError, ErrorBody, Result};
+use crate::model::JobStatus;
 use crate::redact::redact;
-use crate::store::{now_ms, rfc3339, JobStatus, QueueStats, WindowStats};
+use crate::service;
+use crate::store::{now_ms, rfc3339, QueueStats, WindowStats};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stats))
 }
-
-/// The windows every stats answer carries.
-pub const WINDOWS: [(&str, i64); 3] = [("5m", 300), ("1h", 3600), ("24h", 86_400)];
 
 // Mirrors the answer `stats` builds; tests/openapi.rs compares it with a real one.
 /// Delivery statistics of one app or of all apps.
@@ -129,11 +128,8 @@ async fn stats(
     let app = app_id.as_deref();
     let now = now_ms();
     let mut windows = serde_json::Map::new();
-    for (name, secs) in WINDOWS {
-        windows.insert(
-            name.into(),
-            json!(state.store.window_stats(app, now, secs).await?),
-        );
+    for (name, figures) in service::stats::windows(&state.store, app, now).await? {
+        windows.insert(name.into(), json!(figures));
     }
     let queue = state.store.queue_stats(app, now).await?;
     let series = state

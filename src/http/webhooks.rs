@@ -1,7 +1,8 @@
 //! Signed webhook ingest: `POST /v1/webhooks/{app_id}/{source}`.
 //!
-//! Order of checks: source lookup, body size, IP allowlist, signature over the raw bytes,
-//! JSON shape, event type, then a durable insert (deduplicated per source) before answering.
+//! Order of checks: source lookup, body size, rate limit, then the use case
+//! (`service::webhooks::accept`): IP allowlist, signature over the raw bytes, JSON shape,
+//! event type, and a durable insert (deduplicated per source) before answering.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -20,17 +21,12 @@ use super::AppState;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::ratelimit::retry_after_secs;
-use crate::signature::{self, SignatureError};
-use crate::store::{EventInsert, IncomingEvent, Scheme, WebhookSource};
+use crate::service::webhooks::{self, Received};
+use crate::store::{EventInsert, WebhookSource};
 
 pub fn router(_config: &Config) -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(ingest))
 }
-
-/// Default JSON path of the event type when the scheme carries none in a header.
-const DEFAULT_TYPE_PATH: &str = "type";
-const MAX_EVENT_TYPE_LEN: usize = 256;
-const MAX_EVENT_ID_LEN: usize = 256;
 
 #[utoipa::path(
     post,
@@ -142,7 +138,6 @@ async fn accept(
     source: &WebhookSource,
     request: Request,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let app_id = source.app_id.as_str();
     let (parts, body) = request.into_parts();
     let limit = state.config.webhooks.max_body_bytes;
     let body = super::read_body(body, &parts.headers, limit).await?;
@@ -164,74 +159,23 @@ async fn accept(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let client = client_ip(peer, &parts.headers, &state.config.webhooks.trusted_proxies);
-    if !source.allowed_cidrs.is_empty()
-        && !client.is_some_and(|ip| source.allowed_cidrs.iter().any(|n| n.contains(&ip)))
-    {
-        return Err(ApiError::Forbidden(
-            "client address is not in this source's allowlist".into(),
-        ));
-    }
-
-    let secrets: Vec<&str> = source.secrets.iter().map(|s| s.secret.as_str()).collect();
-    let verified = signature::verify(
-        source.scheme,
-        &parts.headers,
-        &body,
-        &secrets,
-        crate::store::now_ms() / 1000,
-        state.config.webhooks.timestamp_tolerance_secs,
+    let accepted = webhooks::accept(
+        &state.events,
+        source,
+        Received {
+            headers: &parts.headers,
+            body: &body,
+            client,
+            now_secs: crate::store::now_ms() / 1000,
+            tolerance_secs: state.config.webhooks.timestamp_tolerance_secs,
+        },
     )
-    .map_err(signature_error)?;
-
-    let payload: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
-    if !payload.is_object() {
-        return Err(ApiError::BadRequest("body must be a JSON object".into()));
-    }
-    let event_type = event_type(source, verified.event_type, &payload)?;
-    let external_id = verified
-        .event_id
-        .or_else(|| {
-            (source.scheme == Scheme::Stripe)
-                .then(|| {
-                    payload
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-                .flatten()
-        })
-        .filter(|id| !id.is_empty());
-    if let Some(id) = &external_id {
-        ApiError::check_nul("id", id)?;
-    }
-    if external_id
-        .as_ref()
-        .is_some_and(|id| id.len() > MAX_EVENT_ID_LEN)
-    {
-        return Err(ApiError::BadRequest(format!(
-            "event id longer than {MAX_EVENT_ID_LEN} bytes"
-        )));
-    }
-    let payload_text =
-        std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
-
-    // Committed (together with concurrent webhooks, in one transaction) before we answer.
-    let inserted = state
-        .events
-        .insert(IncomingEvent {
-            app_id: app_id.to_string(),
-            source_id: Some(source.id.clone()),
-            external_id,
-            event_type: event_type.clone(),
-            payload: payload_text.to_string(),
-            direct_rule: None,
-        })
-        .await?;
-    Ok(match inserted {
+    .await?;
+    let app_id = source.app_id.as_str();
+    Ok(match accepted.inserted {
         EventInsert::Accepted(id) => {
             state.wake.events.notify_one();
-            tracing::info!(app = app_id, source = %source.name, event = %id, event_type = %event_type, "webhook accepted");
+            tracing::info!(app = app_id, source = %source.name, event = %id, event_type = %accepted.event_type, "webhook accepted");
             (StatusCode::ACCEPTED, Json(json!({"event_id": id})))
         }
         EventInsert::Duplicate(id) => {
@@ -242,15 +186,6 @@ async fn accept(
             )
         }
     })
-}
-
-fn signature_error(e: SignatureError) -> ApiError {
-    // The message names the problem but never the expected signature.
-    if e.is_malformed() {
-        ApiError::BadRequest(e.to_string())
-    } else {
-        ApiError::Unauthorized(format!("webhook verification failed: {e}"))
-    }
 }
 
 /// The client address: the socket peer, unless that peer is a trusted proxy, in which case the
@@ -284,37 +219,6 @@ pub(crate) fn client_ip(
             .find(|ip| !is_trusted(ip))
             .unwrap_or(peer),
     )
-}
-
-fn event_type(
-    source: &WebhookSource,
-    from_header: Option<String>,
-    payload: &Value,
-) -> Result<String> {
-    let event_type = match from_header {
-        Some(t) => t,
-        None => {
-            let path = source
-                .event_type_path
-                .as_deref()
-                .unwrap_or(DEFAULT_TYPE_PATH);
-            let found = path
-                .split('.')
-                .try_fold(payload, |v, key| v.get(key))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!("no string event type at JSON path `{path}`"))
-                })?;
-            ApiError::check_nul(path, found)?;
-            found.to_string()
-        }
-    };
-    if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_LEN {
-        return Err(ApiError::BadRequest(format!(
-            "event type must be 1-{MAX_EVENT_TYPE_LEN} bytes"
-        )));
-    }
-    Ok(event_type)
 }
 
 #[cfg(test)]

@@ -14,9 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::pool::{H2Pool, PoolConfig, PoolStats, ProviderResponse};
-use super::{
-    retry_after, short, ApnsConfig, ApnsEnvironment, Clock, Notification, Outcome, Priority, Target,
-};
+use super::{retry_after, short, ApnsConfig, Clock, Outcome, Target};
+use crate::model::{ApnsEnvironment, Notification, Priority};
 
 /// Apple's production host.
 pub const PRODUCTION_ENDPOINT: &str = "https://api.push.apple.com";

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::pool::{H2Pool, PoolConfig, PoolStats, ProviderResponse, TransportError};
-use super::{retry_after, short, Clock, FcmConfig, Notification, Outcome, Priority};
+use super::{retry_after, short, Clock, FcmConfig, Outcome};
+use crate::model::{Notification, Priority};
 
 /// Google's FCM host.
 pub const PRODUCTION_ENDPOINT: &str = "https://fcm.googleapis.com";

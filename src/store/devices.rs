@@ -4,6 +4,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{now_ms, rfc3339, Store};
+use crate::model::{ApnsEnvironment, Platform};
 
 /// A registered device as stored.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -99,8 +100,8 @@ impl Device {
 /// Validated input for registering or updating a device.
 #[derive(Clone, Debug)]
 pub struct DeviceRegistration {
-    /// `apns` or `fcm`.
-    pub platform: String,
+    /// Push platform.
+    pub platform: Platform,
     /// Owner.
     pub user_id: Option<String>,
     /// BCP-47 locale.
@@ -109,8 +110,8 @@ pub struct DeviceRegistration {
     pub timezone: Option<String>,
     /// App version.
     pub app_version: Option<String>,
-    /// APNs environment.
-    pub environment: Option<String>,
+    /// APNs environment (APNs devices only).
+    pub environment: Option<ApnsEnvironment>,
     /// APNs topic.
     pub topic: Option<String>,
     /// JSON object.
@@ -148,12 +149,12 @@ impl Store {
         let device = sqlx::query_as::<_, Device>(&sql)
             .bind(app_id)
             .bind(token)
-            .bind(&reg.platform)
+            .bind(reg.platform.as_str())
             .bind(&reg.user_id)
             .bind(&reg.locale)
             .bind(&reg.timezone)
             .bind(&reg.app_version)
-            .bind(&reg.environment)
+            .bind(reg.environment.map(ApnsEnvironment::as_str))
             .bind(&reg.topic)
             .bind(reg.attributes.to_string())
             .bind(serde_json::to_string(&reg.tags)?)
@@ -188,12 +189,12 @@ impl Store {
         Ok(sqlx::query_as::<_, Device>(&sql)
             .bind(app_id)
             .bind(token)
-            .bind(&reg.platform)
+            .bind(reg.platform.as_str())
             .bind(user_id)
             .bind(&reg.locale)
             .bind(&reg.timezone)
             .bind(&reg.app_version)
-            .bind(&reg.environment)
+            .bind(reg.environment.map(ApnsEnvironment::as_str))
             .bind(&reg.topic)
             .bind(reg.attributes.to_string())
             .bind(serde_json::to_string(&reg.tags)?)
@@ -338,12 +339,12 @@ impl Store {
             for (token, reg) in chunk {
                 q = q
                     .bind(token)
-                    .bind(&reg.platform)
+                    .bind(reg.platform.as_str())
                     .bind(&reg.user_id)
                     .bind(&reg.locale)
                     .bind(&reg.timezone)
                     .bind(&reg.app_version)
-                    .bind(&reg.environment)
+                    .bind(reg.environment.map(ApnsEnvironment::as_str))
                     .bind(&reg.topic)
                     .bind(reg.attributes.to_string())
                     .bind(serde_json::to_string(&reg.tags)?);

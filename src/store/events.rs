@@ -4,29 +4,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{new_id, now_ms, rfc3339, Store};
-
-/// Where an event is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventStatus {
-    /// Stored, not yet fanned out.
-    Received,
-    /// Delivery jobs created.
-    Dispatched,
-    /// Every job reached a final state.
-    Completed,
-}
-
-impl EventStatus {
-    /// Stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Received => "received",
-            Self::Dispatched => "dispatched",
-            Self::Completed => "completed",
-        }
-    }
-}
+use crate::model::EventStatus;
 
 /// A stored event.
 #[derive(Clone, Debug, sqlx::FromRow)]

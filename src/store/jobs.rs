@@ -6,54 +6,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use super::{new_id, now_ms, rfc3339, Event, Store};
-
-/// Where a delivery job is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[schema(as = DeliveryStatus)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    /// Waiting for `next_attempt_at`.
-    Queued,
-    /// Claimed by a worker under a lease.
-    InFlight,
-    /// Accepted by the provider.
-    Delivered,
-    /// Dead letter: failed permanently or out of retries.
-    Dead,
-    /// The provider said the token is invalid; the device was pruned.
-    Invalid,
-}
-
-impl JobStatus {
-    /// Delivered, dead or invalid: the job will not be sent again unless replayed.
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Delivered | Self::Dead | Self::Invalid)
-    }
-
-    /// Stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::InFlight => "in_flight",
-            Self::Delivered => "delivered",
-            Self::Dead => "dead",
-            Self::Invalid => "invalid",
-        }
-    }
-
-    /// Parses a stored or query-string name.
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Queued,
-            Self::InFlight,
-            Self::Delivered,
-            Self::Dead,
-            Self::Invalid,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
-}
+use crate::model::JobStatus;
 
 /// A job produced by fan-out.
 #[derive(Clone, Debug)]

@@ -14,12 +14,10 @@ mod user_auth;
 
 pub use apps::{ApiKey, App, KeyKind, NewApp};
 pub use devices::{Device, DeviceRegistration, DeviceView};
-pub use events::{
-    Event, EventInsert, EventStatus, EventView, EventWriter, IncomingEvent, NewEvent,
-};
+pub use events::{Event, EventInsert, EventView, EventWriter, IncomingEvent, NewEvent};
 pub use jobs::*;
 pub use rules::{NamedSpec, SpecKind};
-pub use sources::{NewSource, Scheme, SourceSecret, WebhookSource};
+pub use sources::{SourceSecret, WebhookSource};
 pub use stats::{FailureCount, QueueStats, SeriesPoint, WindowStats};
 pub use user_auth::UserAuth;
 

@@ -11,43 +11,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{new_id, now_ms, Store};
-
-/// How a source signs its requests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Scheme {
-    /// Standard Webhooks / Svix: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
-    StandardWebhooks,
-    /// GitHub: `X-Hub-Signature-256`.
-    Github,
-    /// Stripe: `Stripe-Signature: t=..,v1=..`.
-    Stripe,
-    /// `X-Webhook-Signature: sha256=<hex>`.
-    Generic,
-}
-
-impl Scheme {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::StandardWebhooks => "standard_webhooks",
-            Self::Github => "github",
-            Self::Stripe => "stripe",
-            Self::Generic => "generic",
-        }
-    }
-
-    /// Parses the stored name.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "standard_webhooks" => Some(Self::StandardWebhooks),
-            "github" => Some(Self::Github),
-            "stripe" => Some(Self::Stripe),
-            "generic" => Some(Self::Generic),
-            _ => None,
-        }
-    }
-}
+use crate::model::source::NewSource;
+use crate::signature::Scheme;
 
 /// One verification secret; any active secret of a source verifies (rotation).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -81,21 +46,6 @@ pub struct WebhookSource {
     pub created_at: i64,
     /// Last change, unix ms.
     pub updated_at: i64,
-}
-
-/// Input for creating a source.
-#[derive(Clone, Debug)]
-pub struct NewSource {
-    /// URL name.
-    pub name: String,
-    /// Scheme.
-    pub scheme: Scheme,
-    /// Initial secrets.
-    pub secrets: Vec<String>,
-    /// Event type JSON path.
-    pub event_type_path: Option<String>,
-    /// IP allowlist.
-    pub allowed_cidrs: Vec<IpNet>,
 }
 
 #[derive(sqlx::FromRow)]

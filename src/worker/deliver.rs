@@ -15,9 +15,10 @@ use tokio::task::{self, JoinSet};
 
 use super::retry::{decide, RetryDecision};
 use super::{JobPayload, Worker};
-use crate::push::{ApnsEnvironment, Outcome, Platform, Target};
+use crate::model::{ApnsEnvironment, JobStatus, Platform};
+use crate::push::{Outcome, Target};
 use crate::redact::Redacted;
-use crate::store::{now_ms, ClaimedJob, JobResult, JobStatus, Prune};
+use crate::store::{now_ms, ClaimedJob, JobResult, Prune};
 
 /// Claims wait until at least this share of `concurrency` is free, so that a steady stream of
 /// finishing sends leads to a few large claims rather than many one-row claims.

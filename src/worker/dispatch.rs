@@ -12,9 +12,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{JobPayload, Worker};
-use crate::rules::{user_ids_at, Audience, DeviceFilter, RuleSpec, TemplateRef};
-use crate::store::{Device, Event, FanOutCursor, FanOutSlice, JobStatus, NewJob, SpecKind, Store};
-use crate::template::{context, event_value, CompiledTemplate, TemplateSpec};
+use crate::model::rules::{user_ids_at, Audience, DeviceFilter, RuleSpec, TemplateRef};
+use crate::model::template::{context, event_value, CompiledTemplate, TemplateSpec};
+use crate::model::JobStatus;
+use crate::store::{Device, Event, FanOutCursor, FanOutSlice, NewJob, SpecKind, Store};
 
 /// Events leased per round.
 const EVENT_BATCH: i64 = 128;

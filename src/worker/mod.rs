@@ -17,7 +17,8 @@ use tokio::task::JoinSet;
 
 use crate::config::WorkerConfig;
 use crate::metrics::Metrics;
-use crate::push::{Notification, Providers};
+use crate::model::Notification;
+use crate::push::Providers;
 use crate::store::Store;
 
 /// What a delivery job carries, versioned so queued jobs survive upgrades.

@@ -10,9 +10,9 @@ use anyhow::Context;
 
 use super::dispatch::{event_context, load_template, render_payload};
 use super::JobPayload;
-use crate::rules::RuleSpec;
+use crate::model::rules::RuleSpec;
+use crate::model::template::event_value;
 use crate::store::{DeadLetter, Event, SpecKind, Store};
-use crate::template::event_value;
 
 /// Which dead letters to replay.
 #[derive(Clone, Copy, Debug, Default)]

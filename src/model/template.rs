@@ -19,7 +19,7 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::push::{Notification, Priority};
+use super::notification::{Notification, Priority};
 
 /// Text that varies by locale.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -92,7 +92,7 @@ pub struct DeliveryOptions {
     pub data: BTreeMap<String, String>,
 }
 
-// The schema of `crate::push::Priority`, which stays free of API concerns; a test checks
+// The schema of `crate::model::Priority`, which stays free of API concerns; a test checks
 // that the two agree.
 /// How urgently the provider should deliver.
 #[derive(utoipa::ToSchema)]
@@ -303,7 +303,7 @@ impl TemplateSpec {
             ));
         }
         for tag in self.locales.keys() {
-            if crate::http::canonical_locale(tag).as_deref() != Some(tag.as_str()) {
+            if crate::model::canonical_locale(tag).as_deref() != Some(tag.as_str()) {
                 return Err(TemplateError::new(
                     format!("locales.{tag}"),
                     "must be a canonical BCP-47 tag such as fr or pt-BR",

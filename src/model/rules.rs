@@ -8,7 +8,7 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::template::TemplateSpec;
+use super::template::TemplateSpec;
 
 /// A rule as stored and accepted by the API.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]

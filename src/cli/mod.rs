@@ -1,0 +1,252 @@
+//! The command line: run the bridge or the simulator, migrate, and administer apps, keys,
+//! sources, rules and templates. Subcommands call the use cases in `crate::service`, the same
+//! ones the HTTP API calls, so both refuse the same input with the same messages.
+
+mod admin;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::model::rules::{Audience, TemplateRef};
+use crate::model::template::TemplateSpec;
+use crate::service;
+use crate::store::SpecKind;
+
+/// The command line.
+#[derive(Parser)]
+#[command(
+    name = "pushbridge",
+    version,
+    about = "Signed webhooks in, personalized APNs/FCM pushes out"
+)]
+pub struct Cli {
+    /// Config file (TOML). Defaults to ./pushbridge.toml when present.
+    #[arg(long, global = true, env = "PUSHBRIDGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do; `serve` when absent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// A subcommand.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the bridge (the default).
+    Serve(ServeArgs),
+    /// Run only the APNs/FCM provider simulator.
+    Simulate(crate::simulator::SimulateArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage apps.
+    Apps {
+        #[command(subcommand)]
+        command: admin::AppsCommand,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: admin::KeysCommand,
+    },
+    /// Manage webhook sources.
+    Sources {
+        #[command(subcommand)]
+        command: admin::SourcesCommand,
+    },
+    /// Manage rules (JSON specs, as for PUT /v1/rules/{name}).
+    Rules {
+        #[command(subcommand)]
+        command: SpecCommand,
+    },
+    /// Manage templates (JSON specs, as for PUT /v1/templates/{name}).
+    Templates {
+        #[command(subcommand)]
+        command: SpecCommand,
+    },
+    /// Queue a test push to a user's devices (a running bridge delivers it).
+    Send {
+        /// App id.
+        #[arg(long)]
+        app: String,
+        /// User id.
+        #[arg(long)]
+        user: String,
+        /// Title.
+        #[arg(long)]
+        title: String,
+        /// Body.
+        #[arg(long, default_value = "Test notification from pushbridge")]
+        body: String,
+    },
+    /// Print delivery stats (5 min, 1 h, 24 h).
+    Stats {
+        /// Only this app.
+        #[arg(long)]
+        app: Option<String>,
+    },
+}
+
+/// What to do with rules or templates.
+#[derive(Subcommand)]
+pub enum SpecCommand {
+    /// Create or replace from a JSON file (`-` for stdin).
+    Put {
+        /// App id.
+        app_id: String,
+        /// Name.
+        name: String,
+        /// JSON spec file.
+        file: PathBuf,
+    },
+    /// List names.
+    List {
+        /// App id.
+        app_id: String,
+    },
+    /// Print one spec.
+    Show {
+        /// App id.
+        app_id: String,
+        /// Name.
+        name: String,
+    },
+    /// Delete one.
+    Delete {
+        /// App id.
+        app_id: String,
+        /// Name.
+        name: String,
+    },
+}
+
+/// Options of `serve`.
+#[derive(clap::Args, Default)]
+pub struct ServeArgs {
+    /// Also start the provider simulator and send to it, with the test credentials in
+    /// --certs-dir: end-to-end pushes without Apple or Google accounts.
+    #[arg(long)]
+    simulator: bool,
+    /// Directory with the simulator's test certificates and keys.
+    #[arg(long, default_value = "certs")]
+    certs_dir: PathBuf,
+}
+
+/// Runs a subcommand (`serve` when none is given) to completion.
+pub async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()> {
+    let command = command.unwrap_or_else(|| {
+        Command::Serve(ServeArgs {
+            certs_dir: PathBuf::from("certs"),
+            ..ServeArgs::default()
+        })
+    });
+    match command {
+        Command::Serve(args) => serve(config, args).await,
+        Command::Simulate(args) => crate::simulator::run_cli(args).await,
+        Command::Migrate => {
+            crate::open_store(&config).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Apps { command } => admin::apps(command, &config).await,
+        Command::Keys { command } => admin::keys(command, &config).await,
+        Command::Sources { command } => admin::sources(command, &config).await,
+        Command::Rules { command } => admin::specs(SpecKind::Rule, command, &config).await,
+        Command::Templates { command } => admin::specs(SpecKind::Template, command, &config).await,
+        Command::Send {
+            app,
+            user,
+            title,
+            body,
+        } => {
+            let store = crate::open_store(&config).await?;
+            let template = TemplateSpec {
+                title: Some(title),
+                body: Some(body),
+                ..TemplateSpec::default()
+            };
+            let id = service::sends::enqueue_direct(
+                &store,
+                &app,
+                Audience::Users(vec![user]),
+                TemplateRef::Inline(Box::new(template)),
+                Default::default(),
+                Some("notification.test".into()),
+            )
+            .await?;
+            println!("queued event {id}");
+            Ok(())
+        }
+        Command::Stats { app } => {
+            let store = crate::open_store(&config).await?;
+            let now = crate::store::now_ms();
+            println!(
+                "{:<6} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7}",
+                "window", "finished", "success", "avg ms", "p95 ms", "attempts", "pruned"
+            );
+            for (name, w) in service::stats::windows(&store, app.as_deref(), now).await? {
+                println!(
+                    "{:<6} {:>9} {:>8.1}% {:>8.0} {:>8} {:>8} {:>7}",
+                    name,
+                    w.finished,
+                    w.success_rate * 100.0,
+                    w.avg_latency_ms,
+                    w.p95_latency_ms,
+                    w.attempts,
+                    w.pruned_tokens
+                );
+                for f in w.failures.iter().take(5) {
+                    println!("         {} {}: {}", f.outcome, f.reason, f.count);
+                }
+            }
+            let q = store.queue_stats(app.as_deref(), now).await?;
+            println!(
+                "queue: {} queued, {} in flight, {} dead, oldest due {:.1}s",
+                q.queued, q.in_flight, q.dead, q.oldest_due_age_secs
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
+    let _simulator = if args.simulator {
+        let sim_config = crate::simulator::SimulatorConfig::with_certs_dir(&args.certs_dir);
+        let sim = crate::simulator::start(sim_config)
+            .await
+            .context("starting the provider simulator")?;
+        crate::use_simulator(&mut config, &sim, &args.certs_dir);
+        tracing::info!(apns = %sim.apns_url(), fcm = %sim.fcm_url(), "provider simulator running; APNs and FCM point at it");
+        Some(sim)
+    } else {
+        None
+    };
+    let listener = crate::bind(&config)?;
+    let running = crate::start(config, listener).await?;
+    let stopper = running.stopper();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = stopper.send(true);
+    });
+    running.wait().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

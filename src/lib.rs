@@ -17,6 +17,7 @@ pub mod server;
 pub mod service;
 pub mod signature;
 pub mod simulator;
+pub mod state;
 pub mod store;
 mod tls;
 pub mod user_auth;
@@ -31,9 +32,9 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::Config;
-use crate::http::AppState;
 use crate::metrics::Metrics;
 use crate::push::Providers;
+use crate::state::AppState;
 use crate::store::Store;
 use crate::worker::{Wake, Worker};
 

@@ -6,11 +6,12 @@ use super::ApiPath as Path;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{OperatorErrors, Requeued};
+use super::notifications::Requeued;
+use super::openapi::OperatorErrors;
 use super::{AppState, Operator};
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::store::rfc3339;
@@ -23,15 +24,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Every app, for the operator.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AppList {
     apps: Vec<AppSummary>,
 }
 
 /// One app in the operator's list.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AppSummary {
     id: String,
     name: String,
@@ -72,13 +71,18 @@ async fn dashboard() -> impl IntoResponse {
     security(("operator_key" = [])),
     responses((status = 200, description = "every app", body = AppList), OperatorErrors),
 )]
-async fn list_apps(State(state): State<AppState>, _op: Operator) -> Result<Json<Value>> {
+async fn list_apps(State(state): State<AppState>, _op: Operator) -> Result<Json<AppList>> {
     let apps = state.store.list_apps().await?;
-    Ok(Json(json!({
-        "apps": apps.iter().map(|a| json!({
-            "id": a.id, "name": a.name, "created_at": rfc3339(a.created_at)
-        })).collect::<Vec<_>>()
-    })))
+    Ok(Json(AppList {
+        apps: apps
+            .into_iter()
+            .map(|a| AppSummary {
+                created_at: rfc3339(a.created_at),
+                id: a.id,
+                name: a.name,
+            })
+            .collect(),
+    }))
 }
 
 #[utoipa::path(
@@ -100,7 +104,7 @@ async fn replay(
     State(state): State<AppState>,
     _op: Operator,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<Requeued>)> {
     let app_id = state
         .store
         .delivery_app(&id)

@@ -4,8 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -22,8 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// The calling app.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AppView {
     id: String,
     name: String,
@@ -34,8 +32,7 @@ struct AppView {
 }
 
 /// The callback just set, with the secret that signs its requests (shown only here).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct CallbackSet {
     url: String,
     /// `whsec_...`: verify callbacks as Standard Webhooks with it.
@@ -55,7 +52,7 @@ struct CallbackSet {
         (status = 404, description = "the app no longer exists", body = ErrorBody),
     ),
 )]
-async fn show(State(state): State<AppState>, caller: ServerCaller) -> Result<Json<Value>> {
+async fn show(State(state): State<AppState>, caller: ServerCaller) -> Result<Json<AppView>> {
     let app = state
         .store
         .get_app(caller.app_id())
@@ -67,12 +64,12 @@ async fn show(State(state): State<AppState>, caller: ServerCaller) -> Result<Jso
         .user_auth(caller.app_id())
         .await?
         .ok_or(ApiError::NotFound("app"))?;
-    Ok(Json(json!({
-        "id": app.id,
-        "name": app.name,
-        "callback_url": callback.map(|(url, _)| url),
-        "client_user_ids": user_auth.client_user_ids,
-    })))
+    Ok(Json(AppView {
+        id: app.id,
+        name: app.name,
+        callback_url: callback.map(|(url, _)| url),
+        client_user_ids: user_auth.client_user_ids,
+    }))
 }
 
 /// Body of `PUT /v1/app/callback`.
@@ -109,7 +106,7 @@ async fn set_callback(
     State(state): State<AppState>,
     caller: ServerCaller,
     ApiJson(body): ApiJson<CallbackRequest>,
-) -> Result<Json<Value>> {
+) -> Result<Json<CallbackSet>> {
     let uri: http::Uri = body
         .url
         .parse()
@@ -125,7 +122,10 @@ async fn set_callback(
         .store
         .set_callback(caller.app_id(), Some(&body.url), Some(&secret))
         .await?;
-    Ok(Json(json!({"url": body.url, "secret": secret})))
+    Ok(Json(CallbackSet {
+        url: body.url,
+        secret,
+    }))
 }
 
 #[utoipa::path(

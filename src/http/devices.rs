@@ -6,7 +6,7 @@ use axum::extract::State;
 use super::ApiPath as Path;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -32,7 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 struct RegisterDevice {
     /// Decides the token's expected shape: APNs tokens are hex, FCM tokens are not.
-    #[schema(value_type = super::openapi::PlatformName, example = "apns")]
+    #[schema(value_type = Platform, example = "apns")]
     platform: String,
     /// The owning user, for user audiences.
     #[schema(
@@ -59,7 +59,7 @@ struct RegisterDevice {
     )]
     app_version: Option<String>,
     /// APNs only (default `production`); an FCM device must not send it.
-    #[schema(value_type = Option<super::openapi::EnvironmentName>)]
+    #[schema(value_type = Option<ApnsEnvironment>)]
     environment: Option<String>,
     /// APNs only: the bundle id to send with (`apns-topic`).
     #[schema(
@@ -76,8 +76,8 @@ struct RegisterDevice {
     /// Tags for device audiences, each 1-64 characters without control characters; at most
     /// `devices.max_tags` (default 64).
     #[serde(default)]
-    #[schema(inline, value_type = Option<Vec<super::openapi::Tag>>)]
-    tags: Option<Vec<String>>,
+    #[schema(inline)]
+    tags: Option<Vec<Tag>>,
     /// Proof from the app's backend that the device is `user_id`'s: lowercase hex
     /// HMAC-SHA256(user-auth secret, user_id), or a JWT (HS256 with that secret, or ES256/RS256
     /// with a registered public key) whose `sub` is the user id and whose `exp` is at most an
@@ -86,9 +86,14 @@ struct RegisterDevice {
     user_auth: Option<String>,
 }
 
+/// A device tag.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{1,64}$")]
+struct Tag(String);
+
 /// A page of a user's devices.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DeviceList {
     devices: Vec<DeviceView>,
     /// Pass as `cursor` for the next page; null on the last page.
@@ -121,7 +126,7 @@ async fn register(
     caller: Caller,
     Path(token): Path<String>,
     ApiJson(mut body): ApiJson<RegisterDevice>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<DeviceView>)> {
     let proof = body.user_auth.take();
     let (token, reg) = validate_registration(&token, body, &state.config.devices)?;
     let write = authorize_user_id(&state, &caller, &token, &reg, proof.as_deref()).await?;
@@ -142,7 +147,7 @@ async fn register(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!(device.view()))))
+    Ok((status, Json(device.view())))
 }
 
 /// How an authorized registration may be written.
@@ -229,13 +234,13 @@ async fn get_device(
     State(state): State<AppState>,
     caller: Caller,
     Path(token): Path<String>,
-) -> Result<Json<Value>> {
+) -> Result<Json<DeviceView>> {
     let device = state
         .store
         .get_device(caller.app_id(), &normalize_token(&token))
         .await?
         .ok_or(ApiError::NotFound("device"))?;
-    Ok(Json(json!(device.view())))
+    Ok(Json(device.view()))
 }
 
 #[utoipa::path(
@@ -283,7 +288,7 @@ async fn list_user_devices(
     caller: ServerCaller,
     Path(user_id): Path<String>,
     ApiQuery(page): ApiQuery<Page>,
-) -> Result<Json<Value>> {
+) -> Result<Json<DeviceList>> {
     let limit = page.limit()?;
     let after = page.cursor(CursorKind::UserDevices)?;
     let devices = state
@@ -299,10 +304,10 @@ async fn list_user_devices(
                 .map(|d| encode_cursor(CursorKind::UserDevices, &d.token))
         })
         .flatten();
-    Ok(Json(json!({
-        "devices": devices.iter().map(|d| d.view()).collect::<Vec<_>>(),
-        "next_cursor": next_cursor,
-    })))
+    Ok(Json(DeviceList {
+        devices: devices.iter().map(|d| d.view()).collect(),
+        next_cursor,
+    }))
 }
 
 fn short_text(field: &str, value: Option<String>, max: usize) -> Result<Option<String>> {
@@ -385,6 +390,7 @@ fn validate_registration(
             format!("at most {} tags", limits.max_tags),
         ));
     }
+    let tags: Vec<String> = tags.into_iter().map(|t| t.0).collect();
     for (i, tag) in tags.iter().enumerate() {
         short_text(&format!("tags[{i}]"), Some(tag.clone()), 64)?;
     }

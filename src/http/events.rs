@@ -7,13 +7,13 @@ use axum::extract::State;
 use super::ApiPath as Path;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::ServerKeyErrors;
 use super::{time_cursor, ApiQuery, AppState, CursorKind, Page, ServerCaller};
 use crate::error::{ApiError, ErrorBody, Result};
+use crate::model::JobStatus;
 use crate::store::EventView;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -39,8 +39,7 @@ struct ListEvents {
 }
 
 /// A page of events, newest first.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 struct EventList {
     /// Without payloads, each with its delivery counts.
     events: Vec<EventDetail>,
@@ -69,16 +68,17 @@ struct DeliveryCounts {
 
 impl DeliveryCounts {
     /// Adds `n` jobs in `status`; a status this view does not know still counts in `total`.
-    fn add(&mut self, status: &str, n: i64) {
+    fn add(&mut self, status: &str, n: i64) -> Result<()> {
+        let status: JobStatus = status.parse().map_err(anyhow::Error::from)?;
         self.total += n;
-        match status {
-            "queued" => self.queued += n,
-            "in_flight" => self.in_flight += n,
-            "delivered" => self.delivered += n,
-            "dead" => self.dead += n,
-            "invalid" => self.invalid += n,
-            _ => {}
-        }
+        *match status {
+            JobStatus::Queued => &mut self.queued,
+            JobStatus::InFlight => &mut self.in_flight,
+            JobStatus::Delivered => &mut self.delivered,
+            JobStatus::Dead => &mut self.dead,
+            JobStatus::Invalid => &mut self.invalid,
+        } += n;
+        Ok(())
     }
 }
 
@@ -100,7 +100,7 @@ async fn list(
     State(state): State<AppState>,
     caller: ServerCaller,
     ApiQuery(q): ApiQuery<ListEvents>,
-) -> Result<Json<Value>> {
+) -> Result<Json<EventList>> {
     let page = Page {
         cursor: q.cursor,
         limit: q.limit,
@@ -130,7 +130,7 @@ async fn list(
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     let mut counts: HashMap<String, DeliveryCounts> = HashMap::new();
     for (event_id, status, n) in state.store.events_counts(&ids).await? {
-        counts.entry(event_id).or_default().add(&status, n);
+        counts.entry(event_id).or_default().add(&status, n)?;
     }
     let events: Vec<EventDetail> = events
         .iter()
@@ -139,10 +139,10 @@ async fn list(
             event: e.view(false),
         })
         .collect();
-    Ok(Json(json!({
-        "events": events,
-        "next_cursor": next_cursor,
-    })))
+    Ok(Json(EventList {
+        events,
+        next_cursor,
+    }))
 }
 
 #[utoipa::path(
@@ -163,7 +163,7 @@ async fn show(
     State(state): State<AppState>,
     caller: ServerCaller,
     Path(id): Path<String>,
-) -> Result<Json<Value>> {
+) -> Result<Json<EventDetail>> {
     let event = state
         .store
         .get_event(caller.app_id(), &id)
@@ -171,10 +171,10 @@ async fn show(
         .ok_or(ApiError::NotFound("event"))?;
     let mut deliveries = DeliveryCounts::default();
     for (status, n) in state.store.event_counts(&event.id).await? {
-        deliveries.add(&status, n);
+        deliveries.add(&status, n)?;
     }
-    Ok(Json(json!(EventDetail {
+    Ok(Json(EventDetail {
         event: event.view(true),
         deliveries,
-    })))
+    }))
 }

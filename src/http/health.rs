@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -20,14 +20,23 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// The answer of the health endpoints.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct HealthStatus {
     /// `ok`, `ready` or `unavailable`.
-    status: String,
+    status: &'static str,
     /// `unreachable` when the database cannot be reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    database: Option<String>,
+    database: Option<&'static str>,
+}
+
+impl HealthStatus {
+    fn up(status: &'static str) -> Json<Self> {
+        Json(Self {
+            status,
+            database: None,
+        })
+    }
 }
 
 #[utoipa::path(
@@ -38,7 +47,7 @@ struct HealthStatus {
     responses((status = 200, description = "`{\"status\": \"ok\"}`", body = HealthStatus)),
 )]
 async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+    HealthStatus::up("ok")
 }
 
 #[utoipa::path(
@@ -53,12 +62,15 @@ async fn healthz() -> impl IntoResponse {
 )]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))),
+        Ok(()) => (StatusCode::OK, HealthStatus::up("ready")),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "database": "unreachable"})),
+                Json(HealthStatus {
+                    status: "unavailable",
+                    database: Some("unreachable"),
+                }),
             )
         }
     }

@@ -1,4 +1,4 @@
-//! The HTTP API: shared state, extractors and the router every resource module contributes to.
+//! The HTTP API: extractors and the router every resource module contributes to.
 
 mod admin;
 mod app;
@@ -13,8 +13,6 @@ mod stats;
 mod user_auth;
 mod webhooks;
 
-use std::sync::Arc;
-
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -27,30 +25,8 @@ use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::metrics::Metrics;
-use crate::push::Providers;
-use crate::ratelimit::RateLimiter;
-use crate::store::{ApiKey, EventWriter, KeyKind, Store};
-use crate::worker::Wake;
-
-/// State handed to every handler; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    /// Validated configuration.
-    pub config: Arc<Config>,
-    /// The database.
-    pub store: Store,
-    /// Counters and histograms.
-    pub metrics: Arc<Metrics>,
-    /// Wakes the background loops when new work is stored.
-    pub wake: Wake,
-    /// Provider senders (for their connection gauges).
-    pub providers: Arc<Providers>,
-    /// Group-commit writer for incoming events.
-    pub events: EventWriter,
-    /// Request rate limits per key and per source.
-    pub limiter: Arc<RateLimiter>,
-}
+use crate::state::AppState;
+use crate::store::{ApiKey, KeyKind};
 
 /// Every route with its documentation, built from the same annotated handlers.
 fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {

@@ -7,12 +7,12 @@ use axum::extract::State;
 use super::ApiPath as Path;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{EventAccepted, JsonBodyErrors, Requeued, ServerKeyErrors};
+use super::openapi::{JsonBodyErrors, ServerKeyErrors};
 use super::{
     encode_cursor, time_cursor, ApiJson, ApiQuery, AppState, CursorKind, Page, ServerCaller,
 };
@@ -20,6 +20,7 @@ use crate::error::{ApiError, ErrorBody, Result};
 use crate::model::rules::{Audience, DeviceFilter, TemplateRef};
 use crate::model::JobStatus;
 use crate::service::sends::enqueue_direct;
+use crate::store::{rfc3339, DeliveryRow};
 use crate::worker::replay;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -81,7 +82,7 @@ async fn send(
     State(state): State<AppState>,
     caller: ServerCaller,
     ApiJson(body): ApiJson<SendRequest>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<EventAccepted>)> {
     let audience = match body.to {
         Recipients::User(u) => Audience::Users(vec![u]),
         Recipients::Users(u) => Audience::Users(u),
@@ -98,7 +99,13 @@ async fn send(
     )
     .await?;
     state.wake.events.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(EventAccepted {
+            event_id: id,
+            duplicate: None,
+        }),
+    ))
 }
 
 #[utoipa::path(
@@ -121,7 +128,7 @@ async fn event_deliveries(
     caller: ServerCaller,
     Path(event_id): Path<String>,
     ApiQuery(page): ApiQuery<Page>,
-) -> Result<Json<Value>> {
+) -> Result<Json<DeliveryList>> {
     if state
         .store
         .get_event(caller.app_id(), &event_id)
@@ -140,10 +147,16 @@ async fn event_deliveries(
         .await?;
     let more = rows.len() > limit as usize;
     let rows = &rows[..rows.len().min(limit as usize)];
-    Ok(Json(json!({
-        "deliveries": rows.iter().map(|r| r.view()).collect::<Vec<_>>(),
-        "next_cursor": more.then(|| rows.last().map(|r| encode_cursor(CursorKind::EventDeliveries, &r.id))).flatten(),
-    })))
+    let next_cursor = more
+        .then(|| {
+            rows.last()
+                .map(|r| encode_cursor(CursorKind::EventDeliveries, &r.id))
+        })
+        .flatten();
+    Ok(Json(DeliveryList {
+        deliveries: DeliveryView::page(rows)?,
+        next_cursor,
+    }))
 }
 
 /// Query of `GET /v1/deliveries`.
@@ -161,11 +174,9 @@ struct DeliveryQuery {
     limit: Option<u32>,
 }
 
-// Mirrors `DeliveryRow::view`; tests/openapi.rs compares it with real answers.
 /// A delivery: one notification to one device.
-#[derive(serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(as = Delivery)]
-#[allow(dead_code)]
 struct DeliveryView {
     id: String,
     event_id: String,
@@ -186,9 +197,32 @@ struct DeliveryView {
     updated_at: String,
 }
 
+impl DeliveryView {
+    fn new(row: &DeliveryRow) -> Result<Self> {
+        let status: JobStatus = row.status.parse().map_err(anyhow::Error::from)?;
+        Ok(Self {
+            id: row.id.clone(),
+            event_id: row.event_id.clone(),
+            rule: row.rule.clone(),
+            platform: row.platform.clone(),
+            token: row.token.clone(),
+            status,
+            attempts: row.attempts,
+            next_attempt_at: (status == JobStatus::Queued).then(|| rfc3339(row.next_attempt_at)),
+            last_reason: row.last_reason.clone(),
+            provider_id: row.provider_id.clone(),
+            created_at: rfc3339(row.created_at),
+            updated_at: rfc3339(row.updated_at),
+        })
+    }
+
+    fn page(rows: &[DeliveryRow]) -> Result<Vec<Self>> {
+        rows.iter().map(Self::new).collect()
+    }
+}
+
 /// A page of deliveries.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DeliveryList {
     deliveries: Vec<DeliveryView>,
     /// Pass as `cursor` for the next page; null on the last page.
@@ -196,8 +230,7 @@ struct DeliveryList {
 }
 
 /// One delivery with its attempt log.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DeliveryDetail {
     #[serde(flatten)]
     delivery: DeliveryView,
@@ -205,9 +238,8 @@ struct DeliveryDetail {
 }
 
 /// One attempt to hand a delivery to its provider.
-#[derive(serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(as = Attempt)]
-#[allow(dead_code)]
 struct AttemptView {
     attempt: i64,
     /// The provider-neutral outcome, e.g. `delivered` or `invalid_token`.
@@ -238,7 +270,7 @@ async fn list_deliveries(
     State(state): State<AppState>,
     caller: ServerCaller,
     ApiQuery(q): ApiQuery<DeliveryQuery>,
-) -> Result<Json<Value>> {
+) -> Result<Json<DeliveryList>> {
     let status = q
         .status
         .as_deref()
@@ -270,10 +302,10 @@ async fn list_deliveries(
                 .map(|r| time_cursor(CursorKind::Deliveries, r.updated_at, &r.id))
         })
         .flatten();
-    Ok(Json(json!({
-        "deliveries": rows.iter().map(|r| r.view()).collect::<Vec<_>>(),
-        "next_cursor": next,
-    })))
+    Ok(Json(DeliveryList {
+        deliveries: DeliveryView::page(rows)?,
+        next_cursor: next,
+    }))
 }
 
 #[utoipa::path(
@@ -294,25 +326,26 @@ async fn show_delivery(
     State(state): State<AppState>,
     caller: ServerCaller,
     Path(id): Path<String>,
-) -> Result<Json<Value>> {
+) -> Result<Json<DeliveryDetail>> {
     let (row, attempts) = state
         .store
         .get_delivery(caller.app_id(), &id)
         .await?
         .ok_or(ApiError::NotFound("delivery"))?;
-    let mut view = row.view();
-    view["attempt_log"] = json!(attempts
-        .iter()
-        .map(|a| json!({
-            "attempt": a.attempt,
-            "outcome": a.outcome,
-            "reason": a.reason,
-            "provider_id": a.provider_id,
-            "latency_ms": a.latency_ms,
-            "at": crate::store::rfc3339(a.at),
-        }))
-        .collect::<Vec<_>>());
-    Ok(Json(view))
+    Ok(Json(DeliveryDetail {
+        delivery: DeliveryView::new(&row)?,
+        attempt_log: attempts
+            .into_iter()
+            .map(|a| AttemptView {
+                attempt: a.attempt,
+                outcome: a.outcome,
+                reason: a.reason,
+                provider_id: a.provider_id,
+                latency_ms: a.latency_ms,
+                at: rfc3339(a.at),
+            })
+            .collect(),
+    }))
 }
 
 #[utoipa::path(
@@ -334,7 +367,7 @@ async fn replay_one(
     State(state): State<AppState>,
     caller: ServerCaller,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<Requeued>)> {
     let (row, _) = state
         .store
         .get_delivery(caller.app_id(), &id)
@@ -378,7 +411,7 @@ async fn replay_many(
     State(state): State<AppState>,
     caller: ServerCaller,
     ApiJson(filter): ApiJson<ReplayFilter>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<Requeued>)> {
     let since = filter
         .since
         .as_deref()
@@ -397,20 +430,59 @@ async fn replay_many(
     if report.requeued > 0 {
         state.wake.jobs.notify_one();
     }
-    Ok((StatusCode::ACCEPTED, Json(requeued_view(&report))))
+    Ok((StatusCode::ACCEPTED, Json(Requeued::new(&report))))
+}
+
+/// An event was stored, or recognised as a duplicate.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct EventAccepted {
+    /// Id of the stored event (`GET /v1/events/{id}`).
+    pub event_id: String,
+    /// Present and true when the sender already delivered this event id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub duplicate: Option<bool>,
 }
 
 /// Dead letters a bulk replay lists by name among those that still do not render.
 const LISTED_NOT_RENDERED: usize = 100;
 
-fn requeued_view(report: &replay::Report) -> Value {
-    json!({
-        "requeued": report.requeued,
-        "not_rendered": report.not_rendered.iter().take(LISTED_NOT_RENDERED)
-            .map(|(id, reason)| json!({"id": id, "reason": reason}))
-            .collect::<Vec<_>>(),
-        "not_rendered_total": report.not_rendered.len(),
-    })
+/// How many dead letters went back to the queue.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Requeued {
+    /// Number of deliveries re-queued.
+    requeued: u64,
+    /// Dead letters whose template still does not render (they stay dead), at most 100.
+    not_rendered: Vec<NotRendered>,
+    /// How many dead letters still do not render in all.
+    not_rendered_total: u64,
+}
+
+/// A dead letter a replay could not render.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct NotRendered {
+    /// The delivery id.
+    id: String,
+    /// Why it still does not render.
+    reason: String,
+}
+
+impl Requeued {
+    fn new(report: &replay::Report) -> Self {
+        Self {
+            requeued: report.requeued,
+            not_rendered: report
+                .not_rendered
+                .iter()
+                .take(LISTED_NOT_RENDERED)
+                .map(|(id, reason)| NotRendered {
+                    id: id.clone(),
+                    reason: reason.clone(),
+                })
+                .collect(),
+            not_rendered_total: report.not_rendered.len() as u64,
+        }
+    }
 }
 
 /// Replays one dead letter of `app_id`: 202 once re-queued, 409 with the reason when it is
@@ -419,7 +491,7 @@ pub(crate) async fn replay_one_of(
     state: &AppState,
     app_id: &str,
     id: &str,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<Requeued>)> {
     let ids = [id.to_string()];
     let selection = replay::Selection {
         ids: Some(&ids),
@@ -437,5 +509,5 @@ pub(crate) async fn replay_one_of(
         ));
     }
     state.wake.jobs.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(requeued_view(&report))))
+    Ok((StatusCode::ACCEPTED, Json(Requeued::new(&report))))
 }

@@ -7,10 +7,15 @@ use axum::body::Bytes;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use std::collections::BTreeMap;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema};
 
 use crate::error::{ErrorBody, ErrorDetail};
+use crate::model::{ApnsEnvironment, Platform};
 
 /// Security scheme of app keys (server or client) in `Authorization: Bearer`.
 pub const API_KEY: &str = "api_key";
@@ -26,7 +31,7 @@ pub const OPERATOR_KEY: &str = "operator_key";
                        notifications out.\n\nErrors are JSON `{\"error\": {\"code\", \"message\", \
                        \"field\"?}}` (schema `ErrorBody`)."
     ),
-    components(schemas(ErrorBody, ErrorDetail, PlatformName, EnvironmentName)),
+    components(schemas(ErrorBody, ErrorDetail, Platform, ApnsEnvironment)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "health", description = "Liveness, readiness, metrics and this document"),
@@ -166,167 +171,89 @@ impl Modify for PathConstraints {
     }
 }
 
-// The schemas of `crate::push::Platform` and `ApnsEnvironment`, which stay free of API
-// concerns; tests/openapi.rs registers a device with every documented value.
-/// A device's push platform.
-#[derive(ToSchema)]
-#[schema(as = Platform, rename_all = "lowercase")]
-#[allow(dead_code)]
-pub enum PlatformName {
-    /// Apple Push Notification service.
-    Apns,
-    /// Firebase Cloud Messaging.
-    Fcm,
+/// One error answer in the document: a description and an [`ErrorBody`], with the
+/// `Retry-After` header for 429s.
+fn error_response(status: u16, description: &str) -> (String, RefOr<utoipa::openapi::Response>) {
+    let mut response = ResponseBuilder::new().description(description).content(
+        "application/json",
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build(),
+    );
+    if status == 429 {
+        response = response.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(u64::schema())
+                .description(Some("seconds until a retry may succeed"))
+                .build(),
+        );
+    }
+    (status.to_string(), response.build().into())
 }
-
-/// Which APNs host an APNs device token belongs to.
-#[derive(ToSchema)]
-#[schema(as = ApnsEnvironment, rename_all = "lowercase")]
-#[allow(dead_code)]
-pub enum EnvironmentName {
-    /// App Store and TestFlight builds.
-    Production,
-    /// Development builds.
-    Sandbox,
-}
-
-/// A device tag.
-#[derive(ToSchema)]
-#[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{1,64}$")]
-#[allow(dead_code)]
-pub struct Tag(String);
-
-/// A webhook source's client allowlist entry: a CIDR or a single address, IPv4 or IPv6.
-#[derive(ToSchema)]
-#[schema(
-    example = "203.0.113.0/24",
-    pattern = "^(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}(?:/(?:3[0-2]|[12]?[0-9]))?$|^(?:(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6})?|[0-9A-Fa-f]{1,4}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,5})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){1}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,4})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){2}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,3})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){3}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,2})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){4}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,1})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){5}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,0})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){6}::|(?:[0-9A-Fa-f]{1,4}:){6}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|::(?:[0-9A-Fa-f]{1,4}:){0,5}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}::(?:[0-9A-Fa-f]{1,4}:){0,4}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){1}::(?:[0-9A-Fa-f]{1,4}:){0,3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){2}::(?:[0-9A-Fa-f]{1,4}:){0,2}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){3}::(?:[0-9A-Fa-f]{1,4}:){0,1}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){4}::(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})(?:/(?:12[0-8]|1[01][0-9]|[1-9]?[0-9]))?$"
-)]
-#[allow(dead_code)]
-pub struct Cidr(String);
-
-/// A webhook secret of a `github`, `stripe` or `generic` source: 16-256 printable ASCII
-/// characters. A `standard_webhooks` secret is `whsec_` followed by base64 of 16-64 bytes.
-#[derive(ToSchema)]
-#[schema(pattern = "^[ -~]{16,256}$")]
-#[allow(dead_code)]
-pub struct Secret(String);
 
 /// Errors of endpoints that accept any app key.
-#[derive(IntoResponses)]
-#[allow(dead_code)]
-pub enum AppKeyErrors {
-    /// Missing, malformed, invalid or revoked key.
-    #[response(
-        status = 401,
-        description = "missing, malformed, invalid or revoked API key"
-    )]
-    Unauthorized(ErrorBody),
-    /// Over the key's rate limit.
-    #[response(
-        status = 429,
-        description = "the key's rate limit (`rate_limits.server_key_per_sec` or \
-                       `client_key_per_sec`) is exceeded",
-        headers(("Retry-After" = u64, description = "seconds until a retry may succeed"))
-    )]
-    TooManyRequests(ErrorBody),
+pub struct AppKeyErrors;
+
+impl IntoResponses for AppKeyErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        BTreeMap::from([
+            error_response(401, "missing, malformed, invalid or revoked API key"),
+            error_response(
+                429,
+                "the key's rate limit (`rate_limits.server_key_per_sec` or \
+                 `client_key_per_sec`) is exceeded",
+            ),
+        ])
+    }
 }
 
 /// Errors of endpoints that need a server key.
-#[derive(IntoResponses)]
-#[allow(dead_code)]
-pub enum ServerKeyErrors {
-    /// Missing, malformed, invalid or revoked key.
-    #[response(
-        status = 401,
-        description = "missing, malformed, invalid or revoked API key"
-    )]
-    Unauthorized(ErrorBody),
-    /// A client key on a server-key endpoint.
-    #[response(
-        status = 403,
-        description = "a client key; this endpoint needs a server key"
-    )]
-    Forbidden(ErrorBody),
-    /// Over the key's rate limit.
-    #[response(
-        status = 429,
-        description = "the key's rate limit (`rate_limits.server_key_per_sec`) is exceeded",
-        headers(("Retry-After" = u64, description = "seconds until a retry may succeed"))
-    )]
-    TooManyRequests(ErrorBody),
+pub struct ServerKeyErrors;
+
+impl IntoResponses for ServerKeyErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        BTreeMap::from([
+            error_response(401, "missing, malformed, invalid or revoked API key"),
+            error_response(403, "a client key; this endpoint needs a server key"),
+            error_response(
+                429,
+                "the key's rate limit (`rate_limits.server_key_per_sec`) is exceeded",
+            ),
+        ])
+    }
 }
 
 /// Errors of operator-only endpoints.
-#[derive(IntoResponses)]
-#[allow(dead_code)]
-pub enum OperatorErrors {
-    /// Missing or wrong operator key.
-    #[response(status = 401, description = "missing, malformed or wrong operator key")]
-    Unauthorized(ErrorBody),
-    /// No operator key is configured.
-    #[response(
-        status = 403,
-        description = "operator endpoints are disabled (no operator_key)"
-    )]
-    Forbidden(ErrorBody),
+pub struct OperatorErrors;
+
+impl IntoResponses for OperatorErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        BTreeMap::from([
+            error_response(401, "missing, malformed or wrong operator key"),
+            error_response(403, "operator endpoints are disabled (no operator_key)"),
+        ])
+    }
 }
 
 /// Errors of a JSON request body (`ApiJson`).
-#[derive(IntoResponses)]
-#[allow(dead_code)]
-pub enum JsonBodyErrors {
-    /// Not JSON at all, or text the store cannot hold.
-    #[response(
-        status = 400,
-        description = "the body is not valid JSON, or a string in it holds a NUL character"
-    )]
-    BadRequest(ErrorBody),
-    /// Over the body limit.
-    #[response(status = 413, description = "the body exceeds 2 MiB")]
-    PayloadTooLarge(ErrorBody),
-    /// Wrong content type.
-    #[response(status = 415, description = "Content-Type is not application/json")]
-    UnsupportedMediaType(ErrorBody),
-    /// A field is missing, unknown or invalid.
-    #[response(
-        status = 422,
-        description = "a field is missing, unknown or invalid; `error.field` names it"
-    )]
-    InvalidField(ErrorBody),
-}
+pub struct JsonBodyErrors;
 
-/// An event was stored, or recognised as a duplicate.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct EventAccepted {
-    /// Id of the stored event (`GET /v1/events/{id}`).
-    pub event_id: String,
-    /// Present and true when the sender already delivered this event id.
-    #[schema(nullable = false)]
-    pub duplicate: Option<bool>,
-}
-
-/// How many dead letters went back to the queue.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Requeued {
-    /// Number of deliveries re-queued.
-    pub requeued: u64,
-    /// Dead letters whose template still does not render (they stay dead), at most 100.
-    pub not_rendered: Vec<NotRendered>,
-    /// How many dead letters still do not render in all.
-    pub not_rendered_total: u64,
-}
-
-/// A dead letter a replay could not render.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct NotRendered {
-    /// The delivery id.
-    pub id: String,
-    /// Why it still does not render.
-    pub reason: String,
+impl IntoResponses for JsonBodyErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        BTreeMap::from([
+            error_response(
+                400,
+                "the body is not valid JSON, or a string in it holds a NUL character",
+            ),
+            error_response(413, "the body exceeds 2 MiB"),
+            error_response(415, "Content-Type is not application/json"),
+            error_response(
+                422,
+                "a field is missing, unknown or invalid; `error.field` names it",
+            ),
+        ])
+    }
 }
 
 /// The document, serialized once at start-up and shared by every request for it.

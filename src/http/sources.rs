@@ -6,8 +6,7 @@ use axum::extract::State;
 use super::ApiPath as Path;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -37,8 +36,8 @@ struct CreateSource {
     /// Initial secrets (at most 5); one is generated when absent. Standard Webhooks secrets
     /// are `whsec_` + base64 of 16-64 bytes, others 16-256 printable ASCII characters.
     #[serde(default)]
-    #[schema(value_type = Vec<super::openapi::Secret>, max_items = 5)]
-    secrets: Vec<String>,
+    #[schema(max_items = 5)]
+    secrets: Vec<Secret>,
     /// Dotted JSON path of the event type in the body (default `type`).
     #[schema(
         example = "data.event",
@@ -48,8 +47,8 @@ struct CreateSource {
     event_type_path: Option<String>,
     /// Only these client addresses may call the webhook (CIDRs or single addresses).
     #[serde(default)]
-    #[schema(value_type = Vec<super::openapi::Cidr>, example = json!(["203.0.113.0/24"]))]
-    allowed_cidrs: Vec<String>,
+    #[schema(example = json!(["203.0.113.0/24"]))]
+    allowed_cidrs: Vec<Cidr>,
 }
 
 /// Body of `PATCH /v1/sources/{name}`; absent fields are left unchanged.
@@ -60,8 +59,7 @@ struct UpdateSource {
     #[schema(max_length = 128, pattern = "^[A-Za-z0-9_-]+(?:\\.[A-Za-z0-9_-]+)*$")]
     event_type_path: Option<String>,
     /// Replaces the allowlist; an empty list allows every address.
-    #[schema(value_type = Option<Vec<super::openapi::Cidr>>)]
-    allowed_cidrs: Option<Vec<String>>,
+    allowed_cidrs: Option<Vec<Cidr>>,
 }
 
 /// Body of `POST /v1/sources/{name}/secrets`; an empty body generates the secret.
@@ -69,15 +67,34 @@ struct UpdateSource {
 #[serde(deny_unknown_fields)]
 struct AddSecret {
     /// The new secret, in the scheme's format; generated when absent.
-    #[schema(value_type = Option<super::openapi::Secret>)]
-    secret: Option<String>,
+    secret: Option<Secret>,
 }
 
-// Mirrors `source_view`; tests/openapi.rs compares it with real answers.
+/// A webhook source's client allowlist entry: a CIDR or a single address, IPv4 or IPv6.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(
+    example = "203.0.113.0/24",
+    pattern = "^(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}(?:/(?:3[0-2]|[12]?[0-9]))?$|^(?:(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6})?|[0-9A-Fa-f]{1,4}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,5})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){1}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,4})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){2}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,3})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){3}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,2})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){4}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,1})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){5}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,0})?|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){6}::|(?:[0-9A-Fa-f]{1,4}:){6}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|::(?:[0-9A-Fa-f]{1,4}:){0,5}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}::(?:[0-9A-Fa-f]{1,4}:){0,4}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){1}::(?:[0-9A-Fa-f]{1,4}:){0,3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){2}::(?:[0-9A-Fa-f]{1,4}:){0,2}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){3}::(?:[0-9A-Fa-f]{1,4}:){0,1}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){4}::(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})(?:/(?:12[0-8]|1[01][0-9]|[1-9]?[0-9]))?$"
+)]
+struct Cidr(String);
+
+impl Cidr {
+    fn texts(cidrs: Vec<Cidr>) -> Vec<String> {
+        cidrs.into_iter().map(|c| c.0).collect()
+    }
+}
+
+/// A webhook secret of a `github`, `stripe` or `generic` source: 16-256 printable ASCII
+/// characters. A `standard_webhooks` secret is `whsec_` followed by base64 of 16-64 bytes.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(pattern = "^[ -~]{16,256}$")]
+struct Secret(String);
+
 /// A webhook source.
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(as = Source)]
-#[allow(dead_code)]
 struct SourceView {
     id: String,
     name: String,
@@ -93,25 +110,67 @@ struct SourceView {
     updated_at: String,
 }
 
+impl SourceView {
+    /// The API view of a source; `reveal` includes full secrets (only on creation).
+    fn new(source: &WebhookSource, reveal: bool) -> Self {
+        Self {
+            id: source.id.clone(),
+            name: source.name.clone(),
+            scheme: source.scheme,
+            webhook_path: format!("/v1/webhooks/{}/{}", source.app_id, source.name),
+            event_type_path: source.event_type_path.clone(),
+            allowed_cidrs: source
+                .allowed_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            secrets: source
+                .secrets
+                .iter()
+                .map(|s| SecretView::new(s, reveal))
+                .collect(),
+            created_at: rfc3339(source.created_at),
+            updated_at: rfc3339(source.updated_at),
+        }
+    }
+}
+
 /// A source secret: in full only in the answer that created it, otherwise a hint.
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(as = SourceSecret)]
-#[allow(dead_code)]
 struct SecretView {
     id: String,
     /// RFC 3339.
     created_at: String,
     /// The full secret; only when the source or secret was just created.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     secret: Option<String>,
     /// The secret's first 8 characters, followed by an ellipsis.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     hint: Option<String>,
 }
 
+impl SecretView {
+    fn new(secret: &SourceSecret, reveal: bool) -> Self {
+        let (full, hint) = if reveal {
+            (Some(secret.secret.clone()), None)
+        } else {
+            let hint = format!("{}…", secret.secret.chars().take(8).collect::<String>());
+            (None, Some(hint))
+        };
+        Self {
+            id: secret.id.clone(),
+            created_at: rfc3339(secret.created_at),
+            secret: full,
+            hint,
+        }
+    }
+}
+
 /// The answer to adding a secret: the secret in full, shown only here.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AddedSecret {
     id: String,
     secret: String,
@@ -120,41 +179,12 @@ struct AddedSecret {
 }
 
 /// Every source of the app.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct SourceList {
     sources: Vec<SourceView>,
 }
 
 const NAME: &str = "the source's name";
-
-/// The API view of a source; `reveal` includes full secrets (only on creation/rotation).
-pub(crate) fn source_view(source: &WebhookSource, reveal: bool) -> Value {
-    let secrets: Vec<Value> = source
-        .secrets
-        .iter()
-        .map(|s| {
-            let mut v = json!({"id": s.id, "created_at": rfc3339(s.created_at)});
-            if reveal {
-                v["secret"] = json!(s.secret);
-            } else {
-                v["hint"] = json!(format!("{}…", s.secret.chars().take(8).collect::<String>()));
-            }
-            v
-        })
-        .collect();
-    json!({
-        "id": source.id,
-        "name": source.name,
-        "scheme": source.scheme,
-        "webhook_path": format!("/v1/webhooks/{}/{}", source.app_id, source.name),
-        "event_type_path": source.event_type_path,
-        "allowed_cidrs": source.allowed_cidrs,
-        "secrets": secrets,
-        "created_at": rfc3339(source.created_at),
-        "updated_at": rfc3339(source.updated_at),
-    })
-}
 
 #[utoipa::path(
     post,
@@ -175,13 +205,13 @@ async fn create(
     State(state): State<AppState>,
     caller: ServerCaller,
     ApiJson(body): ApiJson<CreateSource>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<SourceView>)> {
     let new = new_source(
         body.name,
         body.scheme,
-        body.secrets,
+        body.secrets.into_iter().map(|s| s.0).collect(),
         body.event_type_path,
-        &body.allowed_cidrs,
+        &Cidr::texts(body.allowed_cidrs),
     )?;
     let source = state
         .store
@@ -189,7 +219,7 @@ async fn create(
         .await
         .map_err(|e| on_unique_violation(e, "a source with this name already exists"))?;
     tracing::info!(app = caller.app_id(), source = %source.name, scheme = source.scheme.as_str(), "webhook source created");
-    Ok((StatusCode::CREATED, Json(source_view(&source, true))))
+    Ok((StatusCode::CREATED, Json(SourceView::new(&source, true))))
 }
 
 #[utoipa::path(
@@ -204,11 +234,11 @@ async fn create(
         ServerKeyErrors,
     ),
 )]
-async fn list(State(state): State<AppState>, caller: ServerCaller) -> Result<Json<Value>> {
+async fn list(State(state): State<AppState>, caller: ServerCaller) -> Result<Json<SourceList>> {
     let sources = state.store.list_sources(caller.app_id()).await?;
-    Ok(Json(json!({
-        "sources": sources.iter().map(|s| source_view(s, false)).collect::<Vec<_>>()
-    })))
+    Ok(Json(SourceList {
+        sources: sources.iter().map(|s| SourceView::new(s, false)).collect(),
+    }))
 }
 
 async fn load(state: &AppState, app_id: &str, name: &str) -> Result<WebhookSource> {
@@ -237,9 +267,9 @@ async fn show(
     State(state): State<AppState>,
     caller: ServerCaller,
     Path(name): Path<String>,
-) -> Result<Json<Value>> {
+) -> Result<Json<SourceView>> {
     let source = load(&state, caller.app_id(), &name).await?;
-    Ok(Json(source_view(&source, false)))
+    Ok(Json(SourceView::new(&source, false)))
 }
 
 #[utoipa::path(
@@ -263,17 +293,17 @@ async fn update(
     caller: ServerCaller,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<UpdateSource>,
-) -> Result<Json<Value>> {
+) -> Result<Json<SourceView>> {
     let mut source = load(&state, caller.app_id(), &name).await?;
     if let Some(path) = body.event_type_path {
         source.event_type_path = validate_event_type_path(Some(path))?;
     }
     if let Some(cidrs) = body.allowed_cidrs {
-        source.allowed_cidrs = parse_cidrs(&cidrs)?;
+        source.allowed_cidrs = parse_cidrs(&Cidr::texts(cidrs))?;
     }
     state.store.update_source(&source).await?;
     let source = load(&state, caller.app_id(), &name).await?;
-    Ok(Json(source_view(&source, false)))
+    Ok(Json(SourceView::new(&source, false)))
 }
 
 #[utoipa::path(
@@ -327,7 +357,7 @@ async fn add_secret(
     caller: ServerCaller,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<AddedSecret>)> {
     // An empty body and `null` both ask for a generated secret.
     let body: AddSecret = if body.iter().all(u8::is_ascii_whitespace) {
         AddSecret::default()
@@ -340,7 +370,7 @@ async fn add_secret(
             "a source holds at most {MAX_SECRETS} secrets; remove an old one first"
         )));
     }
-    let secret = match body.secret {
+    let secret = match body.secret.map(|s| s.0) {
         Some(s) => {
             source
                 .scheme
@@ -360,9 +390,11 @@ async fn add_secret(
     tracing::info!(app = caller.app_id(), source = %source.name, secret_id = %added.id, "source secret added");
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({"id": added.id, "secret": added.secret, "created_at": rfc3339(added.created_at)}),
-        ),
+        Json(AddedSecret {
+            created_at: rfc3339(added.created_at),
+            id: added.id,
+            secret: added.secret,
+        }),
     ))
 }
 

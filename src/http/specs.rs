@@ -5,7 +5,7 @@ use axum::extract::State;
 use super::ApiPath as Path;
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -26,8 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// A stored template.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct NamedTemplate {
     name: String,
     spec: TemplateSpec,
@@ -38,8 +37,7 @@ struct NamedTemplate {
 }
 
 /// A stored rule.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct NamedRule {
     name: String,
     spec: RuleSpec,
@@ -50,44 +48,79 @@ struct NamedRule {
 }
 
 /// Every template of the app.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct TemplateList {
     templates: Vec<NamedTemplate>,
 }
 
 /// Every rule of the app.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct RuleList {
     rules: Vec<NamedRule>,
+}
+
+/// The API view of a stored spec of one kind.
+trait SpecView: Sized {
+    /// Which specs this views.
+    const KIND: SpecKind;
+    /// Singular name, for 404s.
+    const WHAT: &'static str;
+    /// The view of a stored spec; stored text that no longer parses is an internal error
+    /// naming the spec, never an empty answer.
+    fn from_stored(stored: &NamedSpec) -> Result<Self>;
+}
+
+fn parse_stored<T: serde::de::DeserializeOwned>(what: &str, stored: &NamedSpec) -> Result<T> {
+    serde_json::from_str(&stored.spec).map_err(|e| {
+        ApiError::Internal(anyhow::anyhow!(
+            "stored {what} {} does not parse: {e}",
+            stored.name
+        ))
+    })
+}
+
+impl SpecView for NamedTemplate {
+    const KIND: SpecKind = SpecKind::Template;
+    const WHAT: &'static str = "template";
+    fn from_stored(stored: &NamedSpec) -> Result<Self> {
+        Ok(Self {
+            name: stored.name.clone(),
+            spec: parse_stored(Self::WHAT, stored)?,
+            created_at: rfc3339(stored.created_at),
+            updated_at: rfc3339(stored.updated_at),
+        })
+    }
+}
+
+impl SpecView for NamedRule {
+    const KIND: SpecKind = SpecKind::Rule;
+    const WHAT: &'static str = "rule";
+    fn from_stored(stored: &NamedSpec) -> Result<Self> {
+        Ok(Self {
+            name: stored.name.clone(),
+            spec: parse_stored(Self::WHAT, stored)?,
+            created_at: rfc3339(stored.created_at),
+            updated_at: rfc3339(stored.updated_at),
+        })
+    }
 }
 
 const TEMPLATE_NAME: &str = "the template's name: 1-64 characters of [a-z0-9_-]";
 const RULE_NAME: &str = "the rule's name: 1-64 characters of [a-z0-9_-]";
 
-fn view(spec: &NamedSpec) -> Value {
-    json!({
-        "name": spec.name,
-        "spec": serde_json::from_str::<Value>(&spec.spec).unwrap_or(Value::Null),
-        "created_at": rfc3339(spec.created_at),
-        "updated_at": rfc3339(spec.updated_at),
-    })
-}
-
-async fn put_spec(
+async fn put_spec<V: SpecView>(
     state: &AppState,
     app_id: &str,
     name: &str,
     spec: Spec,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<V>)> {
     let (stored, created) = specs::put_spec(&state.store, app_id, name, &spec).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(view(&stored))))
+    Ok((status, Json(V::from_stored(&stored)?)))
 }
 
 #[utoipa::path(
@@ -110,7 +143,7 @@ async fn put_template(
     caller: ServerCaller,
     Path(name): Path<String>,
     ApiJson(spec): ApiJson<TemplateSpec>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<NamedTemplate>)> {
     put_spec(
         &state,
         caller.app_id(),
@@ -140,33 +173,22 @@ async fn put_rule(
     caller: ServerCaller,
     Path(name): Path<String>,
     ApiJson(spec): ApiJson<RuleSpec>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<NamedRule>)> {
     put_spec(&state, caller.app_id(), &name, Spec::Rule(spec)).await
 }
 
-async fn list(state: &AppState, kind: SpecKind, app_id: &str, key: &str) -> Result<Json<Value>> {
-    let specs = state.store.list_specs(kind, app_id).await?;
-    Ok(Json(
-        json!({ key: specs.iter().map(view).collect::<Vec<_>>() }),
-    ))
+async fn list<V: SpecView>(state: &AppState, app_id: &str) -> Result<Vec<V>> {
+    let specs = state.store.list_specs(V::KIND, app_id).await?;
+    specs.iter().map(V::from_stored).collect()
 }
 
-async fn get_one(
-    state: &AppState,
-    kind: SpecKind,
-    app_id: &str,
-    name: &str,
-) -> Result<Json<Value>> {
-    let what = match kind {
-        SpecKind::Template => "template",
-        SpecKind::Rule => "rule",
-    };
+async fn get_one<V: SpecView>(state: &AppState, app_id: &str, name: &str) -> Result<Json<V>> {
     let spec = state
         .store
-        .get_spec(kind, app_id, name)
+        .get_spec(V::KIND, app_id, name)
         .await?
-        .ok_or(ApiError::NotFound(what))?;
-    Ok(Json(view(&spec)))
+        .ok_or(ApiError::NotFound(V::WHAT))?;
+    Ok(Json(V::from_stored(&spec)?))
 }
 
 async fn delete_one(
@@ -198,8 +220,10 @@ async fn delete_one(
 async fn list_templates(
     State(state): State<AppState>,
     caller: ServerCaller,
-) -> Result<Json<Value>> {
-    list(&state, SpecKind::Template, caller.app_id(), "templates").await
+) -> Result<Json<TemplateList>> {
+    Ok(Json(TemplateList {
+        templates: list(&state, caller.app_id()).await?,
+    }))
 }
 
 #[utoipa::path(
@@ -213,8 +237,10 @@ async fn list_templates(
         ServerKeyErrors,
     ),
 )]
-async fn list_rules(State(state): State<AppState>, caller: ServerCaller) -> Result<Json<Value>> {
-    list(&state, SpecKind::Rule, caller.app_id(), "rules").await
+async fn list_rules(State(state): State<AppState>, caller: ServerCaller) -> Result<Json<RuleList>> {
+    Ok(Json(RuleList {
+        rules: list(&state, caller.app_id()).await?,
+    }))
 }
 
 #[utoipa::path(
@@ -234,8 +260,8 @@ async fn get_template(
     State(state): State<AppState>,
     caller: ServerCaller,
     Path(name): Path<String>,
-) -> Result<Json<Value>> {
-    get_one(&state, SpecKind::Template, caller.app_id(), &name).await
+) -> Result<Json<NamedTemplate>> {
+    get_one(&state, caller.app_id(), &name).await
 }
 
 #[utoipa::path(
@@ -255,8 +281,8 @@ async fn get_rule(
     State(state): State<AppState>,
     caller: ServerCaller,
     Path(name): Path<String>,
-) -> Result<Json<Value>> {
-    get_one(&state, SpecKind::Rule, caller.app_id(), &name).await
+) -> Result<Json<NamedRule>> {
+    get_one(&state, caller.app_id(), &name).await
 }
 
 #[utoipa::path(

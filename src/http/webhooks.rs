@@ -12,11 +12,10 @@ use super::ApiPath as Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use ipnet::IpNet;
-use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::EventAccepted;
+use super::notifications::EventAccepted;
 use super::AppState;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorBody, Result};
@@ -94,7 +93,7 @@ async fn ingest(
     State(state): State<AppState>,
     Path((app_id, source_name)): Path<(String, String)>,
     request: Request,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<EventAccepted>)> {
     // Only a stored source becomes a label: the path is the caller's to choose.
     let (label, result) = match state.store.get_source_cached(&app_id, &source_name).await {
         Ok(Some(source)) => (
@@ -137,7 +136,7 @@ async fn accept(
     state: &AppState,
     source: &WebhookSource,
     request: Request,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<EventAccepted>)> {
     let (parts, body) = request.into_parts();
     let limit = state.config.webhooks.max_body_bytes;
     let body = super::read_body(body, &parts.headers, limit).await?;
@@ -176,13 +175,22 @@ async fn accept(
         EventInsert::Accepted(id) => {
             state.wake.events.notify_one();
             tracing::info!(app = app_id, source = %source.name, event = %id, event_type = %accepted.event_type, "webhook accepted");
-            (StatusCode::ACCEPTED, Json(json!({"event_id": id})))
+            (
+                StatusCode::ACCEPTED,
+                Json(EventAccepted {
+                    event_id: id,
+                    duplicate: None,
+                }),
+            )
         }
         EventInsert::Duplicate(id) => {
             tracing::info!(app = app_id, source = %source.name, event = %id, "duplicate webhook ignored");
             (
                 StatusCode::OK,
-                Json(json!({"event_id": id, "duplicate": true})),
+                Json(EventAccepted {
+                    event_id: id,
+                    duplicate: Some(true),
+                }),
             )
         }
     })

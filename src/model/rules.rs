@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::template::TemplateSpec;
+use super::Platform;
 
 /// A rule as stored and accepted by the API.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -60,8 +61,7 @@ pub struct DeviceFilter {
     pub attributes: Map<String, Value>,
     /// Only this platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::http::openapi::PlatformName>)]
-    pub platform: Option<String>,
+    pub platform: Option<Platform>,
 }
 
 impl DeviceFilter {
@@ -129,14 +129,6 @@ impl RuleSpec {
                 return Err(rule_error(
                     "audience.tokens",
                     format!("must list 1-{MAX_LIST} tokens"),
-                ))
-            }
-            Audience::Devices(DeviceFilter {
-                platform: Some(p), ..
-            }) if p != "apns" && p != "fcm" => {
-                return Err(rule_error(
-                    "audience.devices.platform",
-                    "must be apns or fcm",
                 ))
             }
             _ => {}

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::notification::{Notification, Priority};
+use super::Platform;
 
 /// Text that varies by locale.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -67,7 +68,6 @@ pub struct DeliveryOptions {
     pub collapse_key: Option<String>,
     /// `high` or `normal`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<PriorityName>)]
     pub priority: Option<Priority>,
     /// Time to live in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,19 +90,6 @@ pub struct DeliveryOptions {
     /// Custom data; values are templates.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
-}
-
-// The schema of `crate::model::Priority`, which stays free of API concerns; a test checks
-// that the two agree.
-/// How urgently the provider should deliver.
-#[derive(utoipa::ToSchema)]
-#[schema(as = Priority, rename_all = "snake_case")]
-#[allow(dead_code)]
-enum PriorityName {
-    /// Deliver immediately.
-    High,
-    /// Deliver at a time that saves power.
-    Normal,
 }
 
 /// A notification template as stored and as accepted by the API.
@@ -377,7 +364,7 @@ impl CompiledTemplate {
         &self,
         ctx: &minijinja::Value,
         locale: Option<&str>,
-        platform: &str,
+        platform: Platform,
     ) -> Result<Notification, TemplateError> {
         let chain = self.locale_chain(locale);
         let spec = &self.spec;
@@ -388,10 +375,10 @@ impl CompiledTemplate {
             ..Notification::default()
         };
         let platform_options = match platform {
-            "apns" => spec.apns.as_ref().map(|o| ("apns", o)),
-            "fcm" => spec.fcm.as_ref().map(|o| ("fcm", o)),
-            _ => None,
-        };
+            Platform::Apns => spec.apns.as_ref(),
+            Platform::Fcm => spec.fcm.as_ref(),
+        }
+        .map(|o| (platform.as_str(), o));
         for (prefix, o) in std::iter::once(("options", &spec.options)).chain(platform_options) {
             self.apply_options(&mut n, prefix, o, ctx)?;
         }
@@ -486,7 +473,7 @@ mod tests {
     #[test]
     fn priority_schema_lists_exactly_the_priorities_serde_reads() {
         use utoipa::PartialSchema;
-        let schema = serde_json::to_value(PriorityName::schema()).expect("schema");
+        let schema = serde_json::to_value(Priority::schema()).expect("schema");
         let names: Vec<Value> = schema["enum"].as_array().expect("enum").clone();
         let mut parsed: Vec<Priority> = names
             .iter()
@@ -517,14 +504,14 @@ mod tests {
             &json!({"attributes": {"first_name": "Zoé"}}),
             Some("u1"),
         );
-        let body = |locale| t.render(&ctx, locale, "fcm").expect("renders").body;
+        let body = |locale| t.render(&ctx, locale, Platform::Fcm).expect("renders").body;
         assert_eq!(body(Some("fr-CA")).as_deref(), Some("Allo Zoé"));
         assert_eq!(body(Some("fr-FR")).as_deref(), Some("Salut Zoé"));
         assert_eq!(body(Some("de")).as_deref(), Some("Hi Zoé, you got 5"));
         assert_eq!(body(None).as_deref(), Some("Hi Zoé, you got 5"));
         // Fields a variant does not translate come from the default.
         assert_eq!(
-            t.render(&ctx, Some("fr"), "fcm")
+            t.render(&ctx, Some("fr"), Platform::Fcm)
                 .expect("r")
                 .title
                 .as_deref(),
@@ -547,13 +534,13 @@ mod tests {
             &json!({"attributes": {"unread": 3}}),
             None,
         );
-        let apns = t.render(&ctx, None, "apns").expect("apns");
+        let apns = t.render(&ctx, None, Platform::Apns).expect("apns");
         assert_eq!(apns.sound.as_deref(), Some("chime.caf"));
         assert_eq!(apns.badge, Some(3));
         assert_eq!(apns.collapse_key.as_deref(), Some("pay-e1"));
         assert_eq!(apns.data.get("url").map(String::as_str), Some("/p/e1"));
         assert_eq!(apns.channel_id, None);
-        let fcm = t.render(&ctx, None, "fcm").expect("fcm");
+        let fcm = t.render(&ctx, None, Platform::Fcm).expect("fcm");
         assert_eq!(fcm.sound.as_deref(), Some("default"));
         assert_eq!(fcm.channel_id.as_deref(), Some("payments"));
         assert_eq!(fcm.priority, Some(Priority::High));
@@ -574,7 +561,7 @@ mod tests {
             .render(
                 &context(&event_value(&json!({})), &json!({}), None),
                 None,
-                "apns",
+                Platform::Apns,
             )
             .expect_err("strict undefined");
         assert_eq!(err.field, "body");
@@ -585,7 +572,7 @@ mod tests {
             .render(
                 &context(&event_value(&json!({})), &json!({}), None),
                 None,
-                "apns",
+                Platform::Apns,
             )
             .expect("default filter");
         assert_eq!(ok.body.as_deref(), Some("Hi there"));
@@ -605,7 +592,7 @@ mod tests {
             .render(
                 &context(&event_value(&json!({})), &json!({}), None),
                 None,
-                "apns"
+                Platform::Apns,
             )
             .is_err());
     }
@@ -616,17 +603,21 @@ mod tests {
         let t = spec(json!({"body": "{% for i in range(event.n) %}{% endfor %}"}))
             .compile()
             .expect("compiles");
-        let err = t.render(&ctx, None, "apns").expect_err("out of fuel");
+        let err = t
+            .render(&ctx, None, Platform::Apns)
+            .expect_err("out of fuel");
         assert!(err.over_bound && err.message.contains("steps"), "{err}");
         let t = spec(json!({"body": "{{ 'x' * (event.n // 4) }}"}))
             .compile()
             .expect("compiles");
-        let err = t.render(&ctx, None, "apns").expect_err("too large");
+        let err = t.render(&ctx, None, Platform::Apns).expect_err("too large");
         assert!(err.over_bound && err.message.contains("bytes"), "{err}");
         // Within both bounds, the same templates render.
         let small = context(&event_value(&json!({"n": 100})), &json!({}), None);
         assert_eq!(
-            t.render(&small, None, "apns").expect("renders").body,
+            t.render(&small, None, Platform::Apns)
+                .expect("renders")
+                .body,
             Some("x".repeat(25))
         );
     }

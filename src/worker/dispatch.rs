@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use super::{JobPayload, Worker};
 use crate::model::rules::{user_ids_at, Audience, DeviceFilter, RuleSpec, TemplateRef};
 use crate::model::template::{context, event_value, CompiledTemplate, TemplateSpec};
-use crate::model::JobStatus;
+use crate::model::{JobStatus, Platform};
 use crate::store::{Device, Event, FanOutCursor, FanOutSlice, NewJob, SpecKind, Store};
 
 /// Events leased per round.
@@ -358,7 +358,12 @@ impl AudiencePages {
                     return Ok(None);
                 };
                 let page = store
-                    .devices_page(app_id, filter.platform.as_deref(), &cursor, DEVICE_PAGE)
+                    .devices_page(
+                        app_id,
+                        filter.platform.map(Platform::as_str),
+                        &cursor,
+                        DEVICE_PAGE,
+                    )
                     .await?;
                 if page.len() == DEVICE_PAGE as usize {
                     *after = page.last().map(|d| d.token.clone());
@@ -464,7 +469,8 @@ pub(crate) fn render_payload(
     });
     let notification = template.as_ref().map_err(Clone::clone).and_then(|t| {
         let ctx = context(event_ctx, &device_ctx, device.user_id.as_deref());
-        t.render(&ctx, device.locale.as_deref(), &device.platform)
+        let platform: Platform = device.platform.parse().map_err(|e| format!("{e}"))?;
+        t.render(&ctx, device.locale.as_deref(), platform)
             .map_err(|e| format!("template error: {e}"))
     })?;
     Ok(JobPayload::V1 {

@@ -1,0 +1,30 @@
+//! The state shared by the HTTP handlers and handed over by `start`: configuration, store,
+//! metrics, the background loops' wake-ups, providers, the event writer and rate limits.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::push::Providers;
+use crate::ratelimit::RateLimiter;
+use crate::store::{EventWriter, Store};
+use crate::worker::Wake;
+
+/// State handed to every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// The database.
+    pub store: Store,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
+    /// Wakes the background loops when new work is stored.
+    pub wake: Wake,
+    /// Provider senders (for their connection gauges).
+    pub providers: Arc<Providers>,
+    /// Group-commit writer for incoming events.
+    pub events: EventWriter,
+    /// Request rate limits per key and per source.
+    pub limiter: Arc<RateLimiter>,
+}

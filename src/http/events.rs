@@ -130,7 +130,7 @@ async fn list(
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     let mut counts: HashMap<String, DeliveryCounts> = HashMap::new();
     for (event_id, status, n) in state.store.events_counts(&ids).await? {
-        counts.entry(event_id).or_default().add(&status, n);
+        counts.entry(event_id).or_default().add(status.as_str(), n);
     }
     let events: Vec<EventDetail> = events
         .iter()
@@ -171,7 +171,7 @@ async fn show(
         .ok_or(ApiError::NotFound("event"))?;
     let mut deliveries = DeliveryCounts::default();
     for (status, n) in state.store.event_counts(&event.id).await? {
-        deliveries.add(&status, n);
+        deliveries.add(status.as_str(), n);
     }
     Ok(Json(json!(EventDetail {
         event: event.view(true),

@@ -340,10 +340,10 @@ async fn replay_one(
         .get_delivery(caller.app_id(), &id)
         .await?
         .ok_or(ApiError::NotFound("delivery"))?;
-    if row.status != JobStatus::Dead.as_str() {
+    if row.status != JobStatus::Dead {
         return Err(ApiError::Conflict(format!(
             "only dead letters can be retried; this delivery is {}",
-            row.status
+            row.status.as_str()
         )));
     }
     replay_one_of(&state, caller.app_id(), &id).await

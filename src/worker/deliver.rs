@@ -89,7 +89,9 @@ impl Worker {
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     // Cannot happen (only this loop takes permits); never drop a claimed job.
                     tracing::error!("no send slot for a claimed job; releasing it");
-                    let _ = self.store.release_jobs(&self.owner, &[job.id]).await;
+                    if let Err(e) = self.store.release_jobs(&self.owner, &[job.id]).await {
+                        tracing::error!(error = %e, "releasing the job failed; its lease will expire");
+                    }
                     continue;
                 };
                 let job_id = job.id.clone();
@@ -106,6 +108,12 @@ impl Worker {
                 break;
             }
         }
+        self.finish_sends(sends, tasks).await;
+    }
+
+    /// Shutdown: gives running sends `shutdown_grace_secs`, then aborts the rest and
+    /// releases every job that was never sent back to the queue.
+    async fn finish_sends(&self, mut sends: JoinSet<bool>, mut tasks: HashMap<task::Id, String>) {
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
         let finished = tokio::time::timeout(grace, async {
             while let Some(joined) = sends.join_next_with_id().await {
@@ -205,31 +213,40 @@ impl Worker {
     /// One send and the decision that follows from its outcome.
     async fn attempt(&self, job: ClaimedJob) -> JobResult {
         let started = Instant::now();
-        let outcome =
-            match serde_json::from_str::<JobPayload>(&job.job).map(JobPayload::into_rendered) {
-                // Never send what was not rendered (a replay renders it again first).
-                Ok(None) => Outcome::Failed {
-                    reason: "the job has no rendered notification".into(),
-                },
-                Ok(Some((environment, topic, notification))) => {
-                    let target = Target {
-                        platform: job.platform,
-                        token: job.token.clone(),
-                        // FCM devices have none; an APNs device stored without one is a
-                        // production device, the environment registration defaults to.
-                        environment: environment.unwrap_or_default(),
-                        topic,
-                    };
-                    self.providers.send(&target, &notification).await
-                }
-                Err(e) => Outcome::Failed {
-                    reason: format!("unreadable job payload: {e}"),
-                },
-            };
+        let outcome = self.send(&job).await;
         let latency_ms = started.elapsed().as_millis() as i64;
-        let now = now_ms();
         self.metrics
             .delivery(job.platform.as_str(), &outcome, started.elapsed());
+        self.judge(job, outcome, latency_ms)
+    }
+
+    /// Hands a job's notification to its provider.
+    async fn send(&self, job: &ClaimedJob) -> Outcome {
+        match serde_json::from_str::<JobPayload>(&job.job).map(JobPayload::into_rendered) {
+            // Never send what was not rendered (a replay renders it again first).
+            Ok(None) => Outcome::Failed {
+                reason: "the job has no rendered notification".into(),
+            },
+            Ok(Some((environment, topic, notification))) => {
+                let target = Target {
+                    platform: job.platform,
+                    token: job.token.clone(),
+                    // FCM devices have none; an APNs device stored without one is a
+                    // production device, the environment registration defaults to.
+                    environment: environment.unwrap_or_default(),
+                    topic,
+                };
+                self.providers.send(&target, &notification).await
+            }
+            Err(e) => Outcome::Failed {
+                reason: format!("unreadable job payload: {e}"),
+            },
+        }
+    }
+
+    /// What an outcome means for the job: delivered, retried later, pruned, or dead.
+    fn judge(&self, job: ClaimedJob, outcome: Outcome, latency_ms: i64) -> JobResult {
+        let now = now_ms();
         let attempts = (job.attempts + 1) as u32;
         let mut result = JobResult {
             status: JobStatus::Dead,

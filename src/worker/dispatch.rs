@@ -141,10 +141,13 @@ impl Worker {
             };
             if let Err(e) = outcome {
                 tracing::error!(event = %event.id, error = %format!("{e:#}"), "fan-out failed; will retry");
-                let _ = self
+                if let Err(e) = self
                     .store
                     .release_event(&event.id, &self.owner, 5_000)
-                    .await;
+                    .await
+                {
+                    tracing::error!(event = %event.id, error = %e, "releasing the event failed; its lease will expire");
+                }
             }
         }
         unmatched

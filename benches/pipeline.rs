@@ -290,10 +290,10 @@ async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult>
             .get_event(&app.app.id, &event_id)
             .await?
             .context("event")?;
-        if fanout_secs == 0.0 && event.status != "received" {
+        if fanout_secs == 0.0 && event.status != pushbridge::model::EventStatus::Received {
             fanout_secs = started.elapsed().as_secs_f64();
         }
-        if event.status == "completed" {
+        if event.status == pushbridge::model::EventStatus::Completed {
             break;
         }
         anyhow::ensure!(started.elapsed() < Duration::from_secs(1800), "timed out");

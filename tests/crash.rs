@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{bridge_env, open_store, simulator, BridgeProcess, Db};
+use pushbridge::model::{EventStatus, JobStatus};
 use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
@@ -94,8 +95,10 @@ async fn wait_all_delivered(store: &Store, app_id: &str, events: &[String], time
                 .expect("read event")
                 .unwrap_or_else(|| panic!("accepted event {id} was lost"));
             let counts = store.event_counts(&id).await.expect("counts");
-            let undelivered = counts.iter().any(|(s, n)| s != "delivered" && *n > 0);
-            if event.status != "completed" || undelivered || counts.is_empty() {
+            let undelivered = counts
+                .iter()
+                .any(|(s, n)| *s != JobStatus::Delivered && *n > 0);
+            if event.status != EventStatus::Completed || undelivered || counts.is_empty() {
                 still.push(id);
             }
         }
@@ -196,7 +199,7 @@ async fn kill_9_during_fan_out_loses_nothing_and_bounds_duplicates(db: Db) {
         at_kill.in_flight
     );
     let counts = store.event_counts(&event_id).await.expect("counts");
-    assert_eq!(counts, vec![("delivered".to_string(), n as i64)]);
+    assert_eq!(counts, vec![(JobStatus::Delivered, n as i64)]);
 }
 
 /// Creates an app with the CLI, as an operator would, and parses the keys it prints.
@@ -320,7 +323,7 @@ async fn kill_9_during_webhook_ingest_delivers_every_accepted_event(db: Db) {
     wait_all_delivered(&store, &app_id, &events, Duration::from_secs(180)).await;
     for id in &events {
         let counts = store.event_counts(id).await.expect("counts");
-        assert_eq!(counts, vec![("delivered".to_string(), 2)], "event {id}");
+        assert_eq!(counts, vec![(JobStatus::Delivered, 2)], "event {id}");
     }
     // The dedupe record survived the crash too: a sender's retry of an accepted webhook is
     // recognised as the event it already created.

@@ -761,10 +761,10 @@ async fn a_fan_out_cut_short_resumes_after_its_last_committed_slice(db: Db) {
         .expect("the event is leased");
     let job = NewJob {
         rule: Some("direct".into()),
-        platform: first.platform.as_str().into(),
+        platform: first.platform,
         token: first_token.clone(),
         job: serde_json::to_string(&JobPayload::V1 {
-            environment: first.environment.map(|e| e.as_str().to_string()),
+            environment: first.environment,
             topic: None,
             notification: Notification {
                 title: Some("Resumed".into()),

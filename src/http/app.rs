@@ -67,7 +67,7 @@ async fn show(State(state): State<AppState>, caller: ServerCaller) -> Result<Jso
     Ok(Json(AppView {
         id: app.id,
         name: app.name,
-        callback_url: callback.map(|(url, _)| url),
+        callback_url: callback.map(|t| t.url),
         client_user_ids: user_auth.client_user_ids,
     }))
 }

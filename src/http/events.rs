@@ -68,8 +68,7 @@ struct DeliveryCounts {
 
 impl DeliveryCounts {
     /// Adds `n` jobs in `status`; a status this view does not know still counts in `total`.
-    fn add(&mut self, status: &str, n: i64) -> Result<()> {
-        let status: JobStatus = status.parse().map_err(anyhow::Error::from)?;
+    fn add(&mut self, status: JobStatus, n: i64) {
         self.total += n;
         *match status {
             JobStatus::Queued => &mut self.queued,
@@ -78,7 +77,6 @@ impl DeliveryCounts {
             JobStatus::Dead => &mut self.dead,
             JobStatus::Invalid => &mut self.invalid,
         } += n;
-        Ok(())
     }
 }
 
@@ -130,7 +128,7 @@ async fn list(
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     let mut counts: HashMap<String, DeliveryCounts> = HashMap::new();
     for (event_id, status, n) in state.store.events_counts(&ids).await? {
-        counts.entry(event_id).or_default().add(&status, n)?;
+        counts.entry(event_id).or_default().add(status, n);
     }
     let events: Vec<EventDetail> = events
         .iter()
@@ -171,7 +169,7 @@ async fn show(
         .ok_or(ApiError::NotFound("event"))?;
     let mut deliveries = DeliveryCounts::default();
     for (status, n) in state.store.event_counts(&event.id).await? {
-        deliveries.add(&status, n)?;
+        deliveries.add(status, n);
     }
     Ok(Json(EventDetail {
         event: event.view(true),

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::model::rules::{Audience, DeviceFilter, TemplateRef};
-use crate::model::JobStatus;
+use crate::model::{AttemptOutcome, JobStatus, Platform};
 use crate::service::sends::enqueue_direct;
 use crate::store::{rfc3339, DeliveryRow};
 use crate::worker::replay;
@@ -182,8 +182,7 @@ struct DeliveryView {
     event_id: String,
     /// The rule that produced it; null for direct sends.
     rule: Option<String>,
-    /// `apns` or `fcm`.
-    platform: String,
+    platform: Platform,
     token: String,
     status: JobStatus,
     attempts: i64,
@@ -199,12 +198,12 @@ struct DeliveryView {
 
 impl DeliveryView {
     fn new(row: &DeliveryRow) -> Result<Self> {
-        let status: JobStatus = row.status.parse().map_err(anyhow::Error::from)?;
+        let status = row.status;
         Ok(Self {
             id: row.id.clone(),
             event_id: row.event_id.clone(),
             rule: row.rule.clone(),
-            platform: row.platform.clone(),
+            platform: row.platform,
             token: row.token.clone(),
             status,
             attempts: row.attempts,
@@ -242,8 +241,8 @@ struct DeliveryDetail {
 #[schema(as = Attempt)]
 struct AttemptView {
     attempt: i64,
-    /// The provider-neutral outcome, e.g. `delivered` or `invalid_token`.
-    outcome: String,
+    /// The provider-neutral outcome.
+    outcome: AttemptOutcome,
     reason: Option<String>,
     provider_id: Option<String>,
     latency_ms: i64,
@@ -373,10 +372,10 @@ async fn replay_one(
         .get_delivery(caller.app_id(), &id)
         .await?
         .ok_or(ApiError::NotFound("delivery"))?;
-    if row.status != JobStatus::Dead.as_str() {
+    if row.status != JobStatus::Dead {
         return Err(ApiError::Conflict(format!(
             "only dead letters can be retried; this delivery is {}",
-            row.status
+            row.status.as_str()
         )));
     }
     replay_one_of(&state, caller.app_id(), &id).await

@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 use super::openapi::ServerKeyErrors;
 use super::{ApiQuery, AppState, Viewer};
 use crate::error::{ApiError, ErrorBody, Result};
-use crate::model::JobStatus;
+use crate::model::{JobStatus, Platform};
 use crate::redact::redact;
 use crate::service;
 use crate::store::{now_ms, rfc3339, QueueStats, WindowStats};
@@ -52,7 +52,7 @@ struct DeadLetter {
     /// The delivery id.
     id: String,
     event_id: String,
-    platform: String,
+    platform: Platform,
     /// Redacted device token.
     token: String,
     reason: Option<String>,
@@ -64,7 +64,7 @@ struct DeadLetter {
 /// A recently pruned token.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct PrunedToken {
-    platform: String,
+    platform: Platform,
     /// Redacted device token.
     token: String,
     /// The provider's reason.

@@ -13,7 +13,7 @@ pub mod template;
 pub use device::{ApnsEnvironment, Platform};
 pub use locale::canonical_locale;
 pub use notification::{Notification, Priority};
-pub use status::{EventStatus, JobStatus};
+pub use status::{AttemptOutcome, EventStatus, JobStatus};
 
 /// A stored or submitted value outside its closed set: which kind of value, and what it was.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -1,4 +1,5 @@
-//! Lifecycle states of delivery jobs and events, with their stored names.
+//! Lifecycle states of delivery jobs and events, and the outcomes of delivery attempts,
+//! with their stored names.
 
 use std::str::FromStr;
 
@@ -95,5 +96,50 @@ impl FromStr for EventStatus {
             .into_iter()
             .find(|st| st.as_str() == s)
             .ok_or_else(|| UnknownValue::new("event status", s))
+    }
+}
+
+/// The provider-neutral result of one attempt, as the attempt log names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The provider accepted the notification.
+    Delivered,
+    /// A transient failure; the job may be tried again.
+    Retry,
+    /// The provider declared the token invalid.
+    InvalidToken,
+    /// A permanent failure.
+    Failed,
+}
+
+impl AttemptOutcome {
+    /// Every outcome.
+    pub const ALL: [AttemptOutcome; 4] = [
+        Self::Delivered,
+        Self::Retry,
+        Self::InvalidToken,
+        Self::Failed,
+    ];
+
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retry => "retry",
+            Self::InvalidToken => "invalid_token",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for AttemptOutcome {
+    type Err = UnknownValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| UnknownValue::new("attempt outcome", s))
     }
 }

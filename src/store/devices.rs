@@ -5,16 +5,17 @@ use serde_json::Value;
 
 use super::{now_ms, rfc3339, Store};
 use crate::model::{ApnsEnvironment, Platform};
+use crate::redact::Redacted;
 
-/// A registered device as stored.
-#[derive(Clone, Debug, sqlx::FromRow)]
+/// A registered device.
+#[derive(Clone, Debug)]
 pub struct Device {
     /// Owning app.
     pub app_id: String,
     /// Provider token (APNs hex or FCM registration token).
     pub token: String,
-    /// `apns` or `fcm`.
-    pub platform: String,
+    /// Push platform.
+    pub platform: Platform,
     /// The user the device belongs to.
     pub user_id: Option<String>,
     /// BCP-47 locale.
@@ -23,18 +24,74 @@ pub struct Device {
     pub timezone: Option<String>,
     /// App version string.
     pub app_version: Option<String>,
-    /// APNs environment: `production` or `sandbox`.
-    pub environment: Option<String>,
+    /// APNs environment (APNs devices only).
+    pub environment: Option<ApnsEnvironment>,
     /// APNs topic (bundle id).
     pub topic: Option<String>,
-    /// Free attributes, JSON object text.
-    pub attributes: String,
-    /// Tags, JSON array text.
-    pub tags: String,
+    /// Free attributes: always a JSON object.
+    pub attributes: Value,
+    /// Tags.
+    pub tags: Vec<String>,
     /// First registration, unix ms.
     pub created_at: i64,
     /// Last registration, unix ms.
     pub updated_at: i64,
+}
+
+/// A device row as stored: attributes and tags are JSON text.
+#[derive(sqlx::FromRow)]
+struct DeviceRow {
+    app_id: String,
+    token: String,
+    platform: Platform,
+    user_id: Option<String>,
+    locale: Option<String>,
+    timezone: Option<String>,
+    app_version: Option<String>,
+    environment: Option<ApnsEnvironment>,
+    topic: Option<String>,
+    attributes: String,
+    tags: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<DeviceRow> for Device {
+    type Error = anyhow::Error;
+
+    fn try_from(r: DeviceRow) -> anyhow::Result<Self> {
+        // Registration stores only a JSON object and a list of strings: anything else is
+        // corrupt, and guessing (an empty object) would change which rules match the device.
+        let corrupt = |field: &str, why: &dyn std::fmt::Display| {
+            anyhow::anyhow!(
+                "device {} of app {}: stored {field} {why}",
+                Redacted(&r.token),
+                r.app_id
+            )
+        };
+        let attributes: Value = serde_json::from_str(&r.attributes)
+            .map_err(|e| corrupt("attributes", &format_args!("are not JSON: {e}")))?;
+        if !attributes.is_object() {
+            return Err(corrupt("attributes", &"are not a JSON object"));
+        }
+        let tags: Vec<String> = serde_json::from_str(&r.tags)
+            .map_err(|e| corrupt("tags", &format_args!("are not a list of strings: {e}")))?;
+        Ok(Self {
+            app_id: r.app_id,
+            token: r.token,
+            platform: r.platform,
+            user_id: r.user_id,
+            locale: r.locale,
+            timezone: r.timezone,
+            app_version: r.app_version,
+            environment: r.environment,
+            topic: r.topic,
+            attributes,
+            tags,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
 }
 
 /// The API view of a device.
@@ -68,29 +125,19 @@ pub struct DeviceView {
 }
 
 impl Device {
-    /// Attributes parsed back into JSON.
-    pub fn attributes_json(&self) -> Value {
-        serde_json::from_str(&self.attributes).unwrap_or_else(|_| Value::Object(Default::default()))
-    }
-
-    /// Tags parsed back into a list.
-    pub fn tags_list(&self) -> Vec<String> {
-        serde_json::from_str(&self.tags).unwrap_or_default()
-    }
-
     /// The JSON shape the API returns.
     pub fn view(&self) -> DeviceView {
         DeviceView {
             token: self.token.clone(),
-            platform: self.platform.clone(),
+            platform: self.platform.as_str().to_string(),
             user_id: self.user_id.clone(),
             locale: self.locale.clone(),
             timezone: self.timezone.clone(),
             app_version: self.app_version.clone(),
-            environment: self.environment.clone(),
+            environment: self.environment.map(|e| e.as_str().to_string()),
             topic: self.topic.clone(),
-            attributes: self.attributes_json(),
-            tags: Value::from(self.tags_list()),
+            attributes: self.attributes.clone(),
+            tags: Value::from(self.tags.clone()),
             created_at: rfc3339(self.created_at),
             updated_at: rfc3339(self.updated_at),
         }
@@ -146,21 +193,22 @@ impl Store {
                  THEN excluded.updated_at ELSE devices.updated_at + 1 END \
              RETURNING {DEVICE_COLUMNS}"
         );
-        let device = sqlx::query_as::<_, Device>(&sql)
+        let device: Device = sqlx::query_as::<_, DeviceRow>(&sql)
             .bind(app_id)
             .bind(token)
-            .bind(reg.platform.as_str())
+            .bind(reg.platform)
             .bind(&reg.user_id)
             .bind(&reg.locale)
             .bind(&reg.timezone)
             .bind(&reg.app_version)
-            .bind(reg.environment.map(ApnsEnvironment::as_str))
+            .bind(reg.environment)
             .bind(&reg.topic)
             .bind(reg.attributes.to_string())
             .bind(serde_json::to_string(&reg.tags)?)
             .bind(now)
             .fetch_one(turn.db())
-            .await?;
+            .await?
+            .try_into()?;
         let created = device.created_at == device.updated_at;
         Ok((device, created))
     }
@@ -186,31 +234,35 @@ impl Store {
              WHERE app_id = $1 AND token = $2 AND user_id = $4 \
              RETURNING {DEVICE_COLUMNS}"
         );
-        Ok(sqlx::query_as::<_, Device>(&sql)
+        sqlx::query_as::<_, DeviceRow>(&sql)
             .bind(app_id)
             .bind(token)
-            .bind(reg.platform.as_str())
+            .bind(reg.platform)
             .bind(user_id)
             .bind(&reg.locale)
             .bind(&reg.timezone)
             .bind(&reg.app_version)
-            .bind(reg.environment.map(ApnsEnvironment::as_str))
+            .bind(reg.environment)
             .bind(&reg.topic)
             .bind(reg.attributes.to_string())
             .bind(serde_json::to_string(&reg.tags)?)
             .bind(now_ms())
             .fetch_optional(turn.db())
-            .await?)
+            .await?
+            .map(Device::try_from)
+            .transpose()
     }
 
     /// One device of an app.
     pub async fn get_device(&self, app_id: &str, token: &str) -> anyhow::Result<Option<Device>> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE app_id = $1 AND token = $2");
-        Ok(sqlx::query_as::<_, Device>(&sql)
+        sqlx::query_as::<_, DeviceRow>(&sql)
             .bind(app_id)
             .bind(token)
             .fetch_optional(&self.pool)
-            .await?)
+            .await?
+            .map(Device::try_from)
+            .transpose()
     }
 
     /// Unregisters a device; false when it did not exist.
@@ -236,13 +288,16 @@ impl Store {
             "SELECT {DEVICE_COLUMNS} FROM devices WHERE app_id = $1 AND user_id = $2 \
              AND token > $3 ORDER BY token LIMIT $4"
         );
-        Ok(sqlx::query_as::<_, Device>(&sql)
+        sqlx::query_as::<_, DeviceRow>(&sql)
             .bind(app_id)
             .bind(user_id)
             .bind(after.unwrap_or(""))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
-            .await?)
+            .await?
+            .into_iter()
+            .map(Device::try_from)
+            .collect()
     }
 
     /// Devices of the given users (any number; queried in chunks).
@@ -281,11 +336,13 @@ impl Store {
                  ORDER BY token",
                 placeholders
             );
-            let mut q = sqlx::query_as::<_, Device>(&sql).bind(app_id);
+            let mut q = sqlx::query_as::<_, DeviceRow>(&sql).bind(app_id);
             for v in chunk {
                 q = q.bind(v);
             }
-            out.extend(q.fetch_all(&self.pool).await?);
+            for row in q.fetch_all(&self.pool).await? {
+                out.push(Device::try_from(row)?);
+            }
         }
         Ok(out)
     }
@@ -302,13 +359,16 @@ impl Store {
             "SELECT {DEVICE_COLUMNS} FROM devices WHERE app_id = $1 AND ($2 = '' OR platform = $2) \
              AND token > $3 ORDER BY token LIMIT $4"
         );
-        Ok(sqlx::query_as::<_, Device>(&sql)
+        sqlx::query_as::<_, DeviceRow>(&sql)
             .bind(app_id)
             .bind(platform.unwrap_or(""))
             .bind(after)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
-            .await?)
+            .await?
+            .into_iter()
+            .map(Device::try_from)
+            .collect()
     }
 
     /// Registers many devices in one transaction (bulk import, benchmarks), in multi-row
@@ -339,12 +399,12 @@ impl Store {
             for (token, reg) in chunk {
                 q = q
                     .bind(token)
-                    .bind(reg.platform.as_str())
+                    .bind(reg.platform)
                     .bind(&reg.user_id)
                     .bind(&reg.locale)
                     .bind(&reg.timezone)
                     .bind(&reg.app_version)
-                    .bind(reg.environment.map(ApnsEnvironment::as_str))
+                    .bind(reg.environment)
                     .bind(&reg.topic)
                     .bind(reg.attributes.to_string())
                     .bind(serde_json::to_string(&reg.tags)?);

@@ -22,7 +22,7 @@ pub struct Event {
     /// JSON body text.
     pub payload: String,
     /// Lifecycle status.
-    pub status: String,
+    pub status: EventStatus,
     /// Received, unix ms.
     pub received_at: i64,
     /// Last change, unix ms.
@@ -67,7 +67,7 @@ impl Event {
             source_id: self.source_id.clone(),
             external_id: self.external_id.clone(),
             event_type: self.event_type.clone(),
-            status: self.status.clone(),
+            status: self.status.as_str().to_string(),
             received_at: rfc3339(self.received_at),
             updated_at: rfc3339(self.updated_at),
             payload: with_payload
@@ -102,7 +102,8 @@ pub enum EventInsert {
     Duplicate(String),
 }
 
-const EVENT_COLUMNS: &str = "id, app_id, source_id, external_id, event_type, payload, status, \
+pub(super) const EVENT_COLUMNS: &str =
+    "id, app_id, source_id, external_id, event_type, payload, status, \
      received_at, updated_at, direct_rule";
 
 impl Store {

@@ -1,21 +1,36 @@
-//! Persistent state behind one `Store` handle. SQL lives in one file per concept
-//! (`apps`, `devices`, `sources`, `events`); each is written in the dialect that SQLite and
-//! PostgreSQL share (`$n` parameters, `ON CONFLICT`, `RETURNING`, text JSON, integer times),
-//! so one implementation serves both backends through sqlx's `Any` driver.
+//! Persistent state behind one `Store` handle. The store persists; it decides nothing about
+//! what an outcome means. SQL lives in one file per table or purpose: `apps`, `devices`,
+//! `sources`, `rules`, `user_auth`; for events, `events` (storing and reading them) and
+//! `lifecycle` (their way through the pipeline); for jobs, `fanout` (writing them), `queue`
+//! (claiming and recording attempts), `dead_letters` (replay), `deliveries` (the read side)
+//! and `stats`; `outbox` for callbacks to apps. Each is written in the dialect that SQLite
+//! and PostgreSQL share (`$n` parameters, `ON CONFLICT`, `RETURNING`, text JSON, integer
+//! times), so one implementation serves both backends through sqlx's `Any` driver; `codec`
+//! says how the model's enums are stored.
 
 mod apps;
+mod codec;
+mod dead_letters;
+mod deliveries;
 mod devices;
 mod events;
-mod jobs;
+mod fanout;
+mod lifecycle;
+mod outbox;
+mod queue;
 mod rules;
 mod sources;
 mod stats;
 mod user_auth;
 
 pub use apps::{ApiKey, App, KeyKind, NewApp};
+pub use dead_letters::DeadLetter;
+pub use deliveries::{AttemptRow, DeliveryRow, PrunedRow};
 pub use devices::{Device, DeviceRegistration, DeviceView};
 pub use events::{Event, EventInsert, EventView, EventWriter, IncomingEvent, NewEvent};
-pub use jobs::*;
+pub use fanout::{FanOutCursor, FanOutSlice, NewJob};
+pub use outbox::{CallbackAttempt, CallbackRow, CallbackTarget};
+pub use queue::{ClaimedJob, JobResult, Prune, PruneCallbacks, PrunedDevice};
 pub use rules::{NamedSpec, SpecKind};
 pub use sources::{SourceSecret, WebhookSource};
 pub use stats::{FailureCount, QueueStats, SeriesPoint, WindowStats};

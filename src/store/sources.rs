@@ -157,9 +157,9 @@ impl Store {
         .bind(app_id)
         .bind(&source.name)
         .bind(source.scheme.as_str())
-        .bind(json_text(&source.secrets))
+        .bind(json_text(&source.secrets)?)
         .bind(&source.event_type_path)
-        .bind(json_text(&source.allowed_cidrs))
+        .bind(json_text(&source.allowed_cidrs)?)
         .bind(now)
         .execute(turn.db())
         .await?;
@@ -215,9 +215,9 @@ impl Store {
             "UPDATE webhook_sources SET secrets = $1, event_type_path = $2, allowed_cidrs = $3, \
              updated_at = $4 WHERE id = $5 AND app_id = $6",
         )
-        .bind(json_text(&source.secrets))
+        .bind(json_text(&source.secrets)?)
         .bind(&source.event_type_path)
-        .bind(json_text(&source.allowed_cidrs))
+        .bind(json_text(&source.allowed_cidrs)?)
         .bind(now_ms())
         .bind(&source.id)
         .bind(&source.app_id)
@@ -240,6 +240,8 @@ impl Store {
     }
 }
 
-fn json_text<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| "[]".into())
+/// A list column's JSON text. Failing is an error: an allowlist stored as `[]` would let
+/// any network in.
+fn json_text<T: Serialize>(value: &T) -> Result<String, sqlx::Error> {
+    serde_json::to_string(value).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }

@@ -1,17 +1,64 @@
-//! Outbound callbacks to the app's backend (Standard Webhooks format), e.g. the list of
-//! tokens pruned after provider feedback, so the app can clean up its own records.
+//! Outbound callbacks to the app's backend (Standard Webhooks format): what the
+//! `devices.pruned` message says and which apps get it, and the loop that delivers the
+//! outbox, so the app can clean up its own records.
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
 
+use serde_json::json;
 use tokio::sync::watch;
 
+use super::retry::{decide_callback, RetryDecision};
 use super::Worker;
-use crate::signature::sign;
-use crate::signature::Scheme;
-use crate::store::now_ms;
+use crate::signature::{sign, Scheme};
+use crate::store::{
+    now_ms, rfc3339, CallbackAttempt, CallbackRow, CallbackTarget, PruneCallbacks, PrunedDevice,
+};
 
-/// Attempts before a callback is given up.
-const MAX_CALLBACK_ATTEMPTS: i64 = 10;
+/// Callbacks claimed per round.
+const CALLBACK_BATCH: i64 = 32;
+/// How long a claimed callback stays leased to this worker, ms.
+const CALLBACK_LEASE_MS: i64 = 30_000;
+
+/// The `devices.pruned` callback, for the apps of a batch that have a callback URL.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PrunedTokensCallback {
+    /// Apps that take callbacks.
+    pub(crate) apps: HashSet<String>,
+}
+
+impl PruneCallbacks for PrunedTokensCallback {
+    fn body(
+        &self,
+        app_id: &str,
+        pruned: &[PrunedDevice<'_>],
+        at_ms: i64,
+    ) -> anyhow::Result<Option<String>> {
+        if !self.apps.contains(app_id) {
+            return Ok(None);
+        }
+        Ok(Some(pruned_body(app_id, pruned, at_ms).to_string()))
+    }
+}
+
+/// The body telling an app which of its devices were deleted at `at_ms`.
+fn pruned_body(app_id: &str, pruned: &[PrunedDevice<'_>], at_ms: i64) -> serde_json::Value {
+    let tokens: Vec<serde_json::Value> = pruned
+        .iter()
+        .map(|p| {
+            json!({
+                "token": p.token,
+                "platform": p.platform,
+                "reason": p.reason,
+                "provider_timestamp": p.provider_ts,
+            })
+        })
+        .collect();
+    json!({
+        "type": "devices.pruned",
+        "timestamp": rfc3339(at_ms),
+        "data": {"app_id": app_id, "tokens": tokens},
+    })
+}
 
 impl Worker {
     pub(crate) async fn callback_loop(self, mut stop: watch::Receiver<bool>) {
@@ -19,10 +66,27 @@ impl Worker {
             if *stop.borrow() {
                 return;
             }
-            match self.store.claim_callbacks(30_000, 32).await {
+            match self
+                .store
+                .claim_callbacks(CALLBACK_LEASE_MS, CALLBACK_BATCH)
+                .await
+            {
                 Ok(rows) if !rows.is_empty() => {
+                    // Each app's target is read once per batch.
+                    let mut targets: HashMap<String, Option<CallbackTarget>> = HashMap::new();
                     for row in rows {
-                        self.send_callback(&row).await;
+                        if !targets.contains_key(&row.app_id) {
+                            match self.store.callback_target(&row.app_id).await {
+                                Ok(target) => targets.insert(row.app_id.clone(), target),
+                                Err(e) => {
+                                    // Left leased; it is claimed again when the lease ends.
+                                    tracing::error!(error = %e, "loading callback target failed");
+                                    continue;
+                                }
+                            };
+                        }
+                        let target = targets.get(&row.app_id).cloned().flatten();
+                        self.send_callback(&row, target).await;
                     }
                 }
                 Ok(_) => {
@@ -33,32 +97,22 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "claiming callbacks failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }
         }
     }
 
-    async fn send_callback(&self, row: &crate::store::CallbackRow) {
-        let target = match self.store.callback_target(&row.app_id).await {
-            Ok(Some(t)) => t,
-            Ok(None) => {
-                // The app removed its callback URL meanwhile: nothing to deliver to.
-                let _ = self
-                    .store
-                    .finish_callback(&row.id, false, None, Some("no callback url"))
-                    .await;
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "loading callback target failed");
-                return;
-            }
+    async fn send_callback(&self, row: &CallbackRow, target: Option<CallbackTarget>) {
+        let Some(target) = target else {
+            // The app removed its callback URL meanwhile: nothing to deliver to.
+            self.finish_callback(row, CallbackAttempt::GiveUp, Some("no callback url"))
+                .await;
+            return;
         };
-        let (url, secret) = target;
         let headers = match sign(
             Scheme::StandardWebhooks,
-            &secret,
+            &target.secret,
             row.body.as_bytes(),
             &row.id,
             now_ms() / 1000,
@@ -68,16 +122,14 @@ impl Worker {
                 // Stored secrets are generated by us; one that cannot sign is corrupt data,
                 // and retrying cannot repair it.
                 tracing::error!(app = %row.app_id, callback = %row.id, error = %e, "callback secret cannot sign");
-                let _ = self
-                    .store
-                    .finish_callback(&row.id, false, None, Some(&e.to_string()))
+                self.finish_callback(row, CallbackAttempt::GiveUp, Some(&e.to_string()))
                     .await;
                 return;
             }
         };
         let mut request = self
             .http
-            .post(&url)
+            .post(&target.url)
             .header("content-type", "application/json")
             .body(row.body.clone());
         for (k, v) in headers {
@@ -88,25 +140,67 @@ impl Worker {
             Ok(resp) => Some(format!("HTTP {}", resp.status().as_u16())),
             Err(e) => Some(format!("request failed: {}", e.without_url())),
         };
-        let result = match &error {
+        match &error {
             None => {
                 tracing::info!(app = %row.app_id, callback = %row.id, "callback delivered");
-                self.store.finish_callback(&row.id, true, None, None).await
+                self.finish_callback(row, CallbackAttempt::Delivered, None)
+                    .await;
             }
             Some(err) => {
                 let attempts = row.attempts + 1;
-                let retry_at = (attempts < MAX_CALLBACK_ATTEMPTS).then(|| {
-                    let step = 1000i64 << attempts.min(12);
-                    now_ms() + rand::Rng::gen_range(&mut rand::thread_rng(), step / 2..=step)
-                });
+                // A count past u32 is far past the limit: giving up is the decision anyway.
+                let failures = u32::try_from(attempts).unwrap_or(u32::MAX);
+                let next = match decide_callback(failures, &mut rand::thread_rng()) {
+                    RetryDecision::After(delay) => {
+                        CallbackAttempt::RetryAt(now_ms() + delay.as_millis() as i64)
+                    }
+                    RetryDecision::GiveUp => CallbackAttempt::GiveUp,
+                };
                 tracing::warn!(app = %row.app_id, callback = %row.id, error = %err, attempts, "callback failed");
-                self.store
-                    .finish_callback(&row.id, false, retry_at, Some(err))
-                    .await
+                self.finish_callback(row, next, Some(err)).await;
             }
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "recording callback result failed");
         }
+    }
+
+    async fn finish_callback(
+        &self,
+        row: &CallbackRow,
+        attempt: CallbackAttempt,
+        error: Option<&str>,
+    ) {
+        if let Err(e) = self.store.finish_callback(&row.id, attempt, error).await {
+            tracing::error!(callback = %row.id, error = %e, "recording callback result failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Platform;
+
+    #[test]
+    fn pruned_callback_lists_the_deleted_tokens_for_apps_with_a_callback_only() {
+        let pruned = [PrunedDevice {
+            platform: Platform::Apns,
+            token: "abc",
+            reason: "Unregistered",
+            provider_ts: Some(7),
+        }];
+        let callbacks = PrunedTokensCallback {
+            apps: HashSet::from(["app_1".to_string()]),
+        };
+        let body = callbacks
+            .body("app_1", &pruned, 1_500)
+            .expect("body")
+            .expect("app_1 takes callbacks");
+        assert_eq!(
+            body,
+            r#"{"data":{"app_id":"app_1","tokens":[{"platform":"apns","provider_timestamp":7,"reason":"Unregistered","token":"abc"}]},"timestamp":"1970-01-01T00:00:01.500Z","type":"devices.pruned"}"#
+        );
+        assert!(callbacks
+            .body("app_2", &pruned, 1_500)
+            .expect("no error")
+            .is_none());
     }
 }

@@ -6,16 +6,18 @@
 //! and the recorder writes whatever has accumulated in one transaction while the next sends
 //! are already on the wire. A slow send delays only itself, never a whole batch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{self, JoinSet};
 
+use super::callbacks::PrunedTokensCallback;
 use super::retry::{decide, RetryDecision};
 use super::{JobPayload, Worker};
-use crate::model::{ApnsEnvironment, JobStatus, Platform};
+use crate::model::AttemptOutcome;
+use crate::model::JobStatus;
 use crate::push::{Outcome, Target};
 use crate::redact::Redacted;
 use crate::store::{now_ms, ClaimedJob, JobResult, Prune};
@@ -88,7 +90,9 @@ impl Worker {
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     // Cannot happen (only this loop takes permits); never drop a claimed job.
                     tracing::error!("no send slot for a claimed job; releasing it");
-                    let _ = self.store.release_jobs(&self.owner, &[job.id]).await;
+                    if let Err(e) = self.store.release_jobs(&self.owner, &[job.id]).await {
+                        tracing::error!(error = %e, "releasing the job failed; its lease will expire");
+                    }
                     continue;
                 };
                 let job_id = job.id.clone();
@@ -105,6 +109,12 @@ impl Worker {
                 break;
             }
         }
+        self.finish_sends(sends, tasks).await;
+    }
+
+    /// Shutdown: gives running sends `shutdown_grace_secs`, then aborts the rest and
+    /// releases every job that was never sent back to the queue.
+    async fn finish_sends(&self, mut sends: JoinSet<bool>, mut tasks: HashMap<task::Id, String>) {
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
         let finished = tokio::time::timeout(grace, async {
             while let Some(joined) = sends.join_next_with_id().await {
@@ -163,11 +173,11 @@ impl Worker {
             // A failed recording (e.g. a deadlock victim on PostgreSQL) is retried once; if it
             // fails again the jobs go back to the queue rather than staying in flight under
             // leases this worker keeps renewing.
-            let mut recorded = self.store.record_results(&self.owner, &batch).await;
+            let mut recorded = self.record(&batch).await;
             if let Err(e) = &recorded {
                 tracing::warn!(error = %format!("{e:#}"), jobs = batch.len(), "recording results failed; retrying once");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                recorded = self.store.record_results(&self.owner, &batch).await;
+                recorded = self.record(&batch).await;
             }
             match recorded {
                 Ok(pruned) => self.metrics.pruned(pruned),
@@ -183,45 +193,65 @@ impl Worker {
         }
     }
 
+    /// Records a batch of results, with a `devices.pruned` callback to each app among them
+    /// that has a callback URL. Returns how many devices were pruned.
+    async fn record(&self, batch: &[JobResult]) -> anyhow::Result<u64> {
+        let pruning: BTreeSet<&str> = batch
+            .iter()
+            .filter(|r| r.prune.is_some())
+            .map(|r| r.job.app_id.as_str())
+            .collect();
+        let mut callbacks = PrunedTokensCallback::default();
+        if !pruning.is_empty() {
+            let apps: Vec<&str> = pruning.into_iter().collect();
+            callbacks.apps = self.store.apps_with_callbacks(&apps).await?;
+        }
+        self.store
+            .record_results(&self.owner, batch, &callbacks)
+            .await
+    }
+
     /// One send and the decision that follows from its outcome.
     async fn attempt(&self, job: ClaimedJob) -> JobResult {
         let started = Instant::now();
-        let outcome =
-            match serde_json::from_str::<JobPayload>(&job.job).map(JobPayload::into_rendered) {
-                // Never send what was not rendered (a replay renders it again first).
-                Ok(None) => Outcome::Failed {
-                    reason: "the job has no rendered notification".into(),
-                },
-                Ok(Some((environment, topic, notification))) => {
-                    let platform = if job.platform == "apns" {
-                        Platform::Apns
-                    } else {
-                        Platform::Fcm
-                    };
-                    let target = Target {
-                        platform,
-                        token: job.token.clone(),
-                        environment: if environment.as_deref() == Some("sandbox") {
-                            ApnsEnvironment::Sandbox
-                        } else {
-                            ApnsEnvironment::Production
-                        },
-                        topic,
-                    };
-                    self.providers.send(&target, &notification).await
-                }
-                Err(e) => Outcome::Failed {
-                    reason: format!("unreadable job payload: {e}"),
-                },
-            };
+        let outcome = self.send(&job).await;
         let latency_ms = started.elapsed().as_millis() as i64;
-        let now = now_ms();
         self.metrics
-            .delivery(&job.platform, &outcome, started.elapsed());
+            .delivery(job.platform.as_str(), &outcome, started.elapsed());
+        self.judge(job, outcome, latency_ms)
+    }
+
+    /// Hands a job's notification to its provider.
+    async fn send(&self, job: &ClaimedJob) -> Outcome {
+        match serde_json::from_str::<JobPayload>(&job.job).map(JobPayload::into_rendered) {
+            // Never send what was not rendered (a replay renders it again first).
+            Ok(None) => Outcome::Failed {
+                reason: "the job has no rendered notification".into(),
+            },
+            Ok(Some((environment, topic, notification))) => {
+                let target = Target {
+                    platform: job.platform,
+                    token: job.token.clone(),
+                    // FCM devices have none; an APNs device stored without one is a
+                    // production device, the environment registration defaults to.
+                    environment: environment.unwrap_or_default(),
+                    topic,
+                };
+                self.providers.send(&target, &notification).await
+            }
+            Err(e) => Outcome::Failed {
+                reason: format!("unreadable job payload: {e}"),
+            },
+        }
+    }
+
+    /// What an outcome means for the job: delivered, retried later, pruned, or dead.
+    fn judge(&self, job: ClaimedJob, outcome: Outcome, latency_ms: i64) -> JobResult {
+        let now = now_ms();
         let attempts = (job.attempts + 1) as u32;
         let mut result = JobResult {
             status: JobStatus::Dead,
-            outcome: "failed",
+            outcome: AttemptOutcome::Failed,
             reason: None,
             provider_id: None,
             latency_ms,
@@ -233,13 +263,13 @@ impl Worker {
             Outcome::Delivered { provider_id } => {
                 self.metrics.event_delivered(now - result.job.event_at);
                 result.status = JobStatus::Delivered;
-                result.outcome = "delivered";
+                result.outcome = AttemptOutcome::Delivered;
                 result.provider_id = Some(provider_id);
             }
             Outcome::InvalidToken { reason, timestamp } => {
                 tracing::info!(token = %Redacted(&result.job.token), %reason, "provider reports an invalid token; pruning");
                 result.status = JobStatus::Invalid;
-                result.outcome = "invalid_token";
+                result.outcome = AttemptOutcome::InvalidToken;
                 // A device registered again after the provider's verdict (or, without a
                 // timestamp, after this job was queued) holds a fresh token: keep it.
                 result.prune = Some(Prune {
@@ -251,7 +281,7 @@ impl Worker {
             }
             Outcome::Retry { after, reason } => {
                 let age = Duration::from_millis((now - result.job.created_at).max(0) as u64);
-                result.outcome = "retry";
+                result.outcome = AttemptOutcome::Retry;
                 match decide(&self.config, attempts, age, after, &mut rand::thread_rng()) {
                     RetryDecision::After(delay) => {
                         result.status = JobStatus::Queued;

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{JobPayload, Worker};
+use crate::model::device::normalize_token;
 use crate::model::rules::{user_ids_at, Audience, DeviceFilter, RuleSpec, TemplateRef};
 use crate::model::template::{context, event_value, CompiledTemplate, TemplateSpec};
 use crate::model::{JobStatus, Platform};
@@ -140,10 +141,13 @@ impl Worker {
             };
             if let Err(e) = outcome {
                 tracing::error!(event = %event.id, error = %format!("{e:#}"), "fan-out failed; will retry");
-                let _ = self
+                if let Err(e) = self
                     .store
                     .release_event(&event.id, &self.owner, 5_000)
-                    .await;
+                    .await
+                {
+                    tracing::error!(event = %event.id, error = %e, "releasing the event failed; its lease will expire");
+                }
             }
         }
         unmatched
@@ -288,18 +292,7 @@ impl Worker {
             },
             Audience::Tokens(tokens) => AudiencePages::Tokens {
                 app_id,
-                tokens: Some(
-                    tokens
-                        .iter()
-                        .map(|t| {
-                            if t.bytes().all(|b| b.is_ascii_hexdigit()) {
-                                t.to_ascii_lowercase()
-                            } else {
-                                t.clone()
-                            }
-                        })
-                        .collect(),
-                ),
+                tokens: Some(tokens.iter().map(|t| normalize_token(t)).collect()),
             },
             Audience::Devices(filter) => AudiencePages::Filter {
                 app_id,
@@ -371,9 +364,7 @@ impl AudiencePages {
                 let unfiltered = filter.tags.is_empty() && filter.attributes.is_empty();
                 Ok(Some(
                     page.into_iter()
-                        .filter(|d| {
-                            unfiltered || filter.matches(&d.tags_list(), &d.attributes_json())
-                        })
+                        .filter(|d| unfiltered || filter.matches(&d.tags, &d.attributes))
                         .collect(),
                 ))
             }
@@ -429,27 +420,39 @@ async fn render_page(
             .collect()
     })
     .await
-    .context("rendering a page of jobs")
+    .context("rendering a page of jobs")?
 }
 
+/// One device's job: queued with its rendered notification, or dead with the reason it did
+/// not render (or did not serialize). Fails only when not even the unrendered marker can be
+/// written, which fails the fan-out rather than storing an empty job.
 fn render_job(
     rule: &str,
     template: &Result<CompiledTemplate, String>,
     event_ctx: &minijinja::Value,
     device: &Device,
-) -> NewJob {
-    let (status, last_reason, payload) = match render_payload(template, event_ctx, device) {
-        Ok(payload) => (JobStatus::Queued, None, payload),
-        Err(reason) => (JobStatus::Dead, Some(reason), JobPayload::Unrendered),
+) -> anyhow::Result<NewJob> {
+    let rendered = render_payload(template, event_ctx, device).and_then(|payload| {
+        serde_json::to_string(&payload)
+            .map_err(|e| format!("the rendered notification does not serialize: {e}"))
+    });
+    let (status, last_reason, job) = match rendered {
+        Ok(job) => (JobStatus::Queued, None, job),
+        Err(reason) => (
+            JobStatus::Dead,
+            Some(reason),
+            serde_json::to_string(&JobPayload::Unrendered)
+                .context("serializing an unrendered job")?,
+        ),
     };
-    NewJob {
+    Ok(NewJob {
         rule: Some(rule.to_string()),
-        platform: device.platform.clone(),
+        platform: device.platform,
         token: device.token.clone(),
-        job: serde_json::to_string(&payload).unwrap_or_default(),
+        job,
         status,
         last_reason,
-    }
+    })
 }
 
 /// Renders one device's notification, or the reason it does not render.
@@ -464,17 +467,16 @@ pub(crate) fn render_payload(
         "timezone": device.timezone,
         "app_version": device.app_version,
         "environment": device.environment,
-        "attributes": device.attributes_json(),
-        "tags": device.tags_list(),
+        "attributes": device.attributes,
+        "tags": device.tags,
     });
     let notification = template.as_ref().map_err(Clone::clone).and_then(|t| {
         let ctx = context(event_ctx, &device_ctx, device.user_id.as_deref());
-        let platform: Platform = device.platform.parse().map_err(|e| format!("{e}"))?;
-        t.render(&ctx, device.locale.as_deref(), platform)
+        t.render(&ctx, device.locale.as_deref(), device.platform)
             .map_err(|e| format!("template error: {e}"))
     })?;
     Ok(JobPayload::V1 {
-        environment: device.environment.clone(),
+        environment: device.environment,
         topic: device.topic.clone(),
         notification,
     })

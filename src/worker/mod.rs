@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::config::WorkerConfig;
 use crate::metrics::Metrics;
-use crate::model::Notification;
+use crate::model::{ApnsEnvironment, Notification};
 use crate::push::Providers;
 use crate::store::Store;
 
@@ -33,7 +33,7 @@ pub enum JobPayload {
     V1 {
         /// APNs environment of the device.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        environment: Option<String>,
+        environment: Option<ApnsEnvironment>,
         /// APNs topic of the device.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         topic: Option<String>,
@@ -51,7 +51,7 @@ impl JobPayload {
     /// was rendered. Dead letters written before the `unrendered` version carry an empty
     /// notification instead, which no template can render (it needs a title, a body, data
     /// or content-available): they count as unrendered too.
-    pub fn into_rendered(self) -> Option<(Option<String>, Option<String>, Notification)> {
+    pub fn into_rendered(self) -> Option<(Option<ApnsEnvironment>, Option<String>, Notification)> {
         match self {
             Self::V1 {
                 environment,

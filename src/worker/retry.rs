@@ -1,5 +1,7 @@
-//! Retry policy: exponential backoff with full jitter, `Retry-After` honoured, bounded by
-//! attempts and age.
+//! Retry policy, the one place that says when to try again: exponential backoff with jitter
+//! for delivery jobs (full jitter, `Retry-After` honoured, bounded by attempts and age) and
+//! for callbacks to apps (equal jitter, bounded by attempts). Pure: configuration and
+//! randomness come in, a decision comes out.
 
 use std::time::Duration;
 
@@ -14,6 +16,61 @@ pub enum RetryDecision {
     After(Duration),
     /// Out of attempts or too old: dead-letter it.
     GiveUp,
+}
+
+/// How far below its cap a backoff delay may fall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Jitter {
+    /// Anywhere from zero to the cap: spreads retries of many jobs failing at once.
+    Full,
+    /// From half the cap to the cap: never retries right away.
+    Equal,
+}
+
+/// Exponential backoff: the cap starts at `base_ms` after the first failure, doubles with
+/// each further failure up to `max_ms`, and the delay is drawn below it as `jitter` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// Cap after the first failure, ms.
+    pub base_ms: u64,
+    /// Largest cap, ms.
+    pub max_ms: u64,
+    /// Where below the cap the delay falls.
+    pub jitter: Jitter,
+}
+
+impl Backoff {
+    /// The delay after the `failures`-th failure (1-based).
+    pub fn delay(&self, failures: u32, rng: &mut impl Rng) -> Duration {
+        let exp = self
+            .base_ms
+            .saturating_mul(1u64 << failures.saturating_sub(1).min(30));
+        let cap = exp.min(self.max_ms);
+        let floor = match self.jitter {
+            Jitter::Full => 0,
+            Jitter::Equal => cap / 2,
+        };
+        Duration::from_millis(rng.gen_range(floor..=cap))
+    }
+}
+
+/// Attempts before a callback to an app is given up.
+pub const MAX_CALLBACK_ATTEMPTS: u32 = 10;
+
+/// Backoff between callback attempts: 2 s after the first failure, doubling, with equal
+/// jitter (the cap is never reached within [`MAX_CALLBACK_ATTEMPTS`]).
+pub const CALLBACK_BACKOFF: Backoff = Backoff {
+    base_ms: 2_000,
+    max_ms: 4_096_000,
+    jitter: Jitter::Equal,
+};
+
+/// Decides the next step for a callback that has now failed `attempts` times (1-based).
+pub fn decide_callback(attempts: u32, rng: &mut impl Rng) -> RetryDecision {
+    if attempts >= MAX_CALLBACK_ATTEMPTS {
+        return RetryDecision::GiveUp;
+    }
+    RetryDecision::After(CALLBACK_BACKOFF.delay(attempts, rng))
 }
 
 /// Decides the next step for a job that has now failed `attempts` times (1-based) and is
@@ -31,13 +88,12 @@ pub fn decide(
     let delay = match retry_after {
         // The provider named a time; waiting less would only earn another refusal.
         Some(after) => after,
-        None => {
-            let exp = config
-                .backoff_base_ms
-                .saturating_mul(1u64 << attempts.saturating_sub(1).min(30));
-            let cap = exp.min(config.backoff_max_ms);
-            Duration::from_millis(rng.gen_range(0..=cap))
+        None => Backoff {
+            base_ms: config.backoff_base_ms,
+            max_ms: config.backoff_max_ms,
+            jitter: Jitter::Full,
         }
+        .delay(attempts, rng),
     };
     if age + delay > Duration::from_secs(config.max_age_secs) {
         return RetryDecision::GiveUp;
@@ -115,6 +171,31 @@ mod tests {
                 Some(Duration::from_secs(5)),
                 &mut rng
             ),
+            RetryDecision::GiveUp
+        );
+    }
+
+    #[test]
+    fn callbacks_back_off_from_two_seconds_with_equal_jitter_and_give_up_after_ten_attempts() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for attempt in 1..MAX_CALLBACK_ATTEMPTS {
+            let cap = 1000u64 << attempt;
+            for _ in 0..200 {
+                match decide_callback(attempt, &mut rng) {
+                    RetryDecision::After(d) => {
+                        let ms = d.as_millis() as u64;
+                        assert!(
+                            (cap / 2..=cap).contains(&ms),
+                            "attempt {attempt}: {ms} ms outside {}..={cap}",
+                            cap / 2
+                        );
+                    }
+                    RetryDecision::GiveUp => panic!("attempt {attempt} should retry"),
+                }
+            }
+        }
+        assert_eq!(
+            decide_callback(MAX_CALLBACK_ATTEMPTS, &mut rng),
             RetryDecision::GiveUp
         );
     }

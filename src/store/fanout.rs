@@ -1,0 +1,126 @@
+//! Fan-out writes: an event's delivery jobs, committed one slice at a time together with the
+//! cursor that says how far the fan-out got, under the event's lease.
+
+use serde::{Deserialize, Serialize};
+
+use super::{now_ms, values_rows, Event, Store};
+use crate::model::{JobStatus, Platform};
+
+/// A job produced by fan-out.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    /// Rule name that produced it.
+    pub rule: Option<String>,
+    /// The device's platform.
+    pub platform: Platform,
+    /// Device token.
+    pub token: String,
+    /// Serialized job payload (versioned).
+    pub job: String,
+    /// `Queued`, or `Dead` when rendering failed.
+    pub status: JobStatus,
+    /// Why it is dead, if it is.
+    pub last_reason: Option<String>,
+}
+
+/// How far an event's fan-out got: rules are written in name order, and within a rule the
+/// devices in token order. Every rule named before `rule` is done; so is `rule` itself when
+/// `after` is `None`, else its devices up to and including token `after`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanOutCursor {
+    /// The rule being written (`direct` for a direct send).
+    pub rule: String,
+    /// The last token written, while the rule is unfinished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// One committed step of a fan-out: jobs and the cursor after them.
+pub struct FanOutSlice<'a> {
+    /// Jobs to write, numbered from the event's `fanout_jobs` on.
+    pub jobs: &'a [NewJob],
+    /// Progress once they are written.
+    pub cursor: &'a FanOutCursor,
+}
+
+impl Store {
+    /// Writes one slice of an event's fan-out in its own transaction: the jobs, the cursor, and
+    /// a renewed event lease. Workers can send these jobs at once. `Ok(None)`, with nothing
+    /// written, when this instance no longer holds the event's lease; otherwise the number of
+    /// jobs the event has after this slice.
+    ///
+    /// A job's id is its event's id and its sequence number, so an event's jobs are appended
+    /// side by side to the primary-key B-tree instead of landing at random places in it. The
+    /// numbers cannot collide: they continue from the event's committed `fanout_jobs`, and a
+    /// slice commits only while its writer holds the lease.
+    pub async fn write_fan_out_slice(
+        &self,
+        event: &Event,
+        owner: &str,
+        lease_ms: i64,
+        first_seq: i64,
+        slice: FanOutSlice<'_>,
+    ) -> anyhow::Result<Option<i64>> {
+        let cursor = serde_json::to_string(slice.cursor)?;
+        let jobs_after = first_seq + slice.jobs.len() as i64;
+        let open = slice
+            .jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Queued)
+            .count() as i64;
+        let turn = self.write_turn().await;
+        let now = now_ms();
+        let mut tx = turn.db().begin().await?;
+        // The lease check comes first, so a writer that lost the event writes nothing.
+        let held = sqlx::query(
+            "UPDATE events SET fanout_cursor = $1, fanout_jobs = $2, lease_until = $3, \
+             updated_at = $4, open_jobs = open_jobs + $8 WHERE id = $5 AND status = 'received' \
+             AND lease_owner = $6 AND fanout_jobs = $7",
+        )
+        .bind(&cursor)
+        .bind(jobs_after)
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(&event.id)
+        .bind(owner)
+        .bind(first_seq)
+        .bind(open)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if held == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let event_part = event.id.strip_prefix("evt_").unwrap_or(&event.id);
+        let mut seq = first_seq;
+        for chunk in slice.jobs.chunks(self.rows_per_statement()) {
+            let mut sql = String::from(
+                "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
+                 attempts, next_attempt_at, last_reason, event_at, created_at, updated_at) VALUES ",
+            );
+            sql.push_str(&values_rows(
+                chunk.len(),
+                "(?, ?, ?, ?, ?, ?, ?, ?, 0, $1, ?, $2, $1, $1)",
+                3,
+            ));
+            let mut q = sqlx::query(&sql).bind(now).bind(event.received_at);
+            for j in chunk {
+                seq += 1;
+                q = q
+                    .bind(format!("job_{event_part}_{seq:08}"))
+                    .bind(&event.app_id)
+                    .bind(&event.id)
+                    .bind(&j.rule)
+                    .bind(j.platform)
+                    .bind(&j.token)
+                    .bind(j.status)
+                    .bind(&j.job)
+                    .bind(&j.last_reason);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(jobs_after))
+    }
+}

@@ -1,0 +1,151 @@
+//! An event's way through the pipeline after it is stored: leased for fan-out, given back
+//! when fan-out fails, `dispatched` once its jobs are written, `completed` when none is left
+//! to send, and reopened when a replay puts its dead letters back in the queue.
+
+use std::collections::BTreeMap;
+
+use sqlx::AnyConnection;
+
+use super::events::EVENT_COLUMNS;
+use super::{now_ms, values_rows, Event, Store};
+
+impl Store {
+    /// Leases up to `limit` received events for fan-out.
+    pub async fn claim_events(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<Event>> {
+        let turn = self.write_turn().await;
+        let now = now_ms();
+        let lock = self.skip_locked();
+        Ok(sqlx::query_as::<_, Event>(&format!(
+            "UPDATE events SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
+               SELECT id FROM events WHERE status = 'received' \
+               AND (lease_until IS NULL OR lease_until < $3) \
+               ORDER BY received_at LIMIT $4 {lock}) \
+             RETURNING {EVENT_COLUMNS}, fanout_cursor, fanout_jobs"
+        ))
+        .bind(owner)
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(turn.db())
+        .await?)
+    }
+
+    /// Ends an event's fan-out: the event is `dispatched`, or `completed` at once when none of
+    /// its jobs is left to send (every job was dead on arrival, or already delivered while
+    /// later slices were written). False when this instance no longer holds the lease.
+    pub async fn finish_fan_out(&self, event_id: &str, owner: &str) -> anyhow::Result<bool> {
+        let turn = self.write_turn().await;
+        let now = now_ms();
+        let mut tx = turn.db().begin().await?;
+        let moved = sqlx::query(
+            "UPDATE events SET status = 'dispatched', updated_at = $1, lease_owner = NULL, \
+             lease_until = NULL, fanout_cursor = NULL WHERE id = $2 AND status = 'received' \
+             AND lease_owner = $3",
+        )
+        .bind(now)
+        .bind(event_id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        complete_event_if_done(&mut tx, event_id, 0, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Completes leased events that no rule matched, in one statement.
+    pub async fn complete_unmatched(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
+        let turn = self.write_turn().await;
+        let now = now_ms();
+        for chunk in ids.chunks(self.rows_per_statement()) {
+            let placeholders = values_rows(chunk.len(), "?", 3);
+            let sql = format!(
+                "UPDATE events SET status = 'completed', updated_at = $1, lease_owner = NULL, \
+                 lease_until = NULL WHERE lease_owner = $2 AND status = 'received' AND id IN ({})",
+                placeholders
+            );
+            let mut q = sqlx::query(&sql).bind(now).bind(owner);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(turn.db()).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives an event back (fan-out failed) so it is tried again after `delay_ms`.
+    pub async fn release_event(
+        &self,
+        event_id: &str,
+        owner: &str,
+        delay_ms: i64,
+    ) -> anyhow::Result<()> {
+        let turn = self.write_turn().await;
+        sqlx::query("UPDATE events SET lease_until = $1 WHERE id = $2 AND lease_owner = $3")
+            .bind(now_ms() + delay_ms)
+            .bind(event_id)
+            .bind(owner)
+            .execute(turn.db())
+            .await?;
+        Ok(())
+    }
+}
+
+/// Subtracts `finished` jobs from the event's count of jobs still to send, and completes the
+/// event when none is left and its fan-out has ended. One statement on the event row: on
+/// PostgreSQL a concurrent transaction recording the event's other jobs waits for the row lock
+/// and then applies its own subtraction to the committed count, so no finish is lost and
+/// exactly one of them sees zero.
+pub(super) async fn complete_event_if_done(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    finished: i64,
+    now: i64,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE events SET open_jobs = open_jobs - $3, \
+           status = CASE WHEN status = 'dispatched' AND open_jobs - $3 <= 0 \
+             THEN 'completed' ELSE status END, \
+           updated_at = CASE WHEN status = 'dispatched' AND open_jobs - $3 <= 0 \
+             THEN $1 ELSE updated_at END \
+         WHERE id = $2",
+    )
+    .bind(now)
+    .bind(event_id)
+    .bind(finished)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds jobs put back in the queue to their events' count of jobs to send, reopening a
+/// completed event. Returns how many jobs were added in all.
+pub(super) async fn reopen_events(
+    conn: &mut AnyConnection,
+    reopened: &BTreeMap<String, i64>,
+    now: i64,
+) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for (event_id, jobs) in reopened {
+        sqlx::query(
+            "UPDATE events SET open_jobs = open_jobs + $3, updated_at = $1, \
+             status = CASE WHEN status = 'completed' THEN 'dispatched' ELSE status END \
+             WHERE id = $2",
+        )
+        .bind(now)
+        .bind(event_id)
+        .bind(*jobs)
+        .execute(&mut *conn)
+        .await?;
+        total += *jobs as u64;
+    }
+    Ok(total)
+}

@@ -1,0 +1,333 @@
+//! The delivery queue: lease-based claiming of due jobs, lease upkeep, and recording a batch
+//! of attempts. What an outcome means (retry when, prune which device, tell the app how) is
+//! decided by the worker; this file writes those decisions in one transaction.
+
+use std::collections::{BTreeMap, HashSet};
+
+use sqlx::AnyConnection;
+
+use super::{lifecycle, new_id, now_ms, outbox, values_rows, Store};
+use crate::model::{AttemptOutcome, JobStatus, Platform};
+
+/// A job claimed by a worker.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ClaimedJob {
+    /// Job id.
+    pub id: String,
+    /// Owning app.
+    pub app_id: String,
+    /// Source event.
+    pub event_id: String,
+    /// The device's platform.
+    pub platform: Platform,
+    /// Device token.
+    pub token: String,
+    /// Serialized payload.
+    pub job: String,
+    /// Attempts made before this one.
+    pub attempts: i64,
+    /// When the job was created (for max age and pruning cutoffs).
+    pub created_at: i64,
+    /// When its event was received (for event-to-delivery latency).
+    pub event_at: i64,
+}
+
+/// The worker's verdict that a job's device is gone.
+#[derive(Clone, Debug)]
+pub struct Prune {
+    /// Only delete the device when it was last registered at or before this time.
+    pub cutoff_ms: i64,
+    /// Provider reason.
+    pub reason: String,
+    /// Provider's timestamp (APNs 410), if any.
+    pub provider_ts: Option<i64>,
+}
+
+/// The result of one attempt, recorded in a batch.
+#[derive(Clone, Debug)]
+pub struct JobResult {
+    /// The claimed job.
+    pub job: ClaimedJob,
+    /// New status.
+    pub status: JobStatus,
+    /// Outcome for the attempt log.
+    pub outcome: AttemptOutcome,
+    /// Provider reason.
+    pub reason: Option<String>,
+    /// Provider message id.
+    pub provider_id: Option<String>,
+    /// Round-trip time.
+    pub latency_ms: i64,
+    /// When to try again (queued only).
+    pub next_attempt_at: i64,
+    /// Prune the device.
+    pub prune: Option<Prune>,
+}
+
+/// A device deleted while recording a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct PrunedDevice<'a> {
+    /// Its platform.
+    pub platform: Platform,
+    /// Its token.
+    pub token: &'a str,
+    /// The provider's reason.
+    pub reason: &'a str,
+    /// The provider's timestamp (APNs 410), if any.
+    pub provider_ts: Option<i64>,
+}
+
+/// Tells an app which of its devices a batch deleted: the worker owns whether an app hears
+/// about it and what the message says; the store writes the message to the outbox in the
+/// same transaction as the deletions.
+pub trait PruneCallbacks: Sync {
+    /// The callback body telling `app_id` that `pruned` were deleted at `at_ms`, or `None`
+    /// when the app takes no callbacks.
+    fn body(
+        &self,
+        app_id: &str,
+        pruned: &[PrunedDevice<'_>],
+        at_ms: i64,
+    ) -> anyhow::Result<Option<String>>;
+}
+
+impl Store {
+    /// Puts jobs whose lease expired (their worker died) back in the queue.
+    pub async fn requeue_expired(&self) -> anyhow::Result<u64> {
+        let turn = self.write_turn().await;
+        let now = now_ms();
+        let r = sqlx::query(&format!(
+            "UPDATE delivery_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, \
+             updated_at = $1 WHERE id IN (SELECT id FROM delivery_jobs \
+             WHERE status = 'in_flight' AND lease_until < $1 {})",
+            self.skip_locked()
+        ))
+        .bind(now)
+        .execute(turn.db())
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Extends the leases this worker holds, so a slow batch is not taken for a dead one.
+    pub async fn renew_leases(&self, owner: &str, lease_ms: i64) -> anyhow::Result<u64> {
+        let turn = self.write_turn().await;
+        // Rows locked right now are being recorded by this worker; skipping them (PostgreSQL)
+        // avoids a lock-order deadlock with that transaction.
+        let r = sqlx::query(&format!(
+            "UPDATE delivery_jobs SET lease_until = $1 WHERE id IN (SELECT id FROM delivery_jobs \
+             WHERE lease_owner = $2 AND status = 'in_flight' {})",
+            self.skip_locked()
+        ))
+        .bind(now_ms() + lease_ms)
+        .bind(owner)
+        .execute(turn.db())
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Claims up to `limit` due jobs under a lease. `updated_at` stays the time of the last
+    /// recorded outcome, so a claim moves the job in none of the indexes keyed by it.
+    pub async fn claim_jobs(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ClaimedJob>> {
+        let turn = self.write_turn().await;
+        let now = now_ms();
+        let lock = self.skip_locked();
+        Ok(sqlx::query_as::<_, ClaimedJob>(&format!(
+            "UPDATE delivery_jobs SET status = 'in_flight', lease_owner = $1, lease_until = $2 \
+             WHERE id IN (SELECT id FROM delivery_jobs WHERE status = 'queued' \
+               AND next_attempt_at <= $3 ORDER BY next_attempt_at LIMIT $4 {lock}) \
+             RETURNING id, app_id, event_id, platform, token, job, attempts, created_at, event_at"
+        ))
+        .bind(owner)
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(turn.db())
+        .await?)
+    }
+
+    /// Returns claimed jobs to the queue untouched (graceful shutdown).
+    pub async fn release_jobs(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
+        let turn = self.write_turn().await;
+        let mut tx = turn.db().begin().await?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE delivery_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'in_flight'",
+            )
+            .bind(id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a batch of attempts in one transaction: job state and attempt log in a few
+    /// multi-row statements, then the prunes the worker decided (each with its
+    /// re-registration guard), the callbacks `callbacks` builds for the devices actually
+    /// deleted, and event completion. Returns how many devices were pruned.
+    pub async fn record_results(
+        &self,
+        owner: &str,
+        results: &[JobResult],
+        callbacks: &dyn PruneCallbacks,
+    ) -> anyhow::Result<u64> {
+        let turn = self.write_turn().await;
+        let now = now_ms();
+        let mut tx = turn.db().begin().await?;
+        let owned = self.update_jobs(&mut tx, owner, results, now).await?;
+        let mine: Vec<&JobResult> = results
+            .iter()
+            .filter(|r| owned.contains(&r.job.id))
+            .collect();
+        self.insert_attempts(&mut tx, &mine, now).await?;
+        let pruned = prune_devices(&mut tx, &mine, now).await?;
+        let mut pruned_count = 0;
+        for (app_id, devices) in &pruned {
+            pruned_count += devices.len() as u64;
+            if let Some(body) = callbacks.body(app_id, devices, now)? {
+                outbox::enqueue(&mut tx, app_id, &body, now).await?;
+            }
+        }
+        // Jobs that reached a final status, by event; in a consistent order, so two batches
+        // that lock the same events cannot deadlock.
+        let mut finished: BTreeMap<&str, i64> = Default::default();
+        for r in mine.iter().filter(|r| r.status.is_final()) {
+            *finished.entry(r.job.event_id.as_str()).or_default() += 1;
+        }
+        for (event_id, done) in finished {
+            lifecycle::complete_event_if_done(&mut tx, event_id, done, now).await?;
+        }
+        tx.commit().await?;
+        Ok(pruned_count)
+    }
+
+    /// Writes each result's job state, and returns the jobs whose lease this worker still
+    /// holds; a job re-claimed by another instance after our lease expired is theirs now, and
+    /// their result wins.
+    async fn update_jobs(
+        &self,
+        conn: &mut AnyConnection,
+        owner: &str,
+        results: &[JobResult],
+        now: i64,
+    ) -> anyhow::Result<HashSet<String>> {
+        let mut owned: HashSet<String> = HashSet::with_capacity(results.len());
+        for chunk in results.chunks(self.rows_per_statement()) {
+            let mut sql = String::with_capacity(600 + chunk.len() * 80);
+            sql.push_str("WITH v(id, status, attempts, next_at, reason, pid) AS (VALUES ");
+            sql.push_str(&values_rows(
+                chunk.len(),
+                "(?, ?, CAST(? AS BIGINT), CAST(? AS BIGINT), ?, ?)",
+                3,
+            ));
+            sql.push_str(
+                ") UPDATE delivery_jobs SET status = v.status, attempts = v.attempts, \
+                 next_attempt_at = v.next_at, last_reason = v.reason, \
+                 provider_id = COALESCE(v.pid, delivery_jobs.provider_id), lease_owner = NULL, \
+                 lease_until = NULL, updated_at = $1 \
+                 FROM v WHERE delivery_jobs.id = v.id AND delivery_jobs.lease_owner = $2 \
+                 AND delivery_jobs.status = 'in_flight' RETURNING delivery_jobs.id",
+            );
+            let mut q = sqlx::query_as::<_, (String,)>(&sql).bind(now).bind(owner);
+            for r in chunk {
+                q = q
+                    .bind(&r.job.id)
+                    .bind(r.status)
+                    .bind(r.job.attempts + 1)
+                    .bind(r.next_attempt_at)
+                    .bind(&r.reason)
+                    .bind(&r.provider_id);
+            }
+            owned.extend(q.fetch_all(&mut *conn).await?.into_iter().map(|(id,)| id));
+        }
+        Ok(owned)
+    }
+
+    /// Appends one attempt-log row per result.
+    async fn insert_attempts(
+        &self,
+        conn: &mut AnyConnection,
+        results: &[&JobResult],
+        now: i64,
+    ) -> anyhow::Result<()> {
+        for chunk in results.chunks(self.rows_per_statement()) {
+            let mut sql = String::with_capacity(200 + chunk.len() * 80);
+            sql.push_str(
+                "INSERT INTO delivery_attempts (job_id, app_id, platform, attempt, outcome, \
+                 reason, provider_id, latency_ms, at) VALUES ",
+            );
+            sql.push_str(&values_rows(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, $1)", 2));
+            let mut q = sqlx::query(&sql).bind(now);
+            for r in chunk {
+                q = q
+                    .bind(&r.job.id)
+                    .bind(&r.job.app_id)
+                    .bind(r.job.platform)
+                    .bind(r.job.attempts + 1)
+                    .bind(r.outcome)
+                    .bind(&r.reason)
+                    .bind(&r.provider_id)
+                    .bind(r.latency_ms);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies the prunes among `results`: deletes each device unless it registered again after
+/// the guard time, and logs every verdict in `pruned_tokens`. Returns the devices actually
+/// deleted, by app.
+async fn prune_devices<'r>(
+    conn: &mut AnyConnection,
+    results: &[&'r JobResult],
+    now: i64,
+) -> anyhow::Result<BTreeMap<&'r str, Vec<PrunedDevice<'r>>>> {
+    let mut deleted_by_app: BTreeMap<&str, Vec<PrunedDevice<'_>>> = Default::default();
+    for r in results {
+        let Some(p) = &r.prune else { continue };
+        let deleted = sqlx::query(
+            "DELETE FROM devices WHERE app_id = $1 AND token = $2 AND updated_at <= $3",
+        )
+        .bind(&r.job.app_id)
+        .bind(&r.job.token)
+        .bind(p.cutoff_ms)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "INSERT INTO pruned_tokens (id, app_id, platform, token, reason, provider_ts, \
+             pruned, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(new_id("prn"))
+        .bind(&r.job.app_id)
+        .bind(r.job.platform)
+        .bind(&r.job.token)
+        .bind(&p.reason)
+        .bind(p.provider_ts)
+        .bind(deleted as i64)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        // (app, token) is the devices table's key: at most one row went.
+        if deleted > 0 {
+            deleted_by_app
+                .entry(r.job.app_id.as_str())
+                .or_default()
+                .push(PrunedDevice {
+                    platform: r.job.platform,
+                    token: &r.job.token,
+                    reason: &p.reason,
+                    provider_ts: p.provider_ts,
+                });
+        }
+    }
+    Ok(deleted_by_app)
+}

@@ -1,23 +1,27 @@
-//! Provider transport: APNs and FCM senders over pooled HTTP/2 connections.
+//! Provider transport: the neutral [`Outcome`] of a send, the [`Target`] it goes to, and the
+//! [`Providers`] that hold one sender per platform over pooled HTTP/2 connections.
 //!
 //! The delivery pipeline hands a [`Target`] and a rendered [`Notification`] to
-//! [`Providers::send`] and gets back one [`Outcome`]; everything platform-specific (payload
-//! format, authentication, error vocabulary) stays in [`apns`] and [`fcm`].
+//! [`Providers::send`] and gets back one [`Outcome`]; everything platform-specific (settings,
+//! payload format, authentication, error vocabulary, wire constants) stays in [`apns`] and
+//! [`fcm`].
 
 pub mod apns;
 pub mod fcm;
 pub mod pool;
-pub mod tls;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+// The settings `Providers::new` takes; each provider module owns its own.
+pub use self::apns::ApnsConfig;
+pub use self::fcm::FcmConfig;
+pub use self::pool::PoolStats;
+use self::pool::TransportError;
 use crate::model::{ApnsEnvironment, Notification, Platform};
-pub use pool::PoolStats;
 
 /// What happened to one send, as the pipeline needs to act on it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -50,6 +54,23 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// A permanent failure for `reason`.
+    pub(crate) fn failed(reason: &str) -> Self {
+        Self::Failed {
+            reason: reason.into(),
+        }
+    }
+
+    /// A retry after a request that got no HTTP response (connect, timeout, reset).
+    pub(crate) fn transport_retry(e: &TransportError) -> Self {
+        Self::Retry {
+            after: None,
+            reason: e.reason().into(),
+        }
+    }
+}
+
 fn serialize_millis<S: serde::Serializer>(
     value: &Option<Duration>,
     serializer: S,
@@ -75,134 +96,7 @@ pub struct Target {
     pub topic: Option<String>,
 }
 
-/// APNs settings (token-based authentication).
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ApnsConfig {
-    /// Send to APNs at all.
-    pub enabled: bool,
-    /// Production host.
-    pub endpoint: String,
-    /// Sandbox (development) host.
-    pub sandbox_endpoint: String,
-    /// The `.p8` token-signing key from the Apple developer account.
-    pub key_path: PathBuf,
-    /// The key's 10-character id.
-    pub key_id: String,
-    /// The developer team id (JWT issuer).
-    pub team_id: String,
-    /// Topic (bundle id) for devices that do not carry one.
-    pub default_topic: Option<String>,
-    /// HTTP/2 connections per host.
-    pub pool_size: usize,
-    /// Limit for one send, including connecting.
-    pub request_timeout_ms: u64,
-    /// Extra trusted root certificates (PEM), e.g. the simulator's CA.
-    pub extra_root_certs: Vec<PathBuf>,
-    /// Age after which the provider JWT is replaced (Apple: 20 to 60 minutes).
-    pub jwt_refresh_secs: u64,
-}
-
-impl Default for ApnsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            endpoint: apns::PRODUCTION_ENDPOINT.into(),
-            sandbox_endpoint: apns::SANDBOX_ENDPOINT.into(),
-            key_path: PathBuf::new(),
-            key_id: String::new(),
-            team_id: String::new(),
-            default_topic: None,
-            pool_size: 2,
-            request_timeout_ms: 10_000,
-            extra_root_certs: Vec::new(),
-            jwt_refresh_secs: 50 * 60,
-        }
-    }
-}
-
-impl ApnsConfig {
-    /// Checks the settings, naming the first bad field.
-    pub fn validate(&self) -> Result<(), String> {
-        check_endpoint("apns.endpoint", &self.endpoint)?;
-        check_endpoint("apns.sandbox_endpoint", &self.sandbox_endpoint)?;
-        check_pool("apns", self.pool_size, self.request_timeout_ms)?;
-        if !(20 * 60..=55 * 60).contains(&self.jwt_refresh_secs) {
-            return Err("apns.jwt_refresh_secs: must be between 1200 and 3300".into());
-        }
-        if self.enabled {
-            if self.key_path.as_os_str().is_empty() {
-                return Err("apns.key_path: must not be empty when apns.enabled".into());
-            }
-            if self.key_id.trim().is_empty() {
-                return Err("apns.key_id: must not be empty when apns.enabled".into());
-            }
-            if self.team_id.trim().is_empty() {
-                return Err("apns.team_id: must not be empty when apns.enabled".into());
-            }
-        }
-        if matches!(&self.default_topic, Some(t) if t.trim().is_empty()) {
-            return Err("apns.default_topic: must not be empty when set".into());
-        }
-        Ok(())
-    }
-}
-
-/// FCM HTTP v1 settings (service-account authentication).
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FcmConfig {
-    /// Send to FCM at all.
-    pub enabled: bool,
-    /// FCM host.
-    pub endpoint: String,
-    /// Service-account key file (JSON) from the Firebase console.
-    pub service_account_path: PathBuf,
-    /// Overrides the key file's `project_id`.
-    pub project_id: Option<String>,
-    /// Overrides the key file's `token_uri` (the OAuth2 token endpoint).
-    pub token_uri: Option<String>,
-    /// HTTP/2 connections to the FCM host.
-    pub pool_size: usize,
-    /// Limit for one send, including connecting.
-    pub request_timeout_ms: u64,
-    /// Extra trusted root certificates (PEM), e.g. the simulator's CA.
-    pub extra_root_certs: Vec<PathBuf>,
-}
-
-impl Default for FcmConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            endpoint: fcm::PRODUCTION_ENDPOINT.into(),
-            service_account_path: PathBuf::new(),
-            project_id: None,
-            token_uri: None,
-            pool_size: 2,
-            request_timeout_ms: 10_000,
-            extra_root_certs: Vec::new(),
-        }
-    }
-}
-
-impl FcmConfig {
-    /// Checks the settings, naming the first bad field.
-    pub fn validate(&self) -> Result<(), String> {
-        check_endpoint("fcm.endpoint", &self.endpoint)?;
-        if let Some(uri) = &self.token_uri {
-            check_endpoint("fcm.token_uri", uri)?;
-        }
-        check_pool("fcm", self.pool_size, self.request_timeout_ms)?;
-        if self.enabled && self.service_account_path.as_os_str().is_empty() {
-            return Err("fcm.service_account_path: must not be empty when fcm.enabled".into());
-        }
-        if matches!(&self.project_id, Some(p) if p.trim().is_empty()) {
-            return Err("fcm.project_id: must not be empty when set".into());
-        }
-        Ok(())
-    }
-}
-
+/// Checks that a settings field holds an `https://host` URL.
 fn check_endpoint(field: &str, url: &str) -> Result<(), String> {
     match url.parse::<http::Uri>() {
         Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => Ok(()),
@@ -210,6 +104,7 @@ fn check_endpoint(field: &str, url: &str) -> Result<(), String> {
     }
 }
 
+/// Checks a provider's pool size and request timeout.
 fn check_pool(prefix: &str, size: usize, timeout_ms: u64) -> Result<(), String> {
     if !(1..=64).contains(&size) {
         return Err(format!("{prefix}.pool_size: must be between 1 and 64"));
@@ -324,9 +219,7 @@ impl Providers {
 }
 
 fn not_configured() -> Outcome {
-    Outcome::Failed {
-        reason: "ProviderNotConfigured".into(),
-    }
+    Outcome::failed("ProviderNotConfigured")
 }
 
 /// Parses `Retry-After` as delay seconds or an HTTP date.
@@ -379,29 +272,5 @@ mod tests {
             serde_json::to_value(&retry).unwrap(),
             serde_json::json!({"outcome": "retry", "after_ms": 2000, "reason": "UNAVAILABLE"})
         );
-    }
-
-    #[test]
-    fn validation_names_the_field() {
-        let apns = ApnsConfig {
-            enabled: true,
-            key_path: "k.p8".into(),
-            team_id: "T".into(),
-            ..ApnsConfig::default()
-        };
-        assert_eq!(
-            apns.validate().unwrap_err(),
-            "apns.key_id: must not be empty when apns.enabled"
-        );
-        let fcm = FcmConfig {
-            endpoint: "http://fcm".into(),
-            ..FcmConfig::default()
-        };
-        assert_eq!(
-            fcm.validate().unwrap_err(),
-            "fcm.endpoint: must be an https:// URL"
-        );
-        assert!(ApnsConfig::default().validate().is_ok());
-        assert!(FcmConfig::default().validate().is_ok());
     }
 }

@@ -251,7 +251,7 @@ impl H2Pool {
             host,
             port,
             server_name,
-            tls: TlsConnector::from(super::tls::client_config(&config.extra_root_certs)?),
+            tls: TlsConnector::from(crate::tls::client_config(&config.extra_root_certs)?),
             connect_timeout: config.request_timeout,
             keep_idle: config.keep_idle_connections,
             counters: counters.clone(),

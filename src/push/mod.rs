@@ -7,145 +7,23 @@
 //! [`fcm`].
 
 pub mod apns;
+mod clock;
 pub mod fcm;
+mod outcome;
 pub mod pool;
+mod target;
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use serde::Serialize;
 
-use serde::{Deserialize, Serialize};
-
-// The settings `Providers::new` takes; each provider module owns its own.
 pub use self::apns::ApnsConfig;
+use self::apns::ApnsSender;
+pub use self::clock::Clock;
 pub use self::fcm::FcmConfig;
+use self::fcm::FcmSender;
+pub use self::outcome::Outcome;
 pub use self::pool::PoolStats;
-use self::pool::TransportError;
-use crate::model::{ApnsEnvironment, Notification, Platform};
-
-/// What happened to one send, as the pipeline needs to act on it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum Outcome {
-    /// The provider accepted the notification.
-    Delivered {
-        /// `apns-id` or the FCM message name.
-        provider_id: String,
-    },
-    /// The token is dead: prune the device (unless it registered again after `timestamp`).
-    InvalidToken {
-        /// Provider reason, e.g. `Unregistered` or `UNREGISTERED`.
-        reason: String,
-        /// Unix millis from an APNs 410: when the token was last known to be invalid.
-        timestamp: Option<i64>,
-    },
-    /// A transient failure: try again later, no earlier than `after` when given.
-    Retry {
-        /// The provider's `Retry-After`, when it sent one (serialized as `after_ms`).
-        #[serde(rename = "after_ms", serialize_with = "serialize_millis")]
-        after: Option<Duration>,
-        /// Provider reason or transport failure.
-        reason: String,
-    },
-    /// A permanent failure for this notification: dead-letter it.
-    Failed {
-        /// Provider reason, e.g. `PayloadTooLarge`.
-        reason: String,
-    },
-}
-
-impl Outcome {
-    /// A permanent failure for `reason`.
-    pub(crate) fn failed(reason: &str) -> Self {
-        Self::Failed {
-            reason: reason.into(),
-        }
-    }
-
-    /// A retry after a request that got no HTTP response (connect, timeout, reset).
-    pub(crate) fn transport_retry(e: &TransportError) -> Self {
-        Self::Retry {
-            after: None,
-            reason: e.reason().into(),
-        }
-    }
-}
-
-fn serialize_millis<S: serde::Serializer>(
-    value: &Option<Duration>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match value {
-        Some(d) => serializer.serialize_some(&(d.as_millis() as u64)),
-        None => serializer.serialize_none(),
-    }
-}
-
-/// The device-side addressing a send needs.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Target {
-    /// Platform of the token.
-    pub platform: Platform,
-    /// Device token (APNs hex token or FCM registration token).
-    pub token: String,
-    /// APNs environment; ignored for FCM.
-    #[serde(default)]
-    pub environment: ApnsEnvironment,
-    /// APNs topic (bundle id); falls back to `apns.default_topic`.
-    #[serde(default)]
-    pub topic: Option<String>,
-}
-
-/// Checks that a settings field holds an `https://host` URL.
-fn check_endpoint(field: &str, url: &str) -> Result<(), String> {
-    match url.parse::<http::Uri>() {
-        Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => Ok(()),
-        _ => Err(format!("{field}: must be an https:// URL")),
-    }
-}
-
-/// Checks a provider's pool size and request timeout.
-fn check_pool(prefix: &str, size: usize, timeout_ms: u64) -> Result<(), String> {
-    if !(1..=64).contains(&size) {
-        return Err(format!("{prefix}.pool_size: must be between 1 and 64"));
-    }
-    if timeout_ms == 0 {
-        return Err(format!("{prefix}.request_timeout_ms: must be positive"));
-    }
-    Ok(())
-}
-
-/// Wall-clock time for credential lifetimes. Tests shift it instead of sleeping.
-#[derive(Clone, Debug, Default)]
-pub struct Clock {
-    offset_ms: Arc<AtomicI64>,
-}
-
-impl Clock {
-    /// The system clock, unshifted.
-    pub fn system() -> Self {
-        Self::default()
-    }
-
-    /// Moves this clock (and every clone) by `secs`, forward or back.
-    pub fn shift(&self, secs: i64) {
-        self.offset_ms.fetch_add(secs * 1000, Ordering::Relaxed);
-    }
-
-    /// Current time in unix milliseconds.
-    pub fn unix_millis(&self) -> i64 {
-        let real = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        real + self.offset_ms.load(Ordering::Relaxed)
-    }
-
-    /// Current time in unix seconds.
-    pub fn unix_secs(&self) -> i64 {
-        self.unix_millis().div_euclid(1000)
-    }
-}
+pub use self::target::Target;
+use crate::model::{Notification, Platform};
 
 /// Connection counters per provider endpoint; `None` when the provider is not configured.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -160,8 +38,8 @@ pub struct ProviderStats {
 
 /// The configured senders.
 pub struct Providers {
-    apns: Option<apns::ApnsSender>,
-    fcm: Option<fcm::FcmSender>,
+    apns: Option<ApnsSender>,
+    fcm: Option<FcmSender>,
 }
 
 impl Providers {
@@ -175,12 +53,12 @@ impl Providers {
         apns.validate().map_err(anyhow::Error::msg)?;
         fcm.validate().map_err(anyhow::Error::msg)?;
         let apns = if apns.enabled {
-            Some(apns::ApnsSender::new(apns, clock.clone())?)
+            Some(ApnsSender::new(apns, clock.clone())?)
         } else {
             None
         };
         let fcm = if fcm.enabled {
-            Some(fcm::FcmSender::new(fcm, clock)?)
+            Some(FcmSender::new(fcm, clock)?)
         } else {
             None
         };
@@ -220,57 +98,4 @@ impl Providers {
 
 fn not_configured() -> Outcome {
     Outcome::failed("ProviderNotConfigured")
-}
-
-/// Parses `Retry-After` as delay seconds or an HTTP date.
-pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
-/// The first 8 characters of a token, for logs.
-pub(crate) fn short(token: &str) -> crate::redact::Redacted<'_> {
-    crate::redact::Redacted(token)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_accepts_seconds_and_dates() {
-        let mut headers = http::HeaderMap::new();
-        headers.insert(http::header::RETRY_AFTER, "30".parse().unwrap());
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(30)));
-        let later = SystemTime::now() + Duration::from_secs(120);
-        headers.insert(
-            http::header::RETRY_AFTER,
-            httpdate::fmt_http_date(later).parse().unwrap(),
-        );
-        let parsed = retry_after(&headers).unwrap();
-        assert!(parsed > Duration::from_secs(100) && parsed <= Duration::from_secs(120));
-    }
-
-    #[test]
-    fn outcomes_serialize_flat_with_millis() {
-        let retry = Outcome::Retry {
-            after: Some(Duration::from_secs(2)),
-            reason: "UNAVAILABLE".into(),
-        };
-        assert_eq!(
-            serde_json::to_value(&retry).unwrap(),
-            serde_json::json!({"outcome": "retry", "after_ms": 2000, "reason": "UNAVAILABLE"})
-        );
-    }
 }

@@ -395,3 +395,22 @@ fn classify(e: &hyper::Error) -> ErrorClass {
         unprocessed: false,
     }
 }
+
+/// Checks that a settings field holds an `https://host` URL.
+pub(crate) fn check_endpoint(field: &str, url: &str) -> Result<(), String> {
+    match url.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => Ok(()),
+        _ => Err(format!("{field}: must be an https:// URL")),
+    }
+}
+
+/// Checks a provider's pool size and request timeout.
+pub(crate) fn check_pool(prefix: &str, size: usize, timeout_ms: u64) -> Result<(), String> {
+    if !(1..=64).contains(&size) {
+        return Err(format!("{prefix}.pool_size: must be between 1 and 64"));
+    }
+    if timeout_ms == 0 {
+        return Err(format!("{prefix}.request_timeout_ms: must be positive"));
+    }
+    Ok(())
+}

@@ -98,51 +98,65 @@ async fn answer(state: &State, req: &Received, token: Option<&str>, apns_id: &st
     if let Err(reason) = verify_provider_token(state, req.header("authorization")) {
         return Answer::Error(StatusCode::FORBIDDEN, reason, None);
     }
+    if let Err(refused) = check_request(req, token, apns_id) {
+        return refused;
+    }
+    test_token_answer(state, token)
+}
+
+/// Apple's checks of headers, token and payload, in Apple's order.
+fn check_request(req: &Received, token: &str, apns_id: &str) -> Result<(), Answer> {
+    let refuse = |reason| Err(bad(reason));
     if req.header(header::TOPIC).is_none_or(str::is_empty) {
-        return bad(reason::MISSING_TOPIC);
+        return refuse(reason::MISSING_TOPIC);
     }
     let push_type = req.header(header::PUSH_TYPE).unwrap_or(push_type::ALERT);
     if !push_type::ALL.contains(&push_type) {
-        return bad(reason::INVALID_PUSH_TYPE);
+        return refuse(reason::INVALID_PUSH_TYPE);
     }
     if req
         .header(header::PRIORITY)
         .is_some_and(|p| !priority::ALL.contains(&p))
     {
-        return bad(reason::BAD_PRIORITY);
+        return refuse(reason::BAD_PRIORITY);
     }
     if req
         .header(header::EXPIRATION)
         .is_some_and(|e| e.parse::<u64>().is_err())
     {
-        return bad(reason::BAD_EXPIRATION_DATE);
+        return refuse(reason::BAD_EXPIRATION_DATE);
     }
     if req
         .header(header::COLLAPSE_ID)
         .is_some_and(|c| c.len() > wire::MAX_COLLAPSE_ID_BYTES)
     {
-        return bad(reason::BAD_COLLAPSE_ID);
+        return refuse(reason::BAD_COLLAPSE_ID);
     }
     if uuid::Uuid::parse_str(apns_id).is_err() {
-        return bad(reason::BAD_MESSAGE_ID);
+        return refuse(reason::BAD_MESSAGE_ID);
     }
     if !(64..=200).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return bad(reason::BAD_DEVICE_TOKEN);
+        return refuse(reason::BAD_DEVICE_TOKEN);
     }
     if req.body.is_empty() {
-        return bad(reason::PAYLOAD_EMPTY);
+        return refuse(reason::PAYLOAD_EMPTY);
     }
     if req.body.len() > wire::payload_limit(push_type) {
-        return Answer::Error(
+        return Err(Answer::Error(
             StatusCode::PAYLOAD_TOO_LARGE,
             reason::PAYLOAD_TOO_LARGE,
             None,
-        );
+        ));
     }
     if !serde_json::from_slice::<Value>(&req.body).is_ok_and(|v| v.is_object()) {
         // Apple has no dedicated reason for malformed JSON; it answers 400 like this.
-        return bad("BadPayload");
+        return refuse("BadPayload");
     }
+    Ok(())
+}
+
+/// The answer a test token asks for (see [`super::tokens`]); ordinary tokens are delivered.
+fn test_token_answer(state: &State, token: &str) -> Answer {
     let Some((kind, times)) = parse_apns(token) else {
         return Answer::Ok;
     };

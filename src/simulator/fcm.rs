@@ -89,25 +89,8 @@ async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) 
     let Some(message) = body.get("message").and_then(Value::as_object) else {
         return invalid_argument("Invalid JSON payload received.", None);
     };
-    if let Some(data) = message.get("data") {
-        let Some(data) = data.as_object() else {
-            return invalid_argument("Invalid value at 'message.data'", Some("message.data"));
-        };
-        if let Some((i, _)) = data.values().enumerate().find(|(_, v)| !v.is_string()) {
-            let field = format!("message.data[{i}].value");
-            return invalid_argument(
-                &format!("Invalid value at '{field}' (TYPE_STRING)"),
-                Some(&field),
-            );
-        }
-    }
-    let counted: usize = ["notification", "data"]
-        .iter()
-        .filter_map(|key| message.get(*key))
-        .map(|v| v.to_string().len())
-        .sum();
-    if counted > MAX_PAYLOAD_BYTES {
-        return invalid_argument("Message is too big", None);
+    if let Some(refused) = refuse_message(message) {
+        return refused;
     }
     let Some(token) = token else {
         if message.contains_key("topic") || message.contains_key("condition") {
@@ -122,6 +105,39 @@ async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) 
     if !well_formed {
         return invalid_token();
     }
+    test_token_reply(state, token)
+}
+
+/// Google's checks of the message (string data values, payload size): the refusal, if any.
+fn refuse_message(message: &serde_json::Map<String, Value>) -> Option<Reply> {
+    if let Some(data) = message.get("data") {
+        let Some(data) = data.as_object() else {
+            return Some(invalid_argument(
+                "Invalid value at 'message.data'",
+                Some("message.data"),
+            ));
+        };
+        if let Some((i, _)) = data.values().enumerate().find(|(_, v)| !v.is_string()) {
+            let field = format!("message.data[{i}].value");
+            return Some(invalid_argument(
+                &format!("Invalid value at '{field}' (TYPE_STRING)"),
+                Some(&field),
+            ));
+        }
+    }
+    let counted: usize = ["notification", "data"]
+        .iter()
+        .filter_map(|key| message.get(*key))
+        .map(|v| v.to_string().len())
+        .sum();
+    if counted > MAX_PAYLOAD_BYTES {
+        return Some(invalid_argument("Message is too big", None));
+    }
+    None
+}
+
+/// The answer a test token asks for (see [`super::tokens`]); ordinary tokens are delivered.
+fn test_token_reply(state: &State, token: &str) -> Reply {
     let Some((kind, times)) = parse_fcm(token) else {
         return success(state);
     };

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::exchange::{json_response, Handled, Received, Reply};
 use super::record::Side;
 use super::state::{now_millis, State};
-use crate::push::fcm::wire::{JWT_GRANT, SCOPE};
+use crate::push::fcm::wire::{JWT_GRANT, MAX_ASSERTION_LIFETIME_SECS, SCOPE};
 
 /// The token endpoint's path.
 pub(super) const TOKEN_PATH: &str = "/token";
@@ -93,7 +93,7 @@ fn verify_assertion(state: &State, assertion: &str) -> Result<(), &'static str> 
         return Err("Invalid JWT: audience must be the token endpoint");
     }
     let now = now_millis() / 1000;
-    if claims.exp - claims.iat > 3600 || claims.iat > now + 60 {
+    if claims.exp - claims.iat > MAX_ASSERTION_LIFETIME_SECS || claims.iat > now + 60 {
         return Err(
             "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe",
         );

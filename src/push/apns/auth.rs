@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
-use crate::push::Clock;
+use crate::push::clock::Clock;
 
 #[derive(Serialize)]
 struct Claims<'a> {

@@ -18,9 +18,12 @@ pub use self::request::{ApnsRequest, DeliveryOptions};
 pub use self::response::map_response;
 pub use self::settings::ApnsConfig;
 use self::wire::reason;
+use super::clock::Clock;
+use super::outcome::Outcome;
 use super::pool::{H2Pool, PoolConfig, PoolStats};
-use super::{short, Clock, Outcome, Target};
+use super::target::Target;
 use crate::model::{ApnsEnvironment, Notification};
+use crate::redact::Redacted;
 
 /// Sends to APNs with token-based authentication.
 pub struct ApnsSender {
@@ -111,7 +114,7 @@ impl ApnsSender {
             let response = match pool.post(&path, &headers, request.payload.clone()).await {
                 Ok(response) => response,
                 Err(e) => {
-                    tracing::warn!(endpoint = pool.authority(), token = %short(&target.token),
+                    tracing::warn!(endpoint = pool.authority(), token = %Redacted(&target.token),
                         error = %e, "APNs request failed");
                     return Outcome::transport_retry(&e);
                 }
@@ -128,7 +131,7 @@ impl ApnsSender {
                 }
             }
             if !matches!(outcome, Outcome::Delivered { .. }) {
-                tracing::debug!(token = %short(&target.token), status = response.status.as_u16(),
+                tracing::debug!(token = %Redacted(&target.token), status = response.status.as_u16(),
                     outcome = ?outcome, "APNs did not deliver");
             }
             return outcome;

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::wire::{self, header, priority, push_type, reason};
 use crate::model::{Notification, Priority};
-use crate::push::Outcome;
+use crate::push::outcome::Outcome;
 
 /// The delivery headers a notification asks for. `None` leaves APNs' default in place
 /// (`alert`, priority 10, no expiration); FCM omits such headers, APNs sends the default.

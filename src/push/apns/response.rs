@@ -4,8 +4,8 @@ use http::StatusCode;
 use serde::Deserialize;
 
 use super::wire::{header, reason};
+use crate::push::outcome::{retry_after, Outcome};
 use crate::push::pool::ProviderResponse;
-use crate::push::{retry_after, Outcome};
 
 #[derive(Deserialize)]
 struct ErrorBody {

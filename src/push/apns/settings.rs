@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::wire;
-use crate::push::{check_endpoint, check_pool};
+use crate::push::pool::{check_endpoint, check_pool};
 
 /// APNs settings (token-based authentication).
 #[derive(Clone, Debug, Deserialize, Serialize)]

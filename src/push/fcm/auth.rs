@@ -12,10 +12,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::wire::{JWT_GRANT, SCOPE};
-use super::FcmConfig;
+use super::settings::FcmConfig;
+use super::wire::{JWT_GRANT, MAX_ASSERTION_LIFETIME_SECS, SCOPE};
+use crate::push::clock::Clock;
+use crate::push::outcome::{retry_after, Outcome};
 use crate::push::pool::{H2Pool, PoolConfig};
-use crate::push::{retry_after, Clock, Outcome};
 
 /// Access tokens are replaced this long before Google says they expire.
 const TOKEN_EXPIRY_MARGIN_SECS: i64 = 60;
@@ -151,7 +152,7 @@ impl OAuth {
             scope: SCOPE,
             aud: &self.token_uri,
             iat: now,
-            exp: now + 3600,
+            exp: now + MAX_ASSERTION_LIFETIME_SECS,
         };
         let assertion = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| {
             tracing::error!(error = %e, "signing the FCM token assertion failed");

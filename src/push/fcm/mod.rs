@@ -18,9 +18,11 @@ pub use self::auth::ServiceAccount;
 pub use self::request::{message, payload_size, request_body};
 pub use self::response::map_response;
 pub use self::settings::FcmConfig;
+use super::clock::Clock;
+use super::outcome::Outcome;
 use super::pool::{H2Pool, PoolConfig, PoolStats};
-use super::{short, Clock, Outcome};
 use crate::model::Notification;
+use crate::redact::Redacted;
 
 /// Sends to FCM with a cached OAuth2 access token.
 pub struct FcmSender {
@@ -95,7 +97,7 @@ impl FcmSender {
             {
                 Ok(response) => response,
                 Err(e) => {
-                    tracing::warn!(endpoint = self.messages.authority(), token = %short(token),
+                    tracing::warn!(endpoint = self.messages.authority(), token = %Redacted(token),
                         error = %e, "FCM request failed");
                     return Outcome::transport_retry(&e);
                 }
@@ -108,7 +110,7 @@ impl FcmSender {
             }
             let outcome = map_response(&response);
             if !matches!(outcome, Outcome::Delivered { .. }) {
-                tracing::debug!(token = %short(token), status = response.status.as_u16(),
+                tracing::debug!(token = %Redacted(token), status = response.status.as_u16(),
                     outcome = ?outcome, "FCM did not deliver");
             }
             return outcome;

@@ -13,9 +13,9 @@ use serde_json::{json, Value};
 
 use super::wire;
 use crate::model::{Notification, Priority};
+use crate::push::apns::request::DeliveryOptions;
 use crate::push::apns::wire::header as apns_header;
-use crate::push::apns::DeliveryOptions;
-use crate::push::Outcome;
+use crate::push::outcome::Outcome;
 
 #[derive(Serialize)]
 struct SendRequest<'a> {

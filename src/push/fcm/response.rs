@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::wire::{self, error_code};
+use crate::push::outcome::{retry_after, Outcome};
 use crate::push::pool::ProviderResponse;
-use crate::push::{retry_after, Outcome};
 
 #[derive(Deserialize)]
 struct ErrorEnvelope {

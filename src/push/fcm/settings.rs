@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::wire;
-use crate::push::{check_endpoint, check_pool};
+use crate::push::pool::{check_endpoint, check_pool};
 
 /// FCM HTTP v1 settings (service-account authentication).
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -17,6 +17,8 @@ pub const FCM_ERROR_TYPE: &str = "type.googleapis.com/google.firebase.fcm.v1.Fcm
 pub const BAD_REQUEST_TYPE: &str = "type.googleapis.com/google.rpc.BadRequest";
 /// The field a violation names when the registration token is at fault.
 pub const TOKEN_FIELD: &str = "message.token";
+/// Longest lifetime Google accepts for a service-account assertion (`exp - iat`).
+pub const MAX_ASSERTION_LIFETIME_SECS: i64 = 3600;
 /// Limit on the message payload (`notification` plus `data`).
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
 

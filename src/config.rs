@@ -35,9 +35,9 @@ pub struct Config {
     /// Delivery worker settings.
     pub worker: WorkerConfig,
     /// APNs provider.
-    pub apns: crate::push::ApnsConfig,
+    pub apns: crate::push::apns::ApnsConfig,
     /// FCM provider.
-    pub fcm: crate::push::FcmConfig,
+    pub fcm: crate::push::fcm::FcmConfig,
     /// Request rate limits per API key and per webhook source (per instance).
     pub rate_limits: crate::ratelimit::RateLimitConfig,
 }

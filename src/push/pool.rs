@@ -251,7 +251,7 @@ impl H2Pool {
             host,
             port,
             server_name,
-            tls: TlsConnector::from(super::tls::client_config(&config.extra_root_certs)?),
+            tls: TlsConnector::from(crate::tls::client_config(&config.extra_root_certs)?),
             connect_timeout: config.request_timeout,
             keep_idle: config.keep_idle_connections,
             counters: counters.clone(),
@@ -394,4 +394,23 @@ fn classify(e: &hyper::Error) -> ErrorClass {
         connection_level: true,
         unprocessed: false,
     }
+}
+
+/// Checks that a settings field holds an `https://host` URL.
+pub(crate) fn check_endpoint(field: &str, url: &str) -> Result<(), String> {
+    match url.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => Ok(()),
+        _ => Err(format!("{field}: must be an https:// URL")),
+    }
+}
+
+/// Checks a provider's pool size and request timeout.
+pub(crate) fn check_pool(prefix: &str, size: usize, timeout_ms: u64) -> Result<(), String> {
+    if !(1..=64).contains(&size) {
+        return Err(format!("{prefix}.pool_size: must be between 1 and 64"));
+    }
+    if timeout_ms == 0 {
+        return Err(format!("{prefix}.request_timeout_ms: must be positive"));
+    }
+    Ok(())
 }

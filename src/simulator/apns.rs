@@ -1,4 +1,4 @@
-//! The simulated APNs endpoint: `POST /3/device/{token}`.
+//! The simulated APNs endpoint: `POST /3/device/{token}`, checked the way Apple checks it.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
@@ -7,23 +7,12 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::server::{inject_faults, json_response, Handled, Injected, Received, Reply};
+use super::exchange::{json_response, Handled, Received, Reply};
+use super::faults::{self, Injected};
+use super::record::Side;
+use super::state::{now_millis, State};
 use super::tokens::{parse_apns, ApnsTestKind};
-use super::{Side, State};
-
-const PUSH_TYPES: &[&str] = &[
-    "alert",
-    "background",
-    "location",
-    "voip",
-    "complication",
-    "fileprovider",
-    "mdm",
-    "liveactivity",
-    "pushtotalk",
-    "widgets",
-];
-const MAX_JWT_AGE_SECS: i64 = 3600;
+use crate::push::apns::wire::{self, header, priority, push_type, reason};
 
 #[derive(Deserialize)]
 struct ProviderClaims {
@@ -32,10 +21,10 @@ struct ProviderClaims {
 }
 
 pub(super) async fn handle(state: &State, req: &Received) -> Handled {
-    let token = req.path.strip_prefix("/3/device/").map(str::to_string);
+    let token = req.path.strip_prefix(wire::DEVICE_PATH).map(str::to_string);
     let body = serde_json::from_slice::<Value>(&req.body).unwrap_or(Value::Null);
     let apns_id = req
-        .header("apns-id")
+        .header(header::ID)
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let reply = answer(state, req, token.as_deref(), &apns_id).await;
@@ -52,7 +41,7 @@ pub(super) async fn handle(state: &State, req: &Received) -> Handled {
             Reply::Respond(with_apns_id(json_response(status, &body), &apns_id))
         }
         Answer::Unavailable(retry_after) => {
-            let body = json!({ "reason": "ServiceUnavailable" });
+            let body = json!({ "reason": reason::SERVICE_UNAVAILABLE });
             let mut response = json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
             response
                 .headers_mut()
@@ -71,7 +60,7 @@ pub(super) async fn handle(state: &State, req: &Received) -> Handled {
 
 fn with_apns_id(mut response: Response<Full<Bytes>>, apns_id: &str) -> Response<Full<Bytes>> {
     if let Ok(value) = HeaderValue::from_str(apns_id) {
-        response.headers_mut().insert("apns-id", value);
+        response.headers_mut().insert(header::ID, value);
     }
     response
 }
@@ -90,12 +79,16 @@ fn bad(reason: &'static str) -> Answer {
 
 async fn answer(state: &State, req: &Received, token: Option<&str>, apns_id: &str) -> Answer {
     if req.method != http::Method::POST {
-        return Answer::Error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", None);
+        return Answer::Error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            reason::METHOD_NOT_ALLOWED,
+            None,
+        );
     }
     let Some(token) = token else {
-        return Answer::Error(StatusCode::NOT_FOUND, "BadPath", None);
+        return Answer::Error(StatusCode::NOT_FOUND, reason::BAD_PATH, None);
     };
-    match inject_faults(state).await {
+    match faults::inject(&state.faults()).await {
         Some(Injected::Reset) => return Answer::Reset,
         Some(Injected::Unavailable { retry_after_secs }) => {
             return Answer::Unavailable(retry_after_secs)
@@ -105,45 +98,65 @@ async fn answer(state: &State, req: &Received, token: Option<&str>, apns_id: &st
     if let Err(reason) = verify_provider_token(state, req.header("authorization")) {
         return Answer::Error(StatusCode::FORBIDDEN, reason, None);
     }
-    if req.header("apns-topic").is_none_or(str::is_empty) {
-        return bad("MissingTopic");
+    if let Err(refused) = check_request(req, token, apns_id) {
+        return refused;
     }
-    let push_type = req.header("apns-push-type").unwrap_or("alert");
-    if !PUSH_TYPES.contains(&push_type) {
-        return bad("InvalidPushType");
+    test_token_answer(state, token)
+}
+
+/// Apple's checks of headers, token and payload, in Apple's order.
+fn check_request(req: &Received, token: &str, apns_id: &str) -> Result<(), Answer> {
+    let refuse = |reason| Err(bad(reason));
+    if req.header(header::TOPIC).is_none_or(str::is_empty) {
+        return refuse(reason::MISSING_TOPIC);
+    }
+    let push_type = req.header(header::PUSH_TYPE).unwrap_or(push_type::ALERT);
+    if !push_type::ALL.contains(&push_type) {
+        return refuse(reason::INVALID_PUSH_TYPE);
     }
     if req
-        .header("apns-priority")
-        .is_some_and(|p| !matches!(p, "10" | "5" | "1"))
+        .header(header::PRIORITY)
+        .is_some_and(|p| !priority::ALL.contains(&p))
     {
-        return bad("BadPriority");
+        return refuse(reason::BAD_PRIORITY);
     }
     if req
-        .header("apns-expiration")
+        .header(header::EXPIRATION)
         .is_some_and(|e| e.parse::<u64>().is_err())
     {
-        return bad("BadExpirationDate");
+        return refuse(reason::BAD_EXPIRATION_DATE);
     }
-    if req.header("apns-collapse-id").is_some_and(|c| c.len() > 64) {
-        return bad("BadCollapseId");
+    if req
+        .header(header::COLLAPSE_ID)
+        .is_some_and(|c| c.len() > wire::MAX_COLLAPSE_ID_BYTES)
+    {
+        return refuse(reason::BAD_COLLAPSE_ID);
     }
     if uuid::Uuid::parse_str(apns_id).is_err() {
-        return bad("BadMessageId");
+        return refuse(reason::BAD_MESSAGE_ID);
     }
     if !(64..=200).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return bad("BadDeviceToken");
+        return refuse(reason::BAD_DEVICE_TOKEN);
     }
     if req.body.is_empty() {
-        return bad("PayloadEmpty");
+        return refuse(reason::PAYLOAD_EMPTY);
     }
-    let limit = if push_type == "voip" { 5120 } else { 4096 };
-    if req.body.len() > limit {
-        return Answer::Error(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", None);
+    if req.body.len() > wire::payload_limit(push_type) {
+        return Err(Answer::Error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            reason::PAYLOAD_TOO_LARGE,
+            None,
+        ));
     }
     if !serde_json::from_slice::<Value>(&req.body).is_ok_and(|v| v.is_object()) {
         // Apple has no dedicated reason for malformed JSON; it answers 400 like this.
-        return bad("BadPayload");
+        return refuse("BadPayload");
     }
+    Ok(())
+}
+
+/// The answer a test token asks for (see [`super::tokens`]); ordinary tokens are delivered.
+fn test_token_answer(state: &State, token: &str) -> Answer {
     let Some((kind, times)) = parse_apns(token) else {
         return Answer::Ok;
     };
@@ -154,26 +167,30 @@ async fn answer(state: &State, req: &Received, token: Option<&str>, apns_id: &st
         ApnsTestKind::Success => Answer::Ok,
         ApnsTestKind::Unregistered { timestamp_ms } => {
             let ts = timestamp_ms.map(|t| t as i64).unwrap_or_else(now_millis);
-            Answer::Error(StatusCode::GONE, "Unregistered", Some(ts))
+            Answer::Error(StatusCode::GONE, reason::UNREGISTERED, Some(ts))
         }
         ApnsTestKind::ExpiredToken => {
-            Answer::Error(StatusCode::GONE, "ExpiredToken", Some(now_millis()))
+            Answer::Error(StatusCode::GONE, reason::EXPIRED_TOKEN, Some(now_millis()))
         }
-        ApnsTestKind::BadDeviceToken => bad("BadDeviceToken"),
-        ApnsTestKind::DeviceTokenNotForTopic => bad("DeviceTokenNotForTopic"),
-        ApnsTestKind::TooManyRequests => {
-            Answer::Error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", None)
-        }
-        ApnsTestKind::ServiceUnavailable => {
-            Answer::Error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", None)
-        }
+        ApnsTestKind::BadDeviceToken => bad(reason::BAD_DEVICE_TOKEN),
+        ApnsTestKind::DeviceTokenNotForTopic => bad(reason::DEVICE_TOKEN_NOT_FOR_TOPIC),
+        ApnsTestKind::TooManyRequests => Answer::Error(
+            StatusCode::TOO_MANY_REQUESTS,
+            reason::TOO_MANY_REQUESTS,
+            None,
+        ),
+        ApnsTestKind::ServiceUnavailable => Answer::Error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            reason::SERVICE_UNAVAILABLE,
+            None,
+        ),
         ApnsTestKind::InternalServerError => Answer::Error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalServerError",
+            reason::INTERNAL_SERVER_ERROR,
             None,
         ),
         ApnsTestKind::ExpiredProviderToken => {
-            Answer::Error(StatusCode::FORBIDDEN, "ExpiredProviderToken", None)
+            Answer::Error(StatusCode::FORBIDDEN, reason::EXPIRED_PROVIDER_TOKEN, None)
         }
         ApnsTestKind::ConnectionReset => Answer::Reset,
     }
@@ -185,31 +202,24 @@ fn verify_provider_token(state: &State, authorization: Option<&str>) -> Result<(
         a.strip_prefix("bearer ")
             .or_else(|| a.strip_prefix("Bearer "))
     }) else {
-        return Err("MissingProviderToken");
+        return Err(reason::MISSING_PROVIDER_TOKEN);
     };
-    let header = jsonwebtoken::decode_header(jwt).map_err(|_| "InvalidProviderToken")?;
+    let header = jsonwebtoken::decode_header(jwt).map_err(|_| reason::INVALID_PROVIDER_TOKEN)?;
     if header.alg != Algorithm::ES256 || header.kid.as_deref() != Some(state.apns_key_id.as_str()) {
-        return Err("InvalidProviderToken");
+        return Err(reason::INVALID_PROVIDER_TOKEN);
     }
     let mut validation = Validation::new(Algorithm::ES256);
     validation.validate_exp = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
     let claims = jsonwebtoken::decode::<ProviderClaims>(jwt, &state.apns_key, &validation)
-        .map_err(|_| "InvalidProviderToken")?
+        .map_err(|_| reason::INVALID_PROVIDER_TOKEN)?
         .claims;
     if claims.iss != state.apns_team_id {
-        return Err("InvalidProviderToken");
+        return Err(reason::INVALID_PROVIDER_TOKEN);
     }
-    if now_millis() / 1000 - claims.iat > MAX_JWT_AGE_SECS {
-        return Err("ExpiredProviderToken");
+    if now_millis() / 1000 - claims.iat > wire::MAX_PROVIDER_TOKEN_AGE_SECS {
+        return Err(reason::EXPIRED_PROVIDER_TOKEN);
     }
     Ok(())
-}
-
-pub(super) fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

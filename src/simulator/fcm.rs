@@ -1,24 +1,25 @@
-//! The simulated FCM HTTP v1 endpoint and its OAuth2 token endpoint.
+//! The simulated FCM HTTP v1 endpoint, `POST /v1/projects/{project}/messages:send`; token
+//! requests on the same port go to [`oauth`].
 
 use http::{HeaderValue, StatusCode};
-use jsonwebtoken::{Algorithm, Validation};
-use rand::distributions::{Alphanumeric, DistString};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::apns::now_millis;
-use super::server::{inject_faults, json_response, Handled, Injected, Received, Reply};
+use super::exchange::{json_response, Handled, Received, Reply};
+use super::faults::{self, Injected};
+use super::oauth::{self, TOKEN_PATH};
+use super::record::Side;
+use super::state::{now_millis, State};
 use super::tokens::{parse_fcm, FcmTestKind};
-use super::{Side, State};
-use crate::push::fcm::{BAD_REQUEST_TYPE, FCM_ERROR_TYPE, MAX_PAYLOAD_BYTES, SCOPE};
+use crate::push::fcm::wire::{
+    self, error_code, BAD_REQUEST_TYPE, FCM_ERROR_TYPE, MAX_PAYLOAD_BYTES, TOKEN_FIELD,
+};
 
-const JWT_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// `Retry-After` seconds on a `QUOTA_EXCEEDED` test token.
 pub const QUOTA_RETRY_AFTER_SECS: u64 = 2;
 
 pub(super) async fn handle(state: &State, req: &Received) -> Handled {
-    if req.path == "/token" || req.path.starts_with("/token?") {
-        return token_endpoint(state, req);
+    if req.path.split('?').next() == Some(TOKEN_PATH) {
+        return oauth::handle(state, req);
     }
     let body = serde_json::from_slice::<Value>(&req.body).unwrap_or(Value::Null);
     let token = body["message"]["token"].as_str().map(str::to_string);
@@ -31,14 +32,8 @@ pub(super) async fn handle(state: &State, req: &Received) -> Handled {
     }
 }
 
-fn project_of(path: &str) -> Option<&str> {
-    path.strip_prefix("/v1/projects/")?
-        .strip_suffix("/messages:send")
-        .filter(|p| !p.is_empty() && !p.contains('/'))
-}
-
 async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) -> Reply {
-    let Some(project) = project_of(&req.path) else {
+    let Some(project) = wire::project_of(&req.path) else {
         return rpc_error(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
@@ -56,7 +51,7 @@ async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) 
             vec![],
         );
     }
-    match inject_faults(state).await {
+    match faults::inject(&state.faults()).await {
         Some(Injected::Reset) => return Reply::Reset,
         Some(Injected::Unavailable { retry_after_secs }) => {
             return with_retry_after(
@@ -64,7 +59,7 @@ async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) 
                     StatusCode::SERVICE_UNAVAILABLE,
                     "UNAVAILABLE",
                     "The service is currently unavailable.",
-                    Some("UNAVAILABLE"),
+                    Some(error_code::UNAVAILABLE),
                     vec![],
                 ),
                 retry_after_secs,
@@ -94,25 +89,8 @@ async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) 
     let Some(message) = body.get("message").and_then(Value::as_object) else {
         return invalid_argument("Invalid JSON payload received.", None);
     };
-    if let Some(data) = message.get("data") {
-        let Some(data) = data.as_object() else {
-            return invalid_argument("Invalid value at 'message.data'", Some("message.data"));
-        };
-        if let Some((i, _)) = data.values().enumerate().find(|(_, v)| !v.is_string()) {
-            let field = format!("message.data[{i}].value");
-            return invalid_argument(
-                &format!("Invalid value at '{field}' (TYPE_STRING)"),
-                Some(&field),
-            );
-        }
-    }
-    let counted: usize = ["notification", "data"]
-        .iter()
-        .filter_map(|key| message.get(*key))
-        .map(|v| v.to_string().len())
-        .sum();
-    if counted > MAX_PAYLOAD_BYTES {
-        return invalid_argument("Message is too big", None);
+    if let Some(refused) = refuse_message(message) {
+        return refused;
     }
     let Some(token) = token else {
         if message.contains_key("topic") || message.contains_key("condition") {
@@ -127,6 +105,39 @@ async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) 
     if !well_formed {
         return invalid_token();
     }
+    test_token_reply(state, token)
+}
+
+/// Google's checks of the message (string data values, payload size): the refusal, if any.
+fn refuse_message(message: &serde_json::Map<String, Value>) -> Option<Reply> {
+    if let Some(data) = message.get("data") {
+        let Some(data) = data.as_object() else {
+            return Some(invalid_argument(
+                "Invalid value at 'message.data'",
+                Some("message.data"),
+            ));
+        };
+        if let Some((i, _)) = data.values().enumerate().find(|(_, v)| !v.is_string()) {
+            let field = format!("message.data[{i}].value");
+            return Some(invalid_argument(
+                &format!("Invalid value at '{field}' (TYPE_STRING)"),
+                Some(&field),
+            ));
+        }
+    }
+    let counted: usize = ["notification", "data"]
+        .iter()
+        .filter_map(|key| message.get(*key))
+        .map(|v| v.to_string().len())
+        .sum();
+    if counted > MAX_PAYLOAD_BYTES {
+        return Some(invalid_argument("Message is too big", None));
+    }
+    None
+}
+
+/// The answer a test token asks for (see [`super::tokens`]); ordinary tokens are delivered.
+fn test_token_reply(state: &State, token: &str) -> Reply {
     let Some((kind, times)) = parse_fcm(token) else {
         return success(state);
     };
@@ -139,14 +150,14 @@ async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) 
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
             "Requested entity was not found.",
-            Some("UNREGISTERED"),
+            Some(error_code::UNREGISTERED),
             vec![],
         ),
         FcmTestKind::SenderIdMismatch => rpc_error(
             StatusCode::FORBIDDEN,
             "PERMISSION_DENIED",
             "SenderId mismatch",
-            Some("SENDER_ID_MISMATCH"),
+            Some(error_code::SENDER_ID_MISMATCH),
             vec![],
         ),
         FcmTestKind::InvalidArgument => invalid_token(),
@@ -155,7 +166,7 @@ async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) 
                 StatusCode::TOO_MANY_REQUESTS,
                 "RESOURCE_EXHAUSTED",
                 "Quota exceeded for sending messages to this device.",
-                Some("QUOTA_EXCEEDED"),
+                Some(error_code::QUOTA_EXCEEDED),
                 vec![],
             ),
             QUOTA_RETRY_AFTER_SECS,
@@ -164,14 +175,14 @@ async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) 
             StatusCode::SERVICE_UNAVAILABLE,
             "UNAVAILABLE",
             "The service is currently unavailable.",
-            Some("UNAVAILABLE"),
+            Some(error_code::UNAVAILABLE),
             vec![],
         ),
         FcmTestKind::Internal => rpc_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL",
             "Internal error encountered.",
-            Some("INTERNAL"),
+            Some(error_code::INTERNAL),
             vec![],
         ),
         FcmTestKind::ConnectionReset => Reply::Reset,
@@ -189,7 +200,7 @@ fn success(state: &State) -> Reply {
 fn invalid_token() -> Reply {
     invalid_argument(
         "The registration token is not a valid FCM registration token",
-        Some("message.token"),
+        Some(TOKEN_FIELD),
     )
 }
 
@@ -206,7 +217,7 @@ fn invalid_argument(message: &str, field: Option<&str>) -> Reply {
         StatusCode::BAD_REQUEST,
         "INVALID_ARGUMENT",
         message,
-        Some("INVALID_ARGUMENT"),
+        Some(error_code::INVALID_ARGUMENT),
         extra,
     )
 }
@@ -254,119 +265,5 @@ fn access_token_valid(state: &State, authorization: Option<&str>) -> bool {
     }) else {
         return false;
     };
-    let now = now_millis() / 1000;
-    let tokens = state
-        .access_tokens
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    tokens.get(token).is_some_and(|expires| now < *expires)
-}
-
-#[derive(Deserialize)]
-struct AssertionClaims {
-    iss: String,
-    scope: String,
-    aud: String,
-    iat: i64,
-    exp: i64,
-}
-
-fn token_endpoint(state: &State, req: &Received) -> Handled {
-    let form: Vec<(String, String)> = form_urlencoded::parse(&req.body).into_owned().collect();
-    let field = |name: &str| {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let body = Value::Object(
-        form.iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
-    );
-    let reply = if req.method != http::Method::POST {
-        oauth_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request",
-            "POST only",
-        )
-    } else if field("grant_type") != Some(JWT_GRANT) {
-        oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "Invalid grant_type",
-        )
-    } else {
-        match field("assertion").map(|a| verify_assertion(state, a)) {
-            None => oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "Missing assertion",
-            ),
-            Some(Err(why)) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", why),
-            Some(Ok(())) => issue_access_token(state),
-        }
-    };
-    Handled {
-        side: Side::Token,
-        token: None,
-        body,
-        reply,
-    }
-}
-
-fn verify_assertion(state: &State, assertion: &str) -> Result<(), &'static str> {
-    let mut validation = Validation::new(Algorithm::RS256);
-    validation.validate_aud = false;
-    validation.leeway = 60;
-    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud"]);
-    let claims = jsonwebtoken::decode::<AssertionClaims>(assertion, &state.fcm_key, &validation)
-        .map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe",
-            _ => "Invalid JWT Signature.",
-        })?
-        .claims;
-    if claims.iss != state.fcm_client_email {
-        return Err("Invalid JWT: unknown issuer");
-    }
-    if !claims.scope.split_whitespace().any(|s| s == SCOPE) {
-        return Err("Invalid OAuth scope or ID token audience provided.");
-    }
-    let aud_is_token_uri = claims
-        .aud
-        .parse::<http::Uri>()
-        .is_ok_and(|u| u.scheme_str() == Some("https") && u.path() == "/token");
-    if !aud_is_token_uri {
-        return Err("Invalid JWT: audience must be the token endpoint");
-    }
-    let now = now_millis() / 1000;
-    if claims.exp - claims.iat > 3600 || claims.iat > now + 60 {
-        return Err(
-            "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe",
-        );
-    }
-    Ok(())
-}
-
-fn issue_access_token(state: &State) -> Reply {
-    let token = format!(
-        "ya29.sim-{}",
-        Alphanumeric.sample_string(&mut rand::thread_rng(), 48)
-    );
-    let ttl = state.access_token_ttl_secs;
-    state
-        .access_tokens
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(token.clone(), now_millis() / 1000 + ttl as i64);
-    Reply::Respond(json_response(
-        StatusCode::OK,
-        &json!({ "access_token": token, "expires_in": ttl, "token_type": "Bearer" }),
-    ))
-}
-
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Reply {
-    Reply::Respond(json_response(
-        status,
-        &json!({ "error": error, "error_description": description }),
-    ))
+    state.access_token_valid(token, now_millis() / 1000)
 }

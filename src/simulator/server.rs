@@ -1,15 +1,14 @@
-//! TLS listeners and per-connection handling (GOAWAY and reset faults live here).
+//! TLS listeners and per-connection handling (GOAWAY and reset faults live here); each
+//! request is read, handed to its side's endpoint, recorded and answered.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -18,7 +17,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
-use super::{injected_delay, RecordedRequest, Side, State};
+use super::exchange::{json_response, Received, Reply};
+use super::record::RecordedRequest;
+use super::state::State;
+use crate::push::apns::wire::reason;
 
 /// Requests larger than this are not provider requests; refuse to buffer them.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -32,88 +34,11 @@ pub(super) enum Service {
 }
 
 /// Per-connection controls shared with the request handlers.
-pub(super) struct Conn {
-    pub id: u64,
+struct Conn {
+    id: u64,
     streams: AtomicU64,
     kill: Notify,
     goaway: Notify,
-}
-
-/// A request with its body read.
-pub(super) struct Received {
-    pub method: http::Method,
-    pub path: String,
-    pub version: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Received {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-/// What a handler decided.
-pub(super) enum Reply {
-    Respond(Response<Full<Bytes>>),
-    /// Close the connection without answering.
-    Reset,
-}
-
-/// A handler's answer plus what to record about it.
-pub(super) struct Handled {
-    pub side: Side,
-    pub token: Option<String>,
-    pub body: serde_json::Value,
-    pub reply: Reply,
-}
-
-/// The fault (if any) injected into one message send.
-pub(super) enum Injected {
-    Reset,
-    Unavailable { retry_after_secs: u64 },
-}
-
-/// Applies latency, then decides whether this send is reset or refused.
-pub(super) async fn inject_faults(state: &State) -> Option<Injected> {
-    let faults = state.faults();
-    injected_delay(&faults).await;
-    if faults.reset_probability > 0.0 && rand::random::<f64>() < faults.reset_probability {
-        return Some(Injected::Reset);
-    }
-    if faults.error_rate > 0.0 && rand::random::<f64>() < faults.error_rate {
-        return Some(Injected::Unavailable {
-            retry_after_secs: faults.retry_after_secs,
-        });
-    }
-    None
-}
-
-/// A JSON response.
-pub(super) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// A TLS acceptor offering `alpn`; clients without ALPN are accepted too.
-pub(super) fn acceptor(cert: &Path, key: &Path, alpn: &[&[u8]]) -> anyhow::Result<TlsAcceptor> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            crate::tls::load_certs(cert).context("simulator cert_path")?,
-            crate::tls::load_key(key).context("simulator key_path")?,
-        )
-        .context("building the simulator TLS config")?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Accepts connections until `stop` fires (or its sender is dropped).
@@ -174,7 +99,7 @@ async fn connection(
         kill: Notify::new(),
         goaway: Notify::new(),
     });
-    state.connections.fetch_add(1, Ordering::Relaxed);
+    state.connection_accepted();
     let svc = {
         let conn = conn.clone();
         hyper::service::service_fn(move |req| handle(service, state.clone(), conn.clone(), req))
@@ -234,7 +159,7 @@ async fn handle(
         Err(_) => {
             return Ok(json_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &serde_json::json!({"reason": "PayloadTooLarge"}),
+                &serde_json::json!({ "reason": reason::PAYLOAD_TOO_LARGE }),
             ))
         }
     };

@@ -1,0 +1,130 @@
+//! FCM response mapping: `google.rpc.Status` errors with an `FcmError` detail to a neutral
+//! [`Outcome`].
+
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::wire::{self, error_code};
+use crate::push::outcome::{retry_after, Outcome};
+use crate::push::pool::ProviderResponse;
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: RpcStatus,
+}
+
+#[derive(Deserialize)]
+struct RpcStatus {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    details: Vec<Value>,
+}
+
+impl RpcStatus {
+    fn fcm_error_code(&self) -> Option<&str> {
+        self.details
+            .iter()
+            .find(|d| d["@type"] == wire::FCM_ERROR_TYPE)
+            .and_then(|d| d["errorCode"].as_str())
+    }
+
+    /// Whether an INVALID_ARGUMENT is about the registration token (not the payload).
+    fn blames_token(&self) -> bool {
+        let field_is_token = self
+            .details
+            .iter()
+            .filter(|d| d["@type"] == wire::BAD_REQUEST_TYPE)
+            .filter_map(|d| d["fieldViolations"].as_array())
+            .flatten()
+            .any(|v| v["field"] == wire::TOKEN_FIELD);
+        let message_says_token = self
+            .message
+            .as_deref()
+            .is_some_and(|m| m.to_ascii_lowercase().contains("registration token"));
+        field_is_token || message_says_token
+    }
+}
+
+/// Maps an FCM response to an [`Outcome`] (Google's table in DESIGN.md).
+pub fn map_response(response: &ProviderResponse) -> Outcome {
+    let status = response.status;
+    if status.is_success() {
+        let name = serde_json::from_slice::<Value>(&response.body)
+            .ok()
+            .and_then(|v| v["name"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        return Outcome::Delivered { provider_id: name };
+    }
+    let rpc = serde_json::from_slice::<ErrorEnvelope>(&response.body)
+        .ok()
+        .map(|e| e.error);
+    let code = rpc
+        .as_ref()
+        .and_then(|r| r.fcm_error_code().or(r.status.as_deref()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
+    let retry = |reason: String| Outcome::Retry {
+        after: retry_after(&response.headers),
+        reason,
+    };
+    match code.as_str() {
+        error_code::UNREGISTERED | error_code::SENDER_ID_MISMATCH => Outcome::InvalidToken {
+            reason: code,
+            timestamp: None,
+        },
+        error_code::INVALID_ARGUMENT if rpc.as_ref().is_some_and(RpcStatus::blames_token) => {
+            Outcome::InvalidToken {
+                reason: code,
+                timestamp: None,
+            }
+        }
+        error_code::QUOTA_EXCEEDED | error_code::UNAVAILABLE | error_code::INTERNAL => retry(code),
+        _ if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => retry(code),
+        _ => Outcome::Failed { reason: code },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::HeaderMap;
+    use serde_json::json;
+    use wire::FCM_ERROR_TYPE;
+
+    fn response(status: u16, body: Value) -> ProviderResponse {
+        ProviderResponse {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    #[test]
+    fn invalid_argument_prunes_only_when_about_the_token() {
+        let about_token = response(
+            400,
+            json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                "message": "The registration token is not a valid FCM registration token",
+                "details": [{"@type": FCM_ERROR_TYPE, "errorCode": "INVALID_ARGUMENT"}]}}),
+        );
+        assert!(matches!(
+            map_response(&about_token),
+            Outcome::InvalidToken { .. }
+        ));
+        let about_payload = response(
+            400,
+            json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                "message": "Invalid value at 'message.android.ttl'",
+                "details": [{"@type": FCM_ERROR_TYPE, "errorCode": "INVALID_ARGUMENT"}]}}),
+        );
+        assert_eq!(
+            map_response(&about_payload),
+            Outcome::failed("INVALID_ARGUMENT")
+        );
+    }
+}

@@ -1,0 +1,114 @@
+//! The neutral result of one send, which the pipeline acts on without seeing a provider
+//! string, and the `Retry-After` parsing both providers' response mapping shares.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::pool::TransportError;
+
+/// What happened to one send, as the pipeline needs to act on it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The provider accepted the notification.
+    Delivered {
+        /// `apns-id` or the FCM message name.
+        provider_id: String,
+    },
+    /// The token is dead: prune the device (unless it registered again after `timestamp`).
+    InvalidToken {
+        /// Provider reason, e.g. `Unregistered` or `UNREGISTERED`.
+        reason: String,
+        /// Unix millis from an APNs 410: when the token was last known to be invalid.
+        timestamp: Option<i64>,
+    },
+    /// A transient failure: try again later, no earlier than `after` when given.
+    Retry {
+        /// The provider's `Retry-After`, when it sent one (serialized as `after_ms`).
+        #[serde(rename = "after_ms", serialize_with = "serialize_millis")]
+        after: Option<Duration>,
+        /// Provider reason or transport failure.
+        reason: String,
+    },
+    /// A permanent failure for this notification: dead-letter it.
+    Failed {
+        /// Provider reason, e.g. `PayloadTooLarge`.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// A permanent failure for `reason`.
+    pub(crate) fn failed(reason: &str) -> Self {
+        Self::Failed {
+            reason: reason.into(),
+        }
+    }
+
+    /// A retry after a request that got no HTTP response (connect, timeout, reset).
+    pub(crate) fn transport_retry(e: &TransportError) -> Self {
+        Self::Retry {
+            after: None,
+            reason: e.reason().into(),
+        }
+    }
+}
+
+fn serialize_millis<S: serde::Serializer>(
+    value: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(d) => serializer.serialize_some(&(d.as_millis() as u64)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Parses `Retry-After` as delay seconds or an HTTP date.
+pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_accepts_seconds_and_dates() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::RETRY_AFTER, "30".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(30)));
+        let later = SystemTime::now() + Duration::from_secs(120);
+        headers.insert(
+            http::header::RETRY_AFTER,
+            httpdate::fmt_http_date(later).parse().unwrap(),
+        );
+        let parsed = retry_after(&headers).unwrap();
+        assert!(parsed > Duration::from_secs(100) && parsed <= Duration::from_secs(120));
+    }
+
+    #[test]
+    fn outcomes_serialize_flat_with_millis() {
+        let retry = Outcome::Retry {
+            after: Some(Duration::from_secs(2)),
+            reason: "UNAVAILABLE".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&retry).unwrap(),
+            serde_json::json!({"outcome": "retry", "after_ms": 2000, "reason": "UNAVAILABLE"})
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! Injected misbehaviour: latency, random 503s, dropped connections and early GOAWAY.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Injected misbehaviour, changeable while running with
+/// [`SimulatorHandle::set_faults`](super::SimulatorHandle::set_faults).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Fraction (0–1) of sends answered 503 with `Retry-After`.
+    pub error_rate: f64,
+    /// `Retry-After` seconds on injected 503s.
+    pub retry_after_secs: u64,
+    /// Delay added to every send.
+    pub latency_ms: u64,
+    /// Fraction (0–1) of sends that get `spike_latency_ms` more.
+    pub spike_probability: f64,
+    /// Extra delay of a spike.
+    pub spike_latency_ms: u64,
+    /// Fraction (0–1) of sends whose connection is closed without an answer.
+    pub reset_probability: f64,
+    /// Send GOAWAY (graceful) after this many streams on a connection.
+    pub goaway_after_streams: Option<u64>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            error_rate: 0.0,
+            retry_after_secs: 1,
+            latency_ms: 0,
+            spike_probability: 0.0,
+            spike_latency_ms: 0,
+            reset_probability: 0.0,
+            goaway_after_streams: None,
+        }
+    }
+}
+
+impl Faults {
+    /// Checks ranges, naming the bad field.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, p) in [
+            ("error_rate", self.error_rate),
+            ("spike_probability", self.spike_probability),
+            ("reset_probability", self.reset_probability),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("faults.{name}: must be between 0 and 1"));
+            }
+        }
+        if self.goaway_after_streams == Some(0) {
+            return Err("faults.goaway_after_streams: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The fault (if any) injected into one message send.
+pub(super) enum Injected {
+    Reset,
+    Unavailable { retry_after_secs: u64 },
+}
+
+/// Applies latency, then decides whether this send is reset or refused.
+pub(super) async fn inject(faults: &Faults) -> Option<Injected> {
+    delay(faults).await;
+    if faults.reset_probability > 0.0 && rand::random::<f64>() < faults.reset_probability {
+        return Some(Injected::Reset);
+    }
+    if faults.error_rate > 0.0 && rand::random::<f64>() < faults.error_rate {
+        return Some(Injected::Unavailable {
+            retry_after_secs: faults.retry_after_secs,
+        });
+    }
+    None
+}
+
+/// Sleeps for the configured latency, plus a spike now and then.
+async fn delay(faults: &Faults) {
+    let mut delay = faults.latency_ms;
+    if faults.spike_probability > 0.0 && rand::random::<f64>() < faults.spike_probability {
+        delay += faults.spike_latency_ms;
+    }
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_outside_their_range_are_rejected() {
+        let faults = Faults {
+            reset_probability: 1.5,
+            ..Faults::default()
+        };
+        assert_eq!(
+            faults.validate().unwrap_err(),
+            "faults.reset_probability: must be between 0 and 1"
+        );
+    }
+}

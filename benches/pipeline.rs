@@ -6,7 +6,8 @@
 //! - ingest: signed webhooks accepted per second against an unsigned, no-store endpoint of
 //!   the same binary, plus latency at a fixed 5k/s.
 //!
-//! `cargo bench --bench pipeline -- --sizes 1000,10000,100000 [--ingest-secs 10]`
+//! `cargo bench --bench pipeline -- --sizes 1000,10000,100000 [--ingest-secs 10]
+//! [--h2load-requests 500000] [--only delivery|ingest]`
 //! `DATABASE_URL=postgres://...` adds a PostgreSQL column. See docs/BENCHMARKS.md.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use clap::{Parser, ValueEnum};
 use pushbridge::config::Config;
 use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
@@ -23,49 +25,34 @@ use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKin
 use pushbridge::store::{now_ms, DeviceRegistration};
 use serde_json::json;
 
+/// The benchmark's flags; a missing or malformed value is an error, not a default.
+#[derive(Parser, Debug)]
+#[command(about = "End-to-end delivery and ingest benchmarks")]
 struct Args {
+    /// Fan-out sizes to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
     sizes: Vec<u64>,
+    /// Seconds each ingest measurement runs.
+    #[arg(long, default_value_t = 10)]
     ingest_secs: u64,
+    /// Requests h2load sends to measure the simulator's raw capacity.
+    #[arg(long, default_value_t = 500_000)]
     h2load_requests: u64,
-    /// `delivery`, `ingest` or both (default).
-    only: Option<String>,
+    /// Run only this part (default: both).
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
-fn args() -> Args {
-    let mut a = Args {
-        sizes: vec![1_000, 10_000, 100_000],
-        ingest_secs: 10,
-        h2load_requests: 500_000,
-        only: None,
-    };
-    let argv: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < argv.len() {
-        match argv[i].as_str() {
-            "--sizes" => {
-                a.sizes = argv[i + 1]
-                    .split(',')
-                    .filter_map(|s| s.parse().ok())
-                    .collect();
-                i += 1;
-            }
-            "--ingest-secs" => {
-                a.ingest_secs = argv[i + 1].parse().unwrap_or(10);
-                i += 1;
-            }
-            "--only" => {
-                a.only = Some(argv[i + 1].clone());
-                i += 1;
-            }
-            "--h2load-requests" => {
-                a.h2load_requests = argv[i + 1].parse().unwrap_or(500_000);
-                i += 1;
-            }
-            _ => {} // cargo bench passes --bench
-        }
-        i += 1;
-    }
-    a
+/// A part of the benchmark that `--only` selects.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// One event fanned out to N devices.
+    Delivery,
+    /// Signed webhooks accepted per second.
+    Ingest,
 }
 
 fn certs() -> PathBuf {
@@ -572,7 +559,7 @@ async fn ingest(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = args();
+    let args = Args::parse();
     let mut backends = vec!["sqlite"];
     if std::env::var("DATABASE_URL").is_ok_and(|u| u.starts_with("postgres")) {
         backends.push("postgres");
@@ -582,8 +569,8 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    let run = |part: &str| args.only.as_deref().is_none_or(|o| o == part);
-    let raw = if run("delivery") {
+    let run = |part: Part| args.only.is_none_or(|o| o == part);
+    let raw = if run(Part::Delivery) {
         h2load_raw(args.h2load_requests).await?
     } else {
         None
@@ -601,7 +588,7 @@ async fn main() -> anyhow::Result<()> {
         None => println!("simulator raw capacity: not measured (h2load missing)\n"),
     }
 
-    if run("delivery") {
+    if run(Part::Delivery) {
         println!("## Delivery: one event to N devices (half APNs, half FCM), TLS HTTP/2 through the simulator\n");
         println!("| backend | devices | total s | fan-out s | notifications/s | bridge/raw | p50 ms | p99 ms | bridge peak RSS MB | bridge CPU µs/notif. | simulator CPU µs/notif. |");
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -626,7 +613,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    if !run("ingest") {
+    if !run(Part::Ingest) {
         return Ok(());
     }
     println!("\n## Ingest: signed Standard Webhooks, 202 after the event is committed\n");

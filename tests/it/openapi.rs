@@ -1,11 +1,9 @@
 //! The OpenAPI document at `/openapi.json`: it lists exactly the routes the app serves, and
 //! the schemas it documents agree with what the API accepts and answers.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{apns_token, user_proof, Db, TestApp};
+use crate::harness::{apns_token, user_proof, Db, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -500,7 +498,7 @@ async fn documented_schemas_match_the_api(db: Db) {
         .call(
             Method::GET,
             "/v1/admin/apps",
-            Some(common::OPERATOR_KEY),
+            Some(crate::harness::OPERATOR_KEY),
             None,
         )
         .await;
@@ -585,7 +583,7 @@ async fn documented_constraints_are_what_the_server_enforces(db: Db) {
         "ab".repeat(101),
         format!("{}a", "ab".repeat(40)),
         "zz".repeat(32),
-        common::fcm_token("x"),
+        crate::harness::fcm_token("x"),
         "a".repeat(99),
         format!("{}!", "a".repeat(120)),
         "0".into(),
@@ -748,7 +746,7 @@ async fn documented_constraints_are_what_the_server_enforces(db: Db) {
     for platform in schema(&doc, "Platform")["enum"].as_array().expect("enum") {
         let sample = match platform.as_str() {
             Some("apns") => apns_token(3),
-            Some("fcm") => common::fcm_token("p"),
+            Some("fcm") => crate::harness::fcm_token("p"),
             other => panic!("undocumented platform {other:?}"),
         };
         let status = put_device(&t, key, &sample, json!({"platform": platform})).await;

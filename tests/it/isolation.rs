@@ -1,9 +1,7 @@
 //! Tenant isolation on every endpoint of the README's API tables, the client key's limits, the
 //! operator surface's closure to app keys, and SQL built only from bound parameters.
 
-mod common;
-
-use common::{proven, simulator, Db, TestApp, OPERATOR_KEY};
+use crate::harness::{proven, simulator, Db, TestApp, OPERATOR_KEY};
 use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};

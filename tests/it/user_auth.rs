@@ -1,9 +1,7 @@
 //! User identity verification: a client key (public, inside every copy of the mobile app)
 //! sets or changes a device's user id only with a proof from the app's backend.
 
-mod common;
-
-use common::{apns_token, fcm_token, user_proof, Db, TestApp};
+use crate::harness::{apns_token, fcm_token, user_proof, Db, TestApp};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use pushbridge::store::NewApp;
 use reqwest::Method;

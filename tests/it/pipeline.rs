@@ -1,11 +1,9 @@
 //! The delivery pipeline end to end: webhook or direct send → rules → fan-out → worker →
 //! simulator over TLS HTTP/2 → outcome, retry, pruning, callbacks.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
-use common::{proven, simulator, Db, TestApp};
+use crate::harness::{proven, simulator, Db, TestApp};
 use pushbridge::signature::Scheme;
 use pushbridge::signature::{sign, verify};
 use pushbridge::simulator::tokens::{

@@ -2,13 +2,11 @@
 //! a fan-out and in the middle of webhook ingest, then restarted on the same database. Nothing
 //! that was accepted may be lost, and duplicates are bounded by the jobs in flight at the kill.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{bridge_env, open_store, simulator, BridgeProcess, Db};
+use crate::harness::{bridge_env, open_store, simulator, BridgeProcess, Db};
 use pushbridge::model::{EventStatus, JobStatus};
 use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;

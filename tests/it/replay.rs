@@ -1,9 +1,7 @@
 //! Replaying a dead letter never sends something that was not rendered: a job whose template
 //! failed is rendered again, and stays dead with the reason when it still fails.
 
-mod common;
-
-use common::{simulator, Db, TestApp, OPERATOR_KEY};
+use crate::harness::{simulator, Db, TestApp, OPERATOR_KEY};
 use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};
 use pushbridge::simulator::{Side, SimulatorHandle};
 use reqwest::Method;

@@ -1,8 +1,6 @@
 //! Device registry API: registration round trip, validation, auth and app isolation.
 
-mod common;
-
-use common::{apns_token, fcm_token, proven, Db, TestApp};
+use crate::harness::{apns_token, fcm_token, proven, Db, TestApp};
 use reqwest::Method;
 use serde_json::json;
 
@@ -389,7 +387,7 @@ backend_tests!(
 );
 
 async fn the_listener_serves_https_when_tls_is_configured(db: Db) {
-    let certs = common::certs_dir();
+    let certs = crate::harness::certs_dir();
     let t = TestApp::spawn_with(db, |c| {
         c.tls = Some(pushbridge::config::TlsConfig {
             cert_path: certs.join("server.pem"),

@@ -1,11 +1,9 @@
 //! Bounded rendering: one app's expensive template fails on its own devices, is refused at
 //! save time when it cannot finish even without data, and never delays another app's push.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{simulator, Db, TestApp};
+use crate::harness::{simulator, Db, TestApp};
 use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};
 use reqwest::Method;
 use serde_json::{json, Value};

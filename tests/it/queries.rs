@@ -1,9 +1,7 @@
 //! Read endpoints: event lists carry their delivery counts, a list refuses another list's
 //! cursor, and stats name only apps that exist.
 
-mod common;
-
-use common::{apns_token, simulator, Db, TestApp};
+use crate::harness::{apns_token, simulator, Db, TestApp};
 use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};
 use pushbridge::store::NewApp;
 use reqwest::Method;
@@ -15,7 +13,7 @@ async fn register(t: &TestApp, app: &NewApp, token: &str, user: &str) {
             Method::PUT,
             &format!("/v1/devices/{token}"),
             Some(&app.client_key),
-            Some(common::proven(
+            Some(crate::harness::proven(
                 app,
                 json!({"platform": "apns", "user_id": user}),
             )),
@@ -186,7 +184,7 @@ async fn user_devices_refuse_a_cursor_from_elsewhere(db: Db) {
 async fn stats_of_an_unknown_app_is_not_found(db: Db) {
     let t = TestApp::spawn(db).await;
     let app = t.new_app().await;
-    let operator = Some(common::OPERATOR_KEY);
+    let operator = Some(crate::harness::OPERATOR_KEY);
     let (status, body) = t
         .call(Method::GET, "/v1/stats?app_id=app_nope", operator, None)
         .await;

@@ -3,76 +3,15 @@
 //! refused before they are sent, the backlog holds a burst, and stopping lets in-flight
 //! requests finish.
 
-mod common;
-
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{apns_token, certs_dir, Db, TestApp};
+use crate::harness::wire::{
+    connect, error_code, read_response, read_until_closed, tls_connect, PROMPTLY,
+};
+use crate::harness::{apns_token, certs_dir, Db, TestApp};
 use pushbridge::config::Config;
-use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Generous bound for "closed promptly" on a noisy two-core machine.
-const PROMPTLY: Duration = Duration::from_secs(8);
-
-async fn connect(t: &TestApp) -> TcpStream {
-    TcpStream::connect(t.running().addr).await.expect("connect")
-}
-
-/// Reads until the peer closes; returns everything read and how long it took, or None if the
-/// connection was still open after `limit`.
-async fn read_until_closed<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    limit: Duration,
-) -> Option<(Vec<u8>, Duration)> {
-    let started = Instant::now();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout_at((started + limit).into(), stream.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some((out, started.elapsed())),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-/// Reads one HTTP/1.1 response with a Content-Length body; returns status, lowercased head and
-/// body.
-async fn read_response<S: AsyncRead + Unpin>(stream: &mut S) -> (u16, String, Vec<u8>) {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(split) = out.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&out[..split]).to_ascii_lowercase();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if out.len() >= split + 4 + length {
-                let status = head
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .expect("status");
-                return (status, head, out[split + 4..split + 4 + length].to_vec());
-            }
-        }
-        let n = tokio::time::timeout(PROMPTLY, stream.read(&mut buf))
-            .await
-            .expect("response in time")
-            .expect("read");
-        assert!(
-            n > 0,
-            "closed before a full response: {:?}",
-            String::from_utf8_lossy(&out)
-        );
-        out.extend_from_slice(&buf[..n]);
-    }
-}
 
 async fn get_healthz<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> u16 {
     stream
@@ -80,15 +19,6 @@ async fn get_healthz<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> u16 {
         .await
         .expect("write");
     read_response(stream).await.0
-}
-
-fn error_code(body: &[u8]) -> String {
-    let json: Value = serde_json::from_slice(body)
-        .unwrap_or_else(|_| panic!("JSON error body: {:?}", String::from_utf8_lossy(body)));
-    json["error"]["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn short_timeouts(c: &mut Config) {
@@ -370,27 +300,6 @@ backend_tests!(
     an_in_flight_request_finishes_when_the_bridge_stops,
 );
 
-/// A TLS client that trusts the test CA, offering `alpn`.
-async fn tls_connect(t: &TestApp, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(certs_dir().join("ca.pem")).expect("ca");
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.expect("cert")).expect("add");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, connect(t).await)
-        .await
-        .expect("TLS handshake")
-}
-
 #[tokio::test]
 async fn the_tls_listener_applies_the_same_timeouts() {
     let certs = certs_dir();
@@ -409,17 +318,17 @@ async fn the_tls_listener_applies_the_same_timeouts() {
         "a stalled TLS handshake is cut off"
     );
     // Handshake done, but no request follows.
-    let mut quiet = tls_connect(&t, &[b"http/1.1"]).await;
+    let mut quiet = tls_connect(t.running().addr, &[b"http/1.1"]).await;
     assert!(
         read_until_closed(&mut quiet, PROMPTLY).await.is_some(),
         "no request head after the handshake"
     );
     // HTTP/1.1 over TLS: served, then closed when idle.
-    let mut h1 = tls_connect(&t, &[b"http/1.1"]).await;
+    let mut h1 = tls_connect(t.running().addr, &[b"http/1.1"]).await;
     assert_eq!(get_healthz(&mut h1).await, 200);
     assert!(read_until_closed(&mut h1, PROMPTLY).await.is_some(), "idle");
     // HTTP/2 over TLS: served, then the idle connection is closed (GOAWAY).
-    let h2 = tls_connect(&t, &[b"h2"]).await;
+    let h2 = tls_connect(t.running().addr, &[b"h2"]).await;
     assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),

@@ -1,5 +1,11 @@
-//! Test harness: the real app on port 0 against a real SQLite file.
-#![allow(dead_code)]
+//! The one test harness: the real app on port 0 against a fresh SQLite file or PostgreSQL
+//! database, the simulator with the repository's test credentials, and the helpers the test
+//! modules share. `process` runs the real binary as a child; `wire` talks raw TCP and TLS.
+
+pub mod process;
+pub mod wire;
+
+pub use process::{bridge_env, open_store, BridgeProcess};
 
 use pushbridge::config::Config;
 use pushbridge::store::{NewApp, Store};
@@ -84,17 +90,16 @@ impl Db {
 }
 
 /// Generates a SQLite and a PostgreSQL test for each `async fn name(db: Db)`.
-#[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::$name($crate::common::Db::Sqlite).await
+                super::$name($crate::harness::Db::Sqlite).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if let Some(db) = $crate::common::Db::postgres() {
+                if let Some(db) = $crate::harness::Db::postgres() {
                     super::$name(db).await
                 }
             }
@@ -105,8 +110,11 @@ macro_rules! backend_tests {
 /// The operator key every test app is configured with.
 pub const OPERATOR_KEY: &str = "test-operator-key-0123456789abcdef";
 
+/// The bridge running in this process on its own database, and a client for its API.
 pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// An HTTP client for the API.
     pub client: reqwest::Client,
     running: Option<Running>,
     db_url: String,
@@ -114,10 +122,12 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// The app with the test config on a fresh database.
     pub async fn spawn(db: Db) -> Self {
         Self::spawn_with(db, |_| {}).await
     }
 
+    /// The app on a fresh database, with the test config changed by `tweak`.
     pub async fn spawn_with(db: Db, tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
         let url = db.fresh_url(dir.path()).await;
@@ -150,6 +160,7 @@ impl TestApp {
         }
     }
 
+    /// The app's own store handle.
     pub fn store(&self) -> &Store {
         &self.running.as_ref().expect("running").state.store
     }
@@ -167,14 +178,17 @@ impl TestApp {
         n
     }
 
+    /// The running app (address, state, background loops).
     pub fn running(&self) -> &Running {
         self.running.as_ref().expect("running")
     }
 
+    /// The absolute URL of `path` on this app.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 
+    /// A new tenant app with its keys and secrets.
     pub async fn new_app(&self) -> NewApp {
         self.store()
             .create_app("test app")
@@ -208,6 +222,7 @@ impl TestApp {
         (status, json)
     }
 
+    /// Graceful shutdown; panics unless it is clean.
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await.expect("clean shutdown");
@@ -238,10 +253,12 @@ pub fn proven(app: &NewApp, mut body: Value) -> Value {
     body
 }
 
+/// A well-formed APNs device token (64 hex digits) derived from `seed`.
 pub fn apns_token(seed: u8) -> String {
     format!("{:02x}", seed).repeat(32)
 }
 
+/// A well-formed FCM registration token starting with `seed`.
 pub fn fcm_token(seed: &str) -> String {
     format!("{seed}:{}", "A".repeat(140))
 }
@@ -261,6 +278,15 @@ pub async fn simulator() -> pushbridge::simulator::SimulatorHandle {
         .expect("simulator starts")
 }
 
+/// Points `config` at `sim` with the test credentials and gives it a fast worker (short polls
+/// and backoff), as [`bridge_env`] does for a child process.
+fn fast_worker_on(config: &mut Config, sim: &pushbridge::simulator::SimulatorHandle) {
+    pushbridge::use_simulator(config, sim, &certs_dir());
+    config.worker.poll_interval_ms = 20;
+    config.worker.backoff_base_ms = 20;
+    config.worker.backoff_max_ms = 100;
+}
+
 impl TestApp {
     /// The app wired to `sim`, with a fast worker (short polls and backoff) for tests.
     pub async fn with_simulator(
@@ -269,10 +295,7 @@ impl TestApp {
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
         Self::spawn_with(db, |c| {
-            pushbridge::use_simulator(c, sim, &certs_dir());
-            c.worker.poll_interval_ms = 20;
-            c.worker.backoff_base_ms = 20;
-            c.worker.backoff_max_ms = 100;
+            fast_worker_on(c, sim);
             tweak(c);
         })
         .await
@@ -285,10 +308,7 @@ impl TestApp {
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
         Self::spawn_on(self.db_url.clone(), self.dir.clone(), |c| {
-            pushbridge::use_simulator(c, sim, &certs_dir());
-            c.worker.poll_interval_ms = 20;
-            c.worker.backoff_base_ms = 20;
-            c.worker.backoff_max_ms = 100;
+            fast_worker_on(c, sim);
             tweak(c);
         })
         .await
@@ -313,163 +333,4 @@ impl TestApp {
         }
         panic!("timed out waiting on {path}; last answer: {last}");
     }
-}
-
-/// The real `pushbridge` binary as a child process (for kill -9, log and memory tests).
-pub struct BridgeProcess {
-    /// The child; `Drop` kills it.
-    pub child: std::process::Child,
-    /// `http://127.0.0.1:PORT`.
-    pub base: String,
-}
-
-/// Environment that points a `pushbridge serve` child at `sim` with the test credentials, a
-/// fast worker and the test operator key, as `TestApp::with_simulator` does in process.
-pub fn bridge_env(
-    db_url: &str,
-    sim: &pushbridge::simulator::SimulatorHandle,
-) -> Vec<(String, String)> {
-    let certs = certs_dir();
-    let ca = format!("[\"{}\"]", certs.join("ca.pem").display());
-    let pairs = [
-        ("DATABASE_URL", db_url.to_string()),
-        ("OPERATOR_KEY", OPERATOR_KEY.to_string()),
-        ("APNS__ENABLED", "true".into()),
-        ("APNS__ENDPOINT", sim.apns_url()),
-        ("APNS__SANDBOX_ENDPOINT", sim.apns_url()),
-        (
-            "APNS__KEY_PATH",
-            certs
-                .join(format!("AuthKey_{}.p8", pushbridge::simulator::TEST_KEY_ID))
-                .display()
-                .to_string(),
-        ),
-        ("APNS__KEY_ID", pushbridge::simulator::TEST_KEY_ID.into()),
-        ("APNS__TEAM_ID", pushbridge::simulator::TEST_TEAM_ID.into()),
-        ("APNS__DEFAULT_TOPIC", "com.example.app".into()),
-        ("APNS__EXTRA_ROOT_CERTS", ca.clone()),
-        ("FCM__ENABLED", "true".into()),
-        ("FCM__ENDPOINT", sim.fcm_url()),
-        (
-            "FCM__SERVICE_ACCOUNT_PATH",
-            certs.join("fcm-service-account.json").display().to_string(),
-        ),
-        ("FCM__TOKEN_URI", sim.token_uri()),
-        ("FCM__EXTRA_ROOT_CERTS", ca),
-        ("WORKER__POLL_INTERVAL_MS", "20".into()),
-        ("WORKER__BACKOFF_BASE_MS", "20".into()),
-        ("WORKER__BACKOFF_MAX_MS", "100".into()),
-    ];
-    pairs
-        .into_iter()
-        .map(|(k, v)| (format!("PUSHBRIDGE_{k}"), v))
-        .collect()
-}
-
-impl BridgeProcess {
-    /// Starts `pushbridge serve` in `dir` with `env` (see [`bridge_env`]) plus `extra`, its
-    /// stderr appended to `stderr` when given, and waits until `/healthz` answers.
-    pub async fn start(
-        dir: &std::path::Path,
-        env: &[(String, String)],
-        extra: &[(&str, &str)],
-        stderr: Option<&std::path::Path>,
-    ) -> Self {
-        for _ in 0..5 {
-            // A free port can be taken between the probe and the child's bind; retry then.
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port();
-            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pushbridge"));
-            cmd.arg("serve").current_dir(dir);
-            for (k, _) in std::env::vars() {
-                if k.starts_with("PUSHBRIDGE_") || k == "RUST_LOG" {
-                    cmd.env_remove(k);
-                }
-            }
-            cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .env("PUSHBRIDGE_LISTEN", format!("127.0.0.1:{port}"))
-                .envs(extra.iter().copied())
-                .stdout(std::process::Stdio::null());
-            match stderr {
-                Some(path) => {
-                    let file = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .expect("stderr file");
-                    cmd.stderr(file);
-                }
-                None => {
-                    cmd.stderr(std::process::Stdio::null());
-                }
-            }
-            let child = cmd.spawn().expect("spawn pushbridge");
-            let mut bridge = Self {
-                child,
-                base: format!("http://127.0.0.1:{port}"),
-            };
-            let client = reqwest::Client::new();
-            for _ in 0..600 {
-                if let Ok(Some(_)) = bridge.child.try_wait() {
-                    break;
-                }
-                if let Ok(r) = client.get(format!("{}/healthz", bridge.base)).send().await {
-                    if r.status().is_success() {
-                        return bridge;
-                    }
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            bridge.kill9();
-        }
-        panic!("pushbridge serve did not start");
-    }
-
-    /// The child's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL, as a crash or the OOM killer would; waits for the process to be gone.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM (graceful shutdown); waits for the exit.
-    pub fn terminate(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-
-    /// Resident set size of the child in kB (`VmRSS` in `/proc/<pid>/status`).
-    pub fn rss_kb(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-}
-
-impl Drop for BridgeProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// A store handle on the database a child bridge uses (apps, bulk import, job counts).
-pub async fn open_store(db_url: &str) -> Store {
-    let store = Store::connect(db_url, 4).await.expect("connect store");
-    store.migrate().await.expect("migrate");
-    store
 }

@@ -1,8 +1,6 @@
 //! Operator figures after a scripted run: exact Prometheus counters and correct stats windows.
 
-mod common;
-
-use common::{proven, simulator, Db, TestApp, OPERATOR_KEY};
+use crate::harness::{proven, simulator, Db, TestApp, OPERATOR_KEY};
 use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{

@@ -1,11 +1,9 @@
 //! Secrets stay out of the logs: the real binary at `RUST_LOG=debug` drives a scenario that
 //! touches every secret the bridge handles, then its stderr is searched for each of them.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::harness::{
     bridge_env, open_store, proven, simulator, user_proof, BridgeProcess, Db, OPERATOR_KEY,
 };
 use pushbridge::signature::sign;

@@ -1,65 +1,51 @@
 //! Provider transport against the in-process simulator: real TLS, real HTTP/2, real pool.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::harness::wire::tls_connect;
+use crate::harness::{certs_dir, simulator};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use pushbridge::config::Config;
 use pushbridge::model::{ApnsEnvironment, Notification, Platform, Priority};
 use pushbridge::push::{ApnsConfig, Clock, FcmConfig, Outcome, Providers, Target};
 use pushbridge::simulator::{
     self, apns_test_token, apns_test_token_failing_first, fcm_test_token,
     fcm_test_token_failing_first, ApnsTestKind, Faults, FcmTestKind, RecordedRequest, Side,
-    SimulatorConfig, SimulatorHandle,
+    SimulatorHandle,
 };
 use serde_json::Value;
 
 const TOPIC: &str = "com.example.app";
 
-fn certs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs")
-}
-
-async fn simulator() -> SimulatorHandle {
-    let cfg = SimulatorConfig {
-        apns_listen: "127.0.0.1:0".parse().unwrap(),
-        fcm_listen: "127.0.0.1:0".parse().unwrap(),
-        ..SimulatorConfig::with_certs_dir(&certs())
+/// The providers' settings as the bridge gets them from `use_simulator`, with a small pool
+/// and a short timeout.
+fn provider_configs(sim: &SimulatorHandle) -> (ApnsConfig, FcmConfig) {
+    let mut config = Config::default();
+    pushbridge::use_simulator(&mut config, sim, &certs_dir());
+    let apns = ApnsConfig {
+        pool_size: 2,
+        request_timeout_ms: 5_000,
+        ..config.apns
     };
-    simulator::start(cfg).await.expect("simulator starts")
+    let fcm = FcmConfig {
+        pool_size: 2,
+        request_timeout_ms: 5_000,
+        ..config.fcm
+    };
+    (apns, fcm)
 }
 
 fn apns_config(sim: &SimulatorHandle) -> ApnsConfig {
-    ApnsConfig {
-        enabled: true,
-        endpoint: sim.apns_url(),
-        sandbox_endpoint: sim.apns_url(),
-        key_path: certs().join("AuthKey_SIMKEY0001.p8"),
-        key_id: simulator::TEST_KEY_ID.into(),
-        team_id: simulator::TEST_TEAM_ID.into(),
-        default_topic: Some(TOPIC.into()),
-        pool_size: 2,
-        request_timeout_ms: 5_000,
-        extra_root_certs: vec![certs().join("ca.pem")],
-        ..ApnsConfig::default()
-    }
+    provider_configs(sim).0
 }
 
 fn fcm_config(sim: &SimulatorHandle) -> FcmConfig {
-    FcmConfig {
-        enabled: true,
-        endpoint: sim.fcm_url(),
-        service_account_path: certs().join("fcm-service-account.json"),
-        token_uri: Some(sim.token_uri()),
-        pool_size: 2,
-        request_timeout_ms: 5_000,
-        extra_root_certs: vec![certs().join("ca.pem")],
-        ..FcmConfig::default()
-    }
+    provider_configs(sim).1
 }
 
 fn providers(sim: &SimulatorHandle) -> Providers {
@@ -608,35 +594,10 @@ async fn unconfigured_platform_fails() {
     assert_eq!(providers.stats().fcm, None);
 }
 
-/// A TLS connection to the simulator trusting the dev CA, offering `alpn` (maybe nothing).
-async fn tls_connect(
-    addr: std::net::SocketAddr,
-    alpn: Vec<Vec<u8>>,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(certs().join("ca.pem")).unwrap();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn;
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn apns_side_accepts_clients_without_alpn() {
     let sim = simulator().await;
-    let tls = tls_connect(sim.apns_addr(), Vec::new()).await;
+    let tls = tls_connect(sim.apns_addr(), &[]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
@@ -644,7 +605,7 @@ async fn apns_side_accepts_clients_without_alpn() {
             .unwrap();
     tokio::spawn(conn);
 
-    let key = std::fs::read(certs().join("AuthKey_SIMKEY0001.p8")).unwrap();
+    let key = std::fs::read(certs_dir().join("AuthKey_SIMKEY0001.p8")).unwrap();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(simulator::TEST_KEY_ID.into());
     let now = std::time::SystemTime::now()
@@ -677,7 +638,7 @@ async fn apns_side_accepts_clients_without_alpn() {
 #[tokio::test]
 async fn fcm_side_answers_http1() {
     let sim = simulator().await;
-    let tls = tls_connect(sim.fcm_addr(), vec![b"http/1.1".to_vec()]).await;
+    let tls = tls_connect(sim.fcm_addr(), &[b"http/1.1"]).await;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
@@ -832,7 +793,7 @@ async fn provider_jwt_older_than_an_hour_is_rejected_by_the_simulator() {
 #[tokio::test]
 async fn apns_side_requires_a_provider_token() {
     let sim = simulator().await;
-    let tls = tls_connect(sim.apns_addr(), vec![b"h2".to_vec()]).await;
+    let tls = tls_connect(sim.apns_addr(), &[b"h2"]).await;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await

@@ -1,12 +1,10 @@
 //! The operator dashboard in a real browser (headless Chromium): the figures it shows match
 //! the stats API.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{proven, simulator, Db, TestApp, OPERATOR_KEY};
+use crate::harness::{proven, simulator, Db, TestApp, OPERATOR_KEY};
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
 use reqwest::Method;
 use serde_json::{json, Value};

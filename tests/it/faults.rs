@@ -2,12 +2,10 @@
 //! resets, GOAWAY and latency spikes, on top of tokens the providers reject for good. Valid
 //! tokens must all be delivered, invalid ones pruned exactly, and the pool must recover.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{simulator, Db, TestApp, OPERATOR_KEY};
+use crate::harness::{simulator, Db, TestApp, OPERATOR_KEY};
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
 use pushbridge::simulator::{Faults, Side};
 use pushbridge::store::{DeviceRegistration, NewApp};

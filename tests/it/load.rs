@@ -2,13 +2,11 @@
 //! registration churn) while the bridge's resident memory is sampled. Long: runs only with
 //! `PUSHBRIDGE_LONG_TESTS=1` (duration `LOAD_TEST_SECS`, default 120).
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bridge_env, certs_dir, open_store, proven, BridgeProcess, Db};
+use crate::harness::{bridge_env, certs_dir, open_store, proven, BridgeProcess, Db};
 use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};

@@ -2,14 +2,12 @@
 //! endpoint, and a thousand malformed or forged requests across the API. Nothing may panic,
 //! answer 5xx, authenticate without a valid signature or key, or store anything.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::harness::{Db, TestApp, OPERATOR_KEY};
 use base64::Engine;
-use common::{Db, TestApp, OPERATOR_KEY};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
@@ -1094,7 +1092,7 @@ async fn a_wrong_method_gets_405_with_allow_and_a_json_error() {
         ),
         (
             Method::PATCH,
-            format!("/v1/devices/{}", common::apns_token(1)),
+            format!("/v1/devices/{}", crate::harness::apns_token(1)),
             vec!["GET", "PUT", "DELETE"],
         ),
     ] {
@@ -1179,7 +1177,7 @@ async fn oversized_uris_and_headers_and_wrong_media_types_get_json_errors(db: Db
         ),
         (
             t.client
-                .put(t.url(&format!("/v1/devices/{}", common::apns_token(2))))
+                .put(t.url(&format!("/v1/devices/{}", crate::harness::apns_token(2))))
                 .bearer_auth(&app.client_key)
                 .header("content-type", "text/plain")
                 .body(r#"{"platform":"apns"}"#),

@@ -2,11 +2,9 @@
 //! device, an instance killed mid-run finished by the others, and webhook dedupe across
 //! instances. Runs on PostgreSQL (the multi-instance store) and on SQLite.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::{simulator, Db, TestApp};
+use crate::harness::{simulator, Db, TestApp};
 use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};

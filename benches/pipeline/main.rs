@@ -1,0 +1,133 @@
+//! End-to-end benchmarks, measured side by side in one run (absolute numbers on a shared
+//! machine are noise; ratios are the result):
+//!
+//! - delivery: one event fanned out to N devices (half APNs, half FCM), through the simulator
+//!   over TLS HTTP/2, against the simulator's raw capacity measured with h2load;
+//! - ingest: signed webhooks accepted per second against an unsigned, no-store endpoint of
+//!   the same binary, plus latency at a fixed 5k/s.
+//!
+//! `cargo bench --bench pipeline -- --sizes 1000,10000,100000 [--ingest-secs 10]
+//! [--h2load-requests 500000] [--only delivery|ingest]`
+//! `DATABASE_URL=postgres://...` adds a PostgreSQL column. See docs/BENCHMARKS.md.
+
+mod delivery;
+mod ingest;
+mod setup;
+
+use clap::{Parser, ValueEnum};
+
+use delivery::{delivery, h2load_raw};
+use ingest::ingest;
+
+/// The benchmark's flags; a missing or malformed value is an error, not a default.
+#[derive(Parser, Debug)]
+#[command(about = "End-to-end delivery and ingest benchmarks")]
+struct Args {
+    /// Fan-out sizes to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    sizes: Vec<u64>,
+    /// Seconds each ingest measurement runs.
+    #[arg(long, default_value_t = 10)]
+    ingest_secs: u64,
+    /// Requests h2load sends to measure the simulator's raw capacity.
+    #[arg(long, default_value_t = 500_000)]
+    h2load_requests: u64,
+    /// Run only this part (default: both).
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// A part of the benchmark that `--only` selects.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// One event fanned out to N devices.
+    Delivery,
+    /// Signed webhooks accepted per second.
+    Ingest,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut backends = vec!["sqlite"];
+    if std::env::var("DATABASE_URL").is_ok_and(|u| u.starts_with("postgres")) {
+        backends.push("postgres");
+    }
+    println!(
+        "# pushbridge benchmarks ({} cores)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let run = |part: Part| args.only.is_none_or(|o| o == part);
+    let raw = if run(Part::Delivery) {
+        h2load_raw(args.h2load_requests).await?
+    } else {
+        None
+    };
+    let raw = raw.map(|(rate, cpu_us)| {
+        println!(
+            "simulator raw capacity (h2load -n {} -c 2 -m 100, APNs endpoint): {rate:.0} req/s, \
+             simulator CPU {cpu_us:.0} µs/request\n",
+            args.h2load_requests
+        );
+        rate
+    });
+    match raw {
+        Some(_) => {}
+        None => println!("simulator raw capacity: not measured (h2load missing)\n"),
+    }
+
+    if run(Part::Delivery) {
+        println!("## Delivery: one event to N devices (half APNs, half FCM), TLS HTTP/2 through the simulator\n");
+        println!("| backend | devices | total s | fan-out s | notifications/s | bridge/raw | p50 ms | p99 ms | bridge peak RSS MB | bridge CPU µs/notif. | simulator CPU µs/notif. |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for backend in &backends {
+            for &n in &args.sizes {
+                let r = delivery(backend, n).await?;
+                let rate = r.devices as f64 / r.secs;
+                let ratio = raw.map_or("–".to_string(), |raw| format!("{:.2}", rate / raw));
+                let per = |cpu: f64| cpu / r.devices as f64 * 1e6;
+                println!(
+                    "| {backend} | {} | {:.2} | {:.2} | {:.0} | {ratio} | {} | {} | {:.0} | {:.0} | {:.0} |",
+                    r.devices,
+                    r.secs,
+                    r.fanout_secs,
+                    rate,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.peak_rss_mb,
+                    per(r.bridge_cpu),
+                    per(r.sim_cpu)
+                );
+            }
+        }
+    }
+    if !run(Part::Ingest) {
+        return Ok(());
+    }
+    println!("\n## Ingest: signed Standard Webhooks, 202 after the event is committed\n");
+    println!("| backend | load | accepted/s | vs ceiling | p50 ms | p99 ms |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for backend in &backends {
+        let (ceiling, signed, fixed) = ingest(backend, args.ingest_secs).await?;
+        println!(
+            "| {backend} | ceiling: GET /healthz, 64 clients | {:.0} | 1.00 | {:.2} | {:.2} |",
+            ceiling.rate, ceiling.p50_ms, ceiling.p99_ms
+        );
+        println!(
+            "| {backend} | signed webhooks, 64 clients | {:.0} | {:.2} | {:.2} | {:.2} |",
+            signed.rate,
+            signed.rate / ceiling.rate,
+            signed.p50_ms,
+            signed.p99_ms
+        );
+        println!(
+            "| {backend} | signed webhooks, fixed 5000/s | {:.0} | – | {:.2} | {:.2} |",
+            fixed.rate, fixed.p50_ms, fixed.p99_ms
+        );
+    }
+    Ok(())
+}

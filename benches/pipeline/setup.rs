@@ -1,0 +1,149 @@
+//! What every benchmark runs on: the simulator as its own process, a fresh database, the
+//! bridge in this process, and the process figures (`/proc`) the tables report.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+use pushbridge::config::Config;
+
+/// The repository's test credentials.
+pub fn certs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs")
+}
+
+/// A memory figure of this process in MB, e.g. `VmHWM:` (peak RSS), from `/proc/self/status`.
+pub fn rss_mb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Resets the peak-RSS counter so each run reports its own peak.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_secs(pid: &str) -> f64 {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesized command name; utime and stime are 14 and 15.
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            Some(rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?)
+        })
+        .unwrap_or_default();
+    ticks / 100.0 // USER_HZ
+}
+
+/// The provider simulator as its own process (`pushbridge simulate`), so that the bench
+/// process's memory and CPU are the bridge's alone. Killed on drop.
+pub struct Simulator {
+    child: std::process::Child,
+    /// Base URL of its APNs side.
+    pub apns_url: String,
+    /// Base URL of its FCM side.
+    pub fcm_url: String,
+}
+
+impl Simulator {
+    /// Starts `pushbridge simulate` on free ports and reads the URLs it prints.
+    pub fn start() -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
+            .args(["simulate", "--apns-listen", "127.0.0.1:0"])
+            .args(["--fcm-listen", "127.0.0.1:0", "--max-records", "0"])
+            .arg("--certs-dir")
+            .arg(certs())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting pushbridge simulate")?;
+        let stdout = child.stdout.take().context("simulator stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut url = |prefix: &str| -> anyhow::Result<String> {
+            let line = lines.next().context("simulator exited")??;
+            Ok(line
+                .strip_prefix(prefix)
+                .with_context(|| format!("unexpected simulator output: {line}"))?
+                .trim()
+                .to_string())
+        };
+        let apns_url = url("APNs simulator:")?;
+        let fcm_url = url("FCM simulator:")?;
+        // Keep reading: with the pipe closed, the simulator's next line would kill it (EPIPE).
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Self {
+            child,
+            apns_url,
+            fcm_url,
+        })
+    }
+
+    /// CPU seconds the simulator process has used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        cpu_secs(&self.child.id().to_string())
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh database for one run: a SQLite file in `dir`, or a new PostgreSQL database.
+pub async fn database_url(backend: &str, dir: &Path) -> anyhow::Result<String> {
+    if backend == "sqlite" {
+        return Ok(format!("sqlite://{}", dir.join("bench.db").display()));
+    }
+    use sqlx::Connection;
+    let url = std::env::var("DATABASE_URL")?;
+    let mut conn = sqlx::PgConnection::connect(&url).await?;
+    let name = format!("pbbench_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await?;
+    let base = &url[..url.rfind('/').context("database in URL")?];
+    Ok(format!("{base}/{name}"))
+}
+
+/// Drops a benchmark's PostgreSQL database (SQLite files go with their temporary directory).
+pub async fn drop_database(backend: &str, db_url: &str) -> anyhow::Result<()> {
+    if backend == "sqlite" {
+        return Ok(());
+    }
+    use sqlx::Connection;
+    let name = &db_url[db_url.rfind('/').context("database in URL")? + 1..];
+    let mut conn = sqlx::PgConnection::connect(&std::env::var("DATABASE_URL")?).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
+/// The bridge in this process on `db_url`, wired to `sim`, with the rate limits off.
+pub async fn bridge(db_url: String, sim: &Simulator) -> anyhow::Result<pushbridge::Running> {
+    let mut config = Config {
+        database_url: db_url,
+        database_max_connections: 8,
+        ..Config::default()
+    };
+    pushbridge::use_simulator_at(&mut config, &sim.apns_url, &sim.fcm_url, &certs());
+    config.worker.batch_size = 1000;
+    config.worker.concurrency = 1000;
+    config.worker.poll_interval_ms = 20;
+    // Measure the pipeline, not the per-key and per-source limits.
+    config.rate_limits.server_key_per_sec = 0.0;
+    config.rate_limits.source_per_sec = 0.0;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    pushbridge::start(config, listener).await
+}

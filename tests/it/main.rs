@@ -1,0 +1,26 @@
+//! The integration tests, in one binary so the crate is linked once: each module checks one
+//! area of the bridge through its public surface (HTTP API, the real binary, the simulator),
+//! all on the shared [`harness`].
+
+#[macro_use]
+mod harness;
+
+mod bad_input;
+mod connections;
+mod crash;
+mod dashboard;
+mod devices;
+mod faults;
+mod isolation;
+mod load;
+mod logs;
+mod metrics;
+mod multi_instance;
+mod openapi;
+mod pipeline;
+mod queries;
+mod render_limits;
+mod replay;
+mod transport;
+mod user_auth;
+mod webhooks;

@@ -219,6 +219,17 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if matches!(
+            this,
+            Self::PayloadTooLarge { .. } | Self::RequestTimeout { .. }
+        ) {
+            // The body was not read to its end, so the connection cannot carry another
+            // request; saying so keeps HTTP/1.1 clients from reusing it (hyper closes it).
+            // HTTP/2 drops the header and resets only the stream.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Self::TooManyRequests { retry_after_secs } = this {
             if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);

@@ -38,7 +38,11 @@ use crate::state::AppState;
 use crate::store::Store;
 use crate::worker::{Wake, Worker};
 
-pub use crate::server::bind;
+/// Binds the configured API address with the configured backlog (the CLI's `serve` uses it;
+/// tests bind port 0 themselves).
+pub fn bind(config: &Config) -> anyhow::Result<TcpListener> {
+    server::bind(config.listen, &config.http)
+}
 
 /// A running bridge: its address, its state, and the handle to stop it.
 pub struct Running {
@@ -163,7 +167,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     };
     let config = state.config.clone();
     let server = tokio::spawn(async move {
-        server::serve(listener, acceptor, app, &config, stopped)
+        server::serve(listener, acceptor, app, &config.http, stopped)
             .await
             .context("HTTP server failed")
     });

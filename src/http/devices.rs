@@ -18,7 +18,7 @@ use crate::error::{ApiError, ErrorBody, Result};
 use crate::model::device::normalize_token;
 use crate::model::{canonical_locale, ApnsEnvironment, Platform};
 use crate::redact::Redacted;
-use crate::store::{now_ms, DeviceRegistration, DeviceView, KeyKind};
+use crate::store::{now_ms, rfc3339, Device, DeviceRegistration, KeyKind};
 use crate::user_auth::{ClientUserIds, Verifier};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -92,6 +92,54 @@ struct RegisterDevice {
 #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{1,64}$")]
 struct Tag(String);
 
+/// The API view of a device.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Device)]
+struct DeviceView {
+    token: String,
+    platform: Platform,
+    user_id: Option<String>,
+    /// Canonical BCP-47 tag.
+    locale: Option<String>,
+    timezone: Option<String>,
+    app_version: Option<String>,
+    /// APNs only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    environment: Option<ApnsEnvironment>,
+    /// APNs only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    topic: Option<String>,
+    #[schema(value_type = Object)]
+    attributes: Value,
+    tags: Vec<String>,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339.
+    updated_at: String,
+}
+
+impl DeviceView {
+    /// The JSON shape the API returns.
+    fn new(device: &Device) -> Self {
+        Self {
+            token: device.token.clone(),
+            platform: device.platform,
+            user_id: device.user_id.clone(),
+            locale: device.locale.clone(),
+            timezone: device.timezone.clone(),
+            app_version: device.app_version.clone(),
+            environment: device.environment,
+            topic: device.topic.clone(),
+            attributes: device.attributes.clone(),
+            tags: device.tags.clone(),
+            created_at: rfc3339(device.created_at),
+            updated_at: rfc3339(device.updated_at),
+        }
+    }
+}
+
 /// A page of a user's devices.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DeviceList {
@@ -147,7 +195,7 @@ async fn register(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(device.view())))
+    Ok((status, Json(DeviceView::new(&device))))
 }
 
 /// How an authorized registration may be written.
@@ -240,7 +288,7 @@ async fn get_device(
         .get_device(caller.app_id(), &normalize_token(&token))
         .await?
         .ok_or(ApiError::NotFound("device"))?;
-    Ok(Json(device.view()))
+    Ok(Json(DeviceView::new(&device)))
 }
 
 #[utoipa::path(
@@ -305,7 +353,7 @@ async fn list_user_devices(
         })
         .flatten();
     Ok(Json(DeviceList {
-        devices: devices.iter().map(|d| d.view()).collect(),
+        devices: devices.iter().map(DeviceView::new).collect(),
         next_cursor,
     }))
 }

@@ -6,15 +6,17 @@ use axum::extract::State;
 
 use super::ApiPath as Path;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::ServerKeyErrors;
 use super::{time_cursor, ApiQuery, AppState, CursorKind, Page, ServerCaller};
 use crate::error::{ApiError, ErrorBody, Result};
+use crate::model::EventStatus;
 use crate::model::JobStatus;
-use crate::store::EventView;
+use crate::store::{rfc3339, Event};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -80,6 +82,51 @@ impl DeliveryCounts {
     }
 }
 
+/// The API view of an event.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Event)]
+struct EventView {
+    id: String,
+    /// The webhook source; null for direct sends.
+    source_id: Option<String>,
+    /// The sender's own event id, used for deduplication.
+    external_id: Option<String>,
+    event_type: String,
+    status: EventStatus,
+    /// RFC 3339.
+    received_at: String,
+    /// RFC 3339.
+    updated_at: String,
+    /// The JSON payload; only when reading a single event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>, nullable = false)]
+    payload: Option<Value>,
+}
+
+impl EventView {
+    /// API view; the payload only when asked for (single-event reads). A stored payload that
+    /// no longer parses (it was checked on the way in) is an error naming the event.
+    fn new(event: &Event, with_payload: bool) -> anyhow::Result<Self> {
+        let payload = if with_payload {
+            Some(serde_json::from_str(&event.payload).map_err(|e| {
+                anyhow::anyhow!("stored payload of event {} does not parse: {e}", event.id)
+            })?)
+        } else {
+            None
+        };
+        Ok(Self {
+            id: event.id.clone(),
+            source_id: event.source_id.clone(),
+            external_id: event.external_id.clone(),
+            event_type: event.event_type.clone(),
+            status: event.status,
+            received_at: rfc3339(event.received_at),
+            updated_at: rfc3339(event.updated_at),
+            payload,
+        })
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/v1/events",
@@ -130,13 +177,15 @@ async fn list(
     for (event_id, status, n) in state.store.events_counts(&ids).await? {
         counts.entry(event_id).or_default().add(status, n);
     }
-    let events: Vec<EventDetail> = events
+    let events = events
         .iter()
-        .map(|e| EventDetail {
-            deliveries: counts.remove(&e.id).unwrap_or_default(),
-            event: e.view(false),
+        .map(|e| {
+            Ok(EventDetail {
+                deliveries: counts.remove(&e.id).unwrap_or_default(),
+                event: EventView::new(e, false)?,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     Ok(Json(EventList {
         events,
         next_cursor,
@@ -172,7 +221,7 @@ async fn show(
         deliveries.add(status, n);
     }
     Ok(Json(EventDetail {
-        event: event.view(true),
+        event: EventView::new(&event, true)?,
         deliveries,
     }))
 }

@@ -82,7 +82,7 @@ impl Modify for SecuritySchemes {
     }
 }
 
-// Documentation of the validators' rules, checked against them by tests/openapi.rs.
+// Documentation of the validators' rules, checked against them by tests/it/openapi.rs.
 /// An APNs token (an even number, 64-200, of hex digits) or an FCM registration token
 /// (100-4096 of `[A-Za-z0-9_:-]`); `PUT` checks it against the body's `platform`.
 pub const TOKEN_PATTERN: &str = "^(?:(?:[0-9A-Fa-f]{2}){32,100}|[A-Za-z0-9_:-]{100,4096})$";

@@ -6,6 +6,7 @@ mod connection;
 
 pub use connection::BodyTimeout;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,6 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Config;
 use connection::{serve_connection, Policy};
 
 /// Limits and timeouts of the API listener (`[http]`).
@@ -92,10 +92,8 @@ impl HttpConfig {
     }
 }
 
-/// Binds the configured API address with the configured backlog (the CLI's `serve` uses it;
-/// tests bind port 0 themselves).
-pub fn bind(config: &Config) -> anyhow::Result<TcpListener> {
-    let addr = config.listen;
+/// Binds `addr` with the configured backlog.
+pub fn bind(addr: SocketAddr, config: &HttpConfig) -> anyhow::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -110,7 +108,7 @@ pub fn bind(config: &Config) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {addr}"))?;
     // The kernel caps the backlog at net.core.somaxconn.
     socket
-        .listen(config.http.listen_backlog)
+        .listen(config.listen_backlog)
         .with_context(|| format!("listening on {addr}"))
 }
 
@@ -120,13 +118,13 @@ const RESERVED_FDS: u64 = 256;
 /// The connection cap: `http.max_connections`, raising the soft open-files limit as far as it
 /// needs (never above the hard limit), and clamped below the limit when that is not enough.
 /// Past the limit, `accept` fails with EMFILE and new clients hang in the backlog.
-pub fn connection_cap(config: &Config) -> usize {
-    let wanted = config.http.max_connections as u64;
+pub fn connection_cap(config: &HttpConfig) -> usize {
+    let wanted = config.max_connections as u64;
     let Some(limit) = fd_limit::raise_to(wanted + RESERVED_FDS) else {
-        return config.http.max_connections;
+        return config.max_connections;
     };
     if limit >= wanted + RESERVED_FDS {
-        return config.http.max_connections;
+        return config.max_connections;
     }
     let cap = limit.saturating_sub(RESERVED_FDS).max(1);
     tracing::warn!(
@@ -135,7 +133,7 @@ pub fn connection_cap(config: &Config) -> usize {
         clamped_to = cap,
         "http.max_connections does not fit the open-files limit (ulimit -n); clamped"
     );
-    usize::try_from(cap).unwrap_or(config.http.max_connections)
+    usize::try_from(cap).unwrap_or(config.max_connections)
 }
 
 #[cfg(unix)]
@@ -186,10 +184,10 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Router,
-    config: &Config,
+    config: &HttpConfig,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let policy = Arc::new(Policy::new(&config.http));
+    let policy = Arc::new(Policy::new(config));
     let permits = Arc::new(Semaphore::new(connection_cap(config)));
     let mut connections = JoinSet::new();
     let mut refusals = Refusals::default();

@@ -1,9 +1,8 @@
 //! The device registry: one row per (app, token).
 
-use serde::Serialize;
 use serde_json::Value;
 
-use super::{now_ms, rfc3339, Store};
+use super::{now_ms, Store};
 use crate::model::{ApnsEnvironment, Platform};
 use crate::redact::Redacted;
 
@@ -91,56 +90,6 @@ impl TryFrom<DeviceRow> for Device {
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
-    }
-}
-
-/// The API view of a device.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(as = Device)]
-pub struct DeviceView {
-    token: String,
-    /// `apns` or `fcm`.
-    platform: String,
-    user_id: Option<String>,
-    /// Canonical BCP-47 tag.
-    locale: Option<String>,
-    timezone: Option<String>,
-    app_version: Option<String>,
-    /// APNs only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    environment: Option<String>,
-    /// APNs only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    topic: Option<String>,
-    #[schema(value_type = Object)]
-    attributes: Value,
-    #[schema(value_type = Vec<String>)]
-    tags: Value,
-    /// RFC 3339.
-    created_at: String,
-    /// RFC 3339.
-    updated_at: String,
-}
-
-impl Device {
-    /// The JSON shape the API returns.
-    pub fn view(&self) -> DeviceView {
-        DeviceView {
-            token: self.token.clone(),
-            platform: self.platform.as_str().to_string(),
-            user_id: self.user_id.clone(),
-            locale: self.locale.clone(),
-            timezone: self.timezone.clone(),
-            app_version: self.app_version.clone(),
-            environment: self.environment.map(|e| e.as_str().to_string()),
-            topic: self.topic.clone(),
-            attributes: self.attributes.clone(),
-            tags: Value::from(self.tags.clone()),
-            created_at: rfc3339(self.created_at),
-            updated_at: rfc3339(self.updated_at),
-        }
     }
 }
 

@@ -1,9 +1,6 @@
 //! Received events: committed before the webhook is answered, deduplicated per source.
 
-use serde::Serialize;
-use serde_json::Value;
-
-use super::{new_id, now_ms, rfc3339, Store};
+use super::{new_id, now_ms, Store};
 use crate::model::EventStatus;
 
 /// A stored event.
@@ -35,45 +32,6 @@ pub struct Event {
     /// Jobs its fan-out has committed so far (the next job's sequence number).
     #[sqlx(default)]
     pub fanout_jobs: i64,
-}
-
-/// The API view of an event.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(as = Event)]
-pub struct EventView {
-    id: String,
-    /// The webhook source; null for direct sends.
-    source_id: Option<String>,
-    /// The sender's own event id, used for deduplication.
-    external_id: Option<String>,
-    event_type: String,
-    /// `received`, `dispatched` or `completed`.
-    status: String,
-    /// RFC 3339.
-    received_at: String,
-    /// RFC 3339.
-    updated_at: String,
-    /// The JSON payload; only when reading a single event.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>, nullable = false)]
-    payload: Option<Value>,
-}
-
-impl Event {
-    /// API view; the payload only when asked for (single-event reads).
-    pub fn view(&self, with_payload: bool) -> EventView {
-        EventView {
-            id: self.id.clone(),
-            source_id: self.source_id.clone(),
-            external_id: self.external_id.clone(),
-            event_type: self.event_type.clone(),
-            status: self.status.as_str().to_string(),
-            received_at: rfc3339(self.received_at),
-            updated_at: rfc3339(self.updated_at),
-            payload: with_payload
-                .then(|| serde_json::from_str(&self.payload).unwrap_or(Value::Null)),
-        }
-    }
 }
 
 /// Input for storing an event.

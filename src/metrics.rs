@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
+use crate::model::Platform;
 use crate::push::Outcome;
 use prometheus_client::registry::Registry;
 
@@ -62,7 +63,7 @@ pub struct WebhookLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabels {
     /// `apns` or `fcm`.
-    pub provider: String,
+    pub provider: &'static str,
     /// `delivered`, `invalid_token`, `retry` or `failed`.
     pub outcome: &'static str,
     /// Provider reason; empty on success.
@@ -73,7 +74,7 @@ pub struct DeliveryLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabels {
     /// `apns` or `fcm`.
-    pub provider: String,
+    pub provider: &'static str,
 }
 
 /// Labels of fan-out counters.
@@ -226,23 +227,17 @@ impl Metrics {
     }
 
     /// Counts one delivery attempt and its round trip.
-    pub fn delivery(&self, provider: &str, outcome: &Outcome, elapsed: std::time::Duration) {
-        let (label, reason) = match outcome {
-            Outcome::Delivered { .. } => ("delivered", ""),
-            Outcome::InvalidToken { reason, .. } => ("invalid_token", reason.as_str()),
-            Outcome::Retry { reason, .. } => ("retry", reason.as_str()),
-            Outcome::Failed { reason } => ("failed", reason.as_str()),
-        };
+    pub fn delivery(&self, provider: Platform, outcome: &Outcome, elapsed: std::time::Duration) {
         self.deliveries
             .get_or_create(&DeliveryLabels {
-                provider: provider.to_string(),
-                outcome: label,
-                reason: LabelText::new(reason),
+                provider: provider.as_str(),
+                outcome: outcome.kind().as_str(),
+                reason: LabelText::new(outcome.reason().unwrap_or_default()),
             })
             .inc();
         self.provider_latency
             .get_or_create(&ProviderLabels {
-                provider: provider.to_string(),
+                provider: provider.as_str(),
             })
             .observe(elapsed.as_secs_f64());
     }

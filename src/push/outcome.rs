@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::pool::TransportError;
+use crate::model::AttemptOutcome;
 
 /// What happened to one send, as the pipeline needs to act on it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -39,6 +40,26 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Which of the four outcomes this is, as the attempt log and the metrics name it.
+    pub fn kind(&self) -> AttemptOutcome {
+        match self {
+            Self::Delivered { .. } => AttemptOutcome::Delivered,
+            Self::InvalidToken { .. } => AttemptOutcome::InvalidToken,
+            Self::Retry { .. } => AttemptOutcome::Retry,
+            Self::Failed { .. } => AttemptOutcome::Failed,
+        }
+    }
+
+    /// The provider's reason or the transport failure; none for a delivery.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Delivered { .. } => None,
+            Self::InvalidToken { reason, .. }
+            | Self::Retry { reason, .. }
+            | Self::Failed { reason } => Some(reason),
+        }
+    }
+
     /// A permanent failure for `reason`.
     pub(crate) fn failed(reason: &str) -> Self {
         Self::Failed {

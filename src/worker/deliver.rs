@@ -217,7 +217,7 @@ impl Worker {
         let outcome = self.send(&job).await;
         let latency_ms = started.elapsed().as_millis() as i64;
         self.metrics
-            .delivery(job.platform.as_str(), &outcome, started.elapsed());
+            .delivery(job.platform, &outcome, started.elapsed());
         self.judge(job, outcome, latency_ms)
     }
 

@@ -536,7 +536,7 @@ async fn hostile_webhook_paths_cannot_add_series_or_break_the_scrape(db: Db) {
 fn free_text_label_values_are_escaped() {
     let metrics = pushbridge::metrics::Metrics::new();
     metrics.delivery(
-        "apns",
+        pushbridge::model::Platform::Apns,
         &pushbridge::push::Outcome::Failed {
             reason: "Bad\"Reason\\\n} 1\nfake_total 999".into(),
         },

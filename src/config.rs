@@ -29,7 +29,7 @@ pub struct Config {
     /// they are disabled while unset. At least 24 characters.
     pub operator_key: Option<String>,
     /// Device registry limits.
-    pub devices: DeviceLimits,
+    pub devices: crate::model::device::DeviceLimits,
     /// Webhook ingest settings.
     pub webhooks: WebhookConfig,
     /// Delivery worker settings.
@@ -106,25 +106,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Size limits on device registrations.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DeviceLimits {
-    /// Maximum size of the serialized `attributes` object.
-    pub max_attributes_bytes: usize,
-    /// Maximum number of tags per device.
-    pub max_tags: usize,
-}
-
-impl Default for DeviceLimits {
-    fn default() -> Self {
-        Self {
-            max_attributes_bytes: 8 * 1024,
-            max_tags: 64,
-        }
-    }
-}
-
 /// Webhook ingest settings.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -157,7 +138,7 @@ impl Default for Config {
             http: Default::default(),
             log_format: LogFormat::Text,
             operator_key: None,
-            devices: DeviceLimits::default(),
+            devices: crate::model::device::DeviceLimits::default(),
             webhooks: WebhookConfig::default(),
             worker: WorkerConfig::default(),
             apns: Default::default(),

@@ -5,8 +5,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use pushbridge::model::device::DeviceRegistration;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
-use pushbridge::store::{now_ms, DeviceRegistration};
+use pushbridge::store::now_ms;
 use serde_json::json;
 
 use crate::setup::{

@@ -7,18 +7,18 @@ use super::ApiPath as Path;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{AppKeyErrors, JsonBodyErrors, ServerKeyErrors};
 use super::{encode_cursor, ApiJson, ApiQuery, AppState, Caller, CursorKind, Page, ServerCaller};
-use crate::config::DeviceLimits;
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::model::device::normalize_token;
-use crate::model::{canonical_locale, ApnsEnvironment, Platform};
+use crate::model::device::{DeviceRegistration, RegistrationRequest};
+use crate::model::{ApnsEnvironment, Platform};
 use crate::redact::Redacted;
-use crate::store::{now_ms, rfc3339, Device, DeviceRegistration, KeyKind};
+use crate::store::{now_ms, rfc3339, Device, KeyKind};
 use crate::user_auth::{ClientUserIds, Verifier};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -84,6 +84,27 @@ struct RegisterDevice {
     /// hour away. Needed when a client key of a `verified` app sets or changes `user_id`;
     /// checked whenever it is sent. Never stored.
     user_auth: Option<String>,
+}
+
+impl From<RegisterDevice> for RegistrationRequest {
+    fn from(body: RegisterDevice) -> Self {
+        Self {
+            platform: body.platform,
+            user_id: body.user_id,
+            locale: body.locale,
+            timezone: body.timezone,
+            app_version: body.app_version,
+            environment: body.environment,
+            topic: body.topic,
+            attributes: body.attributes,
+            tags: body
+                .tags
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| t.0)
+                .collect(),
+        }
+    }
 }
 
 /// A device tag.
@@ -176,7 +197,7 @@ async fn register(
     ApiJson(mut body): ApiJson<RegisterDevice>,
 ) -> Result<(StatusCode, Json<DeviceView>)> {
     let proof = body.user_auth.take();
-    let (token, reg) = validate_registration(&token, body, &state.config.devices)?;
+    let (token, reg) = DeviceRegistration::validate(&token, body.into(), &state.config.devices)?;
     let write = authorize_user_id(&state, &caller, &token, &reg, proof.as_deref()).await?;
     let store = &state.store;
     let (device, created) = match write {
@@ -356,104 +377,4 @@ async fn list_user_devices(
         devices: devices.iter().map(DeviceView::new).collect(),
         next_cursor,
     }))
-}
-
-fn short_text(field: &str, value: Option<String>, max: usize) -> Result<Option<String>> {
-    match value {
-        Some(v) if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) => {
-            Err(ApiError::field(
-                field,
-                format!("must be 1-{max} characters without control characters"),
-            ))
-        }
-        other => Ok(other),
-    }
-}
-
-fn validate_registration(
-    token: &str,
-    body: RegisterDevice,
-    limits: &DeviceLimits,
-) -> Result<(String, DeviceRegistration)> {
-    let platform: Platform = body
-        .platform
-        .parse()
-        .map_err(|_| ApiError::field("platform", "must be \"apns\" or \"fcm\""))?;
-    let token = platform.validate_token(token)?;
-    let is_apns = platform == Platform::Apns;
-    let locale = body
-        .locale
-        .map(|l| {
-            canonical_locale(&l).ok_or_else(|| {
-                ApiError::field("locale", "must be a BCP-47 language tag such as en-US")
-            })
-        })
-        .transpose()?;
-    let timezone = short_text("timezone", body.timezone, 64)?;
-    if let Some(tz) = &timezone {
-        if !tz
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'+' | b'-'))
-        {
-            return Err(ApiError::field(
-                "timezone",
-                "must be an IANA time zone name such as Europe/Paris",
-            ));
-        }
-    }
-    let environment = match (is_apns, body.environment.as_deref()) {
-        (true, None) => Some(ApnsEnvironment::Production),
-        (true, Some(e)) => Some(e.parse::<ApnsEnvironment>().map_err(|_| {
-            ApiError::field("environment", "must be \"production\" or \"sandbox\"")
-        })?),
-        (false, None) => None,
-        (false, Some(_)) => {
-            return Err(ApiError::field(
-                "environment",
-                "only applies to apns devices",
-            ))
-        }
-    };
-    if !is_apns && body.topic.is_some() {
-        return Err(ApiError::field("topic", "only applies to apns devices"));
-    }
-    let attributes = body.attributes.unwrap_or_else(|| json!({}));
-    if !attributes.is_object() {
-        return Err(ApiError::field("attributes", "must be a JSON object"));
-    }
-    let size = attributes.to_string().len();
-    if size > limits.max_attributes_bytes {
-        return Err(ApiError::field(
-            "attributes",
-            format!(
-                "is {size} bytes when serialized; the limit is {}",
-                limits.max_attributes_bytes
-            ),
-        ));
-    }
-    let tags = body.tags.unwrap_or_default();
-    if tags.len() > limits.max_tags {
-        return Err(ApiError::field(
-            "tags",
-            format!("at most {} tags", limits.max_tags),
-        ));
-    }
-    let tags: Vec<String> = tags.into_iter().map(|t| t.0).collect();
-    for (i, tag) in tags.iter().enumerate() {
-        short_text(&format!("tags[{i}]"), Some(tag.clone()), 64)?;
-    }
-    Ok((
-        token,
-        DeviceRegistration {
-            platform,
-            user_id: short_text("user_id", body.user_id, 256)?,
-            locale,
-            timezone,
-            app_version: short_text("app_version", body.app_version, 64)?,
-            environment,
-            topic: short_text("topic", body.topic, 255)?,
-            attributes,
-            tags,
-        },
-    ))
 }

@@ -1,10 +1,12 @@
-//! Devices: the platform a token belongs to and, for APNs, the environment that issued it.
+//! Devices: the platform a token belongs to and, for APNs, the environment that issued it;
+//! what a valid registration is.
 
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::{InvalidField, UnknownValue};
+use super::{canonical_locale, InvalidField, UnknownValue};
 
 /// Push platform of a device.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema)]
@@ -114,6 +116,180 @@ pub fn normalize_token(token: &str) -> String {
         token.to_ascii_lowercase()
     } else {
         token.to_string()
+    }
+}
+
+/// Size limits on device registrations.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceLimits {
+    /// Maximum size of the serialized `attributes` object.
+    pub max_attributes_bytes: usize,
+    /// Maximum number of tags per device.
+    pub max_tags: usize,
+}
+
+impl Default for DeviceLimits {
+    fn default() -> Self {
+        Self {
+            max_attributes_bytes: 8 * 1024,
+            max_tags: 64,
+        }
+    }
+}
+
+/// Validated input for registering or updating a device.
+#[derive(Clone, Debug)]
+pub struct DeviceRegistration {
+    /// Push platform.
+    pub platform: Platform,
+    /// Owner.
+    pub user_id: Option<String>,
+    /// BCP-47 locale.
+    pub locale: Option<String>,
+    /// IANA time zone.
+    pub timezone: Option<String>,
+    /// App version.
+    pub app_version: Option<String>,
+    /// APNs environment (APNs devices only).
+    pub environment: Option<ApnsEnvironment>,
+    /// APNs topic.
+    pub topic: Option<String>,
+    /// JSON object.
+    pub attributes: Value,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+/// A device registration as submitted, before validation.
+#[derive(Clone, Debug, Default)]
+pub struct RegistrationRequest {
+    /// `apns` or `fcm`.
+    pub platform: String,
+    /// The owning user.
+    pub user_id: Option<String>,
+    /// BCP-47 language tag.
+    pub locale: Option<String>,
+    /// IANA time zone name.
+    pub timezone: Option<String>,
+    /// App version.
+    pub app_version: Option<String>,
+    /// APNs only: `production` (the default) or `sandbox`.
+    pub environment: Option<String>,
+    /// APNs only: the bundle id.
+    pub topic: Option<String>,
+    /// Free-form JSON object.
+    pub attributes: Option<Value>,
+    /// Tags for device audiences.
+    pub tags: Vec<String>,
+}
+
+impl DeviceRegistration {
+    /// Validates a registration of `token`; returns the token's stored form and the
+    /// registration. Every error names the field at fault.
+    pub fn validate(
+        token: &str,
+        body: RegistrationRequest,
+        limits: &DeviceLimits,
+    ) -> Result<(String, Self), InvalidField> {
+        let platform: Platform = body
+            .platform
+            .parse()
+            .map_err(|_| InvalidField::new("platform", "must be \"apns\" or \"fcm\""))?;
+        let token = platform.validate_token(token)?;
+        let is_apns = platform == Platform::Apns;
+        let locale = body
+            .locale
+            .map(|l| {
+                canonical_locale(&l).ok_or_else(|| {
+                    InvalidField::new("locale", "must be a BCP-47 language tag such as en-US")
+                })
+            })
+            .transpose()?;
+        let timezone = short_text("timezone", body.timezone, 64)?;
+        if let Some(tz) = &timezone {
+            if !tz
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'+' | b'-'))
+            {
+                return Err(InvalidField::new(
+                    "timezone",
+                    "must be an IANA time zone name such as Europe/Paris",
+                ));
+            }
+        }
+        let environment = match (is_apns, body.environment.as_deref()) {
+            (true, None) => Some(ApnsEnvironment::Production),
+            (true, Some(e)) => Some(e.parse::<ApnsEnvironment>().map_err(|_| {
+                InvalidField::new("environment", "must be \"production\" or \"sandbox\"")
+            })?),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(InvalidField::new(
+                    "environment",
+                    "only applies to apns devices",
+                ))
+            }
+        };
+        if !is_apns && body.topic.is_some() {
+            return Err(InvalidField::new("topic", "only applies to apns devices"));
+        }
+        let attributes = body
+            .attributes
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        if !attributes.is_object() {
+            return Err(InvalidField::new("attributes", "must be a JSON object"));
+        }
+        let size = attributes.to_string().len();
+        if size > limits.max_attributes_bytes {
+            return Err(InvalidField::new(
+                "attributes",
+                format!(
+                    "is {size} bytes when serialized; the limit is {}",
+                    limits.max_attributes_bytes
+                ),
+            ));
+        }
+        let tags = body.tags;
+        if tags.len() > limits.max_tags {
+            return Err(InvalidField::new(
+                "tags",
+                format!("at most {} tags", limits.max_tags),
+            ));
+        }
+        for (i, tag) in tags.iter().enumerate() {
+            short_text(&format!("tags[{i}]"), Some(tag.clone()), 64)?;
+        }
+        Ok((
+            token,
+            Self {
+                platform,
+                user_id: short_text("user_id", body.user_id, 256)?,
+                locale,
+                timezone,
+                app_version: short_text("app_version", body.app_version, 64)?,
+                environment,
+                topic: short_text("topic", body.topic, 255)?,
+                attributes,
+                tags,
+            },
+        ))
+    }
+}
+
+fn short_text(
+    field: &str,
+    value: Option<String>,
+    max: usize,
+) -> Result<Option<String>, InvalidField> {
+    match value {
+        Some(v) if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) => {
+            Err(InvalidField::new(
+                field,
+                format!("must be 1-{max} characters without control characters"),
+            ))
+        }
+        other => Ok(other),
     }
 }
 

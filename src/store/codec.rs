@@ -56,8 +56,9 @@ text_column!(
 mod tests {
     use serde_json::json;
 
+    use crate::model::device::DeviceRegistration;
     use crate::model::{ApnsEnvironment, Platform};
-    use crate::store::{DeviceRegistration, Store};
+    use crate::store::Store;
 
     /// A migrated in-memory store holding one app with one APNs device.
     async fn store_with_device() -> (Store, String, String) {

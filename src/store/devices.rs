@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use super::{now_ms, Store};
+use crate::model::device::DeviceRegistration;
 use crate::model::{ApnsEnvironment, Platform};
 use crate::redact::Redacted;
 
@@ -91,29 +92,6 @@ impl TryFrom<DeviceRow> for Device {
             updated_at: r.updated_at,
         })
     }
-}
-
-/// Validated input for registering or updating a device.
-#[derive(Clone, Debug)]
-pub struct DeviceRegistration {
-    /// Push platform.
-    pub platform: Platform,
-    /// Owner.
-    pub user_id: Option<String>,
-    /// BCP-47 locale.
-    pub locale: Option<String>,
-    /// IANA time zone.
-    pub timezone: Option<String>,
-    /// App version.
-    pub app_version: Option<String>,
-    /// APNs environment (APNs devices only).
-    pub environment: Option<ApnsEnvironment>,
-    /// APNs topic.
-    pub topic: Option<String>,
-    /// JSON object.
-    pub attributes: Value,
-    /// Tags.
-    pub tags: Vec<String>,
 }
 
 const DEVICE_COLUMNS: &str = "app_id, token, platform, user_id, locale, timezone, app_version, \

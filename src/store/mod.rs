@@ -26,7 +26,7 @@ mod user_auth;
 pub use apps::{ApiKey, App, KeyKind, NewApp};
 pub use dead_letters::DeadLetter;
 pub use deliveries::{AttemptRow, DeliveryRow, PrunedRow};
-pub use devices::{Device, DeviceRegistration};
+pub use devices::Device;
 pub use events::{Event, EventInsert, EventWriter, IncomingEvent, NewEvent};
 pub use fanout::{FanOutCursor, FanOutSlice, NewJob};
 pub use outbox::{CallbackAttempt, CallbackRow, CallbackTarget};

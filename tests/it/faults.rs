@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::harness::{simulator, Db, TestApp, OPERATOR_KEY};
+use pushbridge::model::device::DeviceRegistration;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
 use pushbridge::simulator::{Faults, Side};
-use pushbridge::store::{DeviceRegistration, NewApp};
+use pushbridge::store::NewApp;
 use reqwest::Method;
 use serde_json::{json, Value};
 

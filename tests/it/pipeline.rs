@@ -685,11 +685,12 @@ async fn shutdown_finishes_in_flight_sends_and_loses_nothing(db: Db) {
 /// worker after the cursor: every device gets exactly one job and one send, numbered on from
 /// the committed slice, across more than one page of devices.
 async fn a_fan_out_cut_short_resumes_after_its_last_committed_slice(db: Db) {
+    use pushbridge::model::device::DeviceRegistration;
     use pushbridge::model::rules::{Audience, DeviceFilter, TemplateRef};
     use pushbridge::model::template::TemplateSpec;
     use pushbridge::model::JobStatus;
     use pushbridge::model::Notification;
-    use pushbridge::store::{DeviceRegistration, FanOutCursor, FanOutSlice, NewJob};
+    use pushbridge::store::{FanOutCursor, FanOutSlice, NewJob};
     use pushbridge::worker::JobPayload;
 
     let sim = simulator().await;

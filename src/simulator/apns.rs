@@ -1,4 +1,6 @@
-//! The simulated APNs endpoint: `POST /3/device/{token}`, checked the way Apple checks it.
+//! The simulated APNs endpoint: `POST /3/device/{token}`, checked the way Apple checks it,
+//! including the provider token against the known keys and their update history
+//! ([`super::identities`]).
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
@@ -9,8 +11,9 @@ use serde_json::{json, Value};
 
 use super::exchange::{json_response, Handled, Received, Reply};
 use super::faults::{self, Injected};
+use super::identities::TokenUse;
 use super::record::Side;
-use super::state::{now_millis, State};
+use super::state::State;
 use super::tokens::{parse_apns, ApnsTestKind};
 use crate::push::apns::wire::{self, header, priority, push_type, reason};
 
@@ -95,8 +98,8 @@ async fn answer(state: &State, req: &Received, token: Option<&str>, apns_id: &st
         }
         None => {}
     }
-    if let Err(reason) = verify_provider_token(state, req.header("authorization")) {
-        return Answer::Error(StatusCode::FORBIDDEN, reason, None);
+    if let Err(refused) = verify_provider_token(state, req.header("authorization")) {
+        return refused;
     }
     if let Err(refused) = check_request(req, token, apns_id) {
         return refused;
@@ -166,12 +169,16 @@ fn test_token_answer(state: &State, token: &str) -> Answer {
     match kind {
         ApnsTestKind::Success => Answer::Ok,
         ApnsTestKind::Unregistered { timestamp_ms } => {
-            let ts = timestamp_ms.map(|t| t as i64).unwrap_or_else(now_millis);
+            let ts = timestamp_ms
+                .map(|t| t as i64)
+                .unwrap_or_else(|| state.now_millis());
             Answer::Error(StatusCode::GONE, reason::UNREGISTERED, Some(ts))
         }
-        ApnsTestKind::ExpiredToken => {
-            Answer::Error(StatusCode::GONE, reason::EXPIRED_TOKEN, Some(now_millis()))
-        }
+        ApnsTestKind::ExpiredToken => Answer::Error(
+            StatusCode::GONE,
+            reason::EXPIRED_TOKEN,
+            Some(state.now_millis()),
+        ),
         ApnsTestKind::BadDeviceToken => bad(reason::BAD_DEVICE_TOKEN),
         ApnsTestKind::DeviceTokenNotForTopic => bad(reason::DEVICE_TOKEN_NOT_FOR_TOPIC),
         ApnsTestKind::TooManyRequests => Answer::Error(
@@ -196,30 +203,51 @@ fn test_token_answer(state: &State, token: &str) -> Answer {
     }
 }
 
-/// Checks the provider JWT the way APNs does; `Err` carries the 403 reason.
-fn verify_provider_token(state: &State, authorization: Option<&str>) -> Result<(), &'static str> {
+/// Checks the provider JWT the way APNs does: a known, unrevoked `kid`, its signature and
+/// team, its age, and how often the key's token changes. `Err` is the refusal.
+fn verify_provider_token(state: &State, authorization: Option<&str>) -> Result<(), Answer> {
+    let forbidden = |reason| Answer::Error(StatusCode::FORBIDDEN, reason, None);
     let Some(jwt) = authorization.and_then(|a| {
         a.strip_prefix("bearer ")
             .or_else(|| a.strip_prefix("Bearer "))
     }) else {
-        return Err(reason::MISSING_PROVIDER_TOKEN);
+        return Err(forbidden(reason::MISSING_PROVIDER_TOKEN));
     };
-    let header = jsonwebtoken::decode_header(jwt).map_err(|_| reason::INVALID_PROVIDER_TOKEN)?;
-    if header.alg != Algorithm::ES256 || header.kid.as_deref() != Some(state.apns_key_id.as_str()) {
-        return Err(reason::INVALID_PROVIDER_TOKEN);
-    }
+    let invalid = || forbidden(reason::INVALID_PROVIDER_TOKEN);
+    let header = jsonwebtoken::decode_header(jwt).map_err(|_| invalid())?;
+    let Some(key_id) = header.kid.filter(|_| header.alg == Algorithm::ES256) else {
+        return Err(invalid());
+    };
+    let key = state
+        .identities
+        .apns_key(&key_id, jwt)
+        .ok_or_else(invalid)?;
     let mut validation = Validation::new(Algorithm::ES256);
     validation.validate_exp = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    let claims = jsonwebtoken::decode::<ProviderClaims>(jwt, &state.apns_key, &validation)
-        .map_err(|_| reason::INVALID_PROVIDER_TOKEN)?
+    if key.is_current {
+        // The key's current token had its signature checked when it became current.
+        validation.insecure_disable_signature_validation();
+    }
+    let claims = jsonwebtoken::decode::<ProviderClaims>(jwt, &key.verifier, &validation)
+        .map_err(|_| invalid())?
         .claims;
-    if claims.iss != state.apns_team_id {
-        return Err(reason::INVALID_PROVIDER_TOKEN);
+    if claims.iss != key.team_id {
+        return Err(invalid());
     }
-    if now_millis() / 1000 - claims.iat > wire::MAX_PROVIDER_TOKEN_AGE_SECS {
-        return Err(reason::EXPIRED_PROVIDER_TOKEN);
+    if state.now_secs() - claims.iat > wire::MAX_PROVIDER_TOKEN_AGE_SECS {
+        return Err(forbidden(reason::EXPIRED_PROVIDER_TOKEN));
     }
-    Ok(())
+    match state
+        .identities
+        .use_apns_token(&key_id, jwt, claims.iat, state.now_millis())
+    {
+        TokenUse::Accepted => Ok(()),
+        TokenUse::TooManyUpdates => Err(Answer::Error(
+            StatusCode::TOO_MANY_REQUESTS,
+            reason::TOO_MANY_PROVIDER_TOKEN_UPDATES,
+            None,
+        )),
+    }
 }

@@ -1,4 +1,4 @@
-//! Simulator settings: listeners, credentials, limits and initial faults, and the
+//! Simulator settings: listeners, the identities it knows, limits and initial faults, and the
 //! `pushbridge simulate` flags that describe them.
 
 use std::net::SocketAddr;
@@ -16,6 +16,39 @@ pub const DEFAULT_FCM_PORT: u16 = 2198;
 pub const TEST_KEY_ID: &str = "SIMKEY0001";
 /// Team id the simulator expects by default.
 pub const TEST_TEAM_ID: &str = "SIMTEAM001";
+/// Apple's shortest interval between two updates of a key's provider token.
+pub const APPLE_TOKEN_UPDATE_INTERVAL_SECS: u64 = 20 * 60;
+
+/// An APNs signing key the simulator accepts provider tokens from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsKeyFile {
+    /// The key id (JWT `kid`).
+    pub key_id: String,
+    /// The team id (JWT `iss`).
+    pub team_id: String,
+    /// The `.p8` key, or its public key as PEM.
+    pub path: PathBuf,
+}
+
+impl std::str::FromStr for ApnsKeyFile {
+    type Err = String;
+
+    /// `KEY_ID:TEAM_ID:PATH`, as `--apns-key` takes it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(k), Some(t), Some(p)) if !k.is_empty() && !t.is_empty() && !p.is_empty() => {
+                Ok(Self {
+                    key_id: k.into(),
+                    team_id: t.into(),
+                    path: p.into(),
+                })
+            }
+            _ => Err(format!("expected KEY_ID:TEAM_ID:PATH, got {s:?}")),
+        }
+    }
+}
 
 /// Simulator settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,14 +62,14 @@ pub struct SimulatorConfig {
     pub cert_path: PathBuf,
     /// Server private key (PEM).
     pub key_path: PathBuf,
-    /// The `.p8` key whose public half verifies provider JWTs (or that public key as PEM).
-    pub apns_key_path: PathBuf,
-    /// Expected JWT `kid`.
-    pub apns_key_id: String,
-    /// Expected JWT `iss`.
-    pub apns_team_id: String,
-    /// Service-account file whose public key verifies OAuth assertions.
-    pub fcm_service_account_path: PathBuf,
+    /// APNs keys whose provider tokens are accepted (more can be added at run time).
+    pub apns_keys: Vec<ApnsKeyFile>,
+    /// Service-account files whose OAuth assertions are accepted; each account's access
+    /// tokens may send to its own `project_id` only.
+    pub fcm_service_accounts: Vec<PathBuf>,
+    /// Shortest time between two updates of one key's provider token before APNs answers 429
+    /// `TooManyProviderTokenUpdates` (Apple: 1200; shorten it in tests).
+    pub token_update_interval_secs: u64,
     /// Lifetime of issued access tokens.
     pub access_token_ttl_secs: u64,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS (APNs uses 1000).
@@ -61,10 +94,13 @@ impl SimulatorConfig {
             fcm_listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_FCM_PORT)),
             cert_path: dir.join("server.pem"),
             key_path: dir.join("server.key"),
-            apns_key_path: dir.join(format!("AuthKey_{TEST_KEY_ID}.p8")),
-            apns_key_id: TEST_KEY_ID.into(),
-            apns_team_id: TEST_TEAM_ID.into(),
-            fcm_service_account_path: dir.join("fcm-service-account.json"),
+            apns_keys: vec![ApnsKeyFile {
+                key_id: TEST_KEY_ID.into(),
+                team_id: TEST_TEAM_ID.into(),
+                path: dir.join(format!("AuthKey_{TEST_KEY_ID}.p8")),
+            }],
+            fcm_service_accounts: vec![dir.join("fcm-service-account.json")],
+            token_update_interval_secs: APPLE_TOKEN_UPDATE_INTERVAL_SECS,
             access_token_ttl_secs: 3600,
             max_concurrent_streams: 1000,
             max_records: 100_000,
@@ -85,12 +121,21 @@ pub struct SimulateArgs {
     /// Directory with server.pem, server.key, the .p8 key and the service account.
     #[arg(long, default_value = "certs")]
     pub certs_dir: PathBuf,
-    /// Expected APNs key id (JWT kid).
+    /// Key id (JWT kid) of the .p8 key in the certs directory.
     #[arg(long, default_value = TEST_KEY_ID)]
     pub key_id: String,
-    /// Expected APNs team id (JWT iss).
+    /// Team id (JWT iss) of the .p8 key in the certs directory.
     #[arg(long, default_value = TEST_TEAM_ID)]
     pub team_id: String,
+    /// Another APNs key to accept, as KEY_ID:TEAM_ID:PATH (repeatable).
+    #[arg(long = "apns-key", value_name = "KEY_ID:TEAM_ID:PATH")]
+    pub apns_keys: Vec<ApnsKeyFile>,
+    /// Another service-account file to accept (repeatable).
+    #[arg(long = "fcm-service-account", value_name = "PATH")]
+    pub fcm_service_accounts: Vec<PathBuf>,
+    /// Shortest interval between two updates of a key's provider token, seconds.
+    #[arg(long, default_value_t = APPLE_TOKEN_UPDATE_INTERVAL_SECS)]
+    pub token_update_interval_secs: u64,
     /// Lifetime of issued FCM access tokens, seconds.
     #[arg(long, default_value_t = 3600)]
     pub access_token_ttl_secs: u64,
@@ -123,11 +168,21 @@ pub struct SimulateArgs {
 impl SimulateArgs {
     /// The simulator configuration these flags describe.
     pub fn to_config(&self) -> SimulatorConfig {
+        let defaults = SimulatorConfig::with_certs_dir(&self.certs_dir);
+        let mut apns_keys = defaults.apns_keys.clone();
+        for key in &mut apns_keys {
+            key.key_id.clone_from(&self.key_id);
+            key.team_id.clone_from(&self.team_id);
+        }
+        apns_keys.extend(self.apns_keys.iter().cloned());
+        let mut fcm_service_accounts = defaults.fcm_service_accounts.clone();
+        fcm_service_accounts.extend(self.fcm_service_accounts.iter().cloned());
         SimulatorConfig {
             apns_listen: self.apns_listen,
             fcm_listen: self.fcm_listen,
-            apns_key_id: self.key_id.clone(),
-            apns_team_id: self.team_id.clone(),
+            apns_keys,
+            fcm_service_accounts,
+            token_update_interval_secs: self.token_update_interval_secs,
             access_token_ttl_secs: self.access_token_ttl_secs,
             max_records: self.max_records,
             faults: Faults {
@@ -139,7 +194,7 @@ impl SimulateArgs {
                 reset_probability: self.reset_probability,
                 goaway_after_streams: self.goaway_after_streams,
             },
-            ..SimulatorConfig::with_certs_dir(&self.certs_dir)
+            ..defaults
         }
     }
 }
@@ -165,9 +220,18 @@ mod tests {
             "0.25",
             "--goaway-after-streams",
             "100",
+            "--apns-key",
+            "SIMKEY0002:SIMTEAM002:certs/AuthKey_SIMKEY0002.p8",
+            "--token-update-interval-secs",
+            "5",
         ])
         .unwrap();
         let cfg = cli.args.to_config();
+        assert_eq!(cfg.apns_keys.len(), 2);
+        assert_eq!(cfg.apns_keys[0].key_id, TEST_KEY_ID);
+        assert_eq!(cfg.apns_keys[1].team_id, "SIMTEAM002");
+        assert_eq!(cfg.token_update_interval_secs, 5);
+        assert_eq!(cfg.fcm_service_accounts.len(), 1);
         assert_eq!(cfg.apns_listen.port(), 0);
         assert_eq!(cfg.fcm_listen.port(), DEFAULT_FCM_PORT);
         assert_eq!(cfg.faults.error_rate, 0.25);

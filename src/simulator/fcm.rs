@@ -1,14 +1,17 @@
-//! The simulated FCM HTTP v1 endpoint, `POST /v1/projects/{project}/messages:send`; token
-//! requests on the same port go to [`oauth`].
+//! The simulated FCM HTTP v1 endpoint, `POST /v1/projects/{project}/messages:send`: the access
+//! token must be unexpired and belong to an unrevoked service account, and the project in the
+//! path must be that account's. Token requests on the same port go to [`oauth`], and the
+//! simulator's own control requests to [`admin`].
 
 use http::{HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
+use super::admin;
 use super::exchange::{json_response, Handled, Received, Reply};
 use super::faults::{self, Injected};
 use super::oauth::{self, TOKEN_PATH};
 use super::record::Side;
-use super::state::{now_millis, State};
+use super::state::State;
 use super::tokens::{parse_fcm, FcmTestKind};
 use crate::push::fcm::wire::{
     self, error_code, BAD_REQUEST_TYPE, FCM_ERROR_TYPE, MAX_PAYLOAD_BYTES, TOKEN_FIELD,
@@ -20,6 +23,9 @@ pub const QUOTA_RETRY_AFTER_SECS: u64 = 2;
 pub(super) async fn handle(state: &State, req: &Received) -> Handled {
     if req.path.split('?').next() == Some(TOKEN_PATH) {
         return oauth::handle(state, req);
+    }
+    if let Some(handled) = admin::handle(state, req) {
+        return handled;
     }
     let body = serde_json::from_slice::<Value>(&req.body).unwrap_or(Value::Null);
     let token = body["message"]["token"].as_str().map(str::to_string);
@@ -67,7 +73,7 @@ async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) 
         }
         None => {}
     }
-    if !access_token_valid(state, req.header("authorization")) {
+    let Some(project_id) = access_token_project(state, req.header("authorization")) else {
         return rpc_error(
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
@@ -76,12 +82,15 @@ async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) 
             None,
             vec![],
         );
-    }
-    if project != state.fcm_project_id {
+    };
+    if project != project_id {
         return rpc_error(
             StatusCode::FORBIDDEN,
             "PERMISSION_DENIED",
-            "Permission 'cloudmessaging.messages.create' denied on resource",
+            &format!(
+                "Permission 'cloudmessaging.messages.create' denied on resource \
+                 '//cloudresourcemanager.googleapis.com/projects/{project}' (or it may not exist)."
+            ),
             None,
             vec![],
         );
@@ -94,7 +103,7 @@ async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) 
     }
     let Some(token) = token else {
         if message.contains_key("topic") || message.contains_key("condition") {
-            return success(state);
+            return success(state, project);
         }
         return invalid_argument("Recipient of the message is not set.", None);
     };
@@ -105,7 +114,7 @@ async fn send(state: &State, req: &Received, body: &Value, token: Option<&str>) 
     if !well_formed {
         return invalid_token();
     }
-    test_token_reply(state, token)
+    test_token_reply(state, project, token)
 }
 
 /// Google's checks of the message (string data values, payload size): the refusal, if any.
@@ -137,15 +146,15 @@ fn refuse_message(message: &serde_json::Map<String, Value>) -> Option<Reply> {
 }
 
 /// The answer a test token asks for (see [`super::tokens`]); ordinary tokens are delivered.
-fn test_token_reply(state: &State, token: &str) -> Reply {
+fn test_token_reply(state: &State, project: &str, token: &str) -> Reply {
     let Some((kind, times)) = parse_fcm(token) else {
-        return success(state);
+        return success(state, project);
     };
     if !state.should_fail(token, times) {
-        return success(state);
+        return success(state, project);
     }
     match kind {
-        FcmTestKind::Success => success(state),
+        FcmTestKind::Success => success(state, project),
         FcmTestKind::Unregistered => rpc_error(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
@@ -189,11 +198,11 @@ fn test_token_reply(state: &State, token: &str) -> Reply {
     }
 }
 
-fn success(state: &State) -> Reply {
-    let id = format!("0:{}%{:016x}", now_millis(), rand::random::<u64>());
+fn success(state: &State, project: &str) -> Reply {
+    let id = format!("0:{}%{:016x}", state.now_millis(), rand::random::<u64>());
     Reply::Respond(json_response(
         StatusCode::OK,
-        &json!({ "name": format!("projects/{}/messages/{id}", state.fcm_project_id) }),
+        &json!({ "name": format!("projects/{project}/messages/{id}") }),
     ))
 }
 
@@ -258,12 +267,13 @@ fn with_retry_after(reply: Reply, secs: u64) -> Reply {
     }
 }
 
-fn access_token_valid(state: &State, authorization: Option<&str>) -> bool {
-    let Some(token) = authorization.and_then(|a| {
+/// The project the bearer's access token may send to: unexpired, and issued to a service
+/// account that is still known and not revoked.
+fn access_token_project(state: &State, authorization: Option<&str>) -> Option<String> {
+    let token = authorization.and_then(|a| {
         a.strip_prefix("Bearer ")
             .or_else(|| a.strip_prefix("bearer "))
-    }) else {
-        return false;
-    };
-    state.access_token_valid(token, now_millis() / 1000)
+    })?;
+    let owner = state.access_token_owner(token, state.now_secs())?;
+    Some(state.identities.fcm_account(&owner)?.project_id)
 }

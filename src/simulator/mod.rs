@@ -1,9 +1,19 @@
 //! APNs- and FCM-compatible provider simulator (HTTP/2 over TLS), for tests, benchmarks and
 //! local development (`pushbridge simulate`).
 //!
+//! # Identities
+//! The simulator knows several APNs keys (key id, team id, public key) and several FCM service
+//! accounts (each with its project); by default the one test key and the one service account
+//! in `certs/`. More come from the config (`apns_keys`, `fcm_service_accounts`), the
+//! `--apns-key` / `--fcm-service-account` flags, [`SimulatorHandle::add_apns_key`] and
+//! [`SimulatorHandle::add_fcm_service_account`], or the control requests of [`admin`]. A key
+//! or an account can be revoked while the simulator runs. See [`identities`] for the rule by
+//! which a key's provider token may change at most once per 20 minutes.
+//!
 //! # APNs side
-//! `POST /3/device/{token}` with the checks Apple makes: ES256 provider JWT (`kid`, `iss`,
-//! signature, `iat` younger than one hour), `apns-topic`, `apns-push-type`, `apns-priority`,
+//! `POST /3/device/{token}` with the checks Apple makes: ES256 provider JWT (a known,
+//! unrevoked `kid`, its signature, the key's team as `iss`, `iat` younger than one hour, and
+//! no second token update within 20 minutes: 429 `TooManyProviderTokenUpdates`), `apns-topic`, `apns-push-type`, `apns-priority`,
 //! `apns-expiration`, `apns-collapse-id` (≤ 64 bytes), `apns-id`, hex token of 64–200
 //! characters, JSON payload of at most 4096 bytes (5120 for VoIP). Success is a HEADERS frame
 //! with END_STREAM that echoes `apns-id` (generated when absent). Errors are
@@ -13,9 +23,11 @@
 //! # FCM side
 //! `POST /v1/projects/{project}/messages:send` over HTTP/2 or HTTP/1.1, with a bearer access
 //! token issued by `POST /token` on the same port (standard form-encoded JWT-bearer grant; the
-//! RS256 assertion is checked against the service account's public key). Unknown, expired or
-//! revoked access tokens get 401 `UNAUTHENTICATED`. Errors use the `google.rpc.Status` form
-//! with an `FcmError` detail.
+//! RS256 assertion is checked against the public key of the service account it names). Unknown,
+//! expired or revoked access tokens, and those of a revoked account, get 401
+//! `UNAUTHENTICATED`; a project in the path that is not the token's account's gets 403
+//! `PERMISSION_DENIED`, as Google answers. Errors use the `google.rpc.Status` form with an
+//! `FcmError` detail.
 //!
 //! # Test tokens
 //! See [`tokens`]: APNs tokens starting with `fa11` and FCM tokens starting with `pbsim-`
@@ -52,11 +64,13 @@
 //! and `Retry-After`, closes connections at random, and sends GOAWAY after N streams per
 //! connection. It applies to message sends on both sides, not to the token endpoint.
 
+mod admin;
 mod apns;
 mod config;
 mod exchange;
 mod faults;
 mod fcm;
+mod identities;
 mod oauth;
 mod record;
 mod server;
@@ -72,10 +86,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use self::config::{
-    SimulateArgs, SimulatorConfig, DEFAULT_APNS_PORT, DEFAULT_FCM_PORT, TEST_KEY_ID, TEST_TEAM_ID,
+    ApnsKeyFile, SimulateArgs, SimulatorConfig, APPLE_TOKEN_UPDATE_INTERVAL_SECS,
+    DEFAULT_APNS_PORT, DEFAULT_FCM_PORT, TEST_KEY_ID, TEST_TEAM_ID,
 };
 pub use self::faults::Faults;
 pub use self::fcm::QUOTA_RETRY_AFTER_SECS;
+pub use self::identities::{ApnsKeyInfo, FcmAccountInfo};
 pub use self::record::{RecordedRequest, Side};
 use self::server::Service;
 use self::state::State;
@@ -83,6 +99,8 @@ pub use self::tokens::{
     apns_test_token, apns_test_token_failing_first, fcm_test_token, fcm_test_token_failing_first,
     ApnsTestKind, FcmTestKind,
 };
+use crate::push::fcm::ServiceAccount;
+use crate::push::Clock;
 use crate::tls::{server_acceptor, ALPN_H2, ALPN_HTTP1};
 
 /// A running simulator; stops when dropped or on [`SimulatorHandle::shutdown`].
@@ -143,6 +161,45 @@ impl SimulatorHandle {
     /// Invalidates every access token issued so far (the next send with one gets 401).
     pub fn revoke_access_tokens(&self) {
         self.state.revoke_access_tokens();
+    }
+
+    /// Accepts provider tokens of another APNs key (or replaces a key, un-revoked and with no
+    /// token history); `pem` is the `.p8` private key or its public key.
+    pub fn add_apns_key(&self, key_id: &str, team_id: &str, pem: &str) -> anyhow::Result<()> {
+        self.state.identities.add_apns_key(key_id, team_id, pem)
+    }
+
+    /// Revokes an APNs key: its tokens get 403 `InvalidProviderToken`. False when unknown.
+    pub fn revoke_apns_key(&self, key_id: &str) -> bool {
+        self.state.identities.revoke_apns_key(key_id)
+    }
+
+    /// Accepts assertions of another service account, whose access tokens may send to its
+    /// `project_id` (or replaces it, un-revoked).
+    pub fn add_fcm_service_account(&self, account: &ServiceAccount) -> anyhow::Result<()> {
+        self.state.identities.add_fcm_account(account)
+    }
+
+    /// Revokes a service account: its access tokens get 401 and its assertions
+    /// `invalid_grant`. False when unknown.
+    pub fn revoke_fcm_service_account(&self, client_email: &str) -> bool {
+        self.state.identities.revoke_fcm_account(client_email)
+    }
+
+    /// The APNs keys the simulator knows.
+    pub fn apns_keys(&self) -> Vec<ApnsKeyInfo> {
+        self.state.identities.apns_keys()
+    }
+
+    /// The service accounts the simulator knows.
+    pub fn fcm_service_accounts(&self) -> Vec<FcmAccountInfo> {
+        self.state.identities.fcm_accounts()
+    }
+
+    /// The simulator's clock (token ages, update intervals, access-token expiry); tests
+    /// shift it instead of sleeping.
+    pub fn clock(&self) -> Clock {
+        self.state.clock.clone()
     }
 
     /// Stops listening and closes every connection.
@@ -227,11 +284,19 @@ pub async fn run_cli(args: SimulateArgs) -> anyhow::Result<()> {
     println!("APNs simulator: {}", handle.apns_url());
     println!("FCM simulator:  {}", handle.fcm_url());
     println!("token_uri:      {}", handle.token_uri());
+    for key in handle.apns_keys() {
+        println!("APNs key:       {} (team {})", key.key_id, key.team_id);
+    }
+    for account in handle.fcm_service_accounts() {
+        println!(
+            "FCM account:    {} (project {})",
+            account.client_email, account.project_id
+        );
+    }
     println!(
-        "trust {} and use key id {} / team id {}; Ctrl-C stops",
+        "trust {}; control requests under {}/sim/; Ctrl-C stops",
         args.certs_dir.join("ca.pem").display(),
-        args.key_id,
-        args.team_id
+        handle.fcm_url()
     );
     tokio::signal::ctrl_c()
         .await

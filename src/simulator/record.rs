@@ -15,6 +15,8 @@ pub enum Side {
     Fcm,
     /// The OAuth2 token endpoint (on the FCM port).
     Token,
+    /// The simulator's control requests (on the FCM port, under `/sim/`).
+    Admin,
 }
 
 /// One request the simulator received, and what it answered.

@@ -1,56 +1,57 @@
-//! Shared state of a running simulator: the credentials it verifies, issued access tokens,
-//! fail-first-N counters, current faults and the request records.
+//! Shared state of a running simulator: the identities it knows, its clock, issued access
+//! tokens, fail-first-N counters, current faults and the request records.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use anyhow::Context;
-use jsonwebtoken::DecodingKey;
 
 use super::config::SimulatorConfig;
 use super::faults::Faults;
+use super::identities::Identities;
 use super::record::RecordedRequest;
 use crate::push::fcm::ServiceAccount;
 use crate::push::Clock;
 
+struct AccessToken {
+    expires_at: i64,
+    client_email: String,
+}
+
 /// Shared state of a running simulator.
 pub(super) struct State {
-    pub apns_key: DecodingKey,
-    pub apns_key_id: String,
-    pub apns_team_id: String,
-    pub fcm_key: DecodingKey,
-    pub fcm_client_email: String,
-    pub fcm_project_id: String,
+    pub identities: Identities,
+    pub clock: Clock,
     pub access_token_ttl_secs: u64,
     max_records: usize,
     records: Mutex<VecDeque<RecordedRequest>>,
     connections: AtomicU64,
     faults: RwLock<Faults>,
-    access_tokens: Mutex<HashMap<String, i64>>,
+    access_tokens: Mutex<HashMap<String, AccessToken>>,
     attempts: Mutex<HashMap<String, u32>>,
 }
 
 impl State {
-    /// Loads the verification keys named in `cfg`.
+    /// Loads the identities named in `cfg`.
     pub fn load(cfg: &SimulatorConfig) -> anyhow::Result<Self> {
-        let apns_key = apns_decoding_key(&cfg.apns_key_path)?;
-        let account = ServiceAccount::load(&cfg.fcm_service_account_path)
-            .context("simulator fcm_service_account_path")?;
-        let fcm_key = rsa_decoding_key(&account.private_key).with_context(|| {
-            format!(
-                "{}: private_key is not a PKCS#8 RSA key",
-                cfg.fcm_service_account_path.display()
-            )
-        })?;
+        let identities = Identities::new(cfg.token_update_interval_secs);
+        for key in &cfg.apns_keys {
+            let pem = std::fs::read_to_string(&key.path)
+                .with_context(|| format!("simulator apns_keys: reading {}", key.path.display()))?;
+            identities
+                .add_apns_key(&key.key_id, &key.team_id, &pem)
+                .with_context(|| format!("simulator apns_keys: {}", key.path.display()))?;
+        }
+        for path in &cfg.fcm_service_accounts {
+            let account = ServiceAccount::load(path).context("simulator fcm_service_accounts")?;
+            identities
+                .add_fcm_account(&account)
+                .with_context(|| format!("simulator fcm_service_accounts: {}", path.display()))?;
+        }
         Ok(Self {
-            apns_key,
-            apns_key_id: cfg.apns_key_id.clone(),
-            apns_team_id: cfg.apns_team_id.clone(),
-            fcm_key,
-            fcm_client_email: account.client_email,
-            fcm_project_id: account.project_id,
+            identities,
+            clock: Clock::system(),
             access_token_ttl_secs: cfg.access_token_ttl_secs,
             max_records: cfg.max_records,
             records: Mutex::new(VecDeque::new()),
@@ -61,6 +62,15 @@ impl State {
         })
     }
 
+    /// The simulator's clock in unix milliseconds.
+    pub fn now_millis(&self) -> i64 {
+        self.clock.unix_millis()
+    }
+
+    /// The simulator's clock in unix seconds.
+    pub fn now_secs(&self) -> i64 {
+        self.clock.unix_secs()
+    }
     /// Remembers one request, forgetting the oldest beyond `max_records`.
     pub fn record(&self, request: RecordedRequest) {
         if self.max_records == 0 {
@@ -125,18 +135,27 @@ impl State {
         *seen <= times
     }
 
-    /// Remembers an issued access token until `expires_at` (unix seconds).
-    pub fn issue_access_token(&self, token: String, expires_at: i64) {
+    /// Remembers an access token issued to `client_email`, valid until `expires_at` (unix s).
+    pub fn issue_access_token(&self, token: String, client_email: &str, expires_at: i64) {
         self.access_tokens
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(token, expires_at);
+            .insert(
+                token,
+                AccessToken {
+                    expires_at,
+                    client_email: client_email.to_string(),
+                },
+            );
     }
 
-    /// Whether `token` was issued and is still valid at `now` (unix seconds).
-    pub fn access_token_valid(&self, token: &str, now: i64) -> bool {
+    /// The account `token` was issued to, while it is unexpired at `now` (unix seconds).
+    pub fn access_token_owner(&self, token: &str, now: i64) -> Option<String> {
         let tokens = self.access_tokens.lock().unwrap_or_else(|e| e.into_inner());
-        tokens.get(token).is_some_and(|expires| now < *expires)
+        tokens
+            .get(token)
+            .filter(|t| now < t.expires_at)
+            .map(|t| t.client_email.clone())
     }
 
     /// Invalidates every access token issued so far.
@@ -146,37 +165,4 @@ impl State {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
     }
-}
-
-/// The simulator's wall clock in unix milliseconds.
-pub(super) fn now_millis() -> i64 {
-    Clock::system().unix_millis()
-}
-
-/// The ES256 verification key: from a public-key PEM, or derived from the `.p8` private key.
-fn apns_decoding_key(path: &Path) -> anyhow::Result<DecodingKey> {
-    let pem = std::fs::read_to_string(path)
-        .with_context(|| format!("simulator apns_key_path: reading {}", path.display()))?;
-    if pem.contains("BEGIN PUBLIC KEY") {
-        return DecodingKey::from_ec_pem(pem.as_bytes())
-            .with_context(|| format!("{} is not an EC public key", path.display()));
-    }
-    let pair = rcgen::KeyPair::from_pem(&pem)
-        .with_context(|| format!("{} is not a PKCS#8 EC key", path.display()))?;
-    anyhow::ensure!(
-        pair.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256),
-        "{} is not a P-256 key",
-        path.display()
-    );
-    Ok(DecodingKey::from_ec_der(pair.public_key_raw()))
-}
-
-fn rsa_decoding_key(private_pem: &str) -> anyhow::Result<DecodingKey> {
-    let pair = rcgen::KeyPair::from_pem(private_pem)?;
-    anyhow::ensure!(
-        pair.is_compatible(&rcgen::PKCS_RSA_SHA256),
-        "not an RSA key"
-    );
-    // ring's raw RSA public key is the PKCS#1 DER that jsonwebtoken expects.
-    Ok(DecodingKey::from_rsa_der(pair.public_key_raw()))
 }

@@ -18,6 +18,7 @@ mod metrics;
 mod multi_instance;
 mod openapi;
 mod pipeline;
+mod provider_identities;
 mod queries;
 mod render_limits;
 mod replay;

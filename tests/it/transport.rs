@@ -390,8 +390,11 @@ async fn expired_provider_token_is_replaced_and_the_send_retried() {
 async fn provider_jwt_is_reused_until_its_refresh_age() {
     let sim = simulator().await;
     let clock = Clock::system();
-    // Start 55 minutes in the past so the refreshed token is still in the past too.
+    // Start 5 to 55 minutes in the past, one minute into a refresh window (tokens are
+    // aligned to windows of `apns.jwt_refresh_secs`, 50 minutes by default).
+    let refresh = ApnsConfig::default().jwt_refresh_secs as i64;
     clock.shift(-55 * 60);
+    clock.shift((60 - clock.unix_secs()).rem_euclid(refresh));
     let providers =
         Providers::with_clock(&apns_config(&sim), &FcmConfig::default(), clock.clone()).unwrap();
     let token = apns_test_token(ApnsTestKind::Success, 1);
@@ -416,7 +419,9 @@ async fn provider_jwt_is_reused_until_its_refresh_age() {
     assert_ne!(auth[2], auth[3]);
     let first_iat = jwt_claims(&auth[0])["iat"].as_i64().unwrap();
     let refreshed_iat = jwt_claims(&auth[3])["iat"].as_i64().unwrap();
-    assert!(refreshed_iat - first_iat >= 51 * 60);
+    // Each token's iat is its window's start, so the refresh is exactly one window newer.
+    assert_eq!(first_iat % refresh, 0);
+    assert_eq!(refreshed_iat - first_iat, refresh);
 }
 
 #[tokio::test]
@@ -778,14 +783,15 @@ async fn slow_provider_times_out_as_retry_and_the_connection_is_kept() {
 async fn provider_jwt_older_than_an_hour_is_rejected_by_the_simulator() {
     let sim = simulator().await;
     let clock = Clock::system();
-    clock.shift(-61 * 60);
+    // Two hours behind: even the replacement (at most an hour newer) is too old.
+    clock.shift(-121 * 60);
     let providers =
         Providers::with_clock(&apns_config(&sim), &FcmConfig::default(), clock).unwrap();
     let token = apns_test_token(ApnsTestKind::Success, 1);
 
     let outcome = providers.send(&apns(&token), &hello()).await;
 
-    // The replacement is signed with the same (stale) clock, so APNs refuses it too.
+    // The replacement is the newest window the answer justifies, and APNs refuses it too.
     assert_eq!(outcome, retry("ExpiredProviderToken"));
     assert_eq!(records_of(&sim, Side::Apns).len(), 2);
 }

@@ -9,11 +9,7 @@ pub mod wire;
 
 use std::time::Duration;
 
-use anyhow::Context;
-use http::header::{HeaderValue, AUTHORIZATION};
-use jsonwebtoken::EncodingKey;
-
-use self::auth::JwtSigner;
+use self::auth::{signing_key_from_pem, JwtSigner, SigningError};
 pub use self::request::{ApnsRequest, DeliveryOptions};
 pub use self::response::map_response;
 pub use self::settings::ApnsConfig;
@@ -24,6 +20,8 @@ use super::pool::{H2Pool, PoolConfig, PoolStats};
 use super::target::Target;
 use crate::model::{ApnsEnvironment, Notification};
 use crate::redact::Redacted;
+use anyhow::Context;
+use http::header::{HeaderValue, AUTHORIZATION};
 
 /// Sends to APNs with token-based authentication.
 pub struct ApnsSender {
@@ -37,9 +35,9 @@ pub struct ApnsSender {
 impl ApnsSender {
     /// Loads the `.p8` key and prepares both hosts' pools (connections open on first use).
     pub fn new(config: &ApnsConfig, clock: Clock) -> anyhow::Result<Self> {
-        let pem = std::fs::read(&config.key_path)
+        let pem = std::fs::read_to_string(&config.key_path)
             .with_context(|| format!("apns.key_path: reading {}", config.key_path.display()))?;
-        let key = EncodingKey::from_ec_pem(&pem).with_context(|| {
+        let key = signing_key_from_pem(&pem).with_context(|| {
             format!(
                 "apns.key_path: {} is not a PKCS#8 EC P-256 key (.p8)",
                 config.key_path.display()
@@ -123,10 +121,12 @@ impl ApnsSender {
             if response::is_expired_provider_token(&response) && !refreshed {
                 refreshed = true;
                 match self.signer.refresh(&jwt) {
-                    Ok(fresh) => {
+                    // Resending the same token would only be refused again.
+                    Ok(fresh) if fresh != jwt => {
                         jwt = fresh;
                         continue;
                     }
+                    Ok(_) => {}
                     Err(e) => return signing_failed(&e),
                 }
             }
@@ -139,7 +139,7 @@ impl ApnsSender {
     }
 }
 
-fn signing_failed(e: &jsonwebtoken::errors::Error) -> Outcome {
+fn signing_failed(e: &SigningError) -> Outcome {
     tracing::error!(error = %e, "signing the APNs provider token failed");
     Outcome::failed("ProviderTokenSigningFailed")
 }

@@ -270,9 +270,17 @@ pub fn certs_dir() -> std::path::PathBuf {
 
 /// A simulator on free ports with the repository's test credentials.
 pub async fn simulator() -> pushbridge::simulator::SimulatorHandle {
+    simulator_with(|_| {}).await
+}
+
+/// A simulator on free ports with the test credentials, its settings changed by `tweak`.
+pub async fn simulator_with(
+    tweak: impl FnOnce(&mut pushbridge::simulator::SimulatorConfig),
+) -> pushbridge::simulator::SimulatorHandle {
     let mut config = pushbridge::simulator::SimulatorConfig::with_certs_dir(&certs_dir());
     config.apns_listen = "127.0.0.1:0".parse().expect("addr");
     config.fcm_listen = "127.0.0.1:0".parse().expect("addr");
+    tweak(&mut config);
     pushbridge::simulator::start(config)
         .await
         .expect("simulator starts")

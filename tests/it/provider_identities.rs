@@ -12,13 +12,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pushbridge::config::Config;
+use pushbridge::model::device::DeviceRegistration;
 use pushbridge::model::{ApnsEnvironment, Notification, Platform};
 use pushbridge::push::fcm::ServiceAccount;
 use pushbridge::push::{ApnsConfig, FcmConfig, Outcome, Providers, Target};
 use pushbridge::simulator::{
     apns_test_token, fcm_test_token, ApnsKeyFile, ApnsTestKind, FcmTestKind, Side, SimulatorHandle,
 };
-use pushbridge::store::DeviceRegistration;
 use reqwest::Method;
 use serde_json::{json, Value};
 

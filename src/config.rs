@@ -40,6 +40,8 @@ pub struct Config {
     pub fcm: crate::push::fcm::FcmConfig,
     /// Request rate limits per API key and per webhook source (per instance).
     pub rate_limits: crate::ratelimit::RateLimitConfig,
+    /// The master key that seals stored secrets, and the keys it replaced.
+    pub secrets: crate::secrets::SecretsConfig,
 }
 
 /// Delivery worker settings: claiming, concurrency, retry policy and shutdown.
@@ -163,6 +165,7 @@ impl Default for Config {
             apns: Default::default(),
             fcm: Default::default(),
             rate_limits: Default::default(),
+            secrets: Default::default(),
         }
     }
 }

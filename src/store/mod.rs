@@ -185,6 +185,7 @@ impl Store {
                 key_id = %self.keyring.current_id(),
                 "sealed the secrets stored in plaintext under the master key"
             );
+            self.forget_plaintext().await?;
         }
         let filled = self
             .fill_user_auth_secrets()

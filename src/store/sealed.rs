@@ -205,6 +205,26 @@ impl Store {
         }
     }
 
+    /// After plaintext secrets were sealed, rewrites the SQLite file and empties its WAL, so
+    /// no free page or old frame keeps a copy of them. (PostgreSQL keeps old row versions
+    /// until its own `VACUUM FULL`; the README says so.)
+    pub(crate) async fn forget_plaintext(&self) -> anyhow::Result<()> {
+        if self.backend != super::Backend::Sqlite {
+            return Ok(());
+        }
+        tracing::info!("compacting the database so that no copy of the plaintext secrets remains");
+        let turn = self.write_turn().await;
+        sqlx::query("VACUUM")
+            .execute(turn.db())
+            .await
+            .context("VACUUM after sealing")?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(turn.db())
+            .await
+            .context("checkpointing the WAL after sealing")?;
+        Ok(())
+    }
+
     /// Adds to a failed open where this process's key came from, which is what to check.
     fn explain(&self, e: OpenError) -> anyhow::Error {
         let hint = match self.keyring.source() {

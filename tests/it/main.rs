@@ -21,6 +21,7 @@ mod pipeline;
 mod queries;
 mod render_limits;
 mod replay;
+mod secrets;
 mod transport;
 mod user_auth;
 mod webhooks;

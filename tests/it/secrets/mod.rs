@@ -1,6 +1,9 @@
 //! Secrets at rest: what a copy of the database shows (the SQLite file and its WAL, a SQL
 //! dump, `pg_dump`), the key file, a wrong master key, the upgrade from plaintext secrets and
-//! `pushbridge secrets rotate`.
+//! `pushbridge secrets rotate`. `copies` reads a database the way someone holding a copy of
+//! it would.
+
+mod copies;
 
 use std::sync::Arc;
 
@@ -12,6 +15,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::harness::{test_secrets, Db, TestApp, OPERATOR_KEY};
+use copies::{assert_absent, database_copies, sqlite_file};
 
 /// A user-chosen secret of a generic webhook source.
 const CHOSEN_SECRET: &str = "chosen-generic-secret-0123456789";
@@ -74,104 +78,6 @@ fn text(v: &Value) -> String {
     v.as_str()
         .unwrap_or_else(|| panic!("not a string: {v}"))
         .to_string()
-}
-
-/// Every form a secret could take in a copy of the database: itself, and the part after a
-/// `whsec_`/`pbua_` prefix with, for base64, the key bytes it stands for.
-fn needles(secrets: &[String]) -> Vec<Vec<u8>> {
-    use base64::Engine;
-    let mut out = Vec::new();
-    for s in secrets {
-        out.push(s.as_bytes().to_vec());
-        if let Some(b64) = s.strip_prefix("whsec_") {
-            out.push(b64.as_bytes().to_vec());
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .expect("base64 secret");
-            out.push(raw);
-        }
-        if let Some(hex) = s.strip_prefix("pbua_") {
-            out.push(hex.as_bytes().to_vec());
-        }
-    }
-    out
-}
-
-fn assert_absent(what: &str, haystack: &[u8], secrets: &[String]) {
-    assert!(!haystack.is_empty(), "{what} is empty");
-    for needle in needles(secrets) {
-        let found = haystack
-            .windows(needle.len())
-            .any(|w| w == needle.as_slice());
-        assert!(
-            !found,
-            "{what} contains a secret in plaintext: {}",
-            String::from_utf8_lossy(&needle)
-        );
-    }
-}
-
-/// The SQLite file path in a `sqlite://` URL.
-fn sqlite_file(url: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(url.trim_start_matches("sqlite://"))
-}
-
-/// What a copy of the database shows: on SQLite the raw bytes of the file and its WAL, and
-/// `sqlite3 .dump`; on PostgreSQL `pg_dump` (or, without it, every text column through SQL).
-async fn database_copies(url: &str) -> Vec<(String, Vec<u8>)> {
-    if url.starts_with("sqlite") {
-        let file = sqlite_file(url);
-        let mut copies = vec![(
-            "the database file".to_string(),
-            std::fs::read(&file).expect("db"),
-        )];
-        let mut wal = file.clone().into_os_string();
-        wal.push("-wal");
-        // Empty right after a checkpoint; otherwise it holds the latest writes.
-        match std::fs::read(&wal) {
-            Ok(bytes) if !bytes.is_empty() => copies.push(("the WAL".into(), bytes)),
-            _ => {}
-        }
-        if let Ok(out) = std::process::Command::new("sqlite3")
-            .arg(&file)
-            .arg(".dump")
-            .output()
-        {
-            assert!(out.status.success(), "{out:?}");
-            copies.push(("sqlite3 .dump".into(), out.stdout));
-        }
-        return copies;
-    }
-    match std::process::Command::new("pg_dump").arg(url).output() {
-        Ok(out) if out.status.success() => vec![("pg_dump".into(), out.stdout)],
-        _ => vec![("every text column".into(), every_text_column(url).await)],
-    }
-}
-
-/// Every text value of every table in the public schema, newline-separated.
-async fn every_text_column(url: &str) -> Vec<u8> {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
-    let columns: Vec<(String, String)> = sqlx::query_as(
-        "SELECT table_name::text, column_name::text FROM information_schema.columns \
-         WHERE table_schema = 'public' AND data_type IN ('text', 'character varying', 'jsonb', 'json')",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .expect("columns");
-    let mut out = Vec::new();
-    for (table, column) in columns {
-        let values: Vec<(Option<String>,)> =
-            sqlx::query_as(&format!("SELECT \"{column}\"::text FROM \"{table}\""))
-                .fetch_all(&mut conn)
-                .await
-                .expect("values");
-        for v in values.into_iter().filter_map(|(v,)| v) {
-            out.extend_from_slice(v.as_bytes());
-            out.push(b'\n');
-        }
-    }
-    out
 }
 
 /// Posts a webhook to `source`, signed with the generic scheme under `secret`.

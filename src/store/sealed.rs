@@ -228,7 +228,10 @@ impl Store {
     /// Adds to a failed open where this process's key came from, which is what to check.
     fn explain(&self, e: OpenError) -> anyhow::Error {
         let hint = match self.keyring.source() {
-            secrets::KeySource::Config => "the key is secrets.master_key".to_string(),
+            secrets::KeySource::Config => "the key is secrets.master_key; add the key the \
+                 values need to secrets.previous_keys (with SQLite, the key file's content if \
+                 the database was used with one)"
+                .to_string(),
             secrets::KeySource::KeyFile { path, created } => format!(
                 "the key is the key file {}{}; restore the key file the database was used \
                  with, or set secrets.master_key (and secrets.previous_keys) to the key it \

@@ -40,6 +40,8 @@ pub struct Config {
     pub fcm: crate::push::fcm::FcmConfig,
     /// Request rate limits per API key and per webhook source (per instance).
     pub rate_limits: crate::ratelimit::RateLimitConfig,
+    /// The master key that seals stored secrets, and the keys it replaced.
+    pub secrets: crate::secrets::SecretsConfig,
 }
 
 /// Delivery worker settings: claiming, concurrency, retry policy and shutdown.
@@ -144,6 +146,7 @@ impl Default for Config {
             apns: Default::default(),
             fcm: Default::default(),
             rate_limits: Default::default(),
+            secrets: Default::default(),
         }
     }
 }
@@ -439,6 +442,40 @@ mod tests {
         ))
         .expect_err("missing key id");
         assert!(err.to_string().contains("apns.key_id"), "{err}");
+    }
+
+    #[test]
+    fn master_keys_are_checked_and_named() {
+        let err =
+            Config::from_table(table("[secrets]\nmaster_key = \"c2hvcnQ=\"")).expect_err("5 bytes");
+        assert!(err.to_string().contains("secrets.master_key"), "{err}");
+        assert!(err.to_string().contains("32 bytes"), "{err}");
+        let key = crate::secrets::MasterKey::generate();
+        let mut t = toml::Table::new();
+        apply_env(
+            &mut t,
+            vec![
+                ("PUSHBRIDGE_SECRETS__MASTER_KEY".into(), key.to_base64()),
+                (
+                    "PUSHBRIDGE_SECRETS__PREVIOUS_KEYS".into(),
+                    "[\"not a key\"]".into(),
+                ),
+            ]
+            .into_iter(),
+        )
+        .expect("env");
+        let err = Config::from_table(t.clone()).expect_err("bad previous key");
+        assert!(
+            err.to_string().contains("secrets.previous_keys[0]"),
+            "{err}"
+        );
+        t["secrets"]["previous_keys"] = toml::Value::Array(vec![]);
+        let c = Config::from_table(t).expect("valid");
+        assert_eq!(c.secrets.master_key, Some(key.clone()));
+        assert!(
+            !format!("{c:?}").contains(&key.to_base64()),
+            "Debug hides the key"
+        );
     }
 
     #[test]

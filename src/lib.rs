@@ -13,6 +13,7 @@ pub mod model;
 pub mod push;
 pub mod ratelimit;
 pub mod redact;
+pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod signature;
@@ -125,10 +126,32 @@ pub fn use_simulator_at(
     };
 }
 
-/// Opens and migrates the configured store.
+/// Opens the configured store with the configured master key (see [`secrets::keyring_for`]),
+/// migrates it and seals any secret still stored in plaintext.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let store = Store::connect(&config.database_url, config.database_max_connections).await?;
-    store.migrate().await?;
+    let keyring = secrets::keyring_for(&config.secrets, &config.database_url)?;
+    let made_key_file = match keyring.source() {
+        secrets::KeySource::KeyFile {
+            path,
+            created: true,
+        } => Some(path.clone()),
+        _ => None,
+    };
+    let store = Store::connect(
+        &config.database_url,
+        config.database_max_connections,
+        keyring,
+    )
+    .await?;
+    if let Err(e) = store.migrate().await {
+        // A key file made on this start has sealed nothing when the stored secrets need
+        // another key: removing it lets the next start find the right one restored.
+        if let (Some(path), Some(_)) = (&made_key_file, e.downcast_ref::<store::WrongKey>()) {
+            let _ = std::fs::remove_file(path);
+        }
+        store.close().await;
+        return Err(e);
+    }
     Ok(store)
 }
 

@@ -133,10 +133,14 @@ pub async fn drop_database(backend: &str, db_url: &str) -> anyhow::Result<()> {
 /// The bridge in this process on `db_url`, wired to `sim`, with the rate limits off.
 pub async fn bridge(db_url: String, sim: &Simulator) -> anyhow::Result<pushbridge::Running> {
     let mut config = Config {
-        database_url: db_url,
         database_max_connections: 8,
         ..Config::default()
     };
+    if db_url.starts_with("postgres") {
+        // A fresh database per run: any key will do, but PostgreSQL needs one configured.
+        config.secrets.master_key = Some(pushbridge::secrets::MasterKey::generate());
+    }
+    config.database_url = db_url;
     pushbridge::use_simulator_at(&mut config, &sim.apns_url, &sim.fcm_url, &certs());
     config.worker.batch_size = 1000;
     config.worker.concurrency = 1000;

@@ -1,8 +1,10 @@
-//! The command line: run the bridge or the simulator, migrate, and administer apps, keys,
-//! sources, rules and templates. Subcommands call the use cases in `crate::service`, the same
-//! ones the HTTP API calls, so both refuse the same input with the same messages.
+//! The command line: run the bridge or the simulator, migrate, administer apps, keys,
+//! sources, rules and templates, and seal stored secrets again under a new master key.
+//! Subcommands call the use cases in `crate::service`, the same ones the HTTP API calls, so
+//! both refuse the same input with the same messages.
 
 mod admin;
+mod secrets;
 
 use std::path::PathBuf;
 
@@ -80,6 +82,11 @@ pub enum Command {
         #[arg(long, default_value = "Test notification from pushbridge")]
         body: String,
     },
+    /// Maintain the secrets stored sealed under the master key.
+    Secrets {
+        #[command(subcommand)]
+        command: secrets::SecretsCommand,
+    },
     /// Print delivery stats (5 min, 1 h, 24 h).
     Stats {
         /// Only this app.
@@ -152,6 +159,7 @@ pub async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()>
         Command::Apps { command } => admin::apps(command, &config).await,
         Command::Keys { command } => admin::keys(command, &config).await,
         Command::Sources { command } => admin::sources(command, &config).await,
+        Command::Secrets { command } => secrets::run(command, &config).await,
         Command::Rules { command } => admin::specs(SpecKind::Rule, command, &config).await,
         Command::Templates { command } => admin::specs(SpecKind::Template, command, &config).await,
         Command::Send {

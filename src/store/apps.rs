@@ -1,11 +1,12 @@
 //! Apps and their API keys. Keys are stored only as SHA-256 hashes of their secret part.
-//! User-auth settings of an app live in `user_auth.rs`.
+//! User-auth settings of an app live in `user_auth.rs`; its user-auth secret is stored sealed.
 
 use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::sealed::USER_AUTH_SECRET;
 use super::{new_id, now_ms, Store};
 use crate::user_auth::{generate_secret, ClientUserIds};
 
@@ -121,6 +122,7 @@ impl Store {
             created_at: now_ms(),
         };
         let user_auth_secret = generate_secret();
+        let sealed = self.seal(USER_AUTH_SECRET, &app.id, &user_auth_secret)?;
         let mut tx = turn.db().begin().await?;
         sqlx::query(
             "INSERT INTO apps (id, name, created_at, user_auth_secret, client_user_ids) \
@@ -129,7 +131,7 @@ impl Store {
         .bind(&app.id)
         .bind(&app.name)
         .bind(app.created_at)
-        .bind(&user_auth_secret)
+        .bind(&sealed)
         .bind(ClientUserIds::Verified.as_str())
         .execute(&mut *tx)
         .await?;

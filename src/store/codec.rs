@@ -63,7 +63,11 @@ mod tests {
     /// A migrated in-memory store holding one app with one APNs device.
     async fn store_with_device() -> (Store, String, String) {
         // One connection: an in-memory database exists once per connection.
-        let store = Store::connect("sqlite::memory:", 1).await.expect("connect");
+        let keyring =
+            crate::secrets::keyring_for(&Default::default(), "sqlite::memory:").expect("keyring");
+        let store = Store::connect("sqlite::memory:", 1, keyring)
+            .await
+            .expect("connect");
         store.migrate().await.expect("migrate");
         let app = store.create_app("codec").await.expect("app").app.id;
         let token = "ab".repeat(32);

@@ -6,7 +6,8 @@
 //! and `stats`; `outbox` for callbacks to apps. Each is written in the dialect that SQLite
 //! and PostgreSQL share (`$n` parameters, `ON CONFLICT`, `RETURNING`, text JSON, integer
 //! times), so one implementation serves both backends through sqlx's `Any` driver; `codec`
-//! says how the model's enums are stored.
+//! says how the model's enums are stored. Secrets are stored sealed under the master key
+//! (`crate::secrets`); `sealed` lists their columns and seals or re-seals them in bulk.
 
 mod apps;
 mod codec;
@@ -19,6 +20,7 @@ mod lifecycle;
 mod outbox;
 mod queue;
 mod rules;
+mod sealed;
 mod sources;
 mod stats;
 mod user_auth;
@@ -32,6 +34,7 @@ pub use fanout::{FanOutCursor, FanOutSlice, NewJob};
 pub use outbox::{CallbackAttempt, CallbackRow, CallbackTarget};
 pub use queue::{ClaimedJob, JobResult, Prune, PruneCallbacks, PrunedDevice};
 pub use rules::{NamedSpec, SpecKind};
+pub use sealed::{SealReport, WrongKey};
 pub use sources::{SourceSecret, WebhookSource};
 pub use stats::{FailureCount, QueueStats, SeriesPoint, WindowStats};
 pub use user_auth::UserAuth;
@@ -72,6 +75,8 @@ pub struct Store {
     /// of racing for the database lock through `busy_timeout`, where under sustained load one
     /// can lose every race until it times out. PostgreSQL does not use it.
     write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Seals secrets on write and opens them on read.
+    keyring: std::sync::Arc<crate::secrets::Keyring>,
 }
 
 /// SQLite page cache of the one writing connection, KiB.
@@ -96,8 +101,13 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/s
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 impl Store {
-    /// Connects (creating a SQLite file if needed). Does not migrate.
-    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+    /// Connects (creating a SQLite file if needed), sealing and opening secrets with
+    /// `keyring`. Does not migrate.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        keyring: crate::secrets::Keyring,
+    ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -152,10 +162,13 @@ impl Store {
             backend,
             source_cache: Default::default(),
             write_lock: Default::default(),
+            keyring: std::sync::Arc::new(keyring),
         })
     }
 
-    /// Applies pending migrations for this backend.
+    /// Applies pending migrations for this backend, then seals the secrets still stored in
+    /// plaintext. Fails, having changed no secret, when a stored one does not open with the
+    /// configured keys.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let migrator = match self.backend {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
@@ -165,6 +178,15 @@ impl Store {
             .run(&self.writes)
             .await
             .context("running migrations")?;
+        let sealed = self.seal_plaintext_secrets().await?;
+        if sealed.written > 0 {
+            tracing::info!(
+                secrets = sealed.written,
+                key_id = %self.keyring.current_id(),
+                "sealed the secrets stored in plaintext under the master key"
+            );
+            self.forget_plaintext().await?;
+        }
         let filled = self
             .fill_user_auth_secrets()
             .await

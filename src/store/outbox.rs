@@ -1,10 +1,12 @@
 //! The callback outbox: messages to apps' backends, written in the transaction that causes
-//! them, then claimed and delivered by the worker; and each app's callback target.
+//! them, then claimed and delivered by the worker; and each app's callback target, whose
+//! signing secret is stored sealed.
 
 use std::collections::HashSet;
 
 use sqlx::AnyConnection;
 
+use super::sealed::CALLBACK_SECRET;
 use super::{new_id, now_ms, values_rows, Store};
 
 /// A callback waiting to be delivered to an app's backend.
@@ -48,10 +50,13 @@ impl Store {
         url: Option<&str>,
         secret: Option<&str>,
     ) -> anyhow::Result<()> {
+        let sealed = secret
+            .map(|s| self.seal(CALLBACK_SECRET, app_id, s))
+            .transpose()?;
         let turn = self.write_turn().await;
         sqlx::query("UPDATE apps SET callback_url = $1, callback_secret = $2 WHERE id = $3")
             .bind(url)
-            .bind(secret)
+            .bind(sealed)
             .bind(app_id)
             .execute(turn.db())
             .await?;
@@ -66,7 +71,10 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(match row {
-            Some((Some(url), Some(secret))) => Some(CallbackTarget { url, secret }),
+            Some((Some(url), Some(sealed))) => Some(CallbackTarget {
+                url,
+                secret: self.open(CALLBACK_SECRET, app_id, &sealed)?,
+            }),
             _ => None,
         })
     }

@@ -1,7 +1,8 @@
 //! Webhook sources: a named sender per app with a signature scheme and rotating secrets.
 //!
-//! Secrets are kept in plaintext because HMAC verification needs the key itself; they are
-//! never returned by the API after creation except as ids and hints.
+//! HMAC verification needs the secrets themselves, so they cannot be hashed: the list is
+//! stored sealed under the master key (one value per source), and opened when a source is
+//! read. The API never returns them after creation except as ids and hints.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::Instant;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::sealed::SOURCE_SECRETS;
 use super::{new_id, now_ms, Store};
 use crate::model::source::NewSource;
 use crate::signature::Scheme;
@@ -61,14 +63,16 @@ struct SourceRow {
     updated_at: i64,
 }
 
-impl TryFrom<SourceRow> for WebhookSource {
-    type Error = anyhow::Error;
-
-    fn try_from(r: SourceRow) -> anyhow::Result<Self> {
-        Ok(Self {
+impl SourceRow {
+    /// The source, its secrets opened with the store's keys.
+    fn decode(self, store: &Store) -> anyhow::Result<WebhookSource> {
+        let r = self;
+        let secrets = store.open(SOURCE_SECRETS, &r.id, &r.secrets)?;
+        Ok(WebhookSource {
             scheme: Scheme::parse(&r.scheme)
                 .ok_or_else(|| anyhow::anyhow!("unknown scheme {} in source {}", r.scheme, r.id))?,
-            secrets: serde_json::from_str(&r.secrets)?,
+            secrets: serde_json::from_str(&secrets)
+                .map_err(|_| anyhow::anyhow!("the secrets of source {} are not a list", r.id))?,
             allowed_cidrs: serde_json::from_str(&r.allowed_cidrs)?,
             id: r.id,
             app_id: r.app_id,
@@ -157,7 +161,7 @@ impl Store {
         .bind(app_id)
         .bind(&source.name)
         .bind(source.scheme.as_str())
-        .bind(json_text(&source.secrets)?)
+        .bind(self.sealed_secrets(&source).map_err(|e| sqlx::Error::Encode(e.into()))?)
         .bind(&source.event_type_path)
         .bind(json_text(&source.allowed_cidrs)?)
         .bind(now)
@@ -180,7 +184,7 @@ impl Store {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(WebhookSource::try_from).transpose()
+        row.map(|r| r.decode(self)).transpose()
     }
 
     /// A source by app and name for webhook verification, served from a short-lived cache.
@@ -205,17 +209,18 @@ impl Store {
         .bind(app_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(WebhookSource::try_from).collect()
+        rows.into_iter().map(|r| r.decode(self)).collect()
     }
 
     /// Replaces the mutable settings and secrets of a source.
     pub async fn update_source(&self, source: &WebhookSource) -> anyhow::Result<()> {
+        let secrets = self.sealed_secrets(source)?;
         let turn = self.write_turn().await;
         sqlx::query(
             "UPDATE webhook_sources SET secrets = $1, event_type_path = $2, allowed_cidrs = $3, \
              updated_at = $4 WHERE id = $5 AND app_id = $6",
         )
-        .bind(json_text(&source.secrets)?)
+        .bind(secrets)
         .bind(&source.event_type_path)
         .bind(json_text(&source.allowed_cidrs)?)
         .bind(now_ms())
@@ -237,6 +242,13 @@ impl Store {
             .await?;
         self.source_cache.forget(app_id);
         Ok(r.rows_affected() > 0)
+    }
+}
+
+impl Store {
+    /// The source's secrets as stored: their JSON list, sealed for the source's row.
+    fn sealed_secrets(&self, source: &WebhookSource) -> anyhow::Result<String> {
+        self.seal(SOURCE_SECRETS, &source.id, &json_text(&source.secrets)?)
     }
 }
 

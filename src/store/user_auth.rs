@@ -1,9 +1,11 @@
 //! Each app's user-auth settings: the secret its backend signs user ids with, whether client
 //! keys must prove the user ids they register (`client_user_ids`), and the public keys JWT
-//! proofs may be signed for. The secret is stored as is: verifying an HMAC needs it.
+//! proofs may be signed for. Verifying an HMAC needs the secret itself, so it is stored
+//! sealed under the master key, not hashed.
 
 use anyhow::Context;
 
+use super::sealed::USER_AUTH_SECRET;
 use super::{new_id, now_ms, Store};
 use crate::user_auth::{generate_secret, ClientUserIds, KeyAlgorithm, PublicKey, MAX_PUBLIC_KEYS};
 
@@ -39,7 +41,7 @@ impl Store {
             return Ok(None);
         };
         let secret = match secret {
-            Some(s) => s,
+            Some(sealed) => self.open(USER_AUTH_SECRET, app_id, &sealed)?,
             None => self.fill_secret(app_id).await?,
         };
         let client_user_ids = ClientUserIds::parse(&policy)
@@ -54,11 +56,12 @@ impl Store {
     /// Gives the app a secret if it still has none, and returns the secret it has. Another
     /// instance may fill it at the same moment; the first write wins and both read it back.
     async fn fill_secret(&self, app_id: &str) -> anyhow::Result<String> {
+        let sealed = self.seal(USER_AUTH_SECRET, app_id, &generate_secret())?;
         let turn = self.write_turn().await;
         sqlx::query(
             "UPDATE apps SET user_auth_secret = $1 WHERE id = $2 AND user_auth_secret IS NULL",
         )
-        .bind(generate_secret())
+        .bind(sealed)
         .bind(app_id)
         .execute(turn.db())
         .await?;
@@ -67,7 +70,9 @@ impl Store {
                 .bind(app_id)
                 .fetch_one(turn.db())
                 .await?;
-        secret.with_context(|| format!("app {app_id} has no user-auth secret after filling it"))
+        let sealed = secret
+            .with_context(|| format!("app {app_id} has no user-auth secret after filling it"))?;
+        Ok(self.open(USER_AUTH_SECRET, app_id, &sealed)?)
     }
 
     /// Gives every app without a user-auth secret its own (after migration 0005).
@@ -86,9 +91,10 @@ impl Store {
     /// Returns the new secret, or `None` when there is no such app.
     pub async fn rotate_user_auth_secret(&self, app_id: &str) -> anyhow::Result<Option<String>> {
         let secret = generate_secret();
+        let sealed = self.seal(USER_AUTH_SECRET, app_id, &secret)?;
         let turn = self.write_turn().await;
         let r = sqlx::query("UPDATE apps SET user_auth_secret = $1 WHERE id = $2")
-            .bind(&secret)
+            .bind(&sealed)
             .bind(app_id)
             .execute(turn.db())
             .await?;

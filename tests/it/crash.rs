@@ -211,6 +211,10 @@ fn cli_create_app(dir: &std::path::Path, db_url: &str) -> (String, String) {
         .args(["apps", "create", "crash ingest"])
         .current_dir(dir)
         .env("PUSHBRIDGE_DATABASE_URL", db_url)
+        .envs(db_url.starts_with("postgres").then_some((
+            "PUSHBRIDGE_SECRETS__MASTER_KEY",
+            crate::harness::TEST_MASTER_KEY,
+        )))
         .output()
         .expect("run pushbridge apps create");
     assert!(out.status.success(), "{out:?}");

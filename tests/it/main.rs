@@ -22,6 +22,7 @@ mod provider_identities;
 mod queries;
 mod render_limits;
 mod replay;
+mod secrets;
 mod transport;
 mod user_auth;
 mod webhooks;

@@ -110,6 +110,21 @@ macro_rules! backend_tests {
 /// The operator key every test app is configured with.
 pub const OPERATOR_KEY: &str = "test-operator-key-0123456789abcdef";
 
+/// The master key of every test bridge on PostgreSQL, which refuses to start without one.
+/// On SQLite the tests leave it unset, so the bridge uses the key file beside the database.
+pub const TEST_MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// The `[secrets]` config a test bridge on `db_url` starts with (see [`TEST_MASTER_KEY`]).
+pub fn test_secrets(db_url: &str) -> pushbridge::secrets::SecretsConfig {
+    let master_key = db_url.starts_with("postgres").then(|| {
+        pushbridge::secrets::MasterKey::from_base64(TEST_MASTER_KEY).expect("test master key")
+    });
+    pushbridge::secrets::SecretsConfig {
+        master_key,
+        previous_keys: Vec::new(),
+    }
+}
+
 /// The bridge running in this process on its own database, and a client for its API.
 pub struct TestApp {
     /// `http://127.0.0.1:PORT`.
@@ -143,6 +158,7 @@ impl TestApp {
         let mut config = Config {
             database_url: db_url.clone(),
             operator_key: Some(OPERATOR_KEY.to_string()),
+            secrets: test_secrets(&db_url),
             ..Config::default()
         };
         tweak(&mut config);

@@ -3,7 +3,7 @@
 
 use pushbridge::store::Store;
 
-use super::{certs_dir, OPERATOR_KEY};
+use super::{certs_dir, test_secrets, OPERATOR_KEY, TEST_MASTER_KEY};
 
 /// The real `pushbridge` binary as a child process (for kill -9, log and memory tests).
 pub struct BridgeProcess {
@@ -50,8 +50,12 @@ pub fn bridge_env(
         ("WORKER__BACKOFF_BASE_MS", "20".into()),
         ("WORKER__BACKOFF_MAX_MS", "100".into()),
     ];
+    let master_key = db_url
+        .starts_with("postgres")
+        .then(|| ("SECRETS__MASTER_KEY", TEST_MASTER_KEY.to_string()));
     pairs
         .into_iter()
+        .chain(master_key)
         .map(|(k, v)| (format!("PUSHBRIDGE_{k}"), v))
         .collect()
 }
@@ -158,9 +162,14 @@ impl Drop for BridgeProcess {
     }
 }
 
-/// A store handle on the database a child bridge uses (apps, bulk import, job counts).
+/// A store handle on the database a child bridge uses (apps, bulk import, job counts), with
+/// the same master key.
 pub async fn open_store(db_url: &str) -> Store {
-    let store = Store::connect(db_url, 4).await.expect("connect store");
-    store.migrate().await.expect("migrate");
-    store
+    let config = pushbridge::config::Config {
+        database_url: db_url.to_string(),
+        database_max_connections: 4,
+        secrets: test_secrets(db_url),
+        ..Default::default()
+    };
+    pushbridge::open_store(&config).await.expect("open store")
 }

@@ -205,7 +205,7 @@ pub async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()>
                     w.pruned_tokens
                 );
                 for f in w.failures.iter().take(5) {
-                    println!("         {} {}: {}", f.outcome, f.reason, f.count);
+                    println!("         {} {}: {}", f.outcome.as_str(), f.reason, f.count);
                 }
             }
             let q = store.queue_stats(app.as_deref(), now).await?;

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::Store;
+use crate::model::AttemptOutcome;
 
 /// Figures for one window.
 #[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
@@ -35,7 +36,7 @@ pub struct WindowStats {
 #[derive(Clone, Debug, Serialize, PartialEq, sqlx::FromRow, utoipa::ToSchema)]
 pub struct FailureCount {
     /// `retry`, `failed` or `invalid_token`.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     /// Provider reason.
     pub reason: String,
     /// How many.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::notifications::Requeued;
+use super::deliveries::Requeued;
 use super::openapi::OperatorErrors;
 use super::{AppState, Operator};
 use crate::error::{ApiError, ErrorBody, Result};
@@ -110,5 +110,5 @@ async fn replay(
         .delivery_app(&id)
         .await?
         .ok_or(ApiError::NotFound("delivery"))?;
-    super::notifications::replay_one_of(&state, &app_id, &id).await
+    super::deliveries::replay_one_of(&state, &app_id, &id).await
 }

@@ -2,12 +2,13 @@
 
 mod admin;
 mod app;
+mod deliveries;
 mod devices;
 mod events;
 mod health;
-pub mod notifications;
+mod notifications;
 pub mod openapi;
-pub mod sources;
+mod sources;
 mod specs;
 mod stats;
 mod user_auth;
@@ -39,6 +40,7 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(specs::router())
         .merge(notifications::router())
+        .merge(deliveries::router())
         .merge(app::router())
         .merge(user_auth::router())
         .merge(stats::router())

@@ -38,6 +38,9 @@ pub struct Config {
     pub apns: crate::push::apns::ApnsConfig,
     /// FCM provider.
     pub fcm: crate::push::fcm::FcmConfig,
+    /// Settings every provider sender shares: connection cap, idle closing, credential
+    /// refresh.
+    pub providers: crate::push::ProvidersConfig,
     /// Request rate limits per API key and per webhook source (per instance).
     pub rate_limits: crate::ratelimit::RateLimitConfig,
     /// The master key that seals stored secrets, and the keys it replaced.
@@ -68,6 +71,9 @@ pub struct WorkerConfig {
     pub backoff_max_ms: u64,
     /// On shutdown, how long in-flight sends may take before their jobs are released.
     pub shutdown_grace_secs: u64,
+    /// While an app's credential is refused by a provider, one of its jobs is sent as a
+    /// probe this often.
+    pub breaker_probe_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -83,6 +89,7 @@ impl Default for WorkerConfig {
             backoff_base_ms: 1000,
             backoff_max_ms: 15 * 60 * 1000,
             shutdown_grace_secs: 20,
+            breaker_probe_secs: 60,
         }
     }
 }
@@ -145,6 +152,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             apns: Default::default(),
             fcm: Default::default(),
+            providers: Default::default(),
             rate_limits: Default::default(),
             secrets: Default::default(),
         }
@@ -270,6 +278,7 @@ impl Config {
             self.http.validate(),
             self.apns.validate(),
             self.fcm.validate(),
+            self.providers.validate(),
         ] {
             if let Err(message) = checked {
                 let (field, why) = message
@@ -305,6 +314,7 @@ impl Config {
             ("worker.poll_interval_ms", w.poll_interval_ms),
             ("worker.max_attempts", u64::from(w.max_attempts)),
             ("worker.backoff_base_ms", w.backoff_base_ms),
+            ("worker.breaker_probe_secs", w.breaker_probe_secs),
         ] {
             if value == 0 {
                 return Err(ConfigError::field(field, "must be at least 1"));

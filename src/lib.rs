@@ -157,17 +157,39 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 
 /// Starts the bridge on `listener` with `config`.
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Running> {
+    start_with(config, listener, None).await
+}
+
+/// Like [`start`], telling `observer` about every credential stored through this instance.
+pub async fn start_with(
+    config: Config,
+    listener: TcpListener,
+    observer: Option<Arc<dyn service::credentials::CredentialObserver>>,
+) -> anyhow::Result<Running> {
     let store = open_store(&config).await?;
     warn_unverified_apps(&store).await?;
-    let providers = Arc::new(Providers::new(&config.apns, &config.fcm)?);
+    let providers = Arc::new(Providers::with_settings(
+        &config.apns,
+        &config.fcm,
+        &config.providers,
+        push::Clock::system(),
+    )?);
+    // Before any send: an app with its own key must never send with the default one.
+    let (_, credentials) = store.all_credentials().await?;
+    providers.sync(&credentials);
+    if let Some(observer) = &observer {
+        credentials.iter().for_each(|c| observer.saved(c));
+    }
     let state = AppState {
         config: Arc::new(config),
         store: store.clone(),
         metrics: Arc::new(Metrics::new()),
         wake: Wake::default(),
         providers: providers.clone(),
+        breakers: Arc::default(),
         events: store::EventWriter::spawn(store.clone()),
         limiter: Default::default(),
+        credential_observer: observer,
     };
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
@@ -177,6 +199,8 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
             providers,
             state.metrics.clone(),
             state.config.worker.clone(),
+            state.config.providers.clone(),
+            state.breakers.clone(),
             state.wake.clone(),
         )?
         .spawn(stopped.clone())

@@ -64,7 +64,7 @@ pub struct WebhookLabels {
 pub struct DeliveryLabels {
     /// `apns` or `fcm`.
     pub provider: &'static str,
-    /// `delivered`, `invalid_token`, `retry` or `failed`.
+    /// `delivered`, `invalid_token`, `retry`, `failed` or `credential_rejected`.
     pub outcome: &'static str,
     /// Provider reason; empty on success.
     pub reason: LabelText,
@@ -100,6 +100,17 @@ pub struct HttpLabels {
 pub struct PoolLabels {
     /// `apns_production`, `apns_sandbox` or `fcm`.
     pub pool: String,
+    /// The app whose own credential the pool serves, or `default` for the config file's.
+    pub app: LabelText,
+}
+
+/// Labels of the breaker gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BreakerLabels {
+    /// The app.
+    pub app: LabelText,
+    /// `apns` or `fcm`.
+    pub provider: &'static str,
 }
 
 /// All metrics of one bridge instance.
@@ -110,6 +121,7 @@ pub struct Metrics {
     oldest_job_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     pool_open: Family<PoolLabels, Gauge>,
     pool_in_flight: Family<PoolLabels, Gauge>,
+    breaker_open: Family<BreakerLabels, Gauge>,
     registry: Registry,
     webhooks: Family<WebhookLabels, Counter>,
     deliveries: Family<DeliveryLabels, Counter>,
@@ -202,6 +214,12 @@ impl Metrics {
             "Open provider connections",
             pool_open.clone(),
         );
+        let breaker_open = Family::<BreakerLabels, Gauge>::default();
+        registry.register(
+            "provider_breaker_open",
+            "1 while the provider refuses an app's credential and its sends are paused",
+            breaker_open.clone(),
+        );
         let pool_in_flight = Family::<PoolLabels, Gauge>::default();
         registry.register(
             "pool_in_flight_streams",
@@ -215,6 +233,7 @@ impl Metrics {
             oldest_job_age,
             pool_open,
             pool_in_flight,
+            breaker_open,
             registry,
             webhooks,
             deliveries,
@@ -231,7 +250,7 @@ impl Metrics {
         self.deliveries
             .get_or_create(&DeliveryLabels {
                 provider: provider.as_str(),
-                outcome: outcome.kind().as_str(),
+                outcome: outcome.label(),
                 reason: LabelText::new(outcome.reason().unwrap_or_default()),
             })
             .inc();
@@ -281,24 +300,34 @@ impl Metrics {
         self.oldest_job_age.set(q.oldest_due_age_secs);
     }
 
-    /// Sets the sampled connection-pool gauges.
-    pub fn set_pools(&self, stats: &crate::push::ProviderStats) {
-        for (pool, s) in [
-            ("apns_production", &stats.apns_production),
-            ("apns_sandbox", &stats.apns_sandbox),
-            ("fcm", &stats.fcm),
-        ] {
-            if let Some(s) = s {
-                let labels = PoolLabels {
-                    pool: pool.to_string(),
-                };
-                self.pool_open
-                    .get_or_create(&labels)
-                    .set(s.connections_open as i64);
-                self.pool_in_flight
-                    .get_or_create(&labels)
-                    .set(s.in_flight as i64);
-            }
+    /// Sets the sampled connection-pool gauges (a removed credential's pools disappear).
+    pub fn set_pools(&self, samples: &[crate::push::PoolSample]) {
+        self.pool_open.clear();
+        self.pool_in_flight.clear();
+        for sample in samples {
+            let labels = PoolLabels {
+                pool: sample.pool.to_string(),
+                app: LabelText::new(sample.app.as_deref().unwrap_or("default")),
+            };
+            self.pool_open
+                .get_or_create(&labels)
+                .set(sample.stats.connections_open as i64);
+            self.pool_in_flight
+                .get_or_create(&labels)
+                .set(sample.stats.in_flight as i64);
+        }
+    }
+
+    /// Sets the breaker gauge: 1 for each app and provider whose sends are paused.
+    pub fn set_breakers(&self, open: &[crate::store::Breaker]) {
+        self.breaker_open.clear();
+        for b in open {
+            self.breaker_open
+                .get_or_create(&BreakerLabels {
+                    app: LabelText::new(&b.app_id),
+                    provider: b.provider.as_str(),
+                })
+                .set(1);
         }
     }
 

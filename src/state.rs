@@ -7,8 +7,9 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::push::Providers;
 use crate::ratelimit::RateLimiter;
+use crate::service::credentials::CredentialObserver;
 use crate::store::{EventWriter, Store};
-use crate::worker::Wake;
+use crate::worker::{Breakers, Wake};
 
 /// State handed to every handler; cheap to clone.
 #[derive(Clone)]
@@ -21,10 +22,14 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wakes the background loops when new work is stored.
     pub wake: Wake,
-    /// Provider senders (for their connection gauges).
+    /// Provider senders: each app's credentials and their connection gauges.
     pub providers: Arc<Providers>,
+    /// The open breakers per app and provider this instance knows of.
+    pub breakers: Arc<Breakers>,
     /// Group-commit writer for incoming events.
     pub events: EventWriter,
     /// Request rate limits per key and per source.
     pub limiter: Arc<RateLimiter>,
+    /// Told about credentials stored through this instance (`serve --simulator`).
+    pub credential_observer: Option<Arc<dyn CredentialObserver>>,
 }

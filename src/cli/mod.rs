@@ -1,9 +1,10 @@
 //! The command line: run the bridge or the simulator, migrate, administer apps, keys,
-//! sources, rules and templates, and seal stored secrets again under a new master key.
+//! sources, rules, templates and provider credentials, and seal stored secrets again under a new master key.
 //! Subcommands call the use cases in `crate::service`, the same ones the HTTP API calls, so
 //! both refuse the same input with the same messages.
 
 mod admin;
+mod credentials;
 mod secrets;
 
 use std::path::PathBuf;
@@ -81,6 +82,11 @@ pub enum Command {
         /// Body.
         #[arg(long, default_value = "Test notification from pushbridge")]
         body: String,
+    },
+    /// Manage an app's own provider credentials (APNs key, FCM service account).
+    Credentials {
+        #[command(subcommand)]
+        command: credentials::CredentialsCommand,
     },
     /// Maintain the secrets stored sealed under the master key.
     Secrets {
@@ -160,6 +166,7 @@ pub async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()>
         Command::Keys { command } => admin::keys(command, &config).await,
         Command::Sources { command } => admin::sources(command, &config).await,
         Command::Secrets { command } => secrets::run(command, &config).await,
+        Command::Credentials { command } => credentials::run(command, &config).await,
         Command::Rules { command } => admin::specs(SpecKind::Rule, command, &config).await,
         Command::Templates { command } => admin::specs(SpecKind::Template, command, &config).await,
         Command::Send {
@@ -219,7 +226,7 @@ pub async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()>
 }
 
 async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
-    let _simulator = if args.simulator {
+    let simulator = if args.simulator {
         let sim_config = crate::simulator::SimulatorConfig::with_certs_dir(&args.certs_dir);
         let sim = crate::simulator::start(sim_config)
             .await
@@ -230,8 +237,12 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let observer = simulator.as_ref().map(|sim| {
+        std::sync::Arc::new(sim.registrar())
+            as std::sync::Arc<dyn crate::service::credentials::CredentialObserver>
+    });
     let listener = crate::bind(&config)?;
-    let running = crate::start(config, listener).await?;
+    let running = crate::start_with(config, listener, observer).await?;
     let stopper = running.stopper();
     tokio::spawn(async move {
         shutdown_signal().await;

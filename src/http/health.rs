@@ -106,6 +106,10 @@ async fn metrics(
         Err(e) => tracing::warn!(error = %e, "sampling queue depth failed"),
     }
     state.metrics.set_pools(&state.providers.stats());
+    match state.store.breakers().await {
+        Ok(open) => state.metrics.set_breakers(&open),
+        Err(e) => tracing::warn!(error = %e, "sampling provider breakers failed"),
+    }
     let format =
         ExpositionFormat::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     (

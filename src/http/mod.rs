@@ -2,6 +2,7 @@
 
 mod admin;
 mod app;
+mod credentials;
 mod deliveries;
 mod devices;
 mod events;
@@ -42,6 +43,7 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .merge(notifications::router())
         .merge(deliveries::router())
         .merge(app::router())
+        .merge(credentials::router())
         .merge(user_auth::router())
         .merge(stats::router())
         .merge(admin::router())

@@ -37,16 +37,24 @@ pub enum Outcome {
         /// Provider reason, e.g. `PayloadTooLarge`.
         reason: String,
     },
+    /// The provider refused the app's credential (or there is none), not this device or this
+    /// notification: pause the app's sends to the provider and keep the job queued.
+    CredentialRejected {
+        /// Provider reason, e.g. `InvalidProviderToken` or `THIRD_PARTY_AUTH_ERROR`.
+        reason: String,
+    },
 }
 
 impl Outcome {
-    /// Which of the four outcomes this is, as the attempt log and the metrics name it.
-    pub fn kind(&self) -> AttemptOutcome {
+    /// The outcome's name in metrics: an attempt-log outcome, or `credential_rejected`
+    /// (which the attempt log never holds: such a send is not counted against its job).
+    pub fn label(&self) -> &'static str {
         match self {
-            Self::Delivered { .. } => AttemptOutcome::Delivered,
-            Self::InvalidToken { .. } => AttemptOutcome::InvalidToken,
-            Self::Retry { .. } => AttemptOutcome::Retry,
-            Self::Failed { .. } => AttemptOutcome::Failed,
+            Self::Delivered { .. } => AttemptOutcome::Delivered.as_str(),
+            Self::InvalidToken { .. } => AttemptOutcome::InvalidToken.as_str(),
+            Self::Retry { .. } => AttemptOutcome::Retry.as_str(),
+            Self::Failed { .. } => AttemptOutcome::Failed.as_str(),
+            Self::CredentialRejected { .. } => "credential_rejected",
         }
     }
 
@@ -56,13 +64,21 @@ impl Outcome {
             Self::Delivered { .. } => None,
             Self::InvalidToken { reason, .. }
             | Self::Retry { reason, .. }
-            | Self::Failed { reason } => Some(reason),
+            | Self::Failed { reason }
+            | Self::CredentialRejected { reason } => Some(reason),
         }
     }
 
     /// A permanent failure for `reason`.
     pub(crate) fn failed(reason: &str) -> Self {
         Self::Failed {
+            reason: reason.into(),
+        }
+    }
+
+    /// A credential-level refusal for `reason`.
+    pub(crate) fn credential(reason: &str) -> Self {
+        Self::CredentialRejected {
             reason: reason.into(),
         }
     }

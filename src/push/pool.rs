@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use serde::Serialize;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
 /// Provider responses are small JSON documents; anything bigger is not a provider talking.
@@ -42,6 +43,26 @@ pub struct PoolConfig {
     /// Ping idle connections to keep them open (providers want long-lived connections; a
     /// token endpoint used once an hour does not).
     pub keep_idle_connections: bool,
+    /// The cap on open connections this pool shares with others, if any.
+    pub cap: Option<ConnectionCap>,
+}
+
+/// A cap on open provider connections shared by many pools: each open connection holds one
+/// of its permits until it closes. A pool that needs a connection while the cap is reached
+/// waits (within the request timeout) for one to close.
+#[derive(Clone, Debug)]
+pub struct ConnectionCap(Arc<Semaphore>);
+
+impl ConnectionCap {
+    /// A cap of `max` connections.
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(Semaphore::new(max)))
+    }
+
+    /// How many more connections may open now.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
 }
 
 /// Why a request got no HTTP response. All of these are worth retrying later.
@@ -137,6 +158,7 @@ pub struct Connector {
     keep_idle: bool,
     counters: Arc<Counters>,
     next_id: AtomicU64,
+    cap: Option<ConnectionCap>,
 }
 
 impl Connector {
@@ -144,6 +166,16 @@ impl Connector {
         let fail = |message: String| TransportError::Connect {
             endpoint: self.authority.clone(),
             message,
+        };
+        let permit = match &self.cap {
+            None => None,
+            Some(cap) => Some(
+                cap.0
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| fail("the provider connection cap is closed".into()))?,
+            ),
         };
         let tcp = tokio::time::timeout(
             self.connect_timeout,
@@ -183,6 +215,8 @@ impl Connector {
         let closed = broken.clone();
         let authority = self.authority.clone();
         tokio::spawn(async move {
+            // The connection holds its place under the cap until it ends.
+            let _permit = permit;
             match connection.await {
                 Ok(()) => tracing::debug!(endpoint = %authority, conn = id, "connection closed"),
                 Err(e) => {
@@ -256,6 +290,7 @@ impl H2Pool {
             keep_idle: config.keep_idle_connections,
             counters: counters.clone(),
             next_id: AtomicU64::new(1),
+            cap: config.cap.clone(),
         };
         let pool = Pool::builder(connector)
             .max_size(config.size)
@@ -274,6 +309,15 @@ impl H2Pool {
     /// The endpoint's `host:port`.
     pub fn authority(&self) -> &str {
         &self.authority
+    }
+
+    /// Drops the connections no send has used for `idle`; returns how many. A stream still
+    /// running on one finishes first: the connection closes when its last user lets go.
+    pub fn close_idle(&self, idle: Duration) -> usize {
+        self.pool
+            .retain(|_, metrics| metrics.last_used() < idle)
+            .removed
+            .len()
     }
 
     /// Current counters.

@@ -2,6 +2,7 @@
 //! Each function validates with the model, persists through the store and answers with the
 //! API's one error type, so both front ends refuse the same input with the same words.
 
+pub mod credentials;
 pub mod sends;
 pub mod specs;
 pub mod stats;

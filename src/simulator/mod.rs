@@ -103,6 +103,35 @@ use crate::push::fcm::ServiceAccount;
 use crate::push::Clock;
 use crate::tls::{server_acceptor, ALPN_H2, ALPN_HTTP1};
 
+/// Makes every credential stored through the bridge known to the simulator, so that a key a
+/// user generated works end to end in `serve --simulator`.
+#[derive(Clone)]
+pub struct Registrar {
+    state: Arc<State>,
+}
+
+impl crate::service::credentials::CredentialObserver for Registrar {
+    fn saved(&self, credential: &crate::push::AppCredential) {
+        let added = match &credential.key {
+            crate::push::CredentialKey::Apns(key) => {
+                self.state
+                    .identities
+                    .add_apns_key(&key.key_id, &key.team_id, &key.private_key)
+            }
+            crate::push::CredentialKey::Fcm(key) => {
+                self.state.identities.add_fcm_account(&key.account)
+            }
+        };
+        match added {
+            Ok(()) => tracing::info!(app = %credential.app_id,
+                provider = credential.key.platform().as_str(),
+                "the simulator accepts the uploaded credential"),
+            Err(e) => tracing::warn!(app = %credential.app_id, error = %format!("{e:#}"),
+                "the simulator could not learn the uploaded credential"),
+        }
+    }
+}
+
 /// A running simulator; stops when dropped or on [`SimulatorHandle::shutdown`].
 pub struct SimulatorHandle {
     state: Arc<State>,
@@ -184,6 +213,13 @@ impl SimulatorHandle {
     /// `invalid_grant`. False when unknown.
     pub fn revoke_fcm_service_account(&self, client_email: &str) -> bool {
         self.state.identities.revoke_fcm_account(client_email)
+    }
+
+    /// A handle that makes credentials known to this simulator as they are stored.
+    pub fn registrar(&self) -> Registrar {
+        Registrar {
+            state: self.state.clone(),
+        }
     }
 
     /// The APNs keys the simulator knows.

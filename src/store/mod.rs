@@ -1,6 +1,6 @@
 //! Persistent state behind one `Store` handle. The store persists; it decides nothing about
 //! what an outcome means. SQL lives in one file per table or purpose: `apps`, `devices`,
-//! `sources`, `rules`, `user_auth`; for events, `events` (storing and reading them) and
+//! `sources`, `rules`, `user_auth`, `credentials` (provider keys and breakers); for events, `events` (storing and reading them) and
 //! `lifecycle` (their way through the pipeline); for jobs, `fanout` (writing them), `queue`
 //! (claiming and recording attempts), `dead_letters` (replay), `deliveries` (the read side)
 //! and `stats`; `outbox` for callbacks to apps. Each is written in the dialect that SQLite
@@ -11,6 +11,7 @@
 
 mod apps;
 mod codec;
+mod credentials;
 mod dead_letters;
 mod deliveries;
 mod devices;
@@ -26,6 +27,7 @@ mod stats;
 mod user_auth;
 
 pub use apps::{ApiKey, App, KeyKind, NewApp};
+pub use credentials::Breaker;
 pub use dead_letters::DeadLetter;
 pub use deliveries::{AttemptRow, DeliveryRow, PrunedRow};
 pub use devices::Device;

@@ -62,6 +62,17 @@ pub struct JobResult {
     pub next_attempt_at: i64,
     /// Prune the device.
     pub prune: Option<Prune>,
+    /// Whether this was an attempt that counts against the job. A job held back because
+    /// its app's credential is refused was not sent (or the refusal was not about it): its
+    /// attempt count stays and the attempt log gets no row.
+    pub counted: bool,
+}
+
+impl JobResult {
+    /// The job's attempt count after this result.
+    fn attempts_after(&self) -> i64 {
+        self.job.attempts + i64::from(self.counted)
+    }
 }
 
 /// A device deleted while recording a batch.
@@ -125,29 +136,43 @@ impl Store {
         Ok(r.rows_affected())
     }
 
-    /// Claims up to `limit` due jobs under a lease. `updated_at` stays the time of the last
-    /// recorded outcome, so a claim moves the job in none of the indexes keyed by it.
+    /// Claims up to `limit` due jobs under a lease, none of an app and platform in `skip`
+    /// (those already hold their share of the worker's send slots). `updated_at` stays the
+    /// time of the last recorded outcome, so a claim moves the job in none of the indexes
+    /// keyed by it.
     pub async fn claim_jobs(
         &self,
         owner: &str,
         lease_ms: i64,
         limit: i64,
+        skip: &[(String, Platform)],
     ) -> anyhow::Result<Vec<ClaimedJob>> {
         let turn = self.write_turn().await;
         let now = now_ms();
         let lock = self.skip_locked();
-        Ok(sqlx::query_as::<_, ClaimedJob>(&format!(
+        let mut skipped = String::new();
+        for i in 0..skip.len() {
+            let n = 5 + 2 * i;
+            skipped.push_str(&format!(
+                " AND NOT (app_id = ${n} AND platform = ${})",
+                n + 1
+            ));
+        }
+        let sql = format!(
             "UPDATE delivery_jobs SET status = 'in_flight', lease_owner = $1, lease_until = $2 \
              WHERE id IN (SELECT id FROM delivery_jobs WHERE status = 'queued' \
-               AND next_attempt_at <= $3 ORDER BY next_attempt_at LIMIT $4 {lock}) \
+               AND next_attempt_at <= $3{skipped} ORDER BY next_attempt_at LIMIT $4 {lock}) \
              RETURNING id, app_id, event_id, platform, token, job, attempts, created_at, event_at"
-        ))
-        .bind(owner)
-        .bind(now + lease_ms)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(turn.db())
-        .await?)
+        );
+        let mut q = sqlx::query_as::<_, ClaimedJob>(&sql)
+            .bind(owner)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(limit);
+        for (app_id, platform) in skip {
+            q = q.bind(app_id).bind(*platform);
+        }
+        Ok(q.fetch_all(turn.db()).await?)
     }
 
     /// Returns claimed jobs to the queue untouched (graceful shutdown).
@@ -186,7 +211,8 @@ impl Store {
             .iter()
             .filter(|r| owned.contains(&r.job.id))
             .collect();
-        self.insert_attempts(&mut tx, &mine, now).await?;
+        let attempted: Vec<&JobResult> = mine.iter().copied().filter(|r| r.counted).collect();
+        self.insert_attempts(&mut tx, &attempted, now).await?;
         let pruned = prune_devices(&mut tx, &mine, now).await?;
         let mut pruned_count = 0;
         for (app_id, devices) in &pruned {
@@ -240,7 +266,7 @@ impl Store {
                 q = q
                     .bind(&r.job.id)
                     .bind(r.status)
-                    .bind(r.job.attempts + 1)
+                    .bind(r.attempts_after())
                     .bind(r.next_attempt_at)
                     .bind(&r.reason)
                     .bind(&r.provider_id);

@@ -2,7 +2,7 @@
 //! that every sealed value opens, then seal those still stored in plaintext (once: a sealed
 //! value is never sealed again); on `secrets rotate`, seal again under the current key every
 //! value sealed under an older one. The read and write paths of each column (in `apps`,
-//! `outbox`, `sources`, `user_auth`) seal and open through [`Store::seal`] and [`Store::open`].
+//! `outbox`, `sources`, `user_auth`, `credentials`) seal and open through [`Store::seal`] and [`Store::open`].
 //!
 //! Every pass first opens every value and writes only when all of them open, so a wrong key
 //! changes nothing. Each write replaces a value only if it is still the one read, so passes of
@@ -37,6 +37,12 @@ pub(crate) const SOURCE_SECRETS: Field = Field {
     column: "secrets",
 };
 
+/// `app_credentials.private_key`: an app's APNs signing key or FCM service-account key.
+pub(crate) const CREDENTIAL_KEY: Field = Field {
+    table: "app_credentials",
+    column: "private_key",
+};
+
 /// Every column that holds secrets. A new secret column is added here, and the passes cover it.
 const SEALED_COLUMNS: &[SealedColumn] = &[
     SealedColumn {
@@ -49,6 +55,10 @@ const SEALED_COLUMNS: &[SealedColumn] = &[
     },
     SealedColumn {
         field: SOURCE_SECRETS,
+        row_key: "id",
+    },
+    SealedColumn {
+        field: CREDENTIAL_KEY,
         row_key: "id",
     },
 ];

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{self, JoinSet};
 
+use super::breaker::Gate;
 use super::callbacks::PrunedTokensCallback;
 use super::retry::{decide, RetryDecision};
+use super::share::{ShareKey, Shares};
 use super::{JobPayload, Worker};
 use crate::model::AttemptOutcome;
 use crate::model::JobStatus;
@@ -52,10 +54,11 @@ impl Worker {
         let mut sends = JoinSet::new();
         // The job each send task carries, until the task has handed its result to the
         // recorder: what is left here at shutdown was never sent and goes back to the queue.
-        let mut tasks: HashMap<task::Id, String> = HashMap::new();
+        let mut tasks: HashMap<task::Id, InFlightJob> = HashMap::new();
+        let mut shares = Shares::default();
         loop {
             while let Some(joined) = sends.try_join_next_with_id() {
-                self.reap(joined, &mut tasks).await;
+                self.reap(joined, &mut tasks, &mut shares).await;
             }
             if *stop.borrow() {
                 break;
@@ -68,23 +71,29 @@ impl Worker {
                     _ = stop.wait_for(|s| *s) => None,
                 };
                 if let Some(joined) = joined {
-                    self.reap(joined, &mut tasks).await;
+                    self.reap(joined, &mut tasks, &mut shares).await;
                 }
                 continue;
             }
             let want = free.min(batch);
-            let jobs = match self
-                .store
-                .claim_jobs(&self.owner, lease_ms, want as i64)
-                .await
-            {
-                Ok(jobs) => jobs,
-                Err(e) => {
-                    tracing::error!(error = %e, "claiming jobs failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
+            let saturated = shares.saturated(limit);
+            let mut jobs = match self.claim(lease_ms, want, &saturated).await {
+                Some(jobs) => jobs,
+                None => continue,
             };
+            // Whether apps over their share have work due that this claim left alone.
+            let mut held_back = false;
+            if jobs.len() < want && !saturated.is_empty() {
+                // Nobody else has work due: the saturated may use spare slots.
+                let spare = Shares::spare(limit, limit - free + jobs.len()).min(want - jobs.len());
+                if spare > 0 {
+                    let more = self.claim(lease_ms, spare, &[]).await.unwrap_or_default();
+                    held_back = more.len() == spare;
+                    jobs.extend(more);
+                } else {
+                    held_back = true;
+                }
+            }
             let drained = jobs.len() < want;
             for job in jobs {
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -95,7 +104,11 @@ impl Worker {
                     }
                     continue;
                 };
-                let job_id = job.id.clone();
+                let in_flight = InFlightJob {
+                    id: job.id.clone(),
+                    share: (job.app_id.clone(), job.platform),
+                };
+                shares.add(in_flight.share.clone());
                 let (w, results) = (self.clone(), results.clone());
                 let handle = sends.spawn(async move {
                     let result = w.attempt(job).await;
@@ -103,7 +116,20 @@ impl Worker {
                     drop(permit);
                     handed_over
                 });
-                tasks.insert(handle.id(), job_id);
+                tasks.insert(handle.id(), in_flight);
+            }
+            if held_back && !sends.is_empty() {
+                // Work is due but its apps are at their share: claim again when a send
+                // finishes (or new work arrives).
+                let joined = tokio::select! {
+                    joined = sends.join_next_with_id() => joined,
+                    () = self.wake.jobs.notified() => None,
+                    _ = stop.wait_for(|s| *s) => None,
+                };
+                if let Some(joined) = joined {
+                    self.reap(joined, &mut tasks, &mut shares).await;
+                }
+                continue;
             }
             if drained && !self.idle(&self.wake.jobs, &mut stop).await {
                 break;
@@ -112,13 +138,40 @@ impl Worker {
         self.finish_sends(sends, tasks).await;
     }
 
+    /// Claims up to `want` jobs, none of `skip`; `None` after a failed claim (logged, and
+    /// waited on a little).
+    async fn claim(
+        &self,
+        lease_ms: i64,
+        want: usize,
+        skip: &[ShareKey],
+    ) -> Option<Vec<ClaimedJob>> {
+        match self
+            .store
+            .claim_jobs(&self.owner, lease_ms, want as i64, skip)
+            .await
+        {
+            Ok(jobs) => Some(jobs),
+            Err(e) => {
+                tracing::error!(error = %e, "claiming jobs failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                None
+            }
+        }
+    }
+
     /// Shutdown: gives running sends `shutdown_grace_secs`, then aborts the rest and
     /// releases every job that was never sent back to the queue.
-    async fn finish_sends(&self, mut sends: JoinSet<bool>, mut tasks: HashMap<task::Id, String>) {
+    async fn finish_sends(
+        &self,
+        mut sends: JoinSet<bool>,
+        mut tasks: HashMap<task::Id, InFlightJob>,
+    ) {
+        let mut shares = Shares::default();
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
         let finished = tokio::time::timeout(grace, async {
             while let Some(joined) = sends.join_next_with_id().await {
-                self.reap(joined, &mut tasks).await;
+                self.reap(joined, &mut tasks, &mut shares).await;
             }
         })
         .await;
@@ -130,10 +183,10 @@ impl Worker {
             sends.abort_all();
             // Aborted sends stay in `tasks`; one that finished meanwhile is reaped as usual.
             while let Some(joined) = sends.join_next_with_id().await {
-                self.reap(joined, &mut tasks).await;
+                self.reap(joined, &mut tasks, &mut shares).await;
             }
         }
-        let unsent: Vec<String> = tasks.into_values().collect();
+        let unsent: Vec<String> = tasks.into_values().map(|t| t.id).collect();
         if !unsent.is_empty() {
             if let Err(e) = self.store.release_jobs(&self.owner, &unsent).await {
                 tracing::error!(error = %e, "releasing unsent jobs failed; their leases will expire");
@@ -148,14 +201,18 @@ impl Worker {
     async fn reap(
         &self,
         joined: Result<(task::Id, bool), task::JoinError>,
-        tasks: &mut HashMap<task::Id, String>,
+        tasks: &mut HashMap<task::Id, InFlightJob>,
+        shares: &mut Shares,
     ) {
         let (id, lost) = match &joined {
             Ok((id, handed_over)) => (*id, !handed_over),
             Err(e) if e.is_cancelled() => return,
             Err(e) => (e.id(), true),
         };
-        let Some(job) = tasks.remove(&id) else { return };
+        let Some(InFlightJob { id: job, share }) = tasks.remove(&id) else {
+            return;
+        };
+        shares.remove(&share);
         if lost {
             tracing::error!(job = %job, "a send ended without recording its result; releasing its job");
             if let Err(e) = self.store.release_jobs(&self.owner, &[job]).await {
@@ -211,13 +268,36 @@ impl Worker {
             .await
     }
 
-    /// One send and the decision that follows from its outcome.
+    /// One send and the decision that follows from its outcome; or, while the app's
+    /// credential for the provider is refused, no send and an uncounted return to the queue.
     async fn attempt(&self, job: ClaimedJob) -> JobResult {
+        let probe = match self.gate(&job.app_id, job.platform).await {
+            Gate::Send { probe } => probe,
+            Gate::Hold { until, reason } => return held(job, until, &reason, 0),
+        };
         let started = Instant::now();
         let outcome = self.send(&job).await;
         let latency_ms = started.elapsed().as_millis() as i64;
         self.metrics
             .delivery(job.platform, &outcome, started.elapsed());
+        match &outcome {
+            Outcome::CredentialRejected { reason } => {
+                let until = self.trip(&job.app_id, job.platform, reason).await;
+                return held(job, until, reason, latency_ms);
+            }
+            // The provider authenticated the send: the credential works (again).
+            Outcome::Delivered { .. } | Outcome::InvalidToken { .. } => {
+                self.recovered(&job.app_id, job.platform).await;
+            }
+            // A timeout, an overloaded provider or a refused payload says nothing about the
+            // credential; an open breaker stays open until a probe gets through.
+            Outcome::Retry { .. } | Outcome::Failed { .. } => {
+                if probe {
+                    tracing::info!(app = %job.app_id, provider = job.platform.as_str(),
+                        outcome = outcome.label(), "the probe was inconclusive; still paused");
+                }
+            }
+        }
         self.judge(job, outcome, latency_ms)
     }
 
@@ -237,7 +317,9 @@ impl Worker {
                     environment: environment.unwrap_or_default(),
                     topic,
                 };
-                self.providers.send(&target, &notification).await
+                self.providers
+                    .send(&job.app_id, &target, &notification)
+                    .await
             }
             Err(e) => Outcome::Failed {
                 reason: format!("unreadable job payload: {e}"),
@@ -257,6 +339,7 @@ impl Worker {
             latency_ms,
             next_attempt_at: now,
             prune: None,
+            counted: true,
             job,
         };
         match outcome {
@@ -300,7 +383,34 @@ impl Worker {
                 tracing::warn!(job = %result.job.id, %reason, "permanent failure; dead letter");
                 result.reason = Some(reason);
             }
+            Outcome::CredentialRejected { reason } => {
+                // `attempt` holds these before judging; never dead-letter one.
+                let until = now + (self.config.breaker_probe_secs * 1000) as i64;
+                return held(result.job, until, &reason, latency_ms);
+            }
         }
         result
+    }
+}
+
+/// A claimed job and the app and provider whose share of the send slots it holds.
+struct InFlightJob {
+    id: String,
+    share: ShareKey,
+}
+
+/// The job back in the queue until `until`, its attempt not counted: the app's credential
+/// was refused, which says nothing about this job.
+fn held(job: ClaimedJob, until: i64, reason: &str, latency_ms: i64) -> JobResult {
+    JobResult {
+        status: JobStatus::Queued,
+        outcome: AttemptOutcome::Retry,
+        reason: Some(format!("paused: {reason}")),
+        provider_id: None,
+        latency_ms,
+        next_attempt_at: until,
+        prune: None,
+        counted: false,
+        job,
     }
 }

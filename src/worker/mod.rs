@@ -1,12 +1,16 @@
 //! Background work: fan-out of received events into delivery jobs, the delivery loop with its
-//! retry policy, and the pruned-token callback sender. All state lives in the store, so any
+//! retry policy with its breaker per app and provider, the pruned-token callback sender, and
+//! the refresh of provider credentials. All state lives in the store, so any
 //! instance can pick up where a crashed one stopped once its leases expire.
 
+pub mod breaker;
 mod callbacks;
+pub mod credentials;
 mod deliver;
 mod dispatch;
 pub mod replay;
 pub mod retry;
+mod share;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +19,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
+pub use self::breaker::Breakers;
 use crate::config::WorkerConfig;
 use crate::metrics::Metrics;
 use crate::model::{ApnsEnvironment, Notification};
-use crate::push::Providers;
+use crate::push::{Providers, ProvidersConfig};
 use crate::store::Store;
 
 /// What a delivery job carries, versioned so queued jobs survive upgrades.
@@ -81,6 +86,10 @@ pub struct Worker {
     pub(crate) providers: Arc<Providers>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config: WorkerConfig,
+    /// Connection and credential-refresh settings of the providers.
+    pub(crate) providers_config: ProvidersConfig,
+    /// The open breakers this instance knows of.
+    pub(crate) breakers: Arc<Breakers>,
     /// Wake-ups that cut the poll short: new events, and new or replayed jobs.
     pub(crate) wake: Wake,
     /// Identifies this process's leases.
@@ -95,6 +104,8 @@ impl Worker {
         providers: Arc<Providers>,
         metrics: Arc<Metrics>,
         config: WorkerConfig,
+        providers_config: ProvidersConfig,
+        breakers: Arc<Breakers>,
         wake: Wake,
     ) -> anyhow::Result<Self> {
         Ok(Self {
@@ -102,6 +113,8 @@ impl Worker {
             providers,
             metrics,
             config,
+            providers_config,
+            breakers,
             wake,
             owner: crate::store::new_id("wrk"),
             http: reqwest::Client::builder()
@@ -135,6 +148,9 @@ impl Worker {
         let w = self.clone();
         let s = stop.clone();
         set.spawn(async move { w.callback_loop(s).await });
+        let w = self.clone();
+        let s = stop.clone();
+        set.spawn(async move { w.credentials_loop(s).await });
         let w = self;
         set.spawn(async move { w.reaper_loop(stop).await });
         set

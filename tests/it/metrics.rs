@@ -147,8 +147,11 @@ async fn metrics_and_stats_reflect_a_scripted_run(db: Db) {
         "HTTP durations are labelled by route, never by raw path:\n{text}"
     );
     assert!(!text.contains(&devices[0].1), "no token in metrics");
-    let fcm_open =
-        sample(&text, "pushbridge_pool_connections_open{pool=\"fcm\"}").expect("fcm pool gauge");
+    let fcm_open = sample(
+        &text,
+        "pushbridge_pool_connections_open{pool=\"fcm\",app=\"default\"}",
+    )
+    .expect("fcm pool gauge");
     assert!(
         (1.0..=2.0).contains(&fcm_open),
         "FCM pool holds its connections: {fcm_open}"

@@ -53,6 +53,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/app"),
     ("PUT", "/v1/app/callback"),
     ("DELETE", "/v1/app/callback"),
+    ("GET", "/v1/app/credentials"),
+    ("PUT", "/v1/app/credentials/apns"),
+    ("PUT", "/v1/app/credentials/fcm"),
+    ("DELETE", "/v1/app/credentials/{provider}"),
     // user_auth.rs
     ("GET", "/v1/app/user-auth"),
     ("POST", "/v1/app/user-auth"),
@@ -484,6 +488,15 @@ async fn documented_schemas_match_the_api(db: Db) {
         )
         .await;
     assert_body_matches(&doc, "CallbackSet", &callback);
+    let (_, credentials) = t
+        .call(
+            Method::GET,
+            "/v1/app/credentials",
+            Some(&app.server_key),
+            None,
+        )
+        .await;
+    assert_body_matches(&doc, "CredentialsView", &credentials);
     let (status, secret) = t
         .call(
             Method::POST,

@@ -22,6 +22,9 @@ use pushbridge::simulator::{
 use reqwest::Method;
 use serde_json::{json, Value};
 
+/// An app without credentials of its own: its sends use the config file's keys.
+const NO_OWN_CREDENTIAL: &str = "app_without_credentials";
+
 const SECOND_KEY_ID: &str = "SIMKEY0002";
 const SECOND_TEAM_ID: &str = "SIMTEAM002";
 const SECOND_PROJECT: &str = "pushbridge-sim-2";
@@ -54,7 +57,7 @@ fn send_apns(apns: &ApnsConfig) -> impl std::future::Future<Output = Outcome> {
             environment: ApnsEnvironment::Production,
             topic: None,
         };
-        providers.send(&target, &hello()).await
+        providers.send(NO_OWN_CREDENTIAL, &target, &hello()).await
     }
 }
 
@@ -66,7 +69,7 @@ async fn send_fcm(fcm: &FcmConfig) -> Outcome {
         environment: ApnsEnvironment::Production,
         topic: None,
     };
-    providers.send(&target, &hello()).await
+    providers.send(NO_OWN_CREDENTIAL, &target, &hello()).await
 }
 
 fn hello() -> Notification {
@@ -77,8 +80,8 @@ fn hello() -> Notification {
     }
 }
 
-fn failed(reason: &str) -> Outcome {
-    Outcome::Failed {
+fn refused(reason: &str) -> Outcome {
+    Outcome::CredentialRejected {
         reason: reason.into(),
     }
 }
@@ -221,7 +224,9 @@ async fn unknown_kid_wrong_team_or_wrong_signature_is_an_invalid_provider_token(
     for config in [unknown, wrong_team, wrong_signature] {
         assert_eq!(
             send_apns(&config).await,
-            failed("InvalidProviderToken"),
+            Outcome::CredentialRejected {
+                reason: "InvalidProviderToken".into()
+            },
             "{}",
             config.team_id
         );
@@ -246,7 +251,7 @@ async fn a_revoked_apns_key_gets_invalid_provider_token() {
         topic: None,
     };
     assert!(matches!(
-        providers.send(&target, &hello()).await,
+        providers.send(NO_OWN_CREDENTIAL, &target, &hello()).await,
         Outcome::Delivered { .. }
     ));
 
@@ -254,8 +259,8 @@ async fn a_revoked_apns_key_gets_invalid_provider_token() {
     assert!(!sim.revoke_apns_key("NOSUCHKEY0"));
 
     assert_eq!(
-        providers.send(&target, &hello()).await,
-        failed("InvalidProviderToken")
+        providers.send(NO_OWN_CREDENTIAL, &target, &hello()).await,
+        refused("InvalidProviderToken")
     );
     assert!(sim.apns_keys()[0].revoked);
 }
@@ -271,7 +276,7 @@ async fn fcm_project_must_be_the_access_tokens_own() {
     };
     let outcome = send_fcm(&other_project).await;
     assert!(
-        matches!(&outcome, Outcome::Failed { reason } if reason.contains("PERMISSION_DENIED")),
+        matches!(&outcome, Outcome::CredentialRejected { reason } if reason.contains("PERMISSION_DENIED")),
         "{outcome:?}"
     );
     let denied = sim
@@ -305,13 +310,13 @@ async fn a_revoked_service_account_loses_its_tokens_and_gets_no_new_ones() {
         topic: None,
     };
     assert!(matches!(
-        providers.send(&target, &hello()).await,
+        providers.send(NO_OWN_CREDENTIAL, &target, &hello()).await,
         Outcome::Delivered { .. }
     ));
     let account = ServiceAccount::load(&fcm.service_account_path).expect("account");
     assert!(sim.revoke_fcm_service_account(&account.client_email));
 
-    let outcome = providers.send(&target, &hello()).await;
+    let outcome = providers.send(NO_OWN_CREDENTIAL, &target, &hello()).await;
     assert!(!matches!(outcome, Outcome::Delivered { .. }), "{outcome:?}");
     let after: Vec<(Side, u16)> = sim
         .records()
@@ -405,7 +410,7 @@ async fn the_bridge_never_updates_its_token_too_often_for_apple() {
     };
     for _ in 0..18 {
         assert!(matches!(
-            providers.send(&target, &hello()).await,
+            providers.send(NO_OWN_CREDENTIAL, &target, &hello()).await,
             Outcome::Delivered { .. }
         ));
         clock.shift(600);

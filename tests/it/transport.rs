@@ -20,6 +20,18 @@ use pushbridge::simulator::{
 };
 use serde_json::Value;
 
+/// The counters of the config file's pool `name`, if there is one.
+fn default_pool(providers: &Providers, name: &str) -> Option<pushbridge::push::PoolStats> {
+    providers
+        .stats()
+        .into_iter()
+        .find(|s| s.app.is_none() && s.pool == name)
+        .map(|s| s.stats)
+}
+
+/// An app without credentials of its own: its sends use the config file's keys.
+const NO_OWN_CREDENTIAL: &str = "app_without_credentials";
+
 const TOPIC: &str = "com.example.app";
 
 /// The providers' settings as the bridge gets them from `use_simulator`, with a small pool
@@ -132,7 +144,7 @@ async fn apns_notification_is_delivered_over_tls_and_http2() {
         ..hello()
     };
 
-    let outcome = providers.send(&apns(&token), &n).await;
+    let outcome = providers.send(NO_OWN_CREDENTIAL, &apns(&token), &n).await;
 
     let records = records_of(&sim, Side::Apns);
     assert_eq!(records.len(), 1);
@@ -174,7 +186,7 @@ async fn fcm_notification_is_delivered_over_tls_and_http2() {
         ..hello()
     };
 
-    let outcome = providers.send(&fcm(&token), &n).await;
+    let outcome = providers.send(NO_OWN_CREDENTIAL, &fcm(&token), &n).await;
 
     let Outcome::Delivered { provider_id } = outcome else {
         panic!("expected delivery, got {outcome:?}");
@@ -234,12 +246,15 @@ async fn apns_errors_map_to_outcomes() {
     ];
     for (seed, (kind, expected)) in cases.into_iter().enumerate() {
         let token = apns_test_token(kind, seed as u64);
-        let outcome = providers.send(&apns(&token), &hello()).await;
+        let outcome = providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+            .await;
         assert_eq!(outcome, expected, "{kind:?}");
     }
 
     let expired = providers
         .send(
+            NO_OWN_CREDENTIAL,
             &apns(&apns_test_token(ApnsTestKind::ExpiredToken, 99)),
             &hello(),
         )
@@ -260,7 +275,9 @@ async fn apns_local_checks_fail_without_a_network_call() {
         ..Notification::default()
     };
     assert_eq!(
-        providers.send(&apns(&token), &too_big).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &too_big)
+            .await,
         failed("PayloadTooLarge")
     );
     let long_collapse = Notification {
@@ -268,11 +285,15 @@ async fn apns_local_checks_fail_without_a_network_call() {
         ..hello()
     };
     assert_eq!(
-        providers.send(&apns(&token), &long_collapse).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &long_collapse)
+            .await,
         failed("BadCollapseId")
     );
     assert_eq!(
-        providers.send(&apns("not-hex"), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns("not-hex"), &hello())
+            .await,
         invalid("BadDeviceToken")
     );
     assert!(sim.records().is_empty());
@@ -280,7 +301,7 @@ async fn apns_local_checks_fail_without_a_network_call() {
 }
 
 #[tokio::test]
-async fn apns_bad_credentials_are_permanent_failures() {
+async fn apns_bad_credentials_are_credential_refusals() {
     let sim = simulator().await;
     let config = ApnsConfig {
         key_id: "WRONGKEY00".into(),
@@ -288,9 +309,18 @@ async fn apns_bad_credentials_are_permanent_failures() {
     };
     let providers = Providers::new(&config, &FcmConfig::default()).unwrap();
     let outcome = providers
-        .send(&apns(&apns_test_token(ApnsTestKind::Success, 1)), &hello())
+        .send(
+            NO_OWN_CREDENTIAL,
+            &apns(&apns_test_token(ApnsTestKind::Success, 1)),
+            &hello(),
+        )
         .await;
-    assert_eq!(outcome, failed("InvalidProviderToken"));
+    assert_eq!(
+        outcome,
+        Outcome::CredentialRejected {
+            reason: "InvalidProviderToken".into()
+        }
+    );
 }
 
 #[tokio::test]
@@ -316,12 +346,16 @@ async fn fcm_errors_map_to_outcomes() {
     ];
     for (seed, (kind, expected)) in cases.into_iter().enumerate() {
         let token = fcm_test_token(kind, seed as u64);
-        let outcome = providers.send(&fcm(&token), &hello()).await;
+        let outcome = providers
+            .send(NO_OWN_CREDENTIAL, &fcm(&token), &hello())
+            .await;
         assert_eq!(outcome, expected, "{kind:?}");
     }
     // A malformed token is blamed on the token, so the device gets pruned.
     assert_eq!(
-        providers.send(&fcm("too-short"), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &fcm("too-short"), &hello())
+            .await,
         invalid("INVALID_ARGUMENT")
     );
     let too_big = Notification {
@@ -331,7 +365,9 @@ async fn fcm_errors_map_to_outcomes() {
     let token = fcm_test_token(FcmTestKind::Success, 1);
     let before = sim.records().len();
     assert_eq!(
-        providers.send(&fcm(&token), &too_big).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &fcm(&token), &too_big)
+            .await,
         failed("PayloadTooLarge")
     );
     assert_eq!(sim.records().len(), before);
@@ -343,25 +379,35 @@ async fn tokens_failing_first_n_times_then_succeed() {
     let providers = providers(&sim);
     let apns_token = apns_test_token_failing_first(ApnsTestKind::ServiceUnavailable, 2, 5);
     assert_eq!(
-        providers.send(&apns(&apns_token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&apns_token), &hello())
+            .await,
         retry("ServiceUnavailable")
     );
     assert_eq!(
-        providers.send(&apns(&apns_token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&apns_token), &hello())
+            .await,
         retry("ServiceUnavailable")
     );
     assert!(matches!(
-        providers.send(&apns(&apns_token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&apns_token), &hello())
+            .await,
         Outcome::Delivered { .. }
     ));
 
     let fcm_token = fcm_test_token_failing_first(FcmTestKind::Unavailable, 1, 5);
     assert_eq!(
-        providers.send(&fcm(&fcm_token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &fcm(&fcm_token), &hello())
+            .await,
         retry("UNAVAILABLE")
     );
     assert!(matches!(
-        providers.send(&fcm(&fcm_token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &fcm(&fcm_token), &hello())
+            .await,
         Outcome::Delivered { .. }
     ));
 }
@@ -372,7 +418,9 @@ async fn expired_provider_token_is_replaced_and_the_send_retried() {
     let providers = providers(&sim);
     let token = apns_test_token_failing_first(ApnsTestKind::ExpiredProviderToken, 1, 3);
 
-    let outcome = providers.send(&apns(&token), &hello()).await;
+    let outcome = providers
+        .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+        .await;
 
     assert!(matches!(outcome, Outcome::Delivered { .. }), "{outcome:?}");
     let records = records_of(&sim, Side::Apns);
@@ -400,13 +448,17 @@ async fn provider_jwt_is_reused_until_its_refresh_age() {
     let token = apns_test_token(ApnsTestKind::Success, 1);
     for _ in 0..3 {
         assert!(matches!(
-            providers.send(&apns(&token), &hello()).await,
+            providers
+                .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+                .await,
             Outcome::Delivered { .. }
         ));
     }
     clock.shift(51 * 60);
     assert!(matches!(
-        providers.send(&apns(&token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+            .await,
         Outcome::Delivered { .. }
     ));
 
@@ -439,7 +491,9 @@ async fn oauth_token_is_cached_and_refreshed_on_401_and_expiry() {
         let providers = providers.clone();
         sends.spawn(async move {
             let token = fcm_test_token(FcmTestKind::Success, seed);
-            providers.send(&fcm(&token), &hello()).await
+            providers
+                .send(NO_OWN_CREDENTIAL, &fcm(&token), &hello())
+                .await
         });
     }
     while let Some(outcome) = sends.join_next().await {
@@ -450,7 +504,9 @@ async fn oauth_token_is_cached_and_refreshed_on_401_and_expiry() {
     sim.revoke_access_tokens();
     let token = fcm_test_token(FcmTestKind::Success, 100);
     assert!(matches!(
-        providers.send(&fcm(&token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &fcm(&token), &hello())
+            .await,
         Outcome::Delivered { .. }
     ));
     assert_eq!(records_of(&sim, Side::Token).len(), 2);
@@ -465,7 +521,9 @@ async fn oauth_token_is_cached_and_refreshed_on_401_and_expiry() {
     // Within a minute of `expires_in` the token is replaced before use.
     clock.shift(3570);
     assert!(matches!(
-        providers.send(&fcm(&token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &fcm(&token), &hello())
+            .await,
         Outcome::Delivered { .. }
     ));
     assert_eq!(records_of(&sim, Side::Token).len(), 3);
@@ -485,7 +543,9 @@ async fn thousand_concurrent_sends_share_the_pool_connections() {
         let providers = providers.clone();
         sends.spawn(async move {
             let token = apns_test_token(ApnsTestKind::Success, seed);
-            providers.send(&apns(&token), &hello()).await
+            providers
+                .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+                .await
         });
     }
     while let Some(outcome) = sends.join_next().await {
@@ -498,7 +558,7 @@ async fn thousand_concurrent_sends_share_the_pool_connections() {
         "{}",
         sim.connections_accepted()
     );
-    let stats = providers.stats().apns_production.unwrap();
+    let stats = default_pool(&providers, "apns_production").unwrap();
     assert!(stats.connections_opened <= 2);
     assert_eq!(stats.in_flight, 0);
 }
@@ -517,7 +577,9 @@ async fn pool_reconnects_after_goaway() {
     let providers = Providers::new(&config, &FcmConfig::default()).unwrap();
     for seed in 0..10 {
         let token = apns_test_token(ApnsTestKind::Success, seed);
-        let outcome = providers.send(&apns(&token), &hello()).await;
+        let outcome = providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+            .await;
         assert!(matches!(outcome, Outcome::Delivered { .. }), "{outcome:?}");
     }
     assert!(
@@ -526,9 +588,7 @@ async fn pool_reconnects_after_goaway() {
         sim.connections_accepted()
     );
     assert!(
-        providers
-            .stats()
-            .apns_production
+        default_pool(&providers, "apns_production")
             .unwrap()
             .connections_opened
             >= 4
@@ -541,23 +601,31 @@ async fn pool_reconnects_after_a_connection_reset() {
     let providers = providers(&sim);
     let reset = fcm_test_token(FcmTestKind::ConnectionReset, 1);
     assert_eq!(
-        providers.send(&fcm(&reset), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &fcm(&reset), &hello())
+            .await,
         retry("ConnectionError")
     );
     let token = apns_test_token(ApnsTestKind::ConnectionReset, 2);
     assert_eq!(
-        providers.send(&apns(&token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+            .await,
         retry("ConnectionError")
     );
     for seed in 0..3 {
         let token = apns_test_token(ApnsTestKind::Success, seed);
         assert!(matches!(
-            providers.send(&apns(&token), &hello()).await,
+            providers
+                .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+                .await,
             Outcome::Delivered { .. }
         ));
         let token = fcm_test_token(FcmTestKind::Success, seed);
         assert!(matches!(
-            providers.send(&fcm(&token), &hello()).await,
+            providers
+                .send(NO_OWN_CREDENTIAL, &fcm(&token), &hello())
+                .await,
             Outcome::Delivered { .. }
         ));
     }
@@ -582,11 +650,13 @@ async fn sandbox_devices_use_the_sandbox_host_and_connect_failures_retry() {
         ..apns(&token)
     };
     assert!(matches!(
-        providers.send(&sandbox, &hello()).await,
+        providers.send(NO_OWN_CREDENTIAL, &sandbox, &hello()).await,
         Outcome::Delivered { .. }
     ));
     assert_eq!(
-        providers.send(&apns(&token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+            .await,
         retry("ConnectFailed")
     );
 }
@@ -594,9 +664,11 @@ async fn sandbox_devices_use_the_sandbox_host_and_connect_failures_retry() {
 #[tokio::test]
 async fn unconfigured_platform_fails() {
     let providers = Providers::new(&ApnsConfig::default(), &FcmConfig::default()).unwrap();
-    let outcome = providers.send(&fcm("token"), &hello()).await;
+    let outcome = providers
+        .send(NO_OWN_CREDENTIAL, &fcm("token"), &hello())
+        .await;
     assert_eq!(outcome, failed("ProviderNotConfigured"));
-    assert_eq!(providers.stats().fcm, None);
+    assert_eq!(default_pool(&providers, "fcm"), None);
 }
 
 #[tokio::test]
@@ -679,7 +751,11 @@ async fn injected_errors_carry_retry_after() {
     let after = Some(Duration::from_secs(7));
     assert_eq!(
         providers
-            .send(&apns(&apns_test_token(ApnsTestKind::Success, 1)), &hello())
+            .send(
+                NO_OWN_CREDENTIAL,
+                &apns(&apns_test_token(ApnsTestKind::Success, 1)),
+                &hello()
+            )
             .await,
         Outcome::Retry {
             after,
@@ -688,7 +764,11 @@ async fn injected_errors_carry_retry_after() {
     );
     assert_eq!(
         providers
-            .send(&fcm(&fcm_test_token(FcmTestKind::Success, 1)), &hello())
+            .send(
+                NO_OWN_CREDENTIAL,
+                &fcm(&fcm_test_token(FcmTestKind::Success, 1)),
+                &hello()
+            )
             .await,
         Outcome::Retry {
             after,
@@ -707,12 +787,16 @@ async fn injected_connection_resets_retry_and_the_pool_recovers() {
         ..Faults::default()
     });
     assert_eq!(
-        providers.send(&apns(&token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+            .await,
         retry("ConnectionError")
     );
     sim.set_faults(Faults::default());
     assert!(matches!(
-        providers.send(&apns(&token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+            .await,
         Outcome::Delivered { .. }
     ));
     assert_eq!(sim.connections_accepted(), 2);
@@ -731,7 +815,9 @@ async fn concurrent_sends_survive_repeated_goaways() {
         let providers = providers.clone();
         sends.spawn(async move {
             let token = apns_test_token(ApnsTestKind::Success, seed);
-            providers.send(&apns(&token), &hello()).await
+            providers
+                .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+                .await
         });
     }
     let mut delivered = 0;
@@ -759,7 +845,9 @@ async fn slow_provider_times_out_as_retry_and_the_connection_is_kept() {
     let token = apns_test_token(ApnsTestKind::Success, 1);
     // Warm the connection up first so the timeout hits the request, not the handshake.
     assert!(matches!(
-        providers.send(&apns(&token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+            .await,
         Outcome::Delivered { .. }
     ));
     sim.set_faults(Faults {
@@ -767,12 +855,16 @@ async fn slow_provider_times_out_as_retry_and_the_connection_is_kept() {
         ..Faults::default()
     });
     assert_eq!(
-        providers.send(&apns(&token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+            .await,
         retry("Timeout")
     );
     sim.set_faults(Faults::default());
     assert!(matches!(
-        providers.send(&apns(&token), &hello()).await,
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+            .await,
         Outcome::Delivered { .. }
     ));
     // A timed-out stream is cancelled, not the connection under it.
@@ -789,7 +881,9 @@ async fn provider_jwt_older_than_an_hour_is_rejected_by_the_simulator() {
         Providers::with_clock(&apns_config(&sim), &FcmConfig::default(), clock).unwrap();
     let token = apns_test_token(ApnsTestKind::Success, 1);
 
-    let outcome = providers.send(&apns(&token), &hello()).await;
+    let outcome = providers
+        .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+        .await;
 
     // The replacement is the newest window the answer justifies, and APNs refuses it too.
     assert_eq!(outcome, retry("ExpiredProviderToken"));

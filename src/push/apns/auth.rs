@@ -36,7 +36,7 @@ use crate::push::clock::Clock;
 
 /// Why a provider token could not be produced.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum SigningError {
+pub(crate) enum SigningError {
     /// The header or claims did not serialize.
     #[error("encoding the provider token: {0}")]
     Json(#[from] serde_json::Error),
@@ -45,8 +45,25 @@ pub(super) enum SigningError {
     Ecdsa(#[from] p256::ecdsa::Error),
 }
 
+/// Signs one provider token with `key`, to prove an uploaded key can sign.
+pub(crate) fn check_signs(
+    key: &SigningKey,
+    key_id: &str,
+    team_id: &str,
+) -> Result<(), SigningError> {
+    JwtSigner::new(
+        key.clone(),
+        key_id.into(),
+        team_id.into(),
+        1,
+        Clock::system(),
+    )
+    .sign(0)
+    .map(drop)
+}
+
 /// Reads a `.p8` key (PKCS#8 PEM, EC P-256).
-pub(super) fn signing_key_from_pem(pem: &str) -> Result<SigningKey, p256::pkcs8::Error> {
+pub(crate) fn signing_key_from_pem(pem: &str) -> Result<SigningKey, p256::pkcs8::Error> {
     SigningKey::from_pkcs8_pem(pem)
 }
 

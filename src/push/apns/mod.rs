@@ -1,7 +1,7 @@
 //! APNs sender: owns its settings, provider token, request building, response mapping and
 //! wire vocabulary; the rest of the crate sees only [`Outcome`].
 
-mod auth;
+pub(crate) mod auth;
 pub mod request;
 pub mod response;
 pub mod settings;
@@ -15,8 +15,9 @@ pub use self::response::map_response;
 pub use self::settings::ApnsConfig;
 use self::wire::reason;
 use super::clock::Clock;
+use super::credentials::ApnsCredential;
 use super::outcome::Outcome;
-use super::pool::{H2Pool, PoolConfig, PoolStats};
+use super::pool::{ConnectionCap, H2Pool, PoolConfig, PoolStats};
 use super::target::Target;
 use crate::model::{ApnsEnvironment, Notification};
 use crate::redact::Redacted;
@@ -29,47 +30,73 @@ pub struct ApnsSender {
     sandbox: H2Pool,
     signer: JwtSigner,
     default_topic: Option<String>,
+    environment: Option<ApnsEnvironment>,
     clock: Clock,
 }
 
 impl ApnsSender {
-    /// Loads the `.p8` key and prepares both hosts' pools (connections open on first use).
-    pub fn new(config: &ApnsConfig, clock: Clock) -> anyhow::Result<Self> {
-        let pem = std::fs::read_to_string(&config.key_path)
-            .with_context(|| format!("apns.key_path: reading {}", config.key_path.display()))?;
-        let key = signing_key_from_pem(&pem).with_context(|| {
-            format!(
-                "apns.key_path: {} is not a PKCS#8 EC P-256 key (.p8)",
-                config.key_path.display()
-            )
-        })?;
+    /// Prepares a sender for `key` with the global `settings` (hosts, roots, timeouts); the
+    /// pools open their connections on first use, under the global `connections` cap.
+    pub fn new(
+        settings: &ApnsConfig,
+        key: &ApnsCredential,
+        clock: Clock,
+        connections: &ConnectionCap,
+    ) -> anyhow::Result<Self> {
+        let signing_key = signing_key_from_pem(&key.private_key)
+            .context("the APNs key is not a PKCS#8 EC P-256 key (.p8)")?;
         let pool = |endpoint: &str| {
             H2Pool::new(&PoolConfig {
                 endpoint: endpoint.to_string(),
-                size: config.pool_size,
-                request_timeout: Duration::from_millis(config.request_timeout_ms),
-                extra_root_certs: config.extra_root_certs.clone(),
+                size: settings.pool_size,
+                request_timeout: Duration::from_millis(settings.request_timeout_ms),
+                extra_root_certs: settings.extra_root_certs.clone(),
                 keep_idle_connections: true,
+                cap: Some(connections.clone()),
             })
         };
         let signer = JwtSigner::new(
-            key,
-            config.key_id.clone(),
-            config.team_id.clone(),
-            config.jwt_refresh_secs as i64,
+            signing_key,
+            key.key_id.clone(),
+            key.team_id.clone(),
+            settings.jwt_refresh_secs as i64,
             clock.clone(),
         );
-        // Fail at startup, not on the first send, if the key cannot sign.
-        signer
-            .token()
-            .context("apns.key_path: signing a provider token")?;
+        // Fail now, not on the first send, if the key cannot sign.
+        signer.token().context("signing an APNs provider token")?;
         Ok(Self {
-            production: pool(&config.endpoint).context("apns.endpoint")?,
-            sandbox: pool(&config.sandbox_endpoint).context("apns.sandbox_endpoint")?,
+            production: pool(&settings.endpoint).context("apns.endpoint")?,
+            sandbox: pool(&settings.sandbox_endpoint).context("apns.sandbox_endpoint")?,
             signer,
-            default_topic: config.default_topic.clone(),
+            default_topic: key.default_topic.clone(),
+            environment: key.environment,
             clock,
         })
+    }
+
+    /// The config file's key, read from `apns.key_path`.
+    pub fn config_key(settings: &ApnsConfig) -> anyhow::Result<ApnsCredential> {
+        let pem = std::fs::read_to_string(&settings.key_path)
+            .with_context(|| format!("apns.key_path: reading {}", settings.key_path.display()))?;
+        let key = ApnsCredential {
+            key_id: settings.key_id.clone(),
+            team_id: settings.team_id.clone(),
+            private_key: pem,
+            default_topic: settings.default_topic.clone(),
+            environment: None,
+        };
+        signing_key_from_pem(&key.private_key).with_context(|| {
+            format!(
+                "apns.key_path: {} is not a PKCS#8 EC P-256 key (.p8)",
+                settings.key_path.display()
+            )
+        })?;
+        Ok(key)
+    }
+
+    /// Closes connections unused for `idle`; returns how many.
+    pub fn close_idle(&self, idle: Duration) -> usize {
+        self.production.close_idle(idle) + self.sandbox.close_idle(idle)
     }
 
     /// Counters for the production and sandbox pools.
@@ -93,6 +120,14 @@ impl ApnsSender {
             Ok(request) => request,
             Err(outcome) => return outcome,
         };
+        if self
+            .environment
+            .is_some_and(|only| only != target.environment)
+        {
+            // The key is limited to the other environment: no send with it can succeed, but
+            // the device is fine and the other devices are not affected.
+            return Outcome::failed(reason::KEY_NOT_FOR_ENVIRONMENT);
+        }
         let pool = match target.environment {
             ApnsEnvironment::Production => &self.production,
             ApnsEnvironment::Sandbox => &self.sandbox,
@@ -106,7 +141,7 @@ impl ApnsSender {
         let mut refreshed = false;
         loop {
             let Ok(bearer) = HeaderValue::from_str(&format!("bearer {jwt}")) else {
-                return Outcome::failed("ProviderTokenSigningFailed");
+                return Outcome::credential("ProviderTokenSigningFailed");
             };
             headers.insert(AUTHORIZATION, bearer);
             let response = match pool.post(&path, &headers, request.payload.clone()).await {
@@ -141,7 +176,7 @@ impl ApnsSender {
 
 fn signing_failed(e: &SigningError) -> Outcome {
     tracing::error!(error = %e, "signing the APNs provider token failed");
-    Outcome::failed("ProviderTokenSigningFailed")
+    Outcome::credential("ProviderTokenSigningFailed")
 }
 
 fn is_hex_token(token: &str) -> bool {

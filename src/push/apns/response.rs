@@ -47,6 +47,12 @@ pub fn map_response(response: &ProviderResponse, apns_id: &str) -> Outcome {
             reason,
             timestamp: None,
         },
+        // The key, its team or its topics: every send with this credential would fail alike.
+        reason::INVALID_PROVIDER_TOKEN
+        | reason::MISSING_PROVIDER_TOKEN
+        | reason::BAD_CERTIFICATE
+        | reason::BAD_CERTIFICATE_ENVIRONMENT
+        | reason::TOPIC_DISALLOWED => Outcome::CredentialRejected { reason },
         reason::TOO_MANY_REQUESTS
         | reason::INTERNAL_SERVER_ERROR
         | reason::SERVICE_UNAVAILABLE
@@ -97,6 +103,14 @@ mod tests {
             map_response(&response(403, r#"{"reason":"ExpiredProviderToken"}"#), "id"),
             Outcome::Retry { .. }
         ));
+        assert_eq!(
+            map_response(&response(403, r#"{"reason":"InvalidProviderToken"}"#), "id"),
+            Outcome::credential("InvalidProviderToken")
+        );
+        assert_eq!(
+            map_response(&response(400, r#"{"reason":"TopicDisallowed"}"#), "id"),
+            Outcome::credential("TopicDisallowed")
+        );
         assert_eq!(
             map_response(&response(400, r#"{"reason":"BadTopic"}"#), "id"),
             Outcome::failed("BadTopic")

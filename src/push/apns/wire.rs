@@ -117,8 +117,14 @@ pub mod reason {
     pub const INVALID_PROVIDER_TOKEN: &str = "InvalidProviderToken";
     /// 403: the provider token is too old; sign a new one.
     pub const EXPIRED_PROVIDER_TOKEN: &str = "ExpiredProviderToken";
+    /// 403: the certificate (certificate-based auth) is invalid.
+    pub const BAD_CERTIFICATE: &str = "BadCertificate";
+    /// 403: the certificate is for the other environment.
+    pub const BAD_CERTIFICATE_ENVIRONMENT: &str = "BadCertificateEnvironment";
     /// 429: the provider token changed too often.
     pub const TOO_MANY_PROVIDER_TOKEN_UPDATES: &str = "TooManyProviderTokenUpdates";
+    /// Ours, not Apple's: the app's key is limited to the other APNs environment.
+    pub const KEY_NOT_FOR_ENVIRONMENT: &str = "KeyNotForEnvironment";
     /// 429: too many requests for the same token.
     pub const TOO_MANY_REQUESTS: &str = "TooManyRequests";
     /// 500.

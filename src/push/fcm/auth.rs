@@ -90,7 +90,7 @@ impl OAuth {
         clock: Clock,
     ) -> anyhow::Result<Self> {
         let key = EncodingKey::from_rsa_pem(account.private_key.as_bytes())
-            .context("fcm.service_account_path: private_key is not an RSA PEM key")?;
+            .context("the service account's private_key is not an RSA PEM key")?;
         let uri: Uri = token_uri
             .parse()
             .with_context(|| format!("fcm token_uri {token_uri:?} is not a URL"))?;
@@ -107,6 +107,8 @@ impl OAuth {
             request_timeout: timeout,
             extra_root_certs: config.extra_root_certs.clone(),
             keep_idle_connections: false,
+            // Token fetches are rare and short; they never wait behind message connections.
+            cap: None,
         })
         .context("fcm token_uri")?;
         Ok(Self {
@@ -156,7 +158,7 @@ impl OAuth {
         };
         let assertion = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| {
             tracing::error!(error = %e, "signing the FCM token assertion failed");
-            Outcome::failed("OAuthAssertionSigningFailed")
+            Outcome::credential("OAuthAssertionSigningFailed")
         })?;
         let form = form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", JWT_GRANT)
@@ -212,6 +214,7 @@ fn refused(response: &crate::push::pool::ProviderResponse) -> Outcome {
             reason: "OAuthTokenUnavailable".into(),
         }
     } else {
-        Outcome::failed("OAuthTokenRejected")
+        // invalid_grant, invalid_client, ...: the service account itself is refused.
+        Outcome::credential("OAuthTokenRejected")
     }
 }

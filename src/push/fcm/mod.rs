@@ -19,8 +19,9 @@ pub use self::request::{message, payload_size, request_body};
 pub use self::response::map_response;
 pub use self::settings::FcmConfig;
 use super::clock::Clock;
+use super::credentials::is_project_id;
 use super::outcome::Outcome;
-use super::pool::{H2Pool, PoolConfig, PoolStats};
+use super::pool::{ConnectionCap, H2Pool, PoolConfig, PoolStats};
 use crate::model::Notification;
 use crate::redact::Redacted;
 
@@ -33,38 +34,56 @@ pub struct FcmSender {
 }
 
 impl FcmSender {
-    /// Loads the service account and prepares the pools (connections open on first use).
-    pub fn new(config: &FcmConfig, clock: Clock) -> anyhow::Result<Self> {
-        let account = ServiceAccount::load(&config.service_account_path)
-            .context("fcm.service_account_path")?;
-        let project = config.project_id.as_ref().unwrap_or(&account.project_id);
+    /// Prepares a sender for `account` with the global `settings` (host, roots, timeouts,
+    /// token endpoint override); connections open on first use, under the global cap.
+    pub fn new(
+        settings: &FcmConfig,
+        account: &ServiceAccount,
+        clock: Clock,
+        connections: &ConnectionCap,
+    ) -> anyhow::Result<Self> {
+        let project = &account.project_id;
         anyhow::ensure!(
-            !project.is_empty()
-                && project
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b':' || b == b'.'),
+            is_project_id(project),
             "fcm.project_id: {project:?} is not a valid project id"
         );
-        let token_uri = config
+        let token_uri = settings
             .token_uri
             .clone()
             .unwrap_or_else(|| account.token_uri.clone());
-        let timeout = Duration::from_millis(config.request_timeout_ms);
+        let timeout = Duration::from_millis(settings.request_timeout_ms);
         let messages = H2Pool::new(&PoolConfig {
-            endpoint: config.endpoint.clone(),
-            size: config.pool_size,
+            endpoint: settings.endpoint.clone(),
+            size: settings.pool_size,
             request_timeout: timeout,
-            extra_root_certs: config.extra_root_certs.clone(),
+            extra_root_certs: settings.extra_root_certs.clone(),
             keep_idle_connections: true,
+            cap: Some(connections.clone()),
         })
         .context("fcm.endpoint")?;
-        let auth = OAuth::new(&account, token_uri, timeout, config, clock.clone())?;
+        let auth = OAuth::new(account, token_uri, timeout, settings, clock.clone())?;
         Ok(Self {
             messages,
             send_path: wire::send_path(project),
             auth,
             clock,
         })
+    }
+
+    /// The config file's service account, read from `fcm.service_account_path`, with
+    /// `fcm.project_id` in place of the file's project when set.
+    pub fn config_account(settings: &FcmConfig) -> anyhow::Result<ServiceAccount> {
+        let mut account = ServiceAccount::load(&settings.service_account_path)
+            .context("fcm.service_account_path")?;
+        if let Some(project) = &settings.project_id {
+            account.project_id = project.clone();
+        }
+        Ok(account)
+    }
+
+    /// Closes connections unused for `idle`; returns how many.
+    pub fn close_idle(&self, idle: Duration) -> usize {
+        self.messages.close_idle(idle)
     }
 
     /// Counters for the messages pool.

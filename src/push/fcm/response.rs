@@ -82,6 +82,12 @@ pub fn map_response(response: &ProviderResponse) -> Outcome {
                 timestamp: None,
             }
         }
+        // The project, the service account or the APNs key uploaded to Firebase: every send
+        // with this credential would fail alike. (A 401 is refreshed once before it gets here.)
+        error_code::THIRD_PARTY_AUTH_ERROR
+        | error_code::UNAUTHENTICATED
+        | error_code::PERMISSION_DENIED => Outcome::CredentialRejected { reason: code },
+        _ if status == StatusCode::UNAUTHORIZED => Outcome::CredentialRejected { reason: code },
         error_code::QUOTA_EXCEEDED | error_code::UNAVAILABLE | error_code::INTERNAL => retry(code),
         _ if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => retry(code),
         _ => Outcome::Failed { reason: code },
@@ -125,6 +131,27 @@ mod tests {
         assert_eq!(
             map_response(&about_payload),
             Outcome::failed("INVALID_ARGUMENT")
+        );
+    }
+
+    #[test]
+    fn credential_answers_pause_instead_of_failing() {
+        let third_party = response(
+            401,
+            json!({"error": {"code": 401, "status": "UNAUTHENTICATED",
+                "details": [{"@type": FCM_ERROR_TYPE, "errorCode": "THIRD_PARTY_AUTH_ERROR"}]}}),
+        );
+        assert_eq!(
+            map_response(&third_party),
+            Outcome::credential("THIRD_PARTY_AUTH_ERROR")
+        );
+        let denied = response(
+            403,
+            json!({"error": {"code": 403, "status": "PERMISSION_DENIED", "details": []}}),
+        );
+        assert_eq!(
+            map_response(&denied),
+            Outcome::credential("PERMISSION_DENIED")
         );
     }
 }

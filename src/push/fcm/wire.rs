@@ -48,6 +48,12 @@ pub mod error_code {
     pub const UNAVAILABLE: &str = "UNAVAILABLE";
     /// 500.
     pub const INTERNAL: &str = "INTERNAL";
+    /// 401: the APNs certificate or web-push key configured at Google is invalid or missing.
+    pub const THIRD_PARTY_AUTH_ERROR: &str = "THIRD_PARTY_AUTH_ERROR";
+    /// 401 (`google.rpc` status): the access token is not accepted.
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// 403 (`google.rpc` status): the service account may not send for the project.
+    pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
 }
 
 #[cfg(test)]

@@ -178,7 +178,7 @@ pub async fn start_with(
     let (_, credentials) = store.all_credentials().await?;
     providers.sync(&credentials);
     if let Some(observer) = &observer {
-        credentials.iter().for_each(|c| observer.saved(c));
+        credentials.iter().flatten().for_each(|c| observer.saved(c));
     }
     let state = AppState {
         config: Arc::new(config),

@@ -2,7 +2,7 @@
 //! service account, shown without their private parts, with the state of its breaker per
 //! provider. The operator may manage any app's with `?app_id=`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -20,9 +20,8 @@ use crate::store::{rfc3339, Breaker};
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(show))
-        .routes(routes!(set_apns))
-        .routes(routes!(set_fcm))
-        .routes(routes!(remove))
+        .routes(routes!(set_apns, remove_apns))
+        .routes(routes!(set_fcm, remove_fcm))
 }
 
 /// Query of the credential endpoints.
@@ -256,15 +255,25 @@ struct FcmUpload {
     service_account: serde_json::Value,
 }
 
+/// Stores the upload, applies it here at once, and returns the app's credentials.
 async fn store_upload(
     state: &AppState,
     app_id: &str,
     provider: Platform,
     upload: Upload,
-) -> Result<Json<CredentialsView>> {
+) -> Result<CredentialsView> {
     let stored: AppCredential = credentials::put(&state.store, app_id, upload).await?;
     credentials::apply_locally(&local(state), app_id, provider, Some(&stored));
-    Ok(Json(view(state, app_id).await?))
+    view(state, app_id).await
+}
+
+/// The view of a credential just stored; its absence would be a store that lost it.
+fn just_stored<T>(view: Option<T>) -> Result<Json<T>> {
+    view.map(Json).ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "a credential just stored is missing from the app's credentials"
+        ))
+    })
 }
 
 fn local(state: &AppState) -> Local<'_> {
@@ -289,7 +298,7 @@ fn local(state: &AppState) -> Local<'_> {
     request_body = ApnsUpload,
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "stored; the app's credentials", body = CredentialsView),
+        (status = 200, description = "stored; the app's APNs credential", body = ApnsView),
         ServerKeyErrors,
         JsonBodyErrors,
         (status = 404, description = "no such app", body = ErrorBody),
@@ -300,7 +309,7 @@ async fn set_apns(
     viewer: Viewer,
     ApiQuery(q): ApiQuery<AppQuery>,
     ApiJson(body): ApiJson<ApnsUpload>,
-) -> Result<Json<CredentialsView>> {
+) -> Result<Json<ApnsView>> {
     let app_id = target_app(&state, viewer, q.app_id).await?;
     let upload = Upload::Apns(ApnsCredential {
         key_id: body.key_id,
@@ -309,7 +318,11 @@ async fn set_apns(
         default_topic: body.default_topic,
         environment: body.environment,
     });
-    store_upload(&state, &app_id, Platform::Apns, upload).await
+    just_stored(
+        store_upload(&state, &app_id, Platform::Apns, upload)
+            .await?
+            .apns,
+    )
 }
 
 #[utoipa::path(
@@ -325,7 +338,7 @@ async fn set_apns(
     request_body = FcmUpload,
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "stored; the app's credentials", body = CredentialsView),
+        (status = 200, description = "stored; the app's FCM credential", body = FcmView),
         ServerKeyErrors,
         JsonBodyErrors,
         (status = 404, description = "no such app", body = ErrorBody),
@@ -336,48 +349,72 @@ async fn set_fcm(
     viewer: Viewer,
     ApiQuery(q): ApiQuery<AppQuery>,
     ApiJson(body): ApiJson<FcmUpload>,
-) -> Result<Json<CredentialsView>> {
+) -> Result<Json<FcmView>> {
     let app_id = target_app(&state, viewer, q.app_id).await?;
-    store_upload(
-        &state,
-        &app_id,
-        Platform::Fcm,
-        Upload::Fcm(body.service_account),
+    let upload = Upload::Fcm(body.service_account);
+    just_stored(
+        store_upload(&state, &app_id, Platform::Fcm, upload)
+            .await?
+            .fcm,
     )
-    .await
 }
 
 #[utoipa::path(
     delete,
-    path = "/v1/app/credentials/{provider}",
-    operation_id = "delete_credential",
+    path = "/v1/app/credentials/apns",
+    operation_id = "delete_apns_credential",
     tag = "app",
-    summary = "Remove the app's own credential for a provider",
-    description = "The app's sends to that provider use the config file's key again (or are \
-                   refused when there is none).",
-    params(
-        ("provider" = Platform, Path, description = "`apns` or `fcm`"),
-        AppQuery,
-    ),
+    summary = "Remove the app's own APNs key",
+    description = "The app's sends to APNs use the config file's key again (or are refused \
+                   when there is none).",
+    params(AppQuery),
     security(("api_key" = [])),
     responses(
         (status = 204, description = "removed"),
         ServerKeyErrors,
-        (status = 404, description = "no such app, or it has no credential of its own", body = ErrorBody),
-        (status = 422, description = "not a provider", body = ErrorBody),
+        (status = 404, description = "no such app, or it has no APNs key of its own", body = ErrorBody),
     ),
 )]
-async fn remove(
+async fn remove_apns(
     State(state): State<AppState>,
     viewer: Viewer,
-    Path(provider): Path<String>,
     ApiQuery(q): ApiQuery<AppQuery>,
 ) -> Result<StatusCode> {
-    let provider: Platform = provider
-        .parse()
-        .map_err(|_| ApiError::field("provider", "must be `apns` or `fcm`"))?;
-    let app_id = target_app(&state, viewer, q.app_id).await?;
+    remove(&state, viewer, q, Platform::Apns).await
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/app/credentials/fcm",
+    operation_id = "delete_fcm_credential",
+    tag = "app",
+    summary = "Remove the app's own FCM service account",
+    description = "The app's sends to FCM use the config file's account again (or are \
+                   refused when there is none).",
+    params(AppQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 204, description = "removed"),
+        ServerKeyErrors,
+        (status = 404, description = "no such app, or it has no FCM account of its own", body = ErrorBody),
+    ),
+)]
+async fn remove_fcm(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    ApiQuery(q): ApiQuery<AppQuery>,
+) -> Result<StatusCode> {
+    remove(&state, viewer, q, Platform::Fcm).await
+}
+
+async fn remove(
+    state: &AppState,
+    viewer: Viewer,
+    q: AppQuery,
+    provider: Platform,
+) -> Result<StatusCode> {
+    let app_id = target_app(state, viewer, q.app_id).await?;
     credentials::delete(&state.store, &app_id, provider).await?;
-    credentials::apply_locally(&local(&state), &app_id, provider, None);
+    credentials::apply_locally(&local(state), &app_id, provider, None);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -35,6 +35,21 @@ struct StatsReport {
     recent_dead_letters: Vec<DeadLetter>,
     /// The latest pruned tokens, redacted (one app only; empty for all apps).
     recent_pruned_tokens: Vec<PrunedToken>,
+    /// Apps whose sends to a provider are paused because it refuses their credential.
+    paused_providers: Vec<PausedProvider>,
+}
+
+/// An open breaker: a provider refuses an app's credential, and its sends there wait.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct PausedProvider {
+    app_id: String,
+    provider: Platform,
+    /// The provider's refusal, e.g. `InvalidProviderToken`.
+    reason: String,
+    /// RFC 3339.
+    since: String,
+    /// RFC 3339: when one held job is sent as a probe.
+    next_probe_at: String,
 }
 
 /// Attempts in one minute.
@@ -141,7 +156,22 @@ async fn stats(
         ),
         None => (Vec::new(), Vec::new()),
     };
+    let paused = state
+        .store
+        .breakers()
+        .await?
+        .into_iter()
+        .filter(|b| app.is_none_or(|a| a == b.app_id))
+        .map(|b| PausedProvider {
+            since: rfc3339(b.since),
+            next_probe_at: rfc3339(b.probe_at),
+            app_id: b.app_id,
+            provider: b.provider,
+            reason: b.reason,
+        })
+        .collect();
     Ok(Json(StatsReport {
+        paused_providers: paused,
         app_id,
         generated_at: rfc3339(now),
         windows,

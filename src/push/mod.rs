@@ -24,6 +24,6 @@ pub use self::outcome::Outcome;
 pub use self::pool::PoolStats;
 pub use self::providers::{
     AppCredential, CredentialKey, CredentialSource, DefaultApnsKey, DefaultFcmAccount, PoolSample,
-    Providers, ProvidersConfig,
+    Providers, ProvidersConfig, UnusableCredential,
 };
 pub use self::target::Target;

@@ -95,6 +95,23 @@ pub struct AppCredential {
     pub updated_at: i64,
 }
 
+/// A stored credential that cannot be read (its key does not open under the master keys
+/// this instance holds, or its stored settings do not parse): the app's sends to that
+/// provider are refused with `CredentialUnusable` rather than sent with the default key.
+#[derive(Clone, Debug)]
+pub struct UnusableCredential {
+    /// The app.
+    pub app_id: String,
+    /// The provider.
+    pub provider: Platform,
+    /// When it was stored (unix millis).
+    pub updated_at: i64,
+    /// Its fingerprint as stored.
+    pub fingerprint: Fingerprint,
+    /// Why it cannot be read (never any part of the key).
+    pub error: String,
+}
+
 /// Which credential an app's sends to a provider use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -378,14 +395,56 @@ impl Providers {
         removed
     }
 
+    /// Refuses `app_id`'s sends to the credential's provider until a readable one is stored.
+    fn install_unusable(&self, credential: &UnusableCredential) -> bool {
+        let mut apps = self.apps.write().unwrap_or_else(|e| e.into_inner());
+        let senders = apps.entry(credential.app_id.clone()).or_default();
+        let changed = match credential.provider {
+            Platform::Apns => !is_unusable_at(&senders.apns, credential.updated_at),
+            Platform::Fcm => !is_unusable_at(&senders.fcm, credential.updated_at),
+        };
+        if changed {
+            tracing::error!(app = %credential.app_id, provider = credential.provider.as_str(),
+                fingerprint = %credential.fingerprint, error = %credential.error,
+                "the app's stored provider credential cannot be read; its sends are refused");
+            match credential.provider {
+                Platform::Apns => {
+                    senders.apns = Some(Installed {
+                        updated_at: credential.updated_at,
+                        fingerprint: credential.fingerprint.clone(),
+                        sender: Err(credential.error.clone()),
+                    });
+                }
+                Platform::Fcm => {
+                    senders.fcm = Some(Installed {
+                        updated_at: credential.updated_at,
+                        fingerprint: credential.fingerprint.clone(),
+                        sender: Err(credential.error.clone()),
+                    });
+                }
+            }
+        }
+        changed
+    }
+
     /// Makes the app credentials in use exactly `all`: installs new and changed ones, keeps
-    /// unchanged ones (and their open connections), and removes the rest. Returns how many
-    /// were installed and removed.
-    pub fn sync(&self, all: &[AppCredential]) -> (usize, usize) {
-        let installed = all.iter().filter(|c| self.install(c)).count();
+    /// unchanged ones (and their open connections), refuses the sends of apps whose stored
+    /// credential cannot be read, and removes the rest. Returns how many were installed and
+    /// removed.
+    pub fn sync(&self, all: &[Result<AppCredential, UnusableCredential>]) -> (usize, usize) {
+        let installed = all
+            .iter()
+            .filter(|c| match c {
+                Ok(c) => self.install(c),
+                Err(unusable) => self.install_unusable(unusable),
+            })
+            .count();
         let wanted: std::collections::HashSet<(&str, Platform)> = all
             .iter()
-            .map(|c| (c.app_id.as_str(), c.key.platform()))
+            .map(|c| match c {
+                Ok(c) => (c.app_id.as_str(), c.key.platform()),
+                Err(u) => (u.app_id.as_str(), u.provider),
+            })
             .collect();
         let stale: Vec<(String, Platform)> = {
             let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
@@ -464,6 +523,13 @@ impl Providers {
         }
         samples
     }
+}
+
+/// Whether `installed` is the unusable version stored at `updated_at`.
+fn is_unusable_at<S>(installed: &Option<Installed<S>>, updated_at: i64) -> bool {
+    installed
+        .as_ref()
+        .is_some_and(|i| i.updated_at == updated_at && i.sender.is_err())
 }
 
 fn own_sender<S>(installed: &Installed<S>) -> Result<Arc<S>, Outcome> {

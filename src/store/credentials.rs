@@ -9,7 +9,9 @@ use super::sealed::CREDENTIAL_KEY;
 use super::{new_id, now_ms, Store};
 use crate::model::{ApnsEnvironment, Platform};
 use crate::push::fcm::ServiceAccount;
-use crate::push::{ApnsCredential, AppCredential, CredentialKey, FcmCredential, Fingerprint};
+use crate::push::{
+    ApnsCredential, AppCredential, CredentialKey, FcmCredential, Fingerprint, UnusableCredential,
+};
 
 /// The public part of an APNs key, stored as JSON.
 #[derive(Serialize, Deserialize)]
@@ -168,8 +170,11 @@ impl Store {
         rows.into_iter().map(|r| self.credential(r)).collect()
     }
 
-    /// Every app's own credentials, with the epoch they were read at.
-    pub async fn all_credentials(&self) -> anyhow::Result<(i64, Vec<AppCredential>)> {
+    /// Every app's own credentials, with the epoch they were read at. A row that cannot be
+    /// read is returned as unusable, so its app is not silently given the default key.
+    pub async fn all_credentials(
+        &self,
+    ) -> anyhow::Result<(i64, Vec<Result<AppCredential, UnusableCredential>>)> {
         let mut tx = self.pool.begin().await?;
         let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM credential_epoch WHERE id = 1")
             .fetch_one(&mut *tx)
@@ -183,8 +188,20 @@ impl Store {
         tx.commit().await?;
         let credentials = rows
             .into_iter()
-            .map(|r| self.credential(r))
-            .collect::<anyhow::Result<_>>()?;
+            .map(|r| {
+                let unusable = UnusableCredential {
+                    app_id: r.app_id.clone(),
+                    provider: r.provider,
+                    updated_at: r.updated_at,
+                    fingerprint: Fingerprint(r.fingerprint.clone()),
+                    error: String::new(),
+                };
+                self.credential(r).map_err(|e| UnusableCredential {
+                    error: format!("{e:#}"),
+                    ..unusable
+                })
+            })
+            .collect();
         Ok((epoch, credentials))
     }
 

@@ -8,6 +8,8 @@ mod harness;
 mod bad_input;
 mod connections;
 mod crash;
+mod credentials;
+mod credentials_local;
 mod dashboard;
 mod devices;
 mod faults;

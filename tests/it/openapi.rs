@@ -56,7 +56,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/app/credentials"),
     ("PUT", "/v1/app/credentials/apns"),
     ("PUT", "/v1/app/credentials/fcm"),
-    ("DELETE", "/v1/app/credentials/{provider}"),
+    ("DELETE", "/v1/app/credentials/apns"),
+    ("DELETE", "/v1/app/credentials/fcm"),
     // user_auth.rs
     ("GET", "/v1/app/user-auth"),
     ("POST", "/v1/app/user-auth"),

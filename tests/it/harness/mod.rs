@@ -155,6 +155,17 @@ impl TestApp {
         dir: std::sync::Arc<tempfile::TempDir>,
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
+        Self::spawn_observed(db_url, dir, tweak, None).await
+    }
+
+    /// Like [`TestApp::spawn_on`], telling `observer` about every stored credential (as
+    /// `serve --simulator` tells its simulator).
+    pub async fn spawn_observed(
+        db_url: String,
+        dir: std::sync::Arc<tempfile::TempDir>,
+        tweak: impl FnOnce(&mut Config),
+        observer: Option<std::sync::Arc<dyn pushbridge::service::credentials::CredentialObserver>>,
+    ) -> Self {
         let mut config = Config {
             database_url: db_url.clone(),
             operator_key: Some(OPERATOR_KEY.to_string()),
@@ -166,7 +177,9 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let running = pushbridge::start(config, listener).await.expect("start");
+        let running = pushbridge::start_with(config, listener, observer)
+            .await
+            .expect("start");
         Self {
             base: format!("http://{}", running.addr),
             client: reqwest::Client::new(),
@@ -304,7 +317,7 @@ pub async fn simulator_with(
 
 /// Points `config` at `sim` with the test credentials and gives it a fast worker (short polls
 /// and backoff), as [`bridge_env`] does for a child process.
-fn fast_worker_on(config: &mut Config, sim: &pushbridge::simulator::SimulatorHandle) {
+pub fn fast_worker_on(config: &mut Config, sim: &pushbridge::simulator::SimulatorHandle) {
     pushbridge::use_simulator(config, sim, &certs_dir());
     config.worker.poll_interval_ms = 20;
     config.worker.backoff_base_ms = 20;

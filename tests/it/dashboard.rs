@@ -127,6 +127,18 @@ async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
     let w5: &Value = &stats["windows"]["5m"];
     assert_eq!(w5["finished"], 5, "{stats}");
 
+    // A provider that refuses the app's credential shows as paused.
+    let probe_at = pushbridge::store::now_ms() + 60_000;
+    t.store()
+        .open_breaker(
+            &app.app.id,
+            pushbridge::model::Platform::Fcm,
+            "THIRD_PARTY_AUTH_ERROR",
+            probe_at,
+        )
+        .await
+        .expect("breaker");
+
     let shot = tempfile::tempdir().expect("dir");
     let shot_path = shot.path().join("dashboard.png");
     let url = format!("{}/dashboard#key={OPERATOR_KEY}&app={}", t.base, app.app.id);
@@ -155,6 +167,17 @@ async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
         "failures by reason are listed"
     );
     assert!(!dom.contains(&tokens[3].1), "tokens are shown redacted");
+    let paused = dom
+        .split("id=\"paused\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</tbody>").next())
+        .expect("the paused providers table");
+    assert!(
+        paused.contains(&app.app.id)
+            && paused.contains("fcm")
+            && paused.contains("THIRD_PARTY_AUTH_ERROR"),
+        "the paused provider is listed: {paused}"
+    );
     assert!(
         std::fs::metadata(&shot_path).is_ok_and(|m| m.len() > 10_000),
         "screenshot written"

@@ -74,6 +74,14 @@ pub struct WorkerConfig {
     /// While an app's credential is refused by a provider, one of its jobs is sent as a
     /// probe this often.
     pub breaker_probe_secs: u64,
+    /// The burst guard: when more than this share of an app's sends in 5 minutes are
+    /// refused for the same token-level reason, the reason is taken for a configuration
+    /// mistake and the app's sends to that provider are held instead.
+    pub burst_guard_share: f64,
+    /// ... counting only once the app made at least this many sends in the window.
+    pub burst_guard_min_sends: u64,
+    /// Days a pruned device is kept (listed, restorable) before it is deleted; 0 keeps it.
+    pub pruned_retention_days: u64,
 }
 
 impl Default for WorkerConfig {
@@ -90,6 +98,9 @@ impl Default for WorkerConfig {
             backoff_max_ms: 15 * 60 * 1000,
             shutdown_grace_secs: 20,
             breaker_probe_secs: 60,
+            burst_guard_share: 0.2,
+            burst_guard_min_sends: 50,
+            pruned_retention_days: 30,
         }
     }
 }
@@ -319,6 +330,12 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::field(field, "must be at least 1"));
             }
+        }
+        if !(w.burst_guard_share > 0.0 && w.burst_guard_share <= 1.0) {
+            return Err(ConfigError::field(
+                "worker.burst_guard_share",
+                "must be above 0 and at most 1",
+            ));
         }
         if w.backoff_max_ms < w.backoff_base_ms {
             return Err(ConfigError::field(

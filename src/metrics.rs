@@ -104,6 +104,15 @@ pub struct PoolLabels {
     pub app: LabelText,
 }
 
+/// Labels carrying a provider and a provider's reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryReasonLabels {
+    /// `apns` or `fcm`.
+    pub provider: &'static str,
+    /// Provider reason.
+    pub reason: LabelText,
+}
+
 /// Labels of the breaker gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BreakerLabels {
@@ -122,6 +131,7 @@ pub struct Metrics {
     pool_open: Family<PoolLabels, Gauge>,
     pool_in_flight: Family<PoolLabels, Gauge>,
     breaker_open: Family<BreakerLabels, Gauge>,
+    burst_guard: Family<DeliveryReasonLabels, Counter>,
     registry: Registry,
     webhooks: Family<WebhookLabels, Counter>,
     deliveries: Family<DeliveryLabels, Counter>,
@@ -214,6 +224,13 @@ impl Metrics {
             "Open provider connections",
             pool_open.clone(),
         );
+        let burst_guard = Family::<DeliveryReasonLabels, Counter>::default();
+        registry.register(
+            "burst_guard_trips",
+            "Times a burst of one token-level refusal held an app's sends (a configuration \
+             mistake, not bad devices)",
+            burst_guard.clone(),
+        );
         let breaker_open = Family::<BreakerLabels, Gauge>::default();
         registry.register(
             "provider_breaker_open",
@@ -234,6 +251,7 @@ impl Metrics {
             pool_open,
             pool_in_flight,
             breaker_open,
+            burst_guard,
             registry,
             webhooks,
             deliveries,
@@ -316,6 +334,16 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(sample.stats.in_flight as i64);
         }
+    }
+
+    /// Counts one trip of the burst guard.
+    pub fn burst_guard_tripped(&self, provider: Platform, reason: &str) {
+        self.burst_guard
+            .get_or_create(&DeliveryReasonLabels {
+                provider: provider.as_str(),
+                reason: LabelText::new(reason),
+            })
+            .inc();
     }
 
     /// Sets the breaker gauge: 1 for each app and provider whose sends are paused.

@@ -15,7 +15,7 @@ use super::openapi::{AppKeyErrors, JsonBodyErrors, ServerKeyErrors};
 use super::{encode_cursor, ApiJson, ApiQuery, AppState, Caller, CursorKind, Page, ServerCaller};
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::model::device::normalize_token;
-use crate::model::device::{DeviceRegistration, RegistrationRequest};
+use crate::model::device::{DeviceRegistration, DeviceState, RegistrationRequest};
 use crate::model::{ApnsEnvironment, Platform};
 use crate::redact::Redacted;
 use crate::store::{now_ms, rfc3339, Device, KeyKind};
@@ -24,6 +24,8 @@ use crate::user_auth::{ClientUserIds, Verifier};
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register, get_device, unregister))
+        .routes(routes!(restore_device))
+        .routes(routes!(list_devices))
         .routes(routes!(list_user_devices))
 }
 
@@ -139,6 +141,18 @@ struct DeviceView {
     created_at: String,
     /// RFC 3339.
     updated_at: String,
+    /// `active` (sent to), `suspect` (the provider refused the token without saying it is
+    /// gone) or `pruned` (the provider said it is gone; deleted after
+    /// `worker.pruned_retention_days`). Restore either with `POST .../restore`.
+    state: DeviceState,
+    /// The provider's reason, for a suspect or pruned device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    state_reason: Option<String>,
+    /// When it became suspect or pruned (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    state_at: Option<String>,
 }
 
 impl DeviceView {
@@ -157,6 +171,9 @@ impl DeviceView {
             tags: device.tags.clone(),
             created_at: rfc3339(device.created_at),
             updated_at: rfc3339(device.updated_at),
+            state: device.state,
+            state_reason: device.state_reason.clone(),
+            state_at: device.state_at.map(rfc3339),
         }
     }
 }
@@ -377,4 +394,93 @@ async fn list_user_devices(
         devices: devices.iter().map(DeviceView::new).collect(),
         next_cursor,
     }))
+}
+
+/// Query of `GET /v1/devices`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DevicesQuery {
+    /// Which devices: `active`, `suspect` or `pruned`.
+    state: DeviceState,
+    /// Opaque cursor from a previous page's `next_cursor` of the same list.
+    #[param(min_length = 1, pattern = r"^[A-Za-z0-9_-]+$")]
+    cursor: Option<String>,
+    /// Page size, 1..=500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/devices",
+    tag = "devices",
+    summary = "List the app's devices in one state, paginated",
+    description = "`state=pruned` lists the devices a provider said are gone (kept for \
+                   `worker.pruned_retention_days`), `state=suspect` those whose token a \
+                   provider refused without saying it is gone.",
+    params(DevicesQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "a page of devices", body = DeviceList),
+        ServerKeyErrors,
+        (status = 422, description = "invalid `state`, `limit` or `cursor`", body = ErrorBody),
+    ),
+)]
+async fn list_devices(
+    State(state): State<AppState>,
+    caller: ServerCaller,
+    ApiQuery(q): ApiQuery<DevicesQuery>,
+) -> Result<Json<DeviceList>> {
+    let page = Page {
+        cursor: q.cursor,
+        limit: q.limit,
+    };
+    let limit = page.limit()?;
+    let after = page.cursor(CursorKind::Devices)?;
+    let devices = state
+        .store
+        .devices_in_state(caller.app_id(), q.state, after.as_deref(), limit + 1)
+        .await?;
+    let has_more = devices.len() > limit as usize;
+    let devices = &devices[..devices.len().min(limit as usize)];
+    let next_cursor = has_more
+        .then(|| {
+            devices
+                .last()
+                .map(|d| encode_cursor(CursorKind::Devices, &d.token))
+        })
+        .flatten();
+    Ok(Json(DeviceList {
+        devices: devices.iter().map(DeviceView::new).collect(),
+        next_cursor,
+    }))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/devices/{token}/restore",
+    operation_id = "restore_device",
+    tag = "devices",
+    summary = "Send to a suspect or pruned device again",
+    params(("token" = String, Path, description = TOKEN)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "the device, active again", body = DeviceView),
+        ServerKeyErrors,
+        (status = 404, description = "no such device in this app (a pruned device is deleted after `worker.pruned_retention_days`)", body = ErrorBody),
+    ),
+)]
+async fn restore_device(
+    State(state): State<AppState>,
+    caller: ServerCaller,
+    Path(token): Path<String>,
+) -> Result<Json<DeviceView>> {
+    let token = normalize_token(&token);
+    let device = state
+        .store
+        .restore_device(caller.app_id(), &token)
+        .await?
+        .ok_or(ApiError::NotFound("device"))?;
+    tracing::info!(app = caller.app_id(), token = %Redacted(&token), "device restored");
+    Ok(Json(DeviceView::new(&device)))
 }

@@ -411,6 +411,8 @@ pub struct Page {
 pub enum CursorKind {
     /// `GET /v1/users/{user_id}/devices`: after a token.
     UserDevices,
+    /// `GET /v1/devices?state=`: after a token.
+    Devices,
     /// `GET /v1/events`: before a (received_at, id).
     Events,
     /// `GET /v1/deliveries`: before an (updated_at, id).
@@ -423,6 +425,7 @@ impl CursorKind {
     fn tag(self) -> &'static str {
         match self {
             Self::UserDevices => "ud",
+            Self::Devices => "dv",
             Self::Events => "ev",
             Self::Deliveries => "dl",
             Self::EventDeliveries => "ed",

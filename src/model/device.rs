@@ -74,6 +74,48 @@ impl FromStr for Platform {
     }
 }
 
+/// Whether a device is sent to.
+#[derive(
+    Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    /// Sent to.
+    #[default]
+    Active,
+    /// The provider refused the token without saying it is gone (a wrong environment,
+    /// topic or sender): not sent to, kept, restorable.
+    Suspect,
+    /// The provider said the token is gone: not sent to, kept for
+    /// `worker.pruned_retention_days`, restorable until then.
+    Pruned,
+}
+
+impl DeviceState {
+    /// Every state.
+    pub const ALL: [Self; 3] = [Self::Active, Self::Suspect, Self::Pruned];
+
+    /// Stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspect => "suspect",
+            Self::Pruned => "pruned",
+        }
+    }
+}
+
+impl FromStr for DeviceState {
+    type Err = UnknownValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| UnknownValue::new("device state", s))
+    }
+}
+
 /// Which APNs host a device token belongs to.
 #[derive(
     Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema,
@@ -219,7 +261,9 @@ impl DeviceRegistration {
             }
         }
         let environment = match (is_apns, body.environment.as_deref()) {
-            (true, None) => Some(ApnsEnvironment::Production),
+            // Unknown: sent to production first, and to the sandbox once if production
+            // calls the token bad; the environment that works is recorded on the device.
+            (true, None) => None,
             (true, Some(e)) => Some(e.parse::<ApnsEnvironment>().map_err(|_| {
                 InvalidField::new("environment", "must be \"production\" or \"sandbox\"")
             })?),

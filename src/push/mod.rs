@@ -20,7 +20,7 @@ pub use self::apns::ApnsConfig;
 pub use self::clock::Clock;
 pub use self::credentials::{ApnsCredential, FcmCredential, Fingerprint};
 pub use self::fcm::FcmConfig;
-pub use self::outcome::Outcome;
+pub use self::outcome::{Outcome, RetryClass};
 pub use self::pool::PoolStats;
 pub use self::providers::{
     AppCredential, CredentialKey, CredentialSource, DefaultApnsKey, DefaultFcmAccount, PoolSample,

@@ -17,7 +17,8 @@ pub enum Outcome {
         /// `apns-id` or the FCM message name.
         provider_id: String,
     },
-    /// The token is dead: prune the device (unless it registered again after `timestamp`).
+    /// The provider says the token is gone (APNs 410 `Unregistered`/`ExpiredToken`, FCM
+    /// `UNREGISTERED`): prune the device (unless it registered again after `timestamp`).
     InvalidToken {
         /// Provider reason, e.g. `Unregistered` or `UNREGISTERED`.
         reason: String,
@@ -30,6 +31,17 @@ pub enum Outcome {
         #[serde(rename = "after_ms", serialize_with = "serialize_millis")]
         after: Option<Duration>,
         /// Provider reason or transport failure.
+        reason: String,
+        /// Why it is worth retrying: decides the wait and whether the attempt counts.
+        #[serde(skip)]
+        class: RetryClass,
+    },
+    /// The provider refused this token for this sender, topic or host without saying it is
+    /// gone (APNs `BadDeviceToken`, `DeviceTokenNotForTopic`; FCM `SENDER_ID_MISMATCH`, an
+    /// `INVALID_ARGUMENT` about the token): often a configuration mistake, so the device is
+    /// kept (marked suspect) rather than deleted, and a burst of these holds the app's sends.
+    TokenRejected {
+        /// Provider reason.
         reason: String,
     },
     /// A permanent failure for this notification: dead-letter it.
@@ -45,14 +57,39 @@ pub enum Outcome {
     },
 }
 
+/// Why a send is worth retrying, which decides how long to wait and whether the attempt
+/// counts against the job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RetryClass {
+    /// The provider or the network failed for a moment: exponential backoff.
+    #[default]
+    Transient,
+    /// A send rate or quota is exhausted (FCM `QUOTA_EXCEEDED`): without `Retry-After`,
+    /// exponential backoff starting at a minute, as Google asks.
+    Throttled,
+    /// A reason neither provider documents: retried with backoff, and counted apart in the
+    /// metrics so that it gets noticed.
+    Unrecognized,
+    /// The connection died under the request (it stopped answering and failed a ping): the
+    /// attempt says nothing about the job and is not counted against it.
+    ConnectionLost,
+}
+
 impl Outcome {
-    /// The outcome's name in metrics: an attempt-log outcome, or `credential_rejected`
-    /// (which the attempt log never holds: such a send is not counted against its job).
+    /// The outcome's name in metrics: an attempt-log outcome, or one the metrics tell apart:
+    /// `unrecognized` (a retry for an undocumented reason), `token_rejected`, and
+    /// `credential_rejected` (which the attempt log never holds: such a send is not counted
+    /// against its job).
     pub fn label(&self) -> &'static str {
         match self {
             Self::Delivered { .. } => AttemptOutcome::Delivered.as_str(),
             Self::InvalidToken { .. } => AttemptOutcome::InvalidToken.as_str(),
+            Self::Retry {
+                class: RetryClass::Unrecognized,
+                ..
+            } => "unrecognized",
             Self::Retry { .. } => AttemptOutcome::Retry.as_str(),
+            Self::TokenRejected { .. } => "token_rejected",
             Self::Failed { .. } => AttemptOutcome::Failed.as_str(),
             Self::CredentialRejected { .. } => "credential_rejected",
         }
@@ -64,6 +101,7 @@ impl Outcome {
             Self::Delivered { .. } => None,
             Self::InvalidToken { reason, .. }
             | Self::Retry { reason, .. }
+            | Self::TokenRejected { reason }
             | Self::Failed { reason }
             | Self::CredentialRejected { reason } => Some(reason),
         }
@@ -83,12 +121,27 @@ impl Outcome {
         }
     }
 
+    /// A retry of `class` for `reason`, no earlier than `after` when given.
+    pub(crate) fn retry(
+        reason: impl Into<String>,
+        after: Option<Duration>,
+        class: RetryClass,
+    ) -> Self {
+        Self::Retry {
+            after,
+            reason: reason.into(),
+            class,
+        }
+    }
+
     /// A retry after a request that got no HTTP response (connect, timeout, reset).
     pub(crate) fn transport_retry(e: &TransportError) -> Self {
-        Self::Retry {
-            after: None,
-            reason: e.reason().into(),
-        }
+        let class = if e.connection_lost() {
+            RetryClass::ConnectionLost
+        } else {
+            RetryClass::Transient
+        };
+        Self::retry(e.reason(), None, class)
     }
 }
 
@@ -139,10 +192,11 @@ mod tests {
 
     #[test]
     fn outcomes_serialize_flat_with_millis() {
-        let retry = Outcome::Retry {
-            after: Some(Duration::from_secs(2)),
-            reason: "UNAVAILABLE".into(),
-        };
+        let retry = Outcome::retry(
+            "UNAVAILABLE",
+            Some(Duration::from_secs(2)),
+            RetryClass::Transient,
+        );
         assert_eq!(
             serde_json::to_value(&retry).unwrap(),
             serde_json::json!({"outcome": "retry", "after_ms": 2000, "reason": "UNAVAILABLE"})

@@ -85,6 +85,12 @@ pub enum TransportError {
 }
 
 impl TransportError {
+    /// Whether the connection died under the request, so the attempt says nothing about it.
+    /// (The request timing out on a connection that then answers a ping is not that.)
+    pub fn connection_lost(&self) -> bool {
+        false
+    }
+
     /// A short machine-readable reason for outcomes and metrics.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -11,6 +11,7 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::{Database, Decode, Encode, Type};
 
+use crate::model::device::DeviceState;
 use crate::model::{ApnsEnvironment, AttemptOutcome, EventStatus, JobStatus, Platform};
 
 /// Stores `$ty` as the text its `as_str` returns and reads it back through its `FromStr`.
@@ -49,7 +50,8 @@ text_column!(
     ApnsEnvironment,
     JobStatus,
     EventStatus,
-    AttemptOutcome
+    AttemptOutcome,
+    DeviceState
 );
 
 #[cfg(test)]

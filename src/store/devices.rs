@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::{now_ms, Store};
-use crate::model::device::DeviceRegistration;
+use crate::model::device::{DeviceRegistration, DeviceState};
 use crate::model::{ApnsEnvironment, Platform};
 use crate::redact::Redacted;
 
@@ -36,6 +36,12 @@ pub struct Device {
     pub created_at: i64,
     /// Last registration, unix ms.
     pub updated_at: i64,
+    /// Whether it is sent to.
+    pub state: DeviceState,
+    /// The provider's reason for a suspect or pruned device.
+    pub state_reason: Option<String>,
+    /// When it became suspect or pruned, unix ms.
+    pub state_at: Option<i64>,
 }
 
 /// A device row as stored: attributes and tags are JSON text.
@@ -54,6 +60,9 @@ struct DeviceRow {
     tags: String,
     created_at: i64,
     updated_at: i64,
+    state: DeviceState,
+    state_reason: Option<String>,
+    state_at: Option<i64>,
 }
 
 impl TryFrom<DeviceRow> for Device {
@@ -90,12 +99,19 @@ impl TryFrom<DeviceRow> for Device {
             tags,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            state: r.state,
+            state_reason: r.state_reason,
+            state_at: r.state_at,
         })
     }
 }
 
+/// The columns a registration writes.
 const DEVICE_COLUMNS: &str = "app_id, token, platform, user_id, locale, timezone, app_version, \
      environment, topic, attributes, tags, created_at, updated_at";
+/// The columns a read returns: the registration and the state.
+const DEVICE_READ: &str = "app_id, token, platform, user_id, locale, timezone, app_version, \
+     environment, topic, attributes, tags, created_at, updated_at, state, state_reason, state_at";
 
 impl Store {
     /// Registers or updates a device; returns it and whether it was new.
@@ -117,8 +133,9 @@ impl Store {
                environment = excluded.environment, topic = excluded.topic, \
                attributes = excluded.attributes, tags = excluded.tags, \
                updated_at = CASE WHEN excluded.updated_at > devices.updated_at \
-                 THEN excluded.updated_at ELSE devices.updated_at + 1 END \
-             RETURNING {DEVICE_COLUMNS}"
+                 THEN excluded.updated_at ELSE devices.updated_at + 1 END, \
+               state = 'active', state_reason = NULL, state_at = NULL \
+             RETURNING {DEVICE_READ}"
         );
         let device: Device = sqlx::query_as::<_, DeviceRow>(&sql)
             .bind(app_id)
@@ -157,9 +174,10 @@ impl Store {
         let sql = format!(
             "UPDATE devices SET platform = $3, locale = $5, timezone = $6, app_version = $7, \
                environment = $8, topic = $9, attributes = $10, tags = $11, \
-               updated_at = CASE WHEN $12 > updated_at THEN $12 ELSE updated_at + 1 END \
+               updated_at = CASE WHEN $12 > updated_at THEN $12 ELSE updated_at + 1 END, \
+               state = 'active', state_reason = NULL, state_at = NULL \
              WHERE app_id = $1 AND token = $2 AND user_id = $4 \
-             RETURNING {DEVICE_COLUMNS}"
+             RETURNING {DEVICE_READ}"
         );
         sqlx::query_as::<_, DeviceRow>(&sql)
             .bind(app_id)
@@ -182,7 +200,7 @@ impl Store {
 
     /// One device of an app.
     pub async fn get_device(&self, app_id: &str, token: &str) -> anyhow::Result<Option<Device>> {
-        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE app_id = $1 AND token = $2");
+        let sql = format!("SELECT {DEVICE_READ} FROM devices WHERE app_id = $1 AND token = $2");
         sqlx::query_as::<_, DeviceRow>(&sql)
             .bind(app_id)
             .bind(token)
@@ -212,7 +230,7 @@ impl Store {
         limit: u32,
     ) -> anyhow::Result<Vec<Device>> {
         let sql = format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE app_id = $1 AND user_id = $2 \
+            "SELECT {DEVICE_READ} FROM devices WHERE app_id = $1 AND user_id = $2 \
              AND token > $3 ORDER BY token LIMIT $4"
         );
         sqlx::query_as::<_, DeviceRow>(&sql)
@@ -227,7 +245,7 @@ impl Store {
             .collect()
     }
 
-    /// Devices of the given users (any number; queried in chunks).
+    /// Active devices of the given users (any number; queried in chunks).
     pub async fn devices_of_users(
         &self,
         app_id: &str,
@@ -236,7 +254,7 @@ impl Store {
         self.devices_where_in(app_id, "user_id", users).await
     }
 
-    /// Registered devices among the given tokens.
+    /// Active devices among the given tokens.
     pub async fn devices_by_tokens(
         &self,
         app_id: &str,
@@ -259,8 +277,8 @@ impl Store {
         for chunk in values.chunks(self.rows_per_statement()) {
             let placeholders = super::values_rows(chunk.len(), "?", 2);
             let sql = format!(
-                "SELECT {DEVICE_COLUMNS} FROM devices WHERE app_id = $1 AND {column} IN ({}) \
-                 ORDER BY token",
+                "SELECT {DEVICE_READ} FROM devices WHERE app_id = $1 AND state = 'active' \
+                 AND {column} IN ({}) ORDER BY token",
                 placeholders
             );
             let mut q = sqlx::query_as::<_, DeviceRow>(&sql).bind(app_id);
@@ -274,7 +292,7 @@ impl Store {
         Ok(out)
     }
 
-    /// A page of an app's devices ordered by token (for attribute/tag audiences).
+    /// A page of an app's active devices ordered by token (for attribute/tag audiences).
     pub async fn devices_page(
         &self,
         app_id: &str,
@@ -283,8 +301,8 @@ impl Store {
         limit: u32,
     ) -> anyhow::Result<Vec<Device>> {
         let sql = format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE app_id = $1 AND ($2 = '' OR platform = $2) \
-             AND token > $3 ORDER BY token LIMIT $4"
+            "SELECT {DEVICE_READ} FROM devices WHERE app_id = $1 AND state = 'active' \
+             AND ($2 = '' OR platform = $2) AND token > $3 ORDER BY token LIMIT $4"
         );
         sqlx::query_as::<_, DeviceRow>(&sql)
             .bind(app_id)
@@ -320,7 +338,8 @@ impl Store {
                  user_id = excluded.user_id, locale = excluded.locale, timezone = excluded.timezone, \
                  app_version = excluded.app_version, environment = excluded.environment, \
                  topic = excluded.topic, attributes = excluded.attributes, tags = excluded.tags, \
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at, state = 'active', state_reason = NULL, \
+                 state_at = NULL",
             );
             let mut q = sqlx::query(&sql).bind(app_id).bind(now);
             for (token, reg) in chunk {
@@ -340,5 +359,85 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// A page of an app's devices in `state`, ordered by token, starting after `after`.
+    pub async fn devices_in_state(
+        &self,
+        app_id: &str,
+        state: DeviceState,
+        after: Option<&str>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<Device>> {
+        let sql = format!(
+            "SELECT {DEVICE_READ} FROM devices WHERE app_id = $1 AND state = $2 \
+             AND token > $3 ORDER BY token LIMIT $4"
+        );
+        sqlx::query_as::<_, DeviceRow>(&sql)
+            .bind(app_id)
+            .bind(state)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(Device::try_from)
+            .collect()
+    }
+
+    /// Makes a suspect or pruned device active again; `None` when there is no such device.
+    pub async fn restore_device(
+        &self,
+        app_id: &str,
+        token: &str,
+    ) -> anyhow::Result<Option<Device>> {
+        let turn = self.write_turn().await;
+        let sql = format!(
+            "UPDATE devices SET state = 'active', state_reason = NULL, state_at = NULL \
+             WHERE app_id = $1 AND token = $2 RETURNING {DEVICE_READ}"
+        );
+        sqlx::query_as::<_, DeviceRow>(&sql)
+            .bind(app_id)
+            .bind(token)
+            .fetch_optional(turn.db())
+            .await?
+            .map(Device::try_from)
+            .transpose()
+    }
+
+    /// Makes active again the devices of `app_id` marked suspect for `reason` since
+    /// `since_ms` (the burst guard found the reason was the app's configuration, not the
+    /// devices). Returns how many.
+    pub async fn restore_suspects(
+        &self,
+        app_id: &str,
+        reason: &str,
+        since_ms: i64,
+    ) -> anyhow::Result<u64> {
+        let turn = self.write_turn().await;
+        let r = sqlx::query(
+            "UPDATE devices SET state = 'active', state_reason = NULL, state_at = NULL \
+             WHERE app_id = $1 AND state = 'suspect' AND state_reason = $2 AND state_at >= $3",
+        )
+        .bind(app_id)
+        .bind(reason)
+        .bind(since_ms)
+        .execute(turn.db())
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Deletes, a batch at a time, devices pruned before `cutoff_ms`; returns how many.
+    pub async fn sweep_pruned_devices(&self, cutoff_ms: i64, batch: i64) -> anyhow::Result<u64> {
+        let turn = self.write_turn().await;
+        let r = sqlx::query(
+            "DELETE FROM devices WHERE (app_id, token) IN (SELECT app_id, token FROM devices \
+             WHERE state = 'pruned' AND state_at < $1 LIMIT $2)",
+        )
+        .bind(cutoff_ms)
+        .bind(batch)
+        .execute(turn.db())
+        .await?;
+        Ok(r.rows_affected())
     }
 }

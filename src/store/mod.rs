@@ -34,7 +34,7 @@ pub use devices::Device;
 pub use events::{Event, EventInsert, EventWriter, IncomingEvent, NewEvent};
 pub use fanout::{FanOutCursor, FanOutSlice, NewJob};
 pub use outbox::{CallbackAttempt, CallbackRow, CallbackTarget};
-pub use queue::{ClaimedJob, JobResult, Prune, PruneCallbacks, PrunedDevice};
+pub use queue::{ClaimedJob, JobResult, Prune, PruneCallbacks, PruneKind, PrunedDevice};
 pub use rules::{NamedSpec, SpecKind};
 pub use sealed::{SealReport, WrongKey};
 pub use sources::{SourceSecret, WebhookSource};

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use sqlx::AnyConnection;
 
 use super::{lifecycle, new_id, now_ms, outbox, values_rows, Store};
-use crate::model::{AttemptOutcome, JobStatus, Platform};
+use crate::model::{ApnsEnvironment, AttemptOutcome, JobStatus, Platform};
 
 /// A job claimed by a worker.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -32,10 +32,23 @@ pub struct ClaimedJob {
     pub event_at: i64,
 }
 
-/// The worker's verdict that a job's device is gone.
+/// What the worker's verdict does to a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PruneKind {
+    /// The provider said the token is gone: the device is pruned (kept for a while, not sent
+    /// to, restorable) and the app hears of it.
+    Gone,
+    /// The provider refused the token without saying it is gone: the device is marked
+    /// suspect (kept, not sent to, restorable).
+    Suspect,
+}
+
+/// The worker's verdict that a job's device is gone or suspect.
 #[derive(Clone, Debug)]
 pub struct Prune {
-    /// Only delete the device when it was last registered at or before this time.
+    /// Gone or suspect.
+    pub kind: PruneKind,
+    /// Only act on the device when it was last registered at or before this time.
     pub cutoff_ms: i64,
     /// Provider reason.
     pub reason: String,
@@ -66,6 +79,9 @@ pub struct JobResult {
     /// its app's credential is refused was not sent (or the refusal was not about it): its
     /// attempt count stays and the attempt log gets no row.
     pub counted: bool,
+    /// The APNs environment the device's token turned out to belong to (it was registered
+    /// without one), to record on the device.
+    pub learned_environment: Option<ApnsEnvironment>,
 }
 
 impl JobResult {
@@ -75,7 +91,7 @@ impl JobResult {
     }
 }
 
-/// A device deleted while recording a batch.
+/// A device pruned while recording a batch.
 #[derive(Clone, Copy, Debug)]
 pub struct PrunedDevice<'a> {
     /// Its platform.
@@ -88,7 +104,7 @@ pub struct PrunedDevice<'a> {
     pub provider_ts: Option<i64>,
 }
 
-/// Tells an app which of its devices a batch deleted: the worker owns whether an app hears
+/// Tells an app which of its devices a batch pruned: the worker owns whether an app hears
 /// about it and what the message says; the store writes the message to the outbox in the
 /// same transaction as the deletions.
 pub trait PruneCallbacks: Sync {
@@ -214,6 +230,7 @@ impl Store {
         let attempted: Vec<&JobResult> = mine.iter().copied().filter(|r| r.counted).collect();
         self.insert_attempts(&mut tx, &attempted, now).await?;
         let pruned = prune_devices(&mut tx, &mine, now).await?;
+        learn_environments(&mut tx, &mine).await?;
         let mut pruned_count = 0;
         for (app_id, devices) in &pruned {
             pruned_count += devices.len() as u64;
@@ -308,26 +325,36 @@ impl Store {
     }
 }
 
-/// Applies the prunes among `results`: deletes each device unless it registered again after
-/// the guard time, and logs every verdict in `pruned_tokens`. Returns the devices actually
-/// deleted, by app.
+/// Applies the verdicts among `results`: prunes each gone device and marks each suspect one,
+/// unless it registered again after the guard time, and logs every prune in
+/// `pruned_tokens`. Returns the devices actually pruned, by app.
 async fn prune_devices<'r>(
     conn: &mut AnyConnection,
     results: &[&'r JobResult],
     now: i64,
 ) -> anyhow::Result<BTreeMap<&'r str, Vec<PrunedDevice<'r>>>> {
-    let mut deleted_by_app: BTreeMap<&str, Vec<PrunedDevice<'_>>> = Default::default();
+    let mut pruned_by_app: BTreeMap<&str, Vec<PrunedDevice<'_>>> = Default::default();
     for r in results {
         let Some(p) = &r.prune else { continue };
-        let deleted = sqlx::query(
-            "DELETE FROM devices WHERE app_id = $1 AND token = $2 AND updated_at <= $3",
-        )
+        let (state, from) = match p.kind {
+            PruneKind::Gone => ("pruned", "state <> 'pruned'"),
+            PruneKind::Suspect => ("suspect", "state = 'active'"),
+        };
+        let changed = sqlx::query(&format!(
+            "UPDATE devices SET state = '{state}', state_reason = $4, state_at = $5 \
+             WHERE app_id = $1 AND token = $2 AND updated_at <= $3 AND {from}"
+        ))
         .bind(&r.job.app_id)
         .bind(&r.job.token)
         .bind(p.cutoff_ms)
+        .bind(&p.reason)
+        .bind(now)
         .execute(&mut *conn)
         .await?
         .rows_affected();
+        if p.kind == PruneKind::Suspect {
+            continue;
+        }
         sqlx::query(
             "INSERT INTO pruned_tokens (id, app_id, platform, token, reason, provider_ts, \
              pruned, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -338,13 +365,13 @@ async fn prune_devices<'r>(
         .bind(&r.job.token)
         .bind(&p.reason)
         .bind(p.provider_ts)
-        .bind(deleted as i64)
+        .bind(changed as i64)
         .bind(now)
         .execute(&mut *conn)
         .await?;
-        // (app, token) is the devices table's key: at most one row went.
-        if deleted > 0 {
-            deleted_by_app
+        // (app, token) is the devices table's key: at most one row changed.
+        if changed > 0 {
+            pruned_by_app
                 .entry(r.job.app_id.as_str())
                 .or_default()
                 .push(PrunedDevice {
@@ -355,5 +382,27 @@ async fn prune_devices<'r>(
                 });
         }
     }
-    Ok(deleted_by_app)
+    Ok(pruned_by_app)
+}
+
+/// Records the APNs environments the worker learned, on devices registered without one.
+async fn learn_environments(
+    conn: &mut AnyConnection,
+    results: &[&JobResult],
+) -> anyhow::Result<()> {
+    for r in results {
+        let Some(environment) = r.learned_environment else {
+            continue;
+        };
+        sqlx::query(
+            "UPDATE devices SET environment = $3 WHERE app_id = $1 AND token = $2 \
+             AND environment IS NULL",
+        )
+        .bind(&r.job.app_id)
+        .bind(&r.job.token)
+        .bind(environment)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }

@@ -71,6 +71,11 @@ pub(crate) enum Gate {
 }
 
 impl Worker {
+    /// Whether this instance knows the breaker of `app_id` and `provider` to be open.
+    pub(crate) fn breaker_known(&self, app_id: &str, provider: Platform) -> bool {
+        self.breakers.get(app_id, provider).is_some()
+    }
+
     fn probe_ms(&self) -> i64 {
         (self.config.breaker_probe_secs * 1000) as i64
     }

@@ -14,15 +14,23 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{self, JoinSet};
 
 use super::breaker::Gate;
+use super::burst::Verdict;
 use super::callbacks::PrunedTokensCallback;
-use super::retry::{decide, RetryDecision};
+use super::retry::{decide, throttled_backoff, RetryDecision};
 use super::share::{ShareKey, Shares};
 use super::{JobPayload, Worker};
 use crate::model::AttemptOutcome;
 use crate::model::JobStatus;
-use crate::push::{Outcome, Target};
+use crate::model::{ApnsEnvironment, Platform};
+use crate::push::apns::wire::reason::BAD_DEVICE_TOKEN;
+use crate::push::{Outcome, RetryClass, Target};
 use crate::redact::Redacted;
-use crate::store::{now_ms, ClaimedJob, JobResult, Prune};
+use crate::store::{now_ms, ClaimedJob, JobResult, Prune, PruneKind};
+
+/// A token-level refusal the burst guard cannot judge yet is retried after this long...
+const UNDECIDED_WAIT: Duration = Duration::from_secs(30);
+/// ... until the job has been tried this many times; then its device is marked.
+const UNDECIDED_ATTEMPTS: i64 = 3;
 
 /// Claims wait until at least this share of `concurrency` is free, so that a steady stream of
 /// finishing sends leads to a few large claims rather than many one-row claims.
@@ -276,15 +284,35 @@ impl Worker {
             Gate::Hold { until, reason } => return held(job, until, &reason, 0),
         };
         let started = Instant::now();
-        let outcome = self.send(&job).await;
+        let (outcome, learned_environment) = self.send(&job).await;
         let latency_ms = started.elapsed().as_millis() as i64;
         self.metrics
             .delivery(job.platform, &outcome, started.elapsed());
+        let now = now_ms();
+        self.burst.sent(&job.app_id, now);
         match &outcome {
             Outcome::CredentialRejected { reason } => {
                 let until = self.trip(&job.app_id, job.platform, reason).await;
                 return held(job, until, reason, latency_ms);
             }
+            Outcome::TokenRejected { reason } => match self.burst.refused(&job.app_id, reason, now)
+            {
+                Verdict::Burst {
+                    refused,
+                    sends,
+                    since_ms,
+                } => {
+                    return self
+                        .burst_held(job, reason, refused, sends, since_ms, latency_ms)
+                        .await;
+                }
+                Verdict::Undecided if job.attempts + 1 < UNDECIDED_ATTEMPTS => {
+                    let outcome =
+                        Outcome::retry(reason.clone(), Some(UNDECIDED_WAIT), RetryClass::Transient);
+                    return self.judge(job, outcome, latency_ms);
+                }
+                Verdict::Undecided | Verdict::Act => {}
+            },
             // The provider authenticated the send: the credential works (again).
             Outcome::Delivered { .. } | Outcome::InvalidToken { .. } => {
                 self.recovered(&job.app_id, job.platform).await;
@@ -298,32 +326,93 @@ impl Worker {
                 }
             }
         }
-        self.judge(job, outcome, latency_ms)
+        let mut result = self.judge(job, outcome, latency_ms);
+        result.learned_environment = learned_environment;
+        result
     }
 
-    /// Hands a job's notification to its provider.
-    async fn send(&self, job: &ClaimedJob) -> Outcome {
-        match serde_json::from_str::<JobPayload>(&job.job).map(JobPayload::into_rendered) {
-            // Never send what was not rendered (a replay renders it again first).
-            Ok(None) => Outcome::Failed {
-                reason: "the job has no rendered notification".into(),
-            },
-            Ok(Some((environment, topic, notification))) => {
-                let target = Target {
-                    platform: job.platform,
-                    token: job.token.clone(),
-                    // FCM devices have none; an APNs device stored without one is a
-                    // production device, the environment registration defaults to.
-                    environment: environment.unwrap_or_default(),
-                    topic,
-                };
-                self.providers
+    /// A burst of `reason` refusals: the app's configuration, not its devices. Holds the job
+    /// behind the app's breaker for the provider (the operator sees it there) and makes
+    /// active again the devices marked suspect for that reason in the window.
+    async fn burst_held(
+        &self,
+        job: ClaimedJob,
+        reason: &str,
+        refused: u64,
+        sends: u64,
+        since_ms: i64,
+        latency_ms: i64,
+    ) -> JobResult {
+        let breaker_reason = format!("{reason} (burst guard)");
+        if self.breaker_known(&job.app_id, job.platform) {
+            let until = self.trip(&job.app_id, job.platform, &breaker_reason).await;
+            return held(job, until, &breaker_reason, latency_ms);
+        }
+        tracing::warn!(app = %job.app_id, provider = job.platform.as_str(), %reason, refused,
+            sends, "burst guard: a large share of the app's sends are refused for the same \
+            token-level reason, which points at its configuration (topic, environment, \
+            project); devices are no longer marked suspect for it and its sends are held");
+        self.metrics.burst_guard_tripped(job.platform, reason);
+        match self
+            .store
+            .restore_suspects(&job.app_id, reason, since_ms)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(app = %job.app_id, restored = n, %reason,
+                "burst guard: devices marked suspect in the burst are active again"),
+            Err(e) => tracing::error!(error = %e, "restoring suspect devices failed"),
+        }
+        let until = self.trip(&job.app_id, job.platform, &breaker_reason).await;
+        held(job, until, &breaker_reason, latency_ms)
+    }
+
+    /// Hands a job's notification to its provider. An APNs device registered without an
+    /// environment is tried on production and, when production calls the token bad, once on
+    /// the sandbox; the environment that took it is returned, to record on the device.
+    async fn send(&self, job: &ClaimedJob) -> (Outcome, Option<ApnsEnvironment>) {
+        let (environment, topic, notification) =
+            match serde_json::from_str::<JobPayload>(&job.job).map(JobPayload::into_rendered) {
+                // Never send what was not rendered (a replay renders it again first).
+                Ok(None) => {
+                    let reason = "the job has no rendered notification".into();
+                    return (Outcome::Failed { reason }, None);
+                }
+                Ok(Some(rendered)) => rendered,
+                Err(e) => {
+                    let reason = format!("unreadable job payload: {e}");
+                    return (Outcome::Failed { reason }, None);
+                }
+            };
+        let mut target = Target {
+            platform: job.platform,
+            token: job.token.clone(),
+            // FCM devices have none; an APNs device without one is tried on production first.
+            environment: environment.unwrap_or_default(),
+            topic,
+        };
+        let outcome = self
+            .providers
+            .send(&job.app_id, &target, &notification)
+            .await;
+        let unknown_environment = job.platform == Platform::Apns && environment.is_none();
+        if !unknown_environment {
+            return (outcome, None);
+        }
+        match &outcome {
+            Outcome::Delivered { .. } => (outcome, Some(target.environment)),
+            Outcome::TokenRejected { reason } if reason == BAD_DEVICE_TOKEN => {
+                // Apple answers BadDeviceToken for a sandbox token sent to production.
+                target.environment = ApnsEnvironment::Sandbox;
+                let retried = self
+                    .providers
                     .send(&job.app_id, &target, &notification)
-                    .await
+                    .await;
+                let learned = matches!(retried, Outcome::Delivered { .. })
+                    .then_some(ApnsEnvironment::Sandbox);
+                (retried, learned)
             }
-            Err(e) => Outcome::Failed {
-                reason: format!("unreadable job payload: {e}"),
-            },
+            _ => (outcome, None),
         }
     }
 
@@ -340,6 +429,7 @@ impl Worker {
             next_attempt_at: now,
             prune: None,
             counted: true,
+            learned_environment: None,
             job,
         };
         match outcome {
@@ -350,22 +440,54 @@ impl Worker {
                 result.provider_id = Some(provider_id);
             }
             Outcome::InvalidToken { reason, timestamp } => {
-                tracing::info!(token = %Redacted(&result.job.token), %reason, "provider reports an invalid token; pruning");
+                tracing::info!(token = %Redacted(&result.job.token), %reason, "the provider says the token is gone; pruning the device");
                 result.status = JobStatus::Invalid;
                 result.outcome = AttemptOutcome::InvalidToken;
                 // A device registered again after the provider's verdict (or, without a
                 // timestamp, after this job was queued) holds a fresh token: keep it.
                 result.prune = Some(Prune {
+                    kind: PruneKind::Gone,
                     cutoff_ms: timestamp.unwrap_or(result.job.created_at),
                     reason: reason.clone(),
                     provider_ts: timestamp,
                 });
                 result.reason = Some(reason);
             }
-            Outcome::Retry { after, reason } => {
+            Outcome::TokenRejected { reason } => {
+                tracing::info!(token = %Redacted(&result.job.token), %reason, "the provider refused the token; marking the device suspect");
+                result.status = JobStatus::Invalid;
+                result.outcome = AttemptOutcome::InvalidToken;
+                result.prune = Some(Prune {
+                    kind: PruneKind::Suspect,
+                    cutoff_ms: result.job.created_at,
+                    reason: reason.clone(),
+                    provider_ts: None,
+                });
+                result.reason = Some(reason);
+            }
+            Outcome::Retry {
+                after,
+                reason,
+                class,
+            } => {
                 let age = Duration::from_millis((now - result.job.created_at).max(0) as u64);
                 result.outcome = AttemptOutcome::Retry;
-                match decide(&self.config, attempts, age, after, &mut rand::thread_rng()) {
+                let mut rng = rand::thread_rng();
+                let after = match class {
+                    RetryClass::Throttled => {
+                        after.or_else(|| Some(throttled_backoff(&self.config, attempts, &mut rng)))
+                    }
+                    _ => after,
+                };
+                // A connection that died under the send says nothing about the job: the
+                // attempt is not counted (only the job's age can end it).
+                result.counted = class != RetryClass::ConnectionLost;
+                let attempts_left = if result.counted {
+                    attempts
+                } else {
+                    (result.job.attempts as u32).max(1)
+                };
+                match decide(&self.config, attempts_left, age, after, &mut rng) {
                     RetryDecision::After(delay) => {
                         result.status = JobStatus::Queued;
                         result.next_attempt_at = now + delay.as_millis() as i64;
@@ -411,6 +533,7 @@ fn held(job: ClaimedJob, until: i64, reason: &str, latency_ms: i64) -> JobResult
         next_attempt_at: until,
         prune: None,
         counted: false,
+        learned_environment: None,
         job,
     }
 }

@@ -4,6 +4,7 @@
 //! instance can pick up where a crashed one stopped once its leases expire.
 
 pub mod breaker;
+mod burst;
 mod callbacks;
 pub mod credentials;
 mod deliver;
@@ -90,6 +91,8 @@ pub struct Worker {
     pub(crate) providers_config: ProvidersConfig,
     /// The open breakers this instance knows of.
     pub(crate) breakers: Arc<Breakers>,
+    /// Token-level refusals per app, to tell a misconfiguration from bad devices.
+    pub(crate) burst: Arc<burst::BurstGuard>,
     /// Wake-ups that cut the poll short: new events, and new or replayed jobs.
     pub(crate) wake: Wake,
     /// Identifies this process's leases.
@@ -108,7 +111,12 @@ impl Worker {
         breakers: Arc<Breakers>,
         wake: Wake,
     ) -> anyhow::Result<Self> {
+        let burst = Arc::new(burst::BurstGuard::new(
+            config.burst_guard_share,
+            config.burst_guard_min_sends,
+        ));
         Ok(Self {
+            burst,
             store,
             providers,
             metrics,
@@ -161,7 +169,12 @@ impl Worker {
     async fn reaper_loop(self, mut stop: watch::Receiver<bool>) {
         let lease_ms = (self.config.lease_secs * 1000) as i64;
         let period = Duration::from_millis((self.config.lease_secs * 1000 / 4).max(100));
+        let mut swept: Option<std::time::Instant> = None;
         loop {
+            if swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+                swept = Some(std::time::Instant::now());
+                self.sweep_pruned_devices().await;
+            }
             if let Err(e) = self.store.renew_leases(&self.owner, lease_ms).await {
                 tracing::error!(error = %e, "renewing leases failed");
             }
@@ -177,6 +190,42 @@ impl Worker {
                 () = tokio::time::sleep(period) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
+        }
+    }
+}
+
+/// How often pruned devices past their retention are deleted.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+impl Worker {
+    /// Deletes the devices pruned more than `worker.pruned_retention_days` ago, in small
+    /// batches so that no write holds the database for long.
+    async fn sweep_pruned_devices(&self) {
+        if self.config.pruned_retention_days == 0 {
+            return;
+        }
+        let cutoff =
+            crate::store::now_ms() - (self.config.pruned_retention_days * 86_400_000) as i64;
+        let mut swept = 0;
+        loop {
+            match self.store.sweep_pruned_devices(cutoff, 500).await {
+                Ok(n) => {
+                    swept += n;
+                    if n < 500 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "sweeping pruned devices failed");
+                    break;
+                }
+            }
+        }
+        if swept > 0 {
+            tracing::info!(
+                devices = swept,
+                "deleted devices pruned past their retention"
+            );
         }
     }
 }

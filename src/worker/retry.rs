@@ -73,6 +73,19 @@ pub fn decide_callback(attempts: u32, rng: &mut impl Rng) -> RetryDecision {
     RetryDecision::After(CALLBACK_BACKOFF.delay(attempts, rng))
 }
 
+/// The wait after a throttled send (a quota or message rate exceeded) without `Retry-After`:
+/// exponential from at least a minute, as Google asks, never below the usual backoff.
+pub fn throttled_backoff(config: &WorkerConfig, attempts: u32, rng: &mut impl Rng) -> Duration {
+    let floor_ms = crate::push::fcm::wire::QUOTA_BACKOFF_MIN_SECS * 1000;
+    Backoff {
+        // Equal jitter from twice the floor: the first wait is one to two minutes.
+        base_ms: (2 * floor_ms).max(config.backoff_base_ms),
+        max_ms: config.backoff_max_ms.max(2 * floor_ms),
+        jitter: Jitter::Equal,
+    }
+    .delay(attempts, rng)
+}
+
 /// Decides the next step for a job that has now failed `attempts` times (1-based) and is
 /// `age` old, given the provider's `Retry-After`, if any.
 pub fn decide(
@@ -113,6 +126,19 @@ mod tests {
             backoff_base_ms: 100,
             backoff_max_ms: 1000,
             ..WorkerConfig::default()
+        }
+    }
+
+    #[test]
+    fn throttled_sends_wait_at_least_a_minute_and_back_off() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let config = WorkerConfig::default();
+        for attempt in 1..4u32 {
+            let waits: Vec<Duration> = (0..100)
+                .map(|_| throttled_backoff(&config, attempt, &mut rng))
+                .collect();
+            let floor = Duration::from_secs(60 << (attempt - 1));
+            assert!(waits.iter().all(|w| *w >= floor), "attempt {attempt}");
         }
     }
 

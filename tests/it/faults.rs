@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{simulator, Db, TestApp, OPERATOR_KEY};
 use pushbridge::model::device::DeviceRegistration;
+use pushbridge::model::device::DeviceState;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
 use pushbridge::simulator::{Faults, Side};
 use pushbridge::store::NewApp;
@@ -168,14 +169,27 @@ async fn under_injected_faults_valid_tokens_are_delivered_and_invalid_ones_prune
         sim.connections_accepted()
     );
 
-    // Pruned exactly: every invalid device gone, every valid one still registered.
+    // Pruned exactly: every device whose token the provider says is gone is pruned, every
+    // BadDeviceToken one suspect (kept: Apple says that for a wrong environment too), every
+    // valid one still active.
+    let bad_device_token = apns_test_token(ApnsTestKind::BadDeviceToken, 0);
     for token in &invalid {
         let device = t
             .store()
             .get_device(&app.app.id, token)
             .await
             .expect("read");
-        assert!(device.is_none(), "{} was not pruned", &token[..8]);
+        let want = if token[..6] == bad_device_token[..6] {
+            DeviceState::Suspect
+        } else {
+            DeviceState::Pruned
+        };
+        assert_eq!(
+            device.map(|d| d.state),
+            Some(want),
+            "{} was not marked as the provider said",
+            &token[..8]
+        );
     }
     for token in &valid {
         let device = t
@@ -183,7 +197,11 @@ async fn under_injected_faults_valid_tokens_are_delivered_and_invalid_ones_prune
             .get_device(&app.app.id, token)
             .await
             .expect("read");
-        assert!(device.is_some(), "{} was wrongly pruned", &token[..8]);
+        assert!(
+            device.is_some_and(|d| d.state == DeviceState::Active),
+            "{} was wrongly pruned",
+            &token[..8]
+        );
     }
 
     // The pool recovers: with the faults cleared, every send succeeds on its first attempt.

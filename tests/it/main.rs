@@ -24,6 +24,7 @@ mod provider_identities;
 mod queries;
 mod render_limits;
 mod replay;
+mod safe_pruning;
 mod secrets;
 mod transport;
 mod user_auth;

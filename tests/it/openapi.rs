@@ -19,6 +19,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/devices/{token}"),
     ("GET", "/v1/devices/{token}"),
     ("DELETE", "/v1/devices/{token}"),
+    ("GET", "/v1/devices"),
+    ("POST", "/v1/devices/{token}/restore"),
     ("GET", "/v1/users/{user_id}/devices"),
     // sources.rs
     ("POST", "/v1/sources"),

@@ -350,8 +350,9 @@ async fn a_410_prunes_the_token_and_fires_the_callback_but_keeps_a_re_registered
     let event = wait_completed(&t, &app, &event_id).await;
     assert_eq!(event["deliveries"]["invalid"], 3, "{event}");
 
+    // Pruned devices are kept, marked pruned (restorable), until their retention ends.
     for (token, kept) in [(&dead, false), (&revived, true), (&fcm_dead, false)] {
-        let (status, _) = t
+        let (status, device) = t
             .call(
                 Method::GET,
                 &format!("/v1/devices/{token}"),
@@ -359,7 +360,12 @@ async fn a_410_prunes_the_token_and_fires_the_callback_but_keeps_a_re_registered
                 None,
             )
             .await;
-        assert_eq!(status, if kept { 200 } else { 404 }, "{token}");
+        assert_eq!(status, 200, "{token}");
+        assert_eq!(
+            device["state"],
+            if kept { "active" } else { "pruned" },
+            "{device}"
+        );
     }
 
     // Results are recorded as they arrive, so the two prunes may come in one callback or two.

@@ -12,7 +12,7 @@ use hyper::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pushbridge::config::Config;
 use pushbridge::model::{ApnsEnvironment, Notification, Platform, Priority};
-use pushbridge::push::{ApnsConfig, Clock, FcmConfig, Outcome, Providers, Target};
+use pushbridge::push::{ApnsConfig, Clock, FcmConfig, Outcome, Providers, RetryClass, Target};
 use pushbridge::simulator::{
     self, apns_test_token, apns_test_token_failing_first, fcm_test_token,
     fcm_test_token_failing_first, ApnsTestKind, Faults, FcmTestKind, RecordedRequest, Side,
@@ -109,6 +109,13 @@ fn jwt_claims(authorization: &str) -> Value {
 fn retry(reason: &str) -> Outcome {
     Outcome::Retry {
         after: None,
+        reason: reason.into(),
+        class: RetryClass::Transient,
+    }
+}
+
+fn rejected(reason: &str) -> Outcome {
+    Outcome::TokenRejected {
         reason: reason.into(),
     }
 }
@@ -223,10 +230,10 @@ async fn apns_errors_map_to_outcomes() {
                 timestamp: Some(1_700_000_000_123),
             },
         ),
-        (ApnsTestKind::BadDeviceToken, invalid("BadDeviceToken")),
+        (ApnsTestKind::BadDeviceToken, rejected("BadDeviceToken")),
         (
             ApnsTestKind::DeviceTokenNotForTopic,
-            invalid("DeviceTokenNotForTopic"),
+            rejected("DeviceTokenNotForTopic"),
         ),
         (ApnsTestKind::TooManyRequests, retry("TooManyRequests")),
         (
@@ -294,7 +301,7 @@ async fn apns_local_checks_fail_without_a_network_call() {
         providers
             .send(NO_OWN_CREDENTIAL, &apns("not-hex"), &hello())
             .await,
-        invalid("BadDeviceToken")
+        rejected("BadDeviceToken")
     );
     assert!(sim.records().is_empty());
     assert_eq!(sim.connections_accepted(), 0);
@@ -329,8 +336,11 @@ async fn fcm_errors_map_to_outcomes() {
     let providers = providers(&sim);
     let cases = [
         (FcmTestKind::Unregistered, invalid("UNREGISTERED")),
-        (FcmTestKind::SenderIdMismatch, invalid("SENDER_ID_MISMATCH")),
-        (FcmTestKind::InvalidArgument, invalid("INVALID_ARGUMENT")),
+        (
+            FcmTestKind::SenderIdMismatch,
+            rejected("SENDER_ID_MISMATCH"),
+        ),
+        (FcmTestKind::InvalidArgument, rejected("INVALID_ARGUMENT")),
         (
             FcmTestKind::QuotaExceeded,
             Outcome::Retry {
@@ -338,6 +348,7 @@ async fn fcm_errors_map_to_outcomes() {
                     pushbridge::simulator::QUOTA_RETRY_AFTER_SECS,
                 )),
                 reason: "QUOTA_EXCEEDED".into(),
+                class: RetryClass::Throttled,
             },
         ),
         (FcmTestKind::Unavailable, retry("UNAVAILABLE")),
@@ -351,12 +362,12 @@ async fn fcm_errors_map_to_outcomes() {
             .await;
         assert_eq!(outcome, expected, "{kind:?}");
     }
-    // A malformed token is blamed on the token, so the device gets pruned.
+    // A malformed token is blamed on the token: the device is kept, as suspect.
     assert_eq!(
         providers
             .send(NO_OWN_CREDENTIAL, &fcm("too-short"), &hello())
             .await,
-        invalid("INVALID_ARGUMENT")
+        rejected("INVALID_ARGUMENT")
     );
     let too_big = Notification {
         body: Some("x".repeat(4100)),
@@ -759,7 +770,8 @@ async fn injected_errors_carry_retry_after() {
             .await,
         Outcome::Retry {
             after,
-            reason: "ServiceUnavailable".into()
+            reason: "ServiceUnavailable".into(),
+            class: RetryClass::Transient,
         }
     );
     assert_eq!(
@@ -772,7 +784,8 @@ async fn injected_errors_carry_retry_after() {
             .await,
         Outcome::Retry {
             after,
-            reason: "UNAVAILABLE".into()
+            reason: "UNAVAILABLE".into(),
+            class: RetryClass::Transient,
         }
     );
 }

@@ -110,10 +110,10 @@ impl ApnsSender {
             return Outcome::failed(reason::MISSING_TOPIC);
         };
         if !is_hex_token(&target.token) {
-            // Never a valid APNs token, and it cannot go into the request path.
-            return Outcome::InvalidToken {
+            // Never a valid APNs token, and it cannot go into the request path; the device
+            // is kept (suspect), as for Apple's own BadDeviceToken.
+            return Outcome::TokenRejected {
                 reason: reason::BAD_DEVICE_TOKEN.into(),
-                timestamp: None,
             };
         }
         let request = match ApnsRequest::build(n, topic, self.clock.unix_secs()) {
@@ -152,7 +152,14 @@ impl ApnsSender {
                     return Outcome::transport_retry(&e);
                 }
             };
-            let outcome = map_response(&response, &request.apns_id);
+            let mut outcome = map_response(&response, &request.apns_id);
+            if target.topic.is_none()
+                && matches!(&outcome, Outcome::Failed { reason: r } if r == reason::BAD_TOPIC)
+            {
+                // The credential's default topic is bad: every device without its own
+                // topic would fail alike, so it is the credential's problem.
+                outcome = Outcome::credential(reason::BAD_TOPIC);
+            }
             if response::is_expired_provider_token(&response) && !refreshed {
                 refreshed = true;
                 match self.signer.refresh(&jwt) {

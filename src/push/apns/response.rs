@@ -4,7 +4,7 @@ use http::StatusCode;
 use serde::Deserialize;
 
 use super::wire::{header, reason};
-use crate::push::outcome::{retry_after, Outcome};
+use crate::push::outcome::{retry_after, Outcome, RetryClass};
 use crate::push::pool::ProviderResponse;
 
 #[derive(Deserialize)]
@@ -20,7 +20,10 @@ pub(super) fn is_expired_provider_token(response: &ProviderResponse) -> bool {
             .is_ok_and(|b| b.reason == reason::EXPIRED_PROVIDER_TOKEN)
 }
 
-/// Maps an APNs response to an [`Outcome`] (Apple's table in DESIGN.md).
+/// Maps an APNs response to an [`Outcome`], following Apple's table of reasons (README,
+/// "Provider answers"): only a 410 `Unregistered` or `ExpiredToken` says a token is gone;
+/// other token-level refusals keep the device; credential-level ones pause the app; a
+/// reason Apple does not document is retried and counted as unrecognized.
 pub fn map_response(response: &ProviderResponse, apns_id: &str) -> Outcome {
     let status = response.status;
     if status == StatusCode::OK {
@@ -37,16 +40,12 @@ pub fn map_response(response: &ProviderResponse, apns_id: &str) -> Outcome {
     let reason = body
         .map(|b| b.reason)
         .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
-    let retry = |reason: String| Outcome::Retry {
-        after: retry_after(&response.headers),
-        reason,
-    };
+    let after = retry_after(&response.headers);
     match reason.as_str() {
         reason::UNREGISTERED | reason::EXPIRED_TOKEN => Outcome::InvalidToken { reason, timestamp },
-        reason::BAD_DEVICE_TOKEN | reason::DEVICE_TOKEN_NOT_FOR_TOPIC => Outcome::InvalidToken {
-            reason,
-            timestamp: None,
-        },
+        reason::BAD_DEVICE_TOKEN | reason::DEVICE_TOKEN_NOT_FOR_TOPIC => {
+            Outcome::TokenRejected { reason }
+        }
         // The key, its team or its topics: every send with this credential would fail alike.
         reason::INVALID_PROVIDER_TOKEN
         | reason::MISSING_PROVIDER_TOKEN
@@ -59,10 +58,30 @@ pub fn map_response(response: &ProviderResponse, apns_id: &str) -> Outcome {
         | reason::SHUTDOWN
         | reason::IDLE_TIMEOUT
         | reason::EXPIRED_PROVIDER_TOKEN
-        | reason::TOO_MANY_PROVIDER_TOKEN_UPDATES => retry(reason),
-        _ if status == StatusCode::GONE => Outcome::InvalidToken { reason, timestamp },
-        _ if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => retry(reason),
-        _ => Outcome::Failed { reason },
+        | reason::TOO_MANY_PROVIDER_TOKEN_UPDATES => {
+            Outcome::retry(reason, after, RetryClass::Transient)
+        }
+        // This notification or request is wrong; the device is fine.
+        reason::BAD_TOPIC
+        | reason::MISSING_TOPIC
+        | reason::INVALID_PUSH_TYPE
+        | reason::BAD_PRIORITY
+        | reason::BAD_EXPIRATION_DATE
+        | reason::BAD_COLLAPSE_ID
+        | reason::BAD_MESSAGE_ID
+        | reason::PAYLOAD_EMPTY
+        | reason::PAYLOAD_TOO_LARGE
+        | reason::BAD_PATH
+        | reason::METHOD_NOT_ALLOWED
+        | reason::MISSING_DEVICE_TOKEN
+        | reason::DUPLICATE_HEADERS
+        | reason::FORBIDDEN
+        | reason::BAD_PAYLOAD => Outcome::Failed { reason },
+        _ if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
+            Outcome::retry(reason, after, RetryClass::Transient)
+        }
+        // Not in Apple's table (a 410 included: only the two documented reasons prune).
+        _ => Outcome::retry(reason, after, RetryClass::Unrecognized),
     }
 }
 
@@ -94,10 +113,27 @@ mod tests {
         );
         assert_eq!(
             map_response(&response(400, r#"{"reason":"BadDeviceToken"}"#), "id"),
-            Outcome::InvalidToken {
+            Outcome::TokenRejected {
                 reason: "BadDeviceToken".into(),
-                timestamp: None
             }
+        );
+        assert_eq!(
+            map_response(
+                &response(400, r#"{"reason":"DeviceTokenNotForTopic"}"#),
+                "id"
+            ),
+            Outcome::TokenRejected {
+                reason: "DeviceTokenNotForTopic".into(),
+            }
+        );
+        // Only Apple's two reasons prune; an unknown 410 is retried and counted apart.
+        assert_eq!(
+            map_response(&response(410, r#"{"reason":"SomethingNew"}"#), "id"),
+            Outcome::retry("SomethingNew", None, RetryClass::Unrecognized)
+        );
+        assert_eq!(
+            map_response(&response(400, r#"{"reason":"SomethingNew"}"#), "id").label(),
+            "unrecognized"
         );
         assert!(matches!(
             map_response(&response(403, r#"{"reason":"ExpiredProviderToken"}"#), "id"),

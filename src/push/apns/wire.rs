@@ -139,6 +139,14 @@ pub mod reason {
     pub const METHOD_NOT_ALLOWED: &str = "MethodNotAllowed";
     /// 404: the path is not `/3/device/<token>`.
     pub const BAD_PATH: &str = "BadPath";
+    /// 400: the path names no device token.
+    pub const MISSING_DEVICE_TOKEN: &str = "MissingDeviceToken";
+    /// 400: a header was repeated.
+    pub const DUPLICATE_HEADERS: &str = "DuplicateHeaders";
+    /// 403: the action is not allowed.
+    pub const FORBIDDEN: &str = "Forbidden";
+    /// 400 (the simulator's; Apple has no dedicated reason): the body is not a JSON object.
+    pub const BAD_PAYLOAD: &str = "BadPayload";
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::settings::FcmConfig;
 use super::wire::{JWT_GRANT, MAX_ASSERTION_LIFETIME_SECS, SCOPE};
 use crate::push::clock::Clock;
-use crate::push::outcome::{retry_after, Outcome};
+use crate::push::outcome::{retry_after, Outcome, RetryClass};
 use crate::push::pool::{H2Pool, PoolConfig};
 
 /// Access tokens are replaced this long before Google says they expire.
@@ -183,10 +183,7 @@ impl OAuth {
         }
         let parsed: TokenResponse = serde_json::from_slice(&response.body).map_err(|_| {
             tracing::warn!("FCM token endpoint sent an unreadable response");
-            Outcome::Retry {
-                after: None,
-                reason: "OAuthTokenUnavailable".into(),
-            }
+            Outcome::retry("OAuthTokenUnavailable", None, RetryClass::Transient)
         })?;
         tracing::debug!(
             expires_in = parsed.expires_in,
@@ -209,10 +206,11 @@ fn refused(response: &crate::push::pool::ProviderResponse) -> Outcome {
     tracing::warn!(status = response.status.as_u16(), error = %error,
         "FCM token endpoint refused the service account");
     if response.status.is_server_error() || response.status == StatusCode::TOO_MANY_REQUESTS {
-        Outcome::Retry {
-            after: retry_after(&response.headers),
-            reason: "OAuthTokenUnavailable".into(),
-        }
+        Outcome::retry(
+            "OAuthTokenUnavailable",
+            retry_after(&response.headers),
+            RetryClass::Transient,
+        )
     } else {
         // invalid_grant, invalid_client, ...: the service account itself is refused.
         Outcome::credential("OAuthTokenRejected")

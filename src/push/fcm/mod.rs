@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 
 use self::auth::OAuth;
 pub use self::auth::ServiceAccount;
@@ -121,7 +121,7 @@ impl FcmSender {
                     return Outcome::transport_retry(&e);
                 }
             };
-            if response.status == StatusCode::UNAUTHORIZED && !refreshed {
+            if response::refresh_may_help(&response) && !refreshed {
                 // Revoked or expired early: fetch a new access token once.
                 refreshed = true;
                 self.auth.invalidate(&access).await;

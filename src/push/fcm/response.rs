@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::wire::{self, error_code};
-use crate::push::outcome::{retry_after, Outcome};
+use crate::push::outcome::{retry_after, Outcome, RetryClass};
 use crate::push::pool::ProviderResponse;
 
 #[derive(Deserialize)]
@@ -67,31 +67,44 @@ pub fn map_response(response: &ProviderResponse) -> Outcome {
         .and_then(|r| r.fcm_error_code().or(r.status.as_deref()))
         .map(str::to_string)
         .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
-    let retry = |reason: String| Outcome::Retry {
-        after: retry_after(&response.headers),
-        reason,
-    };
+    let after = retry_after(&response.headers);
     match code.as_str() {
-        error_code::UNREGISTERED | error_code::SENDER_ID_MISMATCH => Outcome::InvalidToken {
+        error_code::UNREGISTERED => Outcome::InvalidToken {
             reason: code,
             timestamp: None,
         },
+        error_code::SENDER_ID_MISMATCH => Outcome::TokenRejected { reason: code },
         error_code::INVALID_ARGUMENT if rpc.as_ref().is_some_and(RpcStatus::blames_token) => {
-            Outcome::InvalidToken {
-                reason: code,
-                timestamp: None,
-            }
+            Outcome::TokenRejected { reason: code }
         }
         // The project, the service account or the APNs key uploaded to Firebase: every send
-        // with this credential would fail alike. (A 401 is refreshed once before it gets here.)
+        // with this credential would fail alike. (A 401 other than THIRD_PARTY_AUTH_ERROR is
+        // refreshed once before it gets here.)
         error_code::THIRD_PARTY_AUTH_ERROR
         | error_code::UNAUTHENTICATED
         | error_code::PERMISSION_DENIED => Outcome::CredentialRejected { reason: code },
         _ if status == StatusCode::UNAUTHORIZED => Outcome::CredentialRejected { reason: code },
-        error_code::QUOTA_EXCEEDED | error_code::UNAVAILABLE | error_code::INTERNAL => retry(code),
-        _ if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => retry(code),
-        _ => Outcome::Failed { reason: code },
+        error_code::QUOTA_EXCEEDED => Outcome::retry(code, after, RetryClass::Throttled),
+        error_code::UNAVAILABLE | error_code::INTERNAL | error_code::UNSPECIFIED_ERROR => {
+            Outcome::retry(code, after, RetryClass::Transient)
+        }
+        // The message itself is wrong; the device is fine.
+        error_code::INVALID_ARGUMENT => Outcome::Failed { reason: code },
+        _ if status == StatusCode::TOO_MANY_REQUESTS => {
+            Outcome::retry(code, after, RetryClass::Throttled)
+        }
+        _ if status.is_server_error() => Outcome::retry(code, after, RetryClass::Transient),
+        // Not in Google's table.
+        _ => Outcome::retry(code, after, RetryClass::Unrecognized),
     }
+}
+
+/// Whether a 401 is worth one access-token refresh: not when Google says the APNs
+/// certificate or web-push key configured in Firebase is at fault, which no token fixes.
+pub(super) fn refresh_may_help(response: &ProviderResponse) -> bool {
+    response.status == StatusCode::UNAUTHORIZED
+        && !serde_json::from_slice::<ErrorEnvelope>(&response.body)
+            .is_ok_and(|e| e.error.fcm_error_code() == Some(error_code::THIRD_PARTY_AUTH_ERROR))
 }
 
 #[cfg(test)]
@@ -120,7 +133,7 @@ mod tests {
         );
         assert!(matches!(
             map_response(&about_token),
-            Outcome::InvalidToken { .. }
+            Outcome::TokenRejected { .. }
         ));
         let about_payload = response(
             400,
@@ -131,6 +144,33 @@ mod tests {
         assert_eq!(
             map_response(&about_payload),
             Outcome::failed("INVALID_ARGUMENT")
+        );
+    }
+
+    #[test]
+    fn quota_and_unknown_codes_are_retried_in_their_own_class() {
+        let quota = response(
+            429,
+            json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                "details": [{"@type": FCM_ERROR_TYPE, "errorCode": "QUOTA_EXCEEDED"}]}}),
+        );
+        assert_eq!(
+            map_response(&quota),
+            Outcome::retry("QUOTA_EXCEEDED", None, RetryClass::Throttled)
+        );
+        let unknown = response(
+            400,
+            json!({"error": {"code": 400, "status": "FAILED_PRECONDITION", "details": []}}),
+        );
+        assert_eq!(map_response(&unknown).label(), "unrecognized");
+        let unspecified = response(
+            500,
+            json!({"error": {"code": 500, "status": "INTERNAL",
+                "details": [{"@type": FCM_ERROR_TYPE, "errorCode": "UNSPECIFIED_ERROR"}]}}),
+        );
+        assert_eq!(
+            map_response(&unspecified),
+            Outcome::retry("UNSPECIFIED_ERROR", None, RetryClass::Transient)
         );
     }
 

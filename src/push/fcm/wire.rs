@@ -54,7 +54,13 @@ pub mod error_code {
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
     /// 403 (`google.rpc` status): the service account may not send for the project.
     pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
+    /// 500: an unknown error at Google.
+    pub const UNSPECIFIED_ERROR: &str = "UNSPECIFIED_ERROR";
 }
+
+/// Google asks senders that exceeded the message rate to back off exponentially from at
+/// least this long when it gives no `Retry-After`.
+pub const QUOTA_BACKOFF_MIN_SECS: u64 = 60;
 
 #[cfg(test)]
 mod tests {

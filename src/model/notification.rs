@@ -39,11 +39,11 @@ pub struct Notification {
     pub priority: Option<Priority>,
     /// How long the provider should keep trying; 0 = deliver now or never.
     pub ttl_seconds: Option<u64>,
-    /// `apns-push-type`; defaults to `alert`, or `background` for content-available without alert.
+    /// `apns-push-type`; defaults to `alert`, or `background` for a push that shows nothing.
     pub push_type: Option<String>,
-    /// Let a notification service extension modify the content.
+    /// Let a notification service extension modify the content (sent only when true).
     pub mutable_content: bool,
-    /// Wake the app in the background.
+    /// Wake the app in the background (sent only when true; a background push always is).
     pub content_available: bool,
     /// Image URL (FCM notification image).
     pub image: Option<String>,
@@ -59,8 +59,10 @@ impl Notification {
         self.title.is_some() || self.subtitle.is_some() || self.body.is_some()
     }
 
-    /// A silent push that only wakes the app: `apns-push-type: background`, priority 5.
+    /// Whether it shows the user nothing (no alert text, badge or sound): then it can only
+    /// wake the app, so it goes out as a background push (`apns-push-type: background`,
+    /// priority 5, `aps` holding only `content-available`) unless a push type is stated.
     pub fn is_background(&self) -> bool {
-        self.content_available && !self.has_alert() && self.badge.is_none() && self.sound.is_none()
+        !self.has_alert() && self.badge.is_none() && self.sound.is_none()
     }
 }

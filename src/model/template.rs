@@ -11,7 +11,8 @@
 //! count) and may write at most [`MAX_RENDERED_BYTES`]. Over either bound the render fails
 //! for that device, with a reason, as any other render error. [`TemplateSpec::validate`]
 //! also renders every field once against a sample context at save time, so a template
-//! that cannot finish even without data is refused there.
+//! that cannot finish even without data is refused there, as is one whose payload Apple or
+//! Google would refuse ([`checks`]).
 
 use std::collections::BTreeMap;
 
@@ -21,6 +22,8 @@ use serde_json::Value;
 
 use super::notification::{Notification, Priority};
 use super::Platform;
+
+mod checks;
 
 /// Text that varies by locale.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -123,6 +126,9 @@ pub struct TemplateSpec {
 pub struct CompiledTemplate {
     env: Environment<'static>,
     spec: TemplateSpec,
+    /// A save-time sample render: a field that fails for want of data renders empty (and a
+    /// badge 0), so the payload around it can still be checked.
+    sample: bool,
 }
 
 /// Why a template could not be compiled or rendered.
@@ -253,25 +259,35 @@ impl TemplateSpec {
     /// What a template must pass to be saved: [`Self::compile`], and every field renders
     /// within the bounds against a sample context. Variables the sample lacks are undefined
     /// rather than errors here, so the check reaches the loops that real data would drive.
+    /// The sample render, per platform and locale variant, must also make a payload the
+    /// provider accepts ([`checks`]).
     pub fn validate(&self) -> Result<CompiledTemplate, TemplateError> {
         let compiled = self.compile()?;
+        checks::check_data_keys(self)?;
         let mut env = environment(UndefinedBehavior::Chainable);
-        let sources = self.sources();
-        for (name, source) in &sources {
-            env.add_template_owned(name.clone(), source.clone())
-                .map_err(|e| TemplateError::new(name.as_str(), e.to_string()))?;
+        for (name, source) in self.sources() {
+            env.add_template_owned(name.clone(), source)
+                .map_err(|e| TemplateError::new(name, e.to_string()))?;
         }
-        let sample = context(
-            &event_value(&serde_json::json!({"id": "evt_sample", "type": "sample"})),
-            &serde_json::json!({"platform": "apns", "locale": "en", "timezone": "UTC",
-                                "attributes": {}, "tags": []}),
-            Some("sample-user"),
-        );
-        for (name, _) in &sources {
-            match render_bounded(&env, name, &sample) {
-                Err(e) if e.over_bound => return Err(e),
-                // Other errors come from the sample lacking real data.
-                _ => {}
+        let sample = CompiledTemplate {
+            env,
+            spec: self.clone(),
+            sample: true,
+        };
+        let variants = std::iter::once(None).chain(self.locales.keys().map(|t| Some(t.as_str())));
+        for locale in variants {
+            for platform in Platform::ALL {
+                let device = serde_json::json!({"platform": platform.as_str(),
+                    "locale": locale.unwrap_or("en"), "timezone": "UTC",
+                    "attributes": {}, "tags": []});
+                let ctx = context(
+                    &event_value(&serde_json::json!({"id": "evt_sample", "type": "sample"})),
+                    &device,
+                    Some("sample-user"),
+                );
+                let n = sample.render(&ctx, locale, platform)?;
+                checks::check_shape(self, platform, locale, &n)?;
+                checks::check_payload(self, platform, locale, &n)?;
             }
         }
         Ok(compiled)
@@ -305,13 +321,18 @@ impl TemplateSpec {
         Ok(CompiledTemplate {
             env,
             spec: self.clone(),
+            sample: false,
         })
     }
 }
 
 impl CompiledTemplate {
     fn render_field(&self, name: &str, ctx: &minijinja::Value) -> Result<String, TemplateError> {
-        render_bounded(&self.env, name, ctx)
+        match render_bounded(&self.env, name, ctx) {
+            // Other errors come from the sample lacking real data.
+            Err(e) if self.sample && !e.over_bound => Ok(String::new()),
+            rendered => rendered,
+        }
     }
 
     /// The locale variant chain for a device locale: exact tag, then its language.
@@ -397,12 +418,16 @@ impl CompiledTemplate {
             Some(BadgeSpec::Template(_)) => {
                 let field = format!("{prefix}.badge");
                 let text = self.render_field(&field, ctx)?;
-                n.badge = Some(text.trim().parse().map_err(|_| {
-                    TemplateError::new(
-                        field,
-                        format!("rendered to {text:?}, not a non-negative integer"),
-                    )
-                })?);
+                n.badge = Some(match text.trim().parse() {
+                    Ok(badge) => badge,
+                    Err(_) if self.sample => 0,
+                    Err(_) => {
+                        return Err(TemplateError::new(
+                            field,
+                            format!("rendered to {text:?}, not a non-negative integer"),
+                        ))
+                    }
+                });
             }
             None => {}
         }

@@ -117,10 +117,13 @@ fn check_request(req: &Received, token: &str, apns_id: &str) -> Result<(), Answe
     if !push_type::ALL.contains(&push_type) {
         return refuse(reason::INVALID_PUSH_TYPE);
     }
-    if req
-        .header(header::PRIORITY)
-        .is_some_and(|p| !priority::ALL.contains(&p))
-    {
+    let stated_priority = req.header(header::PRIORITY);
+    if stated_priority.is_some_and(|p| !priority::ALL.contains(&p)) {
+        return refuse(reason::BAD_PRIORITY);
+    }
+    // Apple: priority 10 is an error for a background push, which must use 5. Only a stated
+    // 10 is refused; clients that leave the header out of a background push keep working.
+    if push_type == push_type::BACKGROUND && stated_priority == Some(priority::IMMEDIATE) {
         return refuse(reason::BAD_PRIORITY);
     }
     if req

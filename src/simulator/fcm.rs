@@ -13,6 +13,8 @@ use super::oauth::{self, TOKEN_PATH};
 use super::record::Side;
 use super::state::State;
 use super::tokens::{parse_fcm, FcmTestKind};
+use crate::push::apns::wire as apns_wire;
+use crate::push::fcm::request::is_reserved_data_key;
 use crate::push::fcm::wire::{
     self, error_code, BAD_REQUEST_TYPE, FCM_ERROR_TYPE, MAX_PAYLOAD_BYTES, TOKEN_FIELD,
 };
@@ -133,6 +135,19 @@ fn refuse_message(message: &serde_json::Map<String, Value>) -> Option<Reply> {
                 Some(&field),
             ));
         }
+        if let Some(key) = data.keys().find(|k| is_reserved_data_key(k)) {
+            return Some(invalid_argument(
+                &format!("Invalid data payload key: {key}"),
+                Some("message.data"),
+            ));
+        }
+    }
+    if apns_priority_10_for_data_only(message) {
+        return Some(invalid_argument(
+            "Only normal priority (apns-priority 5) is allowed for a data message to Apple \
+             devices",
+            Some("message.apns.headers"),
+        ));
     }
     let counted: usize = ["notification", "data"]
         .iter()
@@ -143,6 +158,25 @@ fn refuse_message(message: &serde_json::Map<String, Value>) -> Option<Reply> {
         return Some(invalid_argument("Message is too big", None));
     }
     None
+}
+
+/// Google: "when sending payloads containing only data fields to iOS devices, only normal
+/// priority (apns-priority 5) is allowed in ApnsConfig". Only data: no `notification`, and
+/// the APNs block's `aps` shows nothing (no alert, badge or sound).
+fn apns_priority_10_for_data_only(message: &serde_json::Map<String, Value>) -> bool {
+    let apns = message.get("apns");
+    let priority = apns
+        .and_then(|a| a.pointer(&format!("/headers/{}", apns_wire::header::PRIORITY)))
+        .and_then(Value::as_str);
+    let aps = apns.and_then(|a| a.pointer("/payload/aps"));
+    let shows_something = aps.is_some_and(|aps| {
+        ["alert", "badge", "sound"]
+            .iter()
+            .any(|key| aps.get(*key).is_some())
+    });
+    priority == Some(apns_wire::priority::IMMEDIATE)
+        && !message.contains_key("notification")
+        && !shows_something
 }
 
 /// The answer a test token asks for (see [`super::tokens`]); ordinary tokens are delivered.

@@ -19,6 +19,7 @@ mod logs;
 mod metrics;
 mod multi_instance;
 mod openapi;
+mod payloads;
 mod pipeline;
 mod provider_identities;
 mod queries;

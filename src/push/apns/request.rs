@@ -24,16 +24,18 @@ pub struct DeliveryOptions<'a> {
 }
 
 impl<'a> DeliveryOptions<'a> {
-    /// Decides push type, priority and expiration for `n` at `now_secs`.
+    /// Decides push type, priority and expiration for `n` at `now_secs`. A background push
+    /// always gets priority 5: Apple refuses 10 for it, and so does Google in FCM's APNs
+    /// block of a data message (a stated `high` there is for Android alone).
     pub fn of(n: &'a Notification, now_secs: i64) -> Self {
         let push_type = n
             .push_type
             .as_deref()
             .or(n.is_background().then_some(push_type::BACKGROUND));
         let priority = match n.priority {
+            _ if push_type == Some(push_type::BACKGROUND) => Some(priority::POWER_SAVING),
             Some(Priority::High) => Some(priority::IMMEDIATE),
             Some(Priority::Normal) => Some(priority::POWER_SAVING),
-            None if push_type == Some(push_type::BACKGROUND) => Some(priority::POWER_SAVING),
             None => None,
         };
         let expiration = n.ttl_seconds.map(|ttl| {
@@ -48,6 +50,11 @@ impl<'a> DeliveryOptions<'a> {
             priority,
             expiration,
         }
+    }
+
+    /// Whether this goes out as a background push, whose `aps` is only `content-available`.
+    pub fn is_background(&self) -> bool {
+        self.push_type == Some(push_type::BACKGROUND)
     }
 }
 
@@ -67,7 +74,7 @@ impl ApnsRequest {
     pub fn build(n: &Notification, topic: &str, now_secs: i64) -> Result<Self, Outcome> {
         let options = DeliveryOptions::of(n, now_secs);
         let push_type = options.push_type.unwrap_or(push_type::ALERT);
-        let payload = payload_json(n).map_err(|e| {
+        let payload = payload_json(n, options.is_background()).map_err(|e| {
             tracing::error!(error = %e, "serializing an APNs payload failed");
             Outcome::failed("PayloadSerializationFailed")
         })?;
@@ -119,8 +126,15 @@ fn bad_header(name: &str) -> &'static str {
     }
 }
 
-/// The `aps` dictionary from a2's builder, plus `thread-id` (not in a2) and custom data.
-fn payload_json(n: &Notification) -> Result<Vec<u8>, serde_json::Error> {
+/// The background `aps`: Apple allows nothing in it but `content-available`.
+pub fn background_aps() -> Value {
+    serde_json::json!({ "content-available": 1 })
+}
+
+/// The `aps` dictionary from a2's builder, plus `thread-id` (not in a2) and custom data; a
+/// background push gets [`background_aps`] instead. Flags that are off are left out (a2
+/// writes `"mutable-content": 0`).
+fn payload_json(n: &Notification, background: bool) -> Result<Vec<u8>, serde_json::Error> {
     let mut builder = DefaultNotificationBuilder::new();
     if let Some(title) = &n.title {
         builder = builder.set_title(title);
@@ -148,15 +162,23 @@ fn payload_json(n: &Notification) -> Result<Vec<u8>, serde_json::Error> {
     }
     let mut payload = builder.build("", Default::default());
     for (key, value) in &n.data {
-        // `aps` belongs to Apple; a custom key of that name would clobber it.
+        // `aps` belongs to Apple; a custom key of that name would clobber it (templates
+        // with one are refused when saved).
         if key != "aps" {
             payload.data.insert(key, Value::String(value.clone()));
         }
     }
     let mut json = serde_json::to_value(&payload)?;
-    if let (Some(thread), Some(aps)) = (&n.thread_id, json.get_mut("aps")) {
-        if let Some(aps) = aps.as_object_mut() {
-            aps.insert("thread-id".into(), Value::String(thread.clone()));
+    if let Some(aps) = json.get_mut("aps") {
+        if background {
+            *aps = background_aps();
+        } else if let Some(aps) = aps.as_object_mut() {
+            if !n.mutable_content {
+                aps.remove("mutable-content");
+            }
+            if let Some(thread) = &n.thread_id {
+                aps.insert("thread-id".into(), Value::String(thread.clone()));
+            }
         }
     }
     serde_json::to_vec(&json)
@@ -175,10 +197,40 @@ mod tests {
             data: [("order".to_string(), "42".to_string())].into(),
             ..Notification::default()
         };
-        let json: Value = serde_json::from_slice(&payload_json(&n).unwrap()).unwrap();
+        let json: Value = serde_json::from_slice(&payload_json(&n, false).unwrap()).unwrap();
         assert_eq!(json["aps"]["thread-id"], "t1");
         assert_eq!(json["aps"]["alert"]["title"], "Hi");
         assert_eq!(json["order"], "42");
+        assert!(
+            json["aps"].get("mutable-content").is_none(),
+            "a flag that is off is left out: {json}"
+        );
+    }
+
+    #[test]
+    fn a_push_that_shows_nothing_is_background_with_only_content_available() {
+        let n = Notification {
+            data: [("sync".to_string(), "inbox".to_string())].into(),
+            category: Some("ignored-without-alert".into()),
+            priority: Some(Priority::High),
+            ..Notification::default()
+        };
+        let req = ApnsRequest::build(&n, "com.example", 0).unwrap();
+        assert_eq!(req.headers["apns-push-type"], "background");
+        assert_eq!(req.headers["apns-priority"], "5");
+        let json: Value = serde_json::from_slice(&req.payload).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"aps": {"content-available": 1}, "sync": "inbox"})
+        );
+        // A badge or a sound is something the user notices: an alert push.
+        let badge = Notification {
+            badge: Some(1),
+            ..Notification::default()
+        };
+        let req = ApnsRequest::build(&badge, "com.example", 0).unwrap();
+        assert_eq!(req.headers["apns-push-type"], "alert");
+        assert_eq!(req.headers["apns-priority"], "10");
     }
 
     #[test]
@@ -198,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn background_push_defaults_to_priority_5() {
+    fn content_available_without_alert_is_background_at_priority_5() {
         let n = Notification {
             content_available: true,
             ..Notification::default()

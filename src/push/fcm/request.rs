@@ -8,48 +8,46 @@ use fcm_v1::android::{AndroidConfig, AndroidMessagePriority, AndroidNotification
 use fcm_v1::apns::ApnsConfig as FcmApnsConfig;
 use fcm_v1::message::{Message, Notification as FcmNotification};
 use fcm_v1::webpush::WebpushConfig;
-use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::wire;
 use crate::model::{Notification, Priority};
-use crate::push::apns::request::DeliveryOptions;
+use crate::push::apns::request::{background_aps, DeliveryOptions};
 use crate::push::apns::wire::header as apns_header;
 use crate::push::outcome::Outcome;
 
-#[derive(Serialize)]
-struct SendRequest<'a> {
-    message: &'a Message,
+/// Whether Google reserves `key` in a message's `data` ("from", "message_type", and any
+/// word starting with "google" or "gcm", per the v1 `Message.data` reference).
+pub fn is_reserved_data_key(key: &str) -> bool {
+    wire::RESERVED_DATA_KEYS.contains(&key)
+        || wire::RESERVED_DATA_KEY_PREFIXES
+            .iter()
+            .any(|prefix| key.starts_with(prefix))
 }
 
 /// The `{"message": ...}` body, or the [`Outcome::Failed`] that makes sending pointless.
 pub fn request_body(token: &str, n: &Notification, now_secs: i64) -> Result<Bytes, Outcome> {
-    let mut message = message(n, now_secs);
+    let mut message = message(n, now_secs)?;
     if payload_size(&message) > wire::MAX_PAYLOAD_BYTES {
         return Err(Outcome::failed("PayloadTooLarge"));
     }
-    message.token = Some(token.to_string());
-    serde_json::to_vec(&SendRequest { message: &message })
+    message["token"] = Value::String(token.to_string());
+    serde_json::to_vec(&json!({ "message": message }))
         .map(Bytes::from)
         .map_err(|_| Outcome::failed("PayloadSerializationFailed"))
 }
 
 /// What FCM counts against its 4096-byte limit: the `notification` and `data` objects.
-pub fn payload_size(message: &Message) -> usize {
-    let size = |v: Result<Vec<u8>, serde_json::Error>| v.map(|b| b.len()).unwrap_or(usize::MAX);
-    let notification = message
-        .notification
-        .as_ref()
-        .map_or(0, |n| size(serde_json::to_vec(n)));
-    let data = message
-        .data
-        .as_ref()
-        .map_or(0, |d| size(serde_json::to_vec(d)));
-    notification.saturating_add(data)
+pub fn payload_size(message: &Value) -> usize {
+    ["notification", "data"]
+        .iter()
+        .filter_map(|key| message.get(*key))
+        .map(|v| v.to_string().len())
+        .sum()
 }
 
-/// The FCM message for `n`, without a target.
-pub fn message(n: &Notification, now_secs: i64) -> Message {
+/// The FCM message for `n` as JSON, without a target.
+pub fn message(n: &Notification, now_secs: i64) -> Result<Value, Outcome> {
     let notification =
         (n.title.is_some() || n.body.is_some() || n.image.is_some()).then(|| FcmNotification {
             title: n.title.clone(),
@@ -63,25 +61,42 @@ pub fn message(n: &Notification, now_secs: i64) -> Message {
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect::<HashMap<_, _>>()
     });
-    Message {
+    let message = Message {
         data,
         android: android_config(n),
         apns: apns_config(n, now_secs),
         webpush: webpush_config(n),
         notification,
         ..Message::default()
+    };
+    let mut json = serde_json::to_value(&message).map_err(|e| {
+        tracing::error!(error = %e, "serializing an FCM message failed");
+        Outcome::failed("PayloadSerializationFailed")
+    })?;
+    // fcm_v1 types `notification_count` as i8; Google's field is an int32.
+    if let (Some(badge), Some(android)) = (n.badge, json.pointer_mut("/android/notification")) {
+        android["notification_count"] = json!(badge);
     }
+    Ok(json)
 }
 
+/// Android's priority, TTL and collapse key, and for a notification that shows text its
+/// display options: channel, sound, badge count (`notification_count`, sent by
+/// [`message`]), `tag` from the thread id and `click_action` from the category.
 fn android_config(n: &Notification) -> Option<AndroidConfig> {
-    let notification =
-        (n.has_alert() && (n.channel_id.is_some() || n.sound.is_some())).then(|| {
-            AndroidNotification {
-                channel_id: n.channel_id.clone(),
-                sound: n.sound.clone(),
-                ..AndroidNotification::default()
-            }
-        });
+    let shown = n.has_alert()
+        && (n.channel_id.is_some()
+            || n.sound.is_some()
+            || n.badge.is_some()
+            || n.thread_id.is_some()
+            || n.category.is_some());
+    let notification = shown.then(|| AndroidNotification {
+        channel_id: n.channel_id.clone(),
+        sound: n.sound.clone(),
+        tag: n.thread_id.clone(),
+        click_action: n.category.clone(),
+        ..AndroidNotification::default()
+    });
     let config = AndroidConfig {
         collapse_key: n.collapse_key.clone(),
         priority: n.priority.map(|p| match p {
@@ -99,9 +114,16 @@ fn android_config(n: &Notification) -> Option<AndroidConfig> {
     (!empty).then_some(config)
 }
 
-/// The `aps` dictionary for FCM's APNs override (title and body travel in `notification`).
-fn aps_override(n: &Notification) -> serde_json::Map<String, Value> {
+/// The `aps` dictionary for FCM's APNs override (title and body travel in `notification`);
+/// a background push gets only `content-available`, as Apple requires.
+fn aps_override(n: &Notification, background: bool) -> serde_json::Map<String, Value> {
     let mut aps = serde_json::Map::new();
+    if background {
+        if let Value::Object(only) = background_aps() {
+            aps = only;
+        }
+        return aps;
+    }
     if n.subtitle.is_some() {
         // FCM has no subtitle field; an explicit alert dictionary carries it.
         let mut alert = serde_json::Map::new();
@@ -138,9 +160,9 @@ fn aps_override(n: &Notification) -> serde_json::Map<String, Value> {
 }
 
 fn apns_config(n: &Notification, now_secs: i64) -> Option<FcmApnsConfig> {
-    let aps = aps_override(n);
     // FCM forwards these to APNs as they are; headers left out take FCM's defaults.
     let options = DeliveryOptions::of(n, now_secs);
+    let aps = aps_override(n, options.is_background());
     let mut headers = HashMap::new();
     if let Some(p) = options.priority {
         headers.insert(apns_header::PRIORITY.to_string(), json!(p));
@@ -218,15 +240,76 @@ mod tests {
             ttl_seconds: Some(30),
             ..Notification::default()
         };
-        let apns = message(&silent, 100).apns.unwrap();
-        let headers = apns.headers.unwrap();
-        assert_eq!(headers["apns-push-type"], "background");
-        assert_eq!(headers["apns-priority"], "5");
-        assert_eq!(headers["apns-expiration"], "130");
+        let apns = &message(&silent, 100).unwrap()["apns"];
+        assert_eq!(apns["headers"]["apns-push-type"], "background");
+        assert_eq!(apns["headers"]["apns-priority"], "5");
+        assert_eq!(apns["headers"]["apns-expiration"], "130");
         let alert = Notification {
             title: Some("t".into()),
             ..Notification::default()
         };
-        assert!(message(&alert, 0).apns.is_none());
+        assert!(message(&alert, 0).unwrap().get("apns").is_none());
+    }
+
+    #[test]
+    fn a_data_message_wakes_apple_devices_at_priority_5_even_when_android_gets_high() {
+        let n = Notification {
+            priority: Some(Priority::High),
+            mutable_content: false,
+            data: [("sync".to_string(), "1".to_string())].into(),
+            ..Notification::default()
+        };
+        let m = message(&n, 0).unwrap();
+        assert_eq!(m["android"]["priority"], "HIGH");
+        assert_eq!(m["apns"]["headers"]["apns-priority"], "5");
+        assert_eq!(m["apns"]["headers"]["apns-push-type"], "background");
+        assert_eq!(
+            m["apns"]["payload"],
+            json!({"aps": {"content-available": 1}})
+        );
+        assert!(m.get("notification").is_none());
+        assert!(m["android"].get("notification").is_none());
+    }
+
+    #[test]
+    fn android_gets_badge_thread_and_category() {
+        let n = Notification {
+            title: Some("t".into()),
+            badge: Some(300),
+            thread_id: Some("orders".into()),
+            category: Some("OPEN_ORDER".into()),
+            sound: Some("default".into()),
+            channel_id: Some("orders".into()),
+            ..Notification::default()
+        };
+        let android = &message(&n, 0).unwrap()["android"]["notification"];
+        assert_eq!(
+            android,
+            &json!({"notification_count": 300, "tag": "orders", "click_action": "OPEN_ORDER",
+                    "sound": "default", "channel_id": "orders"})
+        );
+    }
+
+    #[test]
+    fn reserved_data_keys_follow_googles_list() {
+        for key in [
+            "from",
+            "message_type",
+            "google.c.a",
+            "googleplay",
+            "gcm.n.e",
+            "gcmx",
+        ] {
+            assert!(is_reserved_data_key(key), "{key}");
+        }
+        for key in [
+            "notification",
+            "collapse_key",
+            "url",
+            "fromage",
+            "my.google",
+        ] {
+            assert!(!is_reserved_data_key(key), "{key}");
+        }
     }
 }

@@ -22,6 +22,11 @@ pub const MAX_ASSERTION_LIFETIME_SECS: i64 = 3600;
 /// Limit on the message payload (`notification` plus `data`).
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
 
+/// `data` keys Google reserves (see [`RESERVED_DATA_KEY_PREFIXES`] for the rest).
+pub const RESERVED_DATA_KEYS: &[&str] = &["from", "message_type"];
+/// Prefixes Google reserves for its own `data` keys ("any word starting with").
+pub const RESERVED_DATA_KEY_PREFIXES: &[&str] = &["google", "gcm"];
+
 /// The send path for a project.
 pub fn send_path(project: &str) -> String {
     format!("{SEND_PATH_PREFIX}{project}{SEND_PATH_SUFFIX}")

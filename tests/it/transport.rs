@@ -917,3 +917,42 @@ async fn apns_side_requires_a_provider_token() {
         serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body, serde_json::json!({"reason": "MissingProviderToken"}));
 }
+
+#[tokio::test]
+async fn a_silent_connection_costs_one_timeout_and_one_ping_before_delivery_resumes() {
+    let sim = simulator().await;
+    sim.set_faults(Faults {
+        blackhole_after_streams: Some(2),
+        ..Faults::default()
+    });
+    let request_timeout = Duration::from_millis(500);
+    let config = ApnsConfig {
+        pool_size: 1,
+        request_timeout_ms: request_timeout.as_millis() as u64,
+        ..apns_config(&sim)
+    };
+    let providers = Providers::new(&config, &FcmConfig::default()).unwrap();
+    let budget = request_timeout + pushbridge::push::pool::DEAD_CONNECTION_PING_TIMEOUT;
+    let mut slowest = Duration::ZERO;
+    for seed in 0..3 {
+        let token = apns_test_token(ApnsTestKind::Success, seed);
+        let started = std::time::Instant::now();
+        let outcome = providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+            .await;
+        slowest = slowest.max(started.elapsed());
+        assert!(matches!(outcome, Outcome::Delivered { .. }), "{outcome:?}");
+    }
+    // The third send went into the silence; its resend on a new connection was answered.
+    assert!(slowest >= budget, "{slowest:?}");
+    assert!(slowest < budget + Duration::from_millis(500), "{slowest:?}");
+    let records = records_of(&sim, Side::Apns);
+    assert_eq!(records.len(), 3, "every send is recorded once");
+    assert!(records.iter().all(|r| r.status == 200));
+    assert_eq!(records[2].connection_id, records[0].connection_id + 1);
+    assert_eq!(sim.connections_accepted(), 2);
+    let stats = default_pool(&providers, "apns_production").unwrap();
+    assert_eq!(stats.connections_opened, 2);
+    // The dead connection was closed, not left to the 80 s keep-alive.
+    assert_eq!(stats.connections_open, 1);
+}

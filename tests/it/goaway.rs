@@ -50,7 +50,12 @@ fn request(stream: u32, token: &str) -> Vec<u8> {
         ("apns-topic", "com.example.app"),
     ]);
     let mut out = frame(HEADERS, END_HEADERS, stream, &block);
-    out.extend(frame(DATA, END_STREAM, stream, br#"{"aps":{"alert":"hi"}}"#));
+    out.extend(frame(
+        DATA,
+        END_STREAM,
+        stream,
+        br#"{"aps":{"alert":"hi"}}"#,
+    ));
     out
 }
 

@@ -3,8 +3,8 @@
 //!
 //! GOAWAY: the APNs side sends what Apple sends, one GOAWAY naming the last stream it
 //! processes with `{"reason":"Shutdown"}` as debug data; later streams are never processed,
-//! and the connection closes once the processed ones are answered. The FCM side shuts down
-//! the way hyper does (GOAWAY, PING, final GOAWAY), as Google's front ends do.
+//! and the connection closes once the processed ones are answered. The FCM side keeps
+//! hyper's graceful shutdown (GOAWAY, PING, final GOAWAY).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -1,33 +1,40 @@
 //! A small pool of HTTP/2 connections to one provider endpoint.
 //!
-//! Each pooled object is one TLS + HTTP/2 connection. A send checks a connection out only long
-//! enough to clone its `SendRequest`, so many requests run as concurrent streams on at most
-//! `size` TCP connections; hyper queues requests beyond the server's MAX_CONCURRENT_STREAMS.
-//! A connection is replaced once it is closed (GOAWAY, reset, keep-alive failure) or after a
-//! connection-level error on one of its streams.
+//! Each pooled object is one TLS + HTTP/2 connection ([`connection`]). A send checks a
+//! connection out only long enough to clone its `SendRequest`, so many requests run as
+//! concurrent streams on at most `size` TCP connections; h2 queues requests beyond the
+//! server's MAX_CONCURRENT_STREAMS. A connection is replaced once it is closed (GOAWAY, reset,
+//! unanswered PING) or after a connection-level error on one of its streams. A request that
+//! times out makes the pool PING its connection at once; a connection that does not answer
+//! is closed and its requests are sent again on a fresh one.
+
+mod connection;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
 use deadpool::managed::{self, Metrics, Pool, QueueMode, RecycleError, RecycleResult};
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http::{HeaderMap, StatusCode, Uri};
 use rustls::pki_types::ServerName;
 use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
+
+pub use self::connection::H2Connection;
+use self::connection::{Health, RequestFailure};
 
 /// Provider responses are small JSON documents; anything bigger is not a provider talking.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(60);
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a connection whose request timed out gets to answer a PING before it is declared
+/// dead. A PING is answered by the peer's HTTP/2 layer, not by its application, so a slow
+/// provider still answers quickly; only a dead path stays silent.
+pub const DEAD_CONNECTION_PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]
@@ -36,7 +43,9 @@ pub struct PoolConfig {
     pub endpoint: String,
     /// Maximum number of connections.
     pub size: usize,
-    /// Limit for a whole send: checkout, connect if needed, request and response body.
+    /// Limit for one attempt of a send: checkout, connect if needed, request and response
+    /// body. A send whose connection is proven dead gets one more attempt, so a send takes
+    /// at most [`H2Pool::send_deadline`].
     pub request_timeout: Duration,
     /// PEM files with extra trusted roots (added to the web PKI roots).
     pub extra_root_certs: Vec<PathBuf>,
@@ -82,6 +91,10 @@ pub enum TransportError {
     /// The connection or stream failed mid-request (reset, GOAWAY, closed).
     #[error("connection error: {0}")]
     Connection(String),
+    /// The request's connection was proven dead (its PING went unanswered) and sending it
+    /// again on a fresh connection failed too. Says nothing about the request itself.
+    #[error("the connection died and the resend failed: {0}")]
+    DeadConnection(String),
 }
 
 impl TransportError {
@@ -97,6 +110,7 @@ impl TransportError {
             Self::Connect { .. } => "ConnectFailed",
             Self::Timeout(_) => "Timeout",
             Self::Connection(_) => "ConnectionError",
+            Self::DeadConnection(_) => "DeadConnection",
         }
     }
 }
@@ -144,13 +158,6 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// One pooled HTTP/2 connection.
-pub struct H2Connection {
-    id: u64,
-    sender: SendRequest<Full<Bytes>>,
-    broken: Arc<AtomicBool>,
 }
 
 /// Creates and vets connections for deadpool.
@@ -205,35 +212,24 @@ impl Connector {
                 )));
             }
         }
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(self.keep_idle)
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| fail(format!("HTTP/2 handshake: {e}")))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let broken = Arc::new(AtomicBool::new(false));
-        self.counters.opened.fetch_add(1, Ordering::Relaxed);
-        self.counters.open.fetch_add(1, Ordering::Relaxed);
         let counters = self.counters.clone();
-        let closed = broken.clone();
-        let authority = self.authority.clone();
-        tokio::spawn(async move {
+        let on_end = move || {
             // The connection holds its place under the cap until it ends.
-            let _permit = permit;
-            match connection.await {
-                Ok(()) => tracing::debug!(endpoint = %authority, conn = id, "connection closed"),
-                Err(e) => {
-                    tracing::info!(endpoint = %authority, conn = id, error = %e, "connection failed")
-                }
-            }
-            closed.store(true, Ordering::Relaxed);
+            drop(permit);
             counters.open.fetch_sub(1, Ordering::Relaxed);
-        });
+        };
+        // Counted before the driver starts, so its end never comes first.
+        self.counters.open.fetch_add(1, Ordering::Relaxed);
+        let conn = connection::handshake(tls, id, self.authority.clone(), self.keep_idle, on_end)
+            .await
+            .map_err(|e| {
+                self.counters.open.fetch_sub(1, Ordering::Relaxed);
+                fail(format!("HTTP/2 handshake: {e}"))
+            })?;
+        self.counters.opened.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(endpoint = %self.authority, conn = id, "connection opened");
-        Ok(H2Connection { id, sender, broken })
+        Ok(conn)
     }
 }
 
@@ -246,7 +242,7 @@ impl managed::Manager for Connector {
     }
 
     async fn recycle(&self, conn: &mut H2Connection, _: &Metrics) -> RecycleResult<TransportError> {
-        if conn.broken.load(Ordering::Relaxed) || conn.sender.is_closed() {
+        if conn.health.is_broken() {
             return Err(RecycleError::message("connection closed"));
         }
         Ok(())
@@ -259,6 +255,7 @@ pub struct H2Pool {
     counters: Arc<Counters>,
     authority: String,
     request_timeout: Duration,
+    ping_timeout: Duration,
 }
 
 impl H2Pool {
@@ -309,7 +306,14 @@ impl H2Pool {
             counters,
             authority: authority.to_string(),
             request_timeout: config.request_timeout,
+            ping_timeout: DEAD_CONNECTION_PING_TIMEOUT,
         })
+    }
+
+    /// The longest a send takes: one attempt, a PING of its connection, and one resend when
+    /// that PING went unanswered.
+    pub fn send_deadline(&self) -> Duration {
+        self.request_timeout * 2 + self.ping_timeout
     }
 
     /// The endpoint's `host:port`.
@@ -337,7 +341,8 @@ impl H2Pool {
 
     /// POSTs `body` to `path` (with query) and reads the whole response, within the request
     /// timeout. A request the server provably did not process (refused stream, beyond a
-    /// GOAWAY's last stream id, or never written) is retried once on another connection.
+    /// GOAWAY's last stream id, or never written) is retried once on another connection, and
+    /// one whose connection turns out dead is sent again on a fresh one.
     pub async fn post(
         &self,
         path: &str,
@@ -347,102 +352,91 @@ impl H2Pool {
         let uri: Uri = format!("https://{}{}", self.authority, path)
             .parse()
             .map_err(|e| TransportError::Connection(format!("invalid request path: {e}")))?;
-        tokio::time::timeout(
-            self.request_timeout,
-            self.post_with_retry(uri, headers, body),
-        )
-        .await
-        .map_err(|_| TransportError::Timeout(self.request_timeout))?
+        let deadline = Instant::now() + self.send_deadline();
+        let mut used = None;
+        let error = match self
+            .attempt(self.request_timeout, &uri, headers, &body, &mut used)
+            .await
+        {
+            Ok(response) => return Ok(response),
+            Err(error) => error,
+        };
+        let Some(health) = used else {
+            return Err(error);
+        };
+        // A request that timed out may still have been delivered: resending it could notify
+        // the device twice (APNs drops a repeated apns-id, FCM does not). Only a connection
+        // that cannot even answer a PING proves that nothing on it reached the provider's
+        // HTTP/2 layer in time to be answered, and nothing ever will; then a fresh
+        // connection is the only way the notification gets out. A request that failed
+        // because such a check closed its connection is in the same position.
+        let dead = match &error {
+            TransportError::Timeout(_) => !health.check(self.ping_timeout).await,
+            TransportError::Connection(_) => health.is_dead(),
+            _ => false,
+        };
+        if !dead {
+            return Err(error);
+        }
+        tracing::info!(endpoint = %self.authority, conn = health.id,
+            "the connection did not answer a PING; sending the request again on a new one");
+        let left = deadline.saturating_duration_since(Instant::now());
+        let limit = left.min(self.request_timeout);
+        if limit.is_zero() {
+            return Err(TransportError::DeadConnection(
+                "no time was left for a resend".into(),
+            ));
+        }
+        self.attempt(limit, &uri, headers, &body, &mut None)
+            .await
+            .map_err(|e| TransportError::DeadConnection(e.to_string()))
+    }
+
+    /// One attempt within `limit`; `used` learns the connection it was last sent on.
+    async fn attempt(
+        &self,
+        limit: Duration,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &Bytes,
+        used: &mut Option<Arc<Health>>,
+    ) -> Result<ProviderResponse, TransportError> {
+        tokio::time::timeout(limit, self.post_with_retry(uri, headers, body, used))
+            .await
+            .map_err(|_| TransportError::Timeout(limit))?
     }
 
     async fn post_with_retry(
         &self,
-        uri: Uri,
+        uri: &Uri,
         headers: &HeaderMap,
-        body: Bytes,
+        body: &Bytes,
+        used: &mut Option<Arc<Health>>,
     ) -> Result<ProviderResponse, TransportError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (conn_id, mut sender, broken) = self.checkout().await?;
-            let mut request = Request::new(Full::new(body.clone()));
-            *request.method_mut() = Method::POST;
-            *request.uri_mut() = uri.clone();
-            *request.headers_mut() = headers.clone();
+            let (sender, health) = self.checkout().await?;
+            *used = Some(health.clone());
             let _in_flight = InFlight::new(&self.counters.in_flight);
-            let response = match sender.send_request(request).await {
-                Ok(response) => response,
-                Err(e) => {
-                    let class = classify(&e);
-                    if class.connection_level {
-                        broken.store(true, Ordering::Relaxed);
-                    }
-                    tracing::debug!(endpoint = %self.authority, conn = conn_id, error = %e,
-                        unprocessed = class.unprocessed, "request failed");
-                    if class.unprocessed && attempt == 1 {
-                        continue;
-                    }
-                    return Err(TransportError::Connection(e.to_string()));
-                }
-            };
-            let (parts, incoming) = response.into_parts();
-            let body = Limited::new(incoming, MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|e| TransportError::Connection(format!("reading the response: {e}")))?
-                .to_bytes();
-            return Ok(ProviderResponse {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            });
+            match connection::post(sender, &health, uri, headers, body.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(RequestFailure { unprocessed, .. }) if unprocessed && attempt == 1 => {}
+                Err(RequestFailure { error, .. }) => return Err(error),
+            }
         }
     }
 
     async fn checkout(
         &self,
-    ) -> Result<(u64, SendRequest<Full<Bytes>>, Arc<AtomicBool>), TransportError> {
+    ) -> Result<(h2::client::SendRequest<Bytes>, Arc<Health>), TransportError> {
         let conn = self.pool.get().await.map_err(|e| match e {
             managed::PoolError::Backend(e) => e,
             other => TransportError::Connection(format!("connection pool: {other}")),
         })?;
         // The object goes back to the pool when `conn` drops; the cloned sender keeps using
         // the same connection, which is what lets many streams share it.
-        Ok((conn.id, conn.sender.clone(), conn.broken.clone()))
-    }
-}
-
-struct ErrorClass {
-    /// The connection is unusable for new streams.
-    connection_level: bool,
-    /// The server did not act on the request, so resending cannot duplicate it.
-    unprocessed: bool,
-}
-
-fn classify(e: &hyper::Error) -> ErrorClass {
-    if e.is_canceled() {
-        // hyper never handed the request to the connection.
-        return ErrorClass {
-            connection_level: true,
-            unprocessed: true,
-        };
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            let refused = h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-            let beyond_goaway = h2.is_go_away() && h2.is_remote();
-            return ErrorClass {
-                // A reset of one stream leaves the connection usable.
-                connection_level: !h2.is_reset(),
-                unprocessed: refused || beyond_goaway,
-            };
-        }
-        source = err.source();
-    }
-    ErrorClass {
-        connection_level: true,
-        unprocessed: false,
+        Ok((conn.sender.clone(), conn.health.clone()))
     }
 }
 

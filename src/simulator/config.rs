@@ -160,6 +160,10 @@ pub struct SimulateArgs {
     /// Send GOAWAY after this many streams per connection.
     #[arg(long)]
     pub goaway_after_streams: Option<u64>,
+    /// Let every connection go silent (no answers, no PING ACKs, TCP open) after this many
+    /// streams.
+    #[arg(long)]
+    pub blackhole_after_streams: Option<u64>,
     /// Requests kept for inspection (0 = none, for benchmarks).
     #[arg(long, default_value_t = 100_000)]
     pub max_records: usize,
@@ -193,6 +197,7 @@ impl SimulateArgs {
                 spike_latency_ms: self.spike_latency_ms,
                 reset_probability: self.reset_probability,
                 goaway_after_streams: self.goaway_after_streams,
+                blackhole_after_streams: self.blackhole_after_streams,
             },
             ..defaults
         }
@@ -220,6 +225,8 @@ mod tests {
             "0.25",
             "--goaway-after-streams",
             "100",
+            "--blackhole-after-streams",
+            "7",
             "--apns-key",
             "SIMKEY0002:SIMTEAM002:certs/AuthKey_SIMKEY0002.p8",
             "--token-update-interval-secs",
@@ -236,6 +243,7 @@ mod tests {
         assert_eq!(cfg.fcm_listen.port(), DEFAULT_FCM_PORT);
         assert_eq!(cfg.faults.error_rate, 0.25);
         assert_eq!(cfg.faults.goaway_after_streams, Some(100));
+        assert_eq!(cfg.faults.blackhole_after_streams, Some(7));
         assert_eq!(cfg.cert_path, Path::new("certs").join("server.pem"));
     }
 }

@@ -1,4 +1,5 @@
-//! Injected misbehaviour: latency, random 503s, dropped connections and early GOAWAY.
+//! Injected misbehaviour: latency, random 503s, dropped connections, early GOAWAY and
+//! connections that go silent.
 
 use std::time::Duration;
 
@@ -21,8 +22,12 @@ pub struct Faults {
     pub spike_latency_ms: u64,
     /// Fraction (0–1) of sends whose connection is closed without an answer.
     pub reset_probability: f64,
-    /// Send GOAWAY (graceful) after this many streams on a connection.
+    /// Send GOAWAY after this many streams on a connection (APNs: Apple's single GOAWAY
+    /// with `{"reason":"Shutdown"}`; FCM: a graceful shutdown).
     pub goaway_after_streams: Option<u64>,
+    /// Every connection goes silent after answering this many streams: later streams, PINGs
+    /// and everything else get no answer, and TCP stays open (a dead network path).
+    pub blackhole_after_streams: Option<u64>,
 }
 
 impl Default for Faults {
@@ -35,6 +40,7 @@ impl Default for Faults {
             spike_latency_ms: 0,
             reset_probability: 0.0,
             goaway_after_streams: None,
+            blackhole_after_streams: None,
         }
     }
 }
@@ -53,6 +59,9 @@ impl Faults {
         }
         if self.goaway_after_streams == Some(0) {
             return Err("faults.goaway_after_streams: must be at least 1".into());
+        }
+        if self.blackhole_after_streams == Some(0) {
+            return Err("faults.blackhole_after_streams: must be at least 1".into());
         }
         Ok(())
     }

@@ -61,8 +61,11 @@
 //!
 //! # Fault injection
 //! [`Faults`] adds latency (fixed plus random spikes), answers a fraction of requests with 503
-//! and `Retry-After`, closes connections at random, and sends GOAWAY after N streams per
-//! connection. It applies to message sends on both sides, not to the token endpoint.
+//! and `Retry-After`, closes connections at random, sends GOAWAY after N streams per
+//! connection (on the APNs side as Apple does: one GOAWAY with the last processed stream id
+//! and `{"reason":"Shutdown"}`), and lets connections go silent after N streams (no answers,
+//! no PING ACKs, TCP open). Latency, 503s and resets apply to message sends on both sides,
+//! not to the token endpoint; GOAWAY and silence count every stream on a connection.
 
 mod admin;
 mod apns;
@@ -75,6 +78,7 @@ mod oauth;
 mod record;
 mod server;
 mod state;
+mod tap;
 pub mod tokens;
 
 use std::net::SocketAddr;

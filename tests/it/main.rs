@@ -13,6 +13,7 @@ mod credentials_local;
 mod dashboard;
 mod devices;
 mod faults;
+mod goaway;
 mod isolation;
 mod load;
 mod logs;

@@ -930,3 +930,122 @@ async fn apns_side_requires_a_provider_token() {
         serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body, serde_json::json!({"reason": "MissingProviderToken"}));
 }
+
+#[tokio::test]
+async fn a_silent_connection_costs_one_timeout_and_one_ping_before_delivery_resumes() {
+    let sim = simulator().await;
+    sim.set_faults(Faults {
+        blackhole_after_streams: Some(2),
+        ..Faults::default()
+    });
+    let request_timeout = Duration::from_millis(500);
+    let config = ApnsConfig {
+        pool_size: 1,
+        request_timeout_ms: request_timeout.as_millis() as u64,
+        ..apns_config(&sim)
+    };
+    let providers = Providers::new(&config, &FcmConfig::default()).unwrap();
+    let budget = request_timeout + pushbridge::push::pool::DEAD_CONNECTION_PING_TIMEOUT;
+    let mut slowest = Duration::ZERO;
+    for seed in 0..3 {
+        let token = apns_test_token(ApnsTestKind::Success, seed);
+        let started = std::time::Instant::now();
+        let outcome = providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+            .await;
+        slowest = slowest.max(started.elapsed());
+        assert!(matches!(outcome, Outcome::Delivered { .. }), "{outcome:?}");
+    }
+    // The third send went into the silence; its resend on a new connection was answered.
+    assert!(slowest >= budget, "{slowest:?}");
+    assert!(slowest < budget + Duration::from_millis(500), "{slowest:?}");
+    let records = records_of(&sim, Side::Apns);
+    assert_eq!(records.len(), 3, "every send is recorded once");
+    assert!(records.iter().all(|r| r.status == 200));
+    assert_eq!(records[2].connection_id, records[0].connection_id + 1);
+    assert_eq!(sim.connections_accepted(), 2);
+    let stats = default_pool(&providers, "apns_production").unwrap();
+    assert_eq!(stats.connections_opened, 2);
+    // The dead connection was closed, not left to the 80 s keep-alive.
+    assert_eq!(stats.connections_open, 1);
+}
+
+#[tokio::test]
+async fn every_send_waiting_on_a_silent_connection_is_resent_when_its_ping_fails() {
+    let sim = simulator().await;
+    sim.set_faults(Faults {
+        blackhole_after_streams: Some(1),
+        ..Faults::default()
+    });
+    let config = ApnsConfig {
+        pool_size: 1,
+        request_timeout_ms: 500,
+        ..apns_config(&sim)
+    };
+    let providers = Arc::new(Providers::new(&config, &FcmConfig::default()).unwrap());
+    let warm = apns_test_token(ApnsTestKind::Success, 100);
+    assert!(matches!(
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&warm), &hello())
+            .await,
+        Outcome::Delivered { .. }
+    ));
+    let mut sends = tokio::task::JoinSet::new();
+    for seed in 0..5 {
+        let providers = providers.clone();
+        sends.spawn(async move {
+            let token = apns_test_token(ApnsTestKind::Success, seed);
+            providers
+                .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+                .await
+        });
+    }
+    // The first connection stays silent; the next one must answer.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sim.set_faults(Faults::default());
+    while let Some(outcome) = sends.join_next().await {
+        let outcome = outcome.unwrap();
+        assert!(matches!(outcome, Outcome::Delivered { .. }), "{outcome:?}");
+    }
+    assert_eq!(records_of(&sim, Side::Apns).len(), 6);
+    // One PING check closed the silent connection for all five; one new connection took them.
+    assert_eq!(sim.connections_accepted(), 2);
+}
+
+#[tokio::test]
+async fn a_send_whose_connection_died_and_whose_resend_failed_is_a_dead_connection_retry() {
+    let sim = simulator().await;
+    sim.set_faults(Faults {
+        blackhole_after_streams: Some(1),
+        ..Faults::default()
+    });
+    let config = ApnsConfig {
+        pool_size: 1,
+        request_timeout_ms: 500,
+        ..apns_config(&sim)
+    };
+    let providers = Arc::new(Providers::new(&config, &FcmConfig::default()).unwrap());
+    let token = apns_test_token(ApnsTestKind::Success, 1);
+    assert!(matches!(
+        providers
+            .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+            .await,
+        Outcome::Delivered { .. }
+    ));
+    let send = {
+        let providers = providers.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            providers
+                .send(NO_OWN_CREDENTIAL, &apns(&token), &hello())
+                .await
+        })
+    };
+    // Once the send is lost in the silence, the next connection drops every request.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sim.set_faults(Faults {
+        reset_probability: 1.0,
+        ..Faults::default()
+    });
+    assert_eq!(send.await.unwrap(), retry("DeadConnection"));
+}

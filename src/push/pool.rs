@@ -101,7 +101,7 @@ impl TransportError {
     /// Whether the connection died under the request, so the attempt says nothing about it.
     /// (The request timing out on a connection that then answers a ping is not that.)
     pub fn connection_lost(&self) -> bool {
-        false
+        matches!(self, Self::DeadConnection(_))
     }
 
     /// A short machine-readable reason for outcomes and metrics.

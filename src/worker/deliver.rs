@@ -482,11 +482,8 @@ impl Worker {
                 // A connection that died under the send says nothing about the job: the
                 // attempt is not counted (only the job's age can end it).
                 result.counted = class != RetryClass::ConnectionLost;
-                let attempts_left = if result.counted {
-                    attempts
-                } else {
-                    (result.job.attempts as u32).max(1)
-                };
+                // An uncounted attempt can only end by the job's age.
+                let attempts_left = if result.counted { attempts } else { 0 };
                 match decide(&self.config, attempts_left, age, after, &mut rng) {
                     RetryDecision::After(delay) => {
                         result.status = JobStatus::Queued;

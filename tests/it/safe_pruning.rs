@@ -261,7 +261,59 @@ async fn a_wrong_topic_for_every_device_deletes_nothing_and_holds_the_jobs(db: D
     t.shutdown().await;
 }
 
+/// Sends lost to connections that stopped answering are not counted against their jobs:
+/// with one attempt allowed, no job becomes a dead letter while every connection goes
+/// silent, and all are delivered once the provider answers again.
+async fn attempts_lost_to_dead_connections_do_not_dead_letter(db: Db) {
+    let sim = simulator().await;
+    // Every connection goes silent once both concurrent sends are on it.
+    sim.set_faults(pushbridge::simulator::Faults {
+        blackhole_after_streams: Some(1),
+        ..Default::default()
+    });
+    let t = TestApp::with_simulator(db, &sim, |c| {
+        c.worker.max_attempts = 1;
+        c.worker.concurrency = 2;
+        c.apns.pool_size = 1;
+        c.apns.request_timeout_ms = 300;
+    })
+    .await;
+    let app = t.new_app().await;
+    let key = app.server_key.as_str();
+    let tokens: Vec<String> = (0..2)
+        .map(|i| apns_test_token(ApnsTestKind::Success, 500 + i))
+        .collect();
+    for token in &tokens {
+        register(&t, key, token, json!({"environment": "production"})).await;
+    }
+    let event = send(&t, key, &tokens).await;
+    // The first connection and the one the resends went to both went silent: those sends
+    // ended as lost (DeadConnection), and a third connection was opened for the retry.
+    for _ in 0..300 {
+        if sim.connections_accepted() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        sim.connections_accepted() >= 3,
+        "{}",
+        sim.connections_accepted()
+    );
+    let (_, state) = t
+        .call(Method::GET, &format!("/v1/events/{event}"), Some(key), None)
+        .await;
+    assert_eq!(state["deliveries"]["dead"], 0, "{state}");
+    assert_eq!(state["deliveries"]["delivered"], 0, "{state}");
+    sim.set_faults(pushbridge::simulator::Faults::default());
+    let done = completed(&t, key, &event).await;
+    assert_eq!(done["deliveries"]["delivered"], 2, "{done}");
+    assert_eq!(done["deliveries"]["dead"], 0, "{done}");
+    t.shutdown().await;
+}
+
 backend_tests!(
+    attempts_lost_to_dead_connections_do_not_dead_letter,
     the_provider_decides_what_is_pruned_and_pruning_is_undoable,
     a_sandbox_token_without_an_environment_is_found_on_the_sandbox,
     a_wrong_topic_for_every_device_deletes_nothing_and_holds_the_jobs

@@ -1047,5 +1047,13 @@ async fn a_send_whose_connection_died_and_whose_resend_failed_is_a_dead_connecti
         reset_probability: 1.0,
         ..Faults::default()
     });
-    assert_eq!(send.await.unwrap(), retry("DeadConnection"));
+    // A lost connection is its own class: the worker does not count it against the job.
+    assert_eq!(
+        send.await.unwrap(),
+        Outcome::Retry {
+            after: None,
+            reason: "DeadConnection".into(),
+            class: RetryClass::ConnectionLost,
+        }
+    );
 }

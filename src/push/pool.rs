@@ -30,6 +30,8 @@ pub use self::connection::H2Connection;
 use self::connection::{Health, RequestFailure};
 
 /// Provider responses are small JSON documents; anything bigger is not a provider talking.
+/// Times a request the server provably did not process is sent, on fresh connections.
+const MAX_UNPROCESSED_ATTEMPTS: u32 = 3;
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// How long a connection whose request timed out gets to answer a PING before it is declared
 /// dead. A PING is answered by the peer's HTTP/2 layer, not by its application, so a slow
@@ -341,8 +343,9 @@ impl H2Pool {
 
     /// POSTs `body` to `path` (with query) and reads the whole response, within the request
     /// timeout. A request the server provably did not process (refused stream, beyond a
-    /// GOAWAY's last stream id, or never written) is retried once on another connection, and
-    /// one whose connection turns out dead is sent again on a fresh one.
+    /// GOAWAY's last stream id, or never written) is sent again on another connection (up
+    /// to three times in all), and one whose connection turns out dead is sent again on a
+    /// fresh one.
     pub async fn post(
         &self,
         path: &str,
@@ -421,7 +424,11 @@ impl H2Pool {
             let _in_flight = InFlight::new(&self.counters.in_flight);
             match connection::post(sender, &health, uri, headers, body.clone()).await {
                 Ok(response) => return Ok(response),
-                Err(RequestFailure { unprocessed, .. }) if unprocessed && attempt == 1 => {}
+                // The server provably did not act on it (refused, or beyond a GOAWAY's last
+                // stream id): sending it again cannot duplicate it. A few times, since a
+                // burst of requests can meet one closing connection after another.
+                Err(RequestFailure { unprocessed, .. })
+                    if unprocessed && attempt < MAX_UNPROCESSED_ATTEMPTS => {}
                 Err(RequestFailure { error, .. }) => return Err(error),
             }
         }

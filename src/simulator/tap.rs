@@ -14,7 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const FRAME_HEADER_LEN: usize = 9;
 const CLIENT_PREFACE_LEN: usize = 24;
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
 const GOAWAY: u8 = 0x7;
 const NO_ERROR: u32 = 0;
 
@@ -32,6 +34,8 @@ struct Shared {
     opened: Vec<u32>,
     /// A frame to write at the next frame boundary.
     inject: Option<Bytes>,
+    /// A frame to write once the server has ended this stream (its response is out).
+    inject_after: Option<(u32, Bytes)>,
 }
 
 impl TapControl {
@@ -47,7 +51,11 @@ impl TapControl {
         shared.opened.get(index).copied()
     }
 
-    /// Queues a GOAWAY (NO_ERROR) naming `last_stream_id`, with `debug_data`.
+    /// Queues a GOAWAY (NO_ERROR) naming `last_stream_id`, with `debug_data`, to go out
+    /// right after the server's response on that stream: the client has every answer it was
+    /// promised before it learns the connection is going away. (Some clients, python-h2
+    /// among them, treat a received GOAWAY as the end of the connection and refuse frames
+    /// that follow it.)
     pub fn go_away(&self, last_stream_id: u32, debug_data: &[u8]) {
         let mut frame = BytesMut::with_capacity(FRAME_HEADER_LEN + 8 + debug_data.len());
         let len = 8 + debug_data.len();
@@ -58,7 +66,10 @@ impl TapControl {
         frame.put_u32(last_stream_id & 0x7fff_ffff);
         frame.put_u32(NO_ERROR);
         frame.put_slice(debug_data);
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).inject = Some(frame.freeze());
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .inject_after = Some((last_stream_id & 0x7fff_ffff, frame.freeze()));
     }
 }
 
@@ -85,8 +96,9 @@ impl FrameScanner {
         self.skip == 0 && self.have == 0 && self.payload_left == 0
     }
 
-    /// Consumes `bytes`, calling `on_header(type, stream_id)` for each complete frame header.
-    fn scan(&mut self, mut bytes: &[u8], mut on_header: impl FnMut(u8, u32)) {
+    /// Consumes `bytes`, calling `on_header(type, flags, stream_id)` for each complete frame
+    /// header.
+    fn scan(&mut self, mut bytes: &[u8], mut on_header: impl FnMut(u8, u8, u32)) {
         while !bytes.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len());
@@ -107,7 +119,7 @@ impl FrameScanner {
                     self.payload_left =
                         (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
                     let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-                    on_header(h[3], stream);
+                    on_header(h[3], h[4], stream);
                 }
             }
         }
@@ -166,15 +178,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tap<T> {
         let before = buf.filled().len();
         std::task::ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
         let control = &this.control;
-        this.inbound.scan(&buf.filled()[before..], |kind, stream| {
-            if kind == HEADERS && stream % 2 == 1 {
-                let mut shared = control.inner.lock().unwrap_or_else(|e| e.into_inner());
-                // Trailers arrive as HEADERS on a stream already open.
-                if shared.opened.last().is_none_or(|&last| stream > last) {
-                    shared.opened.push(stream);
+        this.inbound
+            .scan(&buf.filled()[before..], |kind, _, stream| {
+                if kind == HEADERS && stream % 2 == 1 {
+                    let mut shared = control.inner.lock().unwrap_or_else(|e| e.into_inner());
+                    // Trailers arrive as HEADERS on a stream already open.
+                    if shared.opened.last().is_none_or(|&last| stream > last) {
+                        shared.opened.push(stream);
+                    }
                 }
-            }
-        });
+            });
         Poll::Ready(Ok(()))
     }
 }
@@ -191,7 +204,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tap<T> {
         std::task::ready!(self.poll_injected(cx))?;
         let this = &mut *self;
         let n = std::task::ready!(Pin::new(&mut this.io).poll_write(cx, buf))?;
-        this.outbound.scan(&buf[..n], |_, _| {});
+        let control = &this.control;
+        this.outbound.scan(&buf[..n], |kind, flags, stream| {
+            if (kind == DATA || kind == HEADERS) && flags & END_STREAM != 0 {
+                let mut shared = control.inner.lock().unwrap_or_else(|e| e.into_inner());
+                if shared
+                    .inject_after
+                    .as_ref()
+                    .is_some_and(|(s, _)| *s == stream)
+                {
+                    // Written at the boundary after this frame.
+                    shared.inject = shared.inject_after.take().map(|(_, frame)| frame);
+                }
+            }
+        });
         Poll::Ready(Ok(n))
     }
 
@@ -222,7 +248,7 @@ mod tests {
         let mut scanner = FrameScanner::new(0);
         let mut seen = Vec::new();
         for chunk in frame.chunks(4) {
-            scanner.scan(chunk, |kind, stream| seen.push((kind, stream)));
+            scanner.scan(chunk, |kind, _, stream| seen.push((kind, stream)));
         }
         assert_eq!(seen, vec![(HEADERS, 5), (0x4, 0)]);
         assert!(scanner.at_boundary());

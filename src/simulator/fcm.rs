@@ -228,6 +228,13 @@ fn test_token_reply(state: &State, project: &str, token: &str) -> Reply {
             Some(error_code::INTERNAL),
             vec![],
         ),
+        FcmTestKind::ThirdPartyAuthError => rpc_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "Auth error from APNS or Web Push Service",
+            Some(error_code::THIRD_PARTY_AUTH_ERROR),
+            vec![],
+        ),
         FcmTestKind::ConnectionReset => Reply::Reset,
     }
 }

@@ -92,6 +92,8 @@ pub enum FcmTestKind {
     Unavailable,
     /// 500 `INTERNAL`.
     Internal,
+    /// 401 `THIRD_PARTY_AUTH_ERROR`: the APNs credential configured in Firebase is invalid.
+    ThirdPartyAuthError,
     /// The connection is closed without an answer.
     ConnectionReset,
 }
@@ -107,6 +109,7 @@ impl FcmTestKind {
             Self::QuotaExceeded => "QUOTA_EXCEEDED",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
+            Self::ThirdPartyAuthError => "THIRD_PARTY_AUTH_ERROR",
             Self::ConnectionReset => "RESET",
         }
     }
@@ -120,6 +123,7 @@ impl FcmTestKind {
             Self::QuotaExceeded,
             Self::Unavailable,
             Self::Internal,
+            Self::ThirdPartyAuthError,
             Self::ConnectionReset,
         ]
         .into_iter()

@@ -331,6 +331,35 @@ async fn apns_bad_credentials_are_credential_refusals() {
 }
 
 #[tokio::test]
+async fn a_third_party_auth_error_pauses_without_refreshing_the_access_token() {
+    let sim = simulator().await;
+    let providers = providers(&sim);
+    let token = fcm_test_token(FcmTestKind::ThirdPartyAuthError, 1);
+    let outcome = providers
+        .send(NO_OWN_CREDENTIAL, &fcm(&token), &hello())
+        .await;
+    assert_eq!(
+        outcome,
+        Outcome::CredentialRejected {
+            reason: "THIRD_PARTY_AUTH_ERROR".into()
+        }
+    );
+    // One message, one access token: no token can fix the APNs key configured at Google.
+    let sent: Vec<RecordedRequest> = sim
+        .records()
+        .into_iter()
+        .filter(|r| r.token.as_deref() == Some(token.as_str()))
+        .collect();
+    assert_eq!(sent.len(), 1, "sent once, not resent after a refresh");
+    let token_fetches = sim
+        .records()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/token"))
+        .count();
+    assert_eq!(token_fetches, 1, "no access-token refresh");
+}
+
+#[tokio::test]
 async fn fcm_errors_map_to_outcomes() {
     let sim = simulator().await;
     let providers = providers(&sim);

@@ -26,7 +26,8 @@ pub struct Faults {
     /// with `{"reason":"Shutdown"}`; FCM: a graceful shutdown).
     pub goaway_after_streams: Option<u64>,
     /// Every connection goes silent after answering this many streams: later streams, PINGs
-    /// and everything else get no answer, and TCP stays open (a dead network path).
+    /// and everything else get no answer, and TCP stays open (a dead network path). `0`:
+    /// silent from its first stream (connections are accepted and nothing is answered).
     pub blackhole_after_streams: Option<u64>,
 }
 
@@ -59,9 +60,6 @@ impl Faults {
         }
         if self.goaway_after_streams == Some(0) {
             return Err("faults.goaway_after_streams: must be at least 1".into());
-        }
-        if self.blackhole_after_streams == Some(0) {
-            return Err("faults.blackhole_after_streams: must be at least 1".into());
         }
         Ok(())
     }

@@ -32,7 +32,7 @@ pub use dead_letters::DeadLetter;
 pub use deliveries::{AttemptRow, DeliveryRow, PrunedRow};
 pub use devices::Device;
 pub use events::{Event, EventInsert, EventWriter, IncomingEvent, NewEvent};
-pub use fanout::{FanOutCursor, FanOutSlice, NewJob};
+pub use fanout::{FanOutCursor, FanOutSlice, NewJob, WholeFanOut};
 pub use outbox::{CallbackAttempt, CallbackRow, CallbackTarget};
 pub use queue::{ClaimedJob, JobResult, Prune, PruneCallbacks, PruneKind, PrunedDevice};
 pub use rules::{NamedSpec, SpecKind};

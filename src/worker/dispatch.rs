@@ -16,7 +16,9 @@ use crate::model::device::normalize_token;
 use crate::model::rules::{user_ids_at, Audience, DeviceFilter, RuleSpec, TemplateRef};
 use crate::model::template::{context, event_value, CompiledTemplate, TemplateSpec};
 use crate::model::{JobStatus, Platform};
-use crate::store::{Device, Event, FanOutCursor, FanOutSlice, NewJob, SpecKind, Store};
+use crate::store::{
+    Device, Event, FanOutCursor, FanOutSlice, NewJob, SpecKind, Store, WholeFanOut,
+};
 
 /// Events leased per round.
 const EVENT_BATCH: i64 = 128;
@@ -24,6 +26,8 @@ const EVENT_BATCH: i64 = 128;
 const FANOUT_TASKS: usize = 16;
 /// Devices read per page when scanning by tags/attributes.
 const DEVICE_PAGE: u32 = 2000;
+/// Jobs of small events written together in one transaction, at most (about).
+const WHOLE_BATCH_JOBS: usize = 2000;
 
 impl Worker {
     /// Claims received events and fans them out, one task per app of each claimed batch:
@@ -126,31 +130,124 @@ impl Worker {
     }
 
     /// Fans out one app's claimed events in order; returns those no rule matched. Rules are
-    /// read once for all of them.
+    /// read once for all of them. Events whose every audience is one page (users or tokens,
+    /// as most transactional events are) are rendered whole and written together, many per
+    /// transaction; the others are written one committed page at a time.
     async fn dispatch_app(self, events: Vec<Event>) -> Vec<String> {
         let mut rules_by_app: HashMap<String, Vec<(Option<String>, RuleSpec)>> = HashMap::new();
+        let mut templates = TemplateCache::default();
         let mut unmatched = Vec::new();
+        let mut whole: Vec<(Event, Vec<NewJob>)> = Vec::new();
+        let mut whole_jobs = 0;
         for event in events {
             let outcome = match self.rules_for(&event, &mut rules_by_app).await {
                 Ok((rules, _)) if rules.is_empty() => {
                     unmatched.push(event.id.clone());
                     Ok(())
                 }
+                Ok((rules, payload)) if is_one_page(&event, &rules) => {
+                    match self
+                        .render_whole(&event, rules, payload, &mut templates)
+                        .await
+                    {
+                        Ok(jobs) => {
+                            whole_jobs += jobs.len();
+                            whole.push((event, jobs));
+                            if whole_jobs >= WHOLE_BATCH_JOBS {
+                                self.write_whole(std::mem::take(&mut whole)).await;
+                                whole_jobs = 0;
+                            }
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
                 Ok((rules, payload)) => self.dispatch(&event, rules, payload).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = outcome {
-                tracing::error!(event = %event.id, error = %format!("{e:#}"), "fan-out failed; will retry");
-                if let Err(e) = self
-                    .store
-                    .release_event(&event.id, &self.owner, 5_000)
-                    .await
-                {
-                    tracing::error!(event = %event.id, error = %e, "releasing the event failed; its lease will expire");
+                self.retry_later(&event, &e).await;
+            }
+        }
+        self.write_whole(whole).await;
+        unmatched
+    }
+
+    /// A fan-out failed: the event goes back to the queue for another try in a few seconds.
+    async fn retry_later(&self, event: &Event, e: &anyhow::Error) {
+        tracing::error!(event = %event.id, error = %format!("{e:#}"), "fan-out failed; will retry");
+        if let Err(e) = self
+            .store
+            .release_event(&event.id, &self.owner, 5_000)
+            .await
+        {
+            tracing::error!(event = %event.id, error = %e, "releasing the event failed; its lease will expire");
+        }
+    }
+
+    /// Renders every job of an event whose audiences are one page each, rules in name order.
+    async fn render_whole(
+        &self,
+        event: &Event,
+        mut rules: Vec<(Option<String>, RuleSpec)>,
+        payload: Value,
+        templates: &mut TemplateCache,
+    ) -> anyhow::Result<Vec<NewJob>> {
+        let event_ctx = event_value(&event_context(event, &payload));
+        rules.sort_by_key(|(n, _)| rule_name(n));
+        let mut jobs = Vec::new();
+        for (name, rule) in rules {
+            let template = templates
+                .get(&self.store, &event.app_id, &rule.template)
+                .await?;
+            let mut pages = self.audience(&event.app_id, &rule.audience, &payload, None);
+            while let Some(devices) = pages.next_page(&self.store).await? {
+                jobs.extend(render_page(&rule_name(&name), &template, &event_ctx, devices).await?);
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Writes a batch of whole fan-outs in one transaction; a failed write sends each event
+    /// back to the queue for another try.
+    async fn write_whole(&self, batch: Vec<(Event, Vec<NewJob>)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let fan_outs: Vec<WholeFanOut<'_>> = batch
+            .iter()
+            .map(|(event, jobs)| WholeFanOut { event, jobs })
+            .collect();
+        match self
+            .store
+            .write_whole_fan_outs(&self.owner, &fan_outs)
+            .await
+        {
+            Ok(written) => {
+                let (mut queued, mut dead) = (0u64, 0u64);
+                for ((event, jobs), written) in batch.iter().zip(written) {
+                    if !written {
+                        tracing::warn!(event = %event.id, "lost the event's lease before its fan-out was written; its new holder writes it");
+                        continue;
+                    }
+                    let q = jobs
+                        .iter()
+                        .filter(|j| j.status == JobStatus::Queued)
+                        .count() as u64;
+                    (queued, dead) = (queued + q, dead + jobs.len() as u64 - q);
+                    tracing::debug!(event = %event.id, jobs = jobs.len(), "event dispatched");
+                }
+                self.metrics.fanned_out(queued, dead);
+                if queued > 0 {
+                    self.wake.jobs.notify_one();
+                }
+            }
+            Err(e) => {
+                for (event, _) in &batch {
+                    self.retry_later(event, &e).await;
                 }
             }
         }
-        unmatched
     }
 
     /// The rules that apply to an event (its own rule for a direct send), and its payload.
@@ -210,12 +307,11 @@ impl Worker {
             .context("reading the event's fan-out cursor")?;
         // The cursor's order: rules by name, compared here rather than in SQL, whose collation
         // may differ between databases.
-        let name = |n: &Option<String>| n.clone().unwrap_or_else(|| "direct".into());
-        rules.sort_by_key(|(n, _)| name(n));
+        rules.sort_by_key(|(n, _)| rule_name(n));
         let mut seq = event.fanout_jobs;
         let (mut queued, mut dead) = (0u64, 0u64);
-        for (rule_name, rule) in rules {
-            let rule_name = name(&rule_name);
+        for (rule_name_opt, rule) in rules {
+            let rule_name = rule_name(&rule_name_opt);
             let after = match &resume {
                 Some(c) if rule_name < c.rule => continue,
                 Some(c) if rule_name == c.rule => match &c.after {
@@ -369,6 +465,47 @@ impl AudiencePages {
                 ))
             }
         }
+    }
+}
+
+/// A rule's name in the fan-out cursor's order (`direct` for a direct send).
+fn rule_name(name: &Option<String>) -> String {
+    name.clone().unwrap_or_else(|| "direct".into())
+}
+
+/// Whether an event's fan-out is one page per rule (listed users or tokens), so it can be
+/// rendered whole and written with other events. A fan-out already under way keeps its
+/// committed slices.
+fn is_one_page(event: &Event, rules: &[(Option<String>, RuleSpec)]) -> bool {
+    event.fanout_cursor.is_none()
+        && event.fanout_jobs == 0
+        && rules
+            .iter()
+            .all(|(_, r)| !matches!(r.audience, Audience::Devices(_)))
+}
+
+/// Named templates compiled once per batch of an app's events.
+#[derive(Default)]
+struct TemplateCache {
+    named: HashMap<String, Arc<Result<CompiledTemplate, String>>>,
+}
+
+impl TemplateCache {
+    async fn get(
+        &mut self,
+        store: &Store,
+        app_id: &str,
+        reference: &TemplateRef,
+    ) -> anyhow::Result<Arc<Result<CompiledTemplate, String>>> {
+        let TemplateRef::Named(name) = reference else {
+            return Ok(Arc::new(load_template(store, app_id, reference).await?));
+        };
+        if let Some(t) = self.named.get(name) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(load_template(store, app_id, reference).await?);
+        self.named.insert(name.clone(), t.clone());
+        Ok(t)
     }
 }
 

@@ -178,12 +178,26 @@ impl DeviceView {
     }
 }
 
-/// A page of a user's devices.
+/// A page of devices.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DeviceList {
     devices: Vec<DeviceView>,
     /// Pass as `cursor` for the next page; null on the last page.
     next_cursor: Option<String>,
+}
+
+impl DeviceList {
+    /// A page of `limit` from `devices`, read one past the limit to know whether more follow.
+    fn page(devices: &[Device], limit: u32, kind: CursorKind) -> Self {
+        let shown = &devices[..devices.len().min(limit as usize)];
+        let next_cursor = (devices.len() > shown.len())
+            .then(|| shown.last().map(|d| encode_cursor(kind, &d.token)))
+            .flatten();
+        Self {
+            devices: shown.iter().map(DeviceView::new).collect(),
+            next_cursor,
+        }
+    }
 }
 
 const TOKEN: &str = "the provider's device token (APNs: hex; FCM: registration token)";
@@ -381,19 +395,11 @@ async fn list_user_devices(
         .store
         .list_user_devices(caller.app_id(), &user_id, after.as_deref(), limit + 1)
         .await?;
-    let has_more = devices.len() > limit as usize;
-    let devices = &devices[..devices.len().min(limit as usize)];
-    let next_cursor = has_more
-        .then(|| {
-            devices
-                .last()
-                .map(|d| encode_cursor(CursorKind::UserDevices, &d.token))
-        })
-        .flatten();
-    Ok(Json(DeviceList {
-        devices: devices.iter().map(DeviceView::new).collect(),
-        next_cursor,
-    }))
+    Ok(Json(DeviceList::page(
+        &devices,
+        limit,
+        CursorKind::UserDevices,
+    )))
 }
 
 /// Query of `GET /v1/devices`.
@@ -441,19 +447,7 @@ async fn list_devices(
         .store
         .devices_in_state(caller.app_id(), q.state, after.as_deref(), limit + 1)
         .await?;
-    let has_more = devices.len() > limit as usize;
-    let devices = &devices[..devices.len().min(limit as usize)];
-    let next_cursor = has_more
-        .then(|| {
-            devices
-                .last()
-                .map(|d| encode_cursor(CursorKind::Devices, &d.token))
-        })
-        .flatten();
-    Ok(Json(DeviceList {
-        devices: devices.iter().map(DeviceView::new).collect(),
-        next_cursor,
-    }))
+    Ok(Json(DeviceList::page(&devices, limit, CursorKind::Devices)))
 }
 
 #[utoipa::path(

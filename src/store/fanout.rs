@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use sqlx::AnyConnection;
+
 use super::{now_ms, values_rows, Event, Store};
 use crate::model::{JobStatus, Platform};
 
@@ -93,33 +95,13 @@ impl Store {
             return Ok(None);
         }
         let event_part = event.id.strip_prefix("evt_").unwrap_or(&event.id);
-        let mut seq = first_seq;
-        for chunk in slice.jobs.chunks(self.rows_per_statement()) {
-            let mut sql = String::from(
-                "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
-                 attempts, next_attempt_at, last_reason, event_at, created_at, updated_at) VALUES ",
-            );
-            sql.push_str(&values_rows(
-                chunk.len(),
-                "(?, ?, ?, ?, ?, ?, ?, ?, 0, $1, ?, $2, $1, $1)",
-                3,
-            ));
-            let mut q = sqlx::query(&sql).bind(now).bind(event.received_at);
-            for j in chunk {
-                seq += 1;
-                q = q
-                    .bind(format!("job_{event_part}_{seq:08}"))
-                    .bind(&event.app_id)
-                    .bind(&event.id)
-                    .bind(&j.rule)
-                    .bind(j.platform)
-                    .bind(&j.token)
-                    .bind(j.status)
-                    .bind(&j.job)
-                    .bind(&j.last_reason);
-            }
-            q.execute(&mut *tx).await?;
-        }
+        let rows: Vec<(String, &Event, &NewJob)> = slice
+            .jobs
+            .iter()
+            .zip(first_seq + 1..)
+            .map(|(job, seq)| (format!("job_{event_part}_{seq:08}"), event, job))
+            .collect();
+        self.insert_jobs(&mut tx, &rows, now).await?;
         tx.commit().await?;
         Ok(Some(jobs_after))
     }
@@ -187,6 +169,20 @@ impl Store {
                 rows.push((format!("job_{event_part}_{seq:08}"), f.event, job));
             }
         }
+        self.insert_jobs(&mut tx, &rows, now).await?;
+        tx.commit().await?;
+        Ok(written)
+    }
+}
+
+impl Store {
+    /// Inserts fan-out jobs, each `(id, its event, the job)`, in multi-row statements.
+    async fn insert_jobs(
+        &self,
+        conn: &mut AnyConnection,
+        rows: &[(String, &Event, &NewJob)],
+        now: i64,
+    ) -> anyhow::Result<()> {
         for chunk in rows.chunks(self.rows_per_statement()) {
             let mut sql = String::from(
                 "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
@@ -211,9 +207,8 @@ impl Store {
                     .bind(&j.last_reason)
                     .bind(event.received_at);
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut *conn).await?;
         }
-        tx.commit().await?;
-        Ok(written)
+        Ok(())
     }
 }

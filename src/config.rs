@@ -47,6 +47,13 @@ pub struct Config {
     pub secrets: crate::secrets::SecretsConfig,
 }
 
+/// Default cap on sends in flight per process: the default pools (two connections each to
+/// APNs production and FCM) at APNs' usual 1000 streams per connection. Each send in flight
+/// holds a task and its rendered payload (a few KB), so a few thousand is a few MB.
+pub const DEFAULT_CONCURRENCY: u32 = 4096;
+/// Highest accepted `worker.concurrency`: 64 connections (the largest pool) at 1000 streams.
+pub const MAX_CONCURRENCY: u32 = 64_000;
+
 /// Delivery worker settings: claiming, concurrency, retry policy and shutdown.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -55,7 +62,8 @@ pub struct WorkerConfig {
     pub enabled: bool,
     /// Jobs claimed per batch.
     pub batch_size: u32,
-    /// Sends in flight at once per process.
+    /// The most sends in flight at once per process. Below it, the limit is what the
+    /// providers' open connections take (the concurrent streams their servers advertise).
     pub concurrency: u32,
     /// How long a claim lasts; a crashed worker's jobs are claimed again after it.
     pub lease_secs: u64,
@@ -89,7 +97,7 @@ impl Default for WorkerConfig {
         Self {
             enabled: true,
             batch_size: 500,
-            concurrency: 256,
+            concurrency: DEFAULT_CONCURRENCY,
             lease_secs: 60,
             poll_interval_ms: 250,
             max_attempts: 8,
@@ -331,6 +339,12 @@ impl Config {
                 return Err(ConfigError::field(field, "must be at least 1"));
             }
         }
+        if w.concurrency > MAX_CONCURRENCY {
+            return Err(ConfigError::field(
+                "worker.concurrency",
+                format!("must be at most {MAX_CONCURRENCY}"),
+            ));
+        }
         if !(w.burst_guard_share > 0.0 && w.burst_guard_share <= 1.0) {
             return Err(ConfigError::field(
                 "worker.burst_guard_share",
@@ -509,5 +523,17 @@ mod tests {
     fn semantic_errors_name_the_field() {
         let err = Config::from_table(table("database_url = \"mysql://x\"")).expect_err("fail");
         assert!(err.to_string().contains("database_url"), "{err}");
+    }
+
+    #[test]
+    fn concurrency_is_a_cap_within_bounds() {
+        let config = Config::from_table(table("[worker]\nconcurrency = 4")).expect("valid");
+        assert_eq!(config.worker.concurrency, 4);
+        assert_eq!(Config::default().worker.concurrency, DEFAULT_CONCURRENCY);
+        for bad in ["0", "64001"] {
+            let err = Config::from_table(table(&format!("[worker]\nconcurrency = {bad}")))
+                .expect_err("out of range");
+            assert!(err.to_string().contains("worker.concurrency"), "{err}");
+        }
     }
 }

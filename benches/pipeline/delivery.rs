@@ -2,6 +2,8 @@
 //! capacity measured with h2load.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -32,14 +34,69 @@ pub struct DeliveryResult {
     pub bridge_cpu: f64,
     /// CPU seconds used by the simulator over the same span.
     pub sim_cpu: f64,
+    /// Most provider requests in flight at once (sampled every 5 ms over every pool).
+    pub peak_in_flight: u64,
+    /// The providers' stream capacity at the end (what the worker's limit follows).
+    pub stream_capacity: u64,
+}
+
+/// How a delivery run is set up.
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    /// The simulator answers every send this late.
+    pub latency_ms: u64,
+    /// `worker.concurrency`; `None` for the default.
+    pub concurrency: Option<u32>,
+}
+
+impl Scenario {
+    /// The throughput table's setup: no added latency, 1000 sends in flight at most.
+    pub const FAST: Self = Self {
+        latency_ms: 0,
+        concurrency: Some(1000),
+    };
+}
+
+/// Records the most provider requests in flight at once until dropped.
+struct InFlightPeak {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl InFlightPeak {
+    fn watch(providers: Arc<pushbridge::push::Providers>) -> Self {
+        let (peak, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (p, s) = (peak.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                let now: u64 = providers.stats().iter().map(|s| s.stats.in_flight).sum();
+                p.fetch_max(now, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        Self { peak, stop }
+    }
+}
+
+impl Drop for InFlightPeak {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// One event to `devices` devices (half APNs, half FCM) on `backend`, timed to completion.
-pub async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryResult> {
+pub async fn delivery(
+    backend: &str,
+    devices: u64,
+    scenario: Scenario,
+) -> anyhow::Result<DeliveryResult> {
     let dir = tempfile::tempdir()?;
-    let sim = Simulator::start()?;
+    let sim = Simulator::with_latency(scenario.latency_ms)?;
     let db_url = database_url(backend, dir.path()).await?;
-    let running = bridge(db_url.clone(), &sim).await?;
+    let running = bridge(db_url.clone(), &sim, scenario.concurrency).await?;
     let store = running.state.store.clone();
     let app = store.create_app("bench").await?;
     // Generated and imported in slices, so the setup does not inflate the measured peak.
@@ -85,6 +142,7 @@ pub async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryRes
 
     let client = reqwest::Client::new();
     let (bridge_cpu0, sim_cpu0) = (cpu_secs("self"), sim.cpu_secs());
+    let peak = InFlightPeak::watch(running.state.providers.clone());
     let started = Instant::now();
     let resp = client
         .post(format!("http://{}/v1/notifications", running.addr))
@@ -122,6 +180,9 @@ pub async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryRes
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let secs = started.elapsed().as_secs_f64();
+    let peak_in_flight = peak.peak.load(Ordering::Relaxed);
+    drop(peak);
+    let stream_capacity = running.state.providers.stream_capacity();
     let (bridge_cpu, sim_cpu) = (cpu_secs("self") - bridge_cpu0, sim.cpu_secs() - sim_cpu0);
     let peak_rss_mb = rss_mb("VmHWM:");
     let latencies = store.delivery_latencies(&event_id).await?;
@@ -145,6 +206,8 @@ pub async fn delivery(backend: &str, devices: u64) -> anyhow::Result<DeliveryRes
         peak_rss_mb,
         bridge_cpu,
         sim_cpu,
+        peak_in_flight,
+        stream_capacity,
     })
 }
 

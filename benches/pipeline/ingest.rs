@@ -171,7 +171,7 @@ pub async fn ingest(
     let dir = tempfile::tempdir()?;
     let sim = Simulator::start()?;
     let db_url = database_url(backend, dir.path()).await?;
-    let running = bridge(db_url.clone(), &sim).await?;
+    let running = bridge(db_url.clone(), &sim, Some(1000)).await?;
     let store = running.state.store.clone();
     let app = store.create_app("bench").await?;
     let source = pushbridge::model::source::new_source(

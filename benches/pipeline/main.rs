@@ -4,10 +4,14 @@
 //! - delivery: one event fanned out to N devices (half APNs, half FCM), through the simulator
 //!   over TLS HTTP/2, against the simulator's raw capacity measured with h2load;
 //! - ingest: signed webhooks accepted per second against an unsigned, no-store endpoint of
-//!   the same binary, plus latency at a fixed 5k/s.
+//!   the same binary, plus latency at a fixed 5k/s;
+//! - latency: the same fan-out with the simulator answering each send late (a provider's
+//!   round trip), with `worker.concurrency = 256` (the old fixed limit) and with the default
+//!   (the limit follows the connections' advertised streams), side by side.
 //!
 //! `cargo bench --bench pipeline -- --sizes 1000,10000,100000 [--ingest-secs 10]
-//! [--h2load-requests 500000] [--only delivery|ingest]`
+//! [--h2load-requests 500000] [--sim-latency-ms 100] [--latency-sizes 20000]
+//! [--only delivery|ingest|latency]`
 //! `DATABASE_URL=postgres://...` adds a PostgreSQL column. See docs/BENCHMARKS.md.
 
 mod delivery;
@@ -16,7 +20,7 @@ mod setup;
 
 use clap::{Parser, ValueEnum};
 
-use delivery::{delivery, h2load_raw};
+use delivery::{delivery, h2load_raw, Scenario};
 use ingest::ingest;
 
 /// The benchmark's flags; a missing or malformed value is an error, not a default.
@@ -32,7 +36,13 @@ struct Args {
     /// Requests h2load sends to measure the simulator's raw capacity.
     #[arg(long, default_value_t = 500_000)]
     h2load_requests: u64,
-    /// Run only this part (default: both).
+    /// Simulator latency of the latency part, milliseconds per send.
+    #[arg(long, default_value_t = 100)]
+    sim_latency_ms: u64,
+    /// Fan-out sizes of the latency part, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "20000")]
+    latency_sizes: Vec<u64>,
+    /// Run only this part (default: all).
     #[arg(long, value_enum)]
     only: Option<Part>,
     /// Passed by `cargo bench`; ignored.
@@ -47,6 +57,8 @@ enum Part {
     Delivery,
     /// Signed webhooks accepted per second.
     Ingest,
+    /// The fan-out at a provider round trip, old fixed limit against the default.
+    Latency,
 }
 
 #[tokio::main]
@@ -86,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for backend in &backends {
             for &n in &args.sizes {
-                let r = delivery(backend, n).await?;
+                let r = delivery(backend, n, Scenario::FAST).await?;
                 let rate = r.devices as f64 / r.secs;
                 let ratio = raw.map_or("–".to_string(), |raw| format!("{:.2}", rate / raw));
                 let per = |cpu: f64| cpu / r.devices as f64 * 1e6;
@@ -104,6 +116,9 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    if run(Part::Latency) {
+        latency(&backends, &args).await?;
     }
     if !run(Part::Ingest) {
         return Ok(());
@@ -128,6 +143,40 @@ async fn main() -> anyhow::Result<()> {
             "| {backend} | signed webhooks, fixed 5000/s | {:.0} | – | {:.2} | {:.2} |",
             fixed.rate, fixed.p50_ms, fixed.p99_ms
         );
+    }
+    Ok(())
+}
+
+/// The latency part: at a provider round trip the in-flight limit, not the CPU, sets the rate.
+async fn latency(backends: &[&str], args: &Args) -> anyhow::Result<()> {
+    println!(
+        "\n## Delivery at a {} ms provider round trip: the old fixed 256 against the default\n",
+        args.sim_latency_ms
+    );
+    println!("| backend | devices | worker.concurrency | stream capacity | peak in flight | total s | notifications/s | p50 ms | p99 ms | bridge peak RSS MB | bridge CPU µs/notif. |");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for backend in backends {
+        for &n in &args.latency_sizes {
+            for (label, concurrency) in [("256 (before)", Some(256)), ("default (after)", None)] {
+                let scenario = Scenario {
+                    latency_ms: args.sim_latency_ms,
+                    concurrency,
+                };
+                let r = delivery(backend, n, scenario).await?;
+                println!(
+                    "| {backend} | {} | {label} | {} | {} | {:.2} | {:.0} | {} | {} | {:.0} | {:.0} |",
+                    r.devices,
+                    r.stream_capacity,
+                    r.peak_in_flight,
+                    r.secs,
+                    r.devices as f64 / r.secs,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.peak_rss_mb,
+                    r.bridge_cpu / r.devices as f64 * 1e6
+                );
+            }
+        }
     }
     Ok(())
 }

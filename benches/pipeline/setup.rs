@@ -56,10 +56,17 @@ pub struct Simulator {
 impl Simulator {
     /// Starts `pushbridge simulate` on free ports and reads the URLs it prints.
     pub fn start() -> anyhow::Result<Self> {
+        Self::with_latency(0)
+    }
+
+    /// Like [`Simulator::start`], answering every send `latency_ms` late (a provider's
+    /// round trip).
+    pub fn with_latency(latency_ms: u64) -> anyhow::Result<Self> {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
             .args(["simulate", "--apns-listen", "127.0.0.1:0"])
             .args(["--fcm-listen", "127.0.0.1:0", "--max-records", "0"])
+            .args(["--latency-ms", &latency_ms.to_string()])
             .arg("--certs-dir")
             .arg(certs())
             .env("RUST_LOG", "warn")
@@ -130,8 +137,13 @@ pub async fn drop_database(backend: &str, db_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The bridge in this process on `db_url`, wired to `sim`, with the rate limits off.
-pub async fn bridge(db_url: String, sim: &Simulator) -> anyhow::Result<pushbridge::Running> {
+/// The bridge in this process on `db_url`, wired to `sim`, with the rate limits off and
+/// `worker.concurrency` set to `concurrency` (`None`: the default).
+pub async fn bridge(
+    db_url: String,
+    sim: &Simulator,
+    concurrency: Option<u32>,
+) -> anyhow::Result<pushbridge::Running> {
     let mut config = Config {
         database_max_connections: 8,
         ..Config::default()
@@ -143,7 +155,9 @@ pub async fn bridge(db_url: String, sim: &Simulator) -> anyhow::Result<pushbridg
     config.database_url = db_url;
     pushbridge::use_simulator_at(&mut config, &sim.apns_url, &sim.fcm_url, &certs());
     config.worker.batch_size = 1000;
-    config.worker.concurrency = 1000;
+    if let Some(concurrency) = concurrency {
+        config.worker.concurrency = concurrency;
+    }
     config.worker.poll_interval_ms = 20;
     // Measure the pipeline, not the per-key and per-source limits.
     config.rate_limits.server_key_per_sec = 0.0;

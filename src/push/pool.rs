@@ -7,6 +7,9 @@
 //! unanswered PING) or after a connection-level error on one of its streams. A request that
 //! times out makes the pool PING its connection at once; a connection that does not answer
 //! is closed and its requests are sent again on a fresh one.
+//!
+//! The pool also knows how many concurrent streams its open connections' servers allow
+//! ([`PoolStats::streams_allowed`]): the worker sizes its sends in flight from it.
 
 mod connection;
 
@@ -27,6 +30,8 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 pub use self::connection::H2Connection;
+/// Sends in flight assumed possible before any server's SETTINGS have been seen.
+pub use self::connection::FIRST_GUESS_STREAMS;
 use self::connection::{Health, RequestFailure};
 
 /// Provider responses are small JSON documents; anything bigger is not a provider talking.
@@ -137,6 +142,9 @@ pub struct PoolStats {
     pub connections_open: u64,
     /// Requests currently waiting for a response.
     pub in_flight: u64,
+    /// Concurrent streams the servers of the open, usable connections allow, summed
+    /// (their current SETTINGS_MAX_CONCURRENT_STREAMS; 0 with no connection open).
+    pub streams_allowed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -144,6 +152,8 @@ struct Counters {
     opened: AtomicU64,
     open: AtomicU64,
     in_flight: AtomicU64,
+    /// Kept by the connections themselves (see [`connection::Health`]).
+    streams_allowed: Arc<AtomicU64>,
 }
 
 /// Counts one in-flight request for as long as it lives.
@@ -223,12 +233,20 @@ impl Connector {
         };
         // Counted before the driver starts, so its end never comes first.
         self.counters.open.fetch_add(1, Ordering::Relaxed);
-        let conn = connection::handshake(tls, id, self.authority.clone(), self.keep_idle, on_end)
-            .await
-            .map_err(|e| {
-                self.counters.open.fetch_sub(1, Ordering::Relaxed);
-                fail(format!("HTTP/2 handshake: {e}"))
-            })?;
+        let allowed = self.counters.streams_allowed.clone();
+        let conn = connection::handshake(
+            tls,
+            id,
+            self.authority.clone(),
+            self.keep_idle,
+            allowed,
+            on_end,
+        )
+        .await
+        .map_err(|e| {
+            self.counters.open.fetch_sub(1, Ordering::Relaxed);
+            fail(format!("HTTP/2 handshake: {e}"))
+        })?;
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(endpoint = %self.authority, conn = id, "connection opened");
         Ok(conn)
@@ -338,6 +356,7 @@ impl H2Pool {
             connections_opened: self.counters.opened.load(Ordering::Relaxed),
             connections_open: self.counters.open.load(Ordering::Relaxed),
             in_flight: self.counters.in_flight.load(Ordering::Relaxed),
+            streams_allowed: self.counters.streams_allowed.load(Ordering::Relaxed),
         }
     }
 

@@ -19,7 +19,7 @@ use super::credentials::{
 };
 use super::fcm::{FcmConfig, FcmSender};
 use super::outcome::Outcome;
-use super::pool::{ConnectionCap, PoolStats};
+use super::pool::{ConnectionCap, PoolStats, FIRST_GUESS_STREAMS};
 use super::target::Target;
 use crate::model::{Notification, Platform};
 
@@ -485,43 +485,55 @@ impl Providers {
     /// Counters of every pool, with the app whose credential it serves.
     pub fn stats(&self) -> Vec<PoolSample> {
         let mut samples = Vec::new();
-        let mut add_apns = |app: Option<&str>, s: &ApnsSender| {
+        self.each_pool(|app, pool, stats| {
+            samples.push(PoolSample {
+                app: app.map(str::to_string),
+                pool,
+                stats,
+            })
+        });
+        samples
+    }
+
+    /// How many sends the providers' servers let this instance have in flight now: the
+    /// concurrent streams their open connections allow, over the default and every app's
+    /// pools. Before any connection is open (or after all closed idle), a first guess of
+    /// [`FIRST_GUESS_STREAMS`]; the first sends open connections and the figure follows
+    /// what their servers advertise.
+    pub fn stream_capacity(&self) -> u64 {
+        let mut allowed = 0u64;
+        self.each_pool(|_, _, stats| allowed = allowed.saturating_add(stats.streams_allowed));
+        if allowed == 0 {
+            FIRST_GUESS_STREAMS
+        } else {
+            allowed
+        }
+    }
+
+    /// Calls `f` with every pool's counters, the app whose credential it serves and its name.
+    fn each_pool(&self, mut f: impl FnMut(Option<&str>, &'static str, PoolStats)) {
+        let mut apns = |app: Option<&str>, s: &ApnsSender| {
             let (production, sandbox) = s.stats();
-            for (pool, stats) in [("apns_production", production), ("apns_sandbox", sandbox)] {
-                samples.push(PoolSample {
-                    app: app.map(str::to_string),
-                    pool,
-                    stats,
-                });
-            }
+            f(app, "apns_production", production);
+            f(app, "apns_sandbox", sandbox);
         };
         if let Some(s) = &self.default_apns {
-            add_apns(None, s);
+            apns(None, s);
         }
         let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
         for (app, senders) in apps.iter() {
             if let Some(Ok(s)) = senders.apns.as_ref().map(|i| &i.sender) {
-                add_apns(Some(app), s);
+                apns(Some(app), s);
             }
         }
-        let fcm = self
-            .default_fcm
-            .iter()
-            .map(|s| (None, s))
-            .chain(apps.iter().filter_map(|(app, senders)| {
-                match senders.fcm.as_ref().map(|i| &i.sender) {
-                    Some(Ok(s)) => Some((Some(app.clone()), s)),
-                    _ => None,
-                }
-            }));
-        for (app, s) in fcm {
-            samples.push(PoolSample {
-                app,
-                pool: "fcm",
-                stats: s.stats(),
-            });
+        if let Some(s) = &self.default_fcm {
+            f(None, "fcm", s.stats());
         }
-        samples
+        for (app, senders) in apps.iter() {
+            if let Some(Ok(s)) = senders.fcm.as_ref().map(|i| &i.sender) {
+                f(Some(app), "fcm", s.stats());
+            }
+        }
     }
 }
 

@@ -1,16 +1,20 @@
 //! The delivery loop: claim due jobs under a lease, send them concurrently, record every
 //! attempt, then retry with backoff, dead-letter, or prune.
 //!
-//! It is a pipeline, not a sequence of batches: the claimer tops the in-flight set up to
-//! `worker.concurrency` as sends finish, each finished send hands its result to the recorder,
-//! and the recorder writes whatever has accumulated in one transaction while the next sends
-//! are already on the wire. A slow send delays only itself, never a whole batch.
+//! It is a pipeline, not a sequence of batches: the claimer tops the in-flight set up to the
+//! send limit as sends finish, each finished send hands its result to the recorder, and the
+//! recorder writes whatever has accumulated in one transaction while the next sends are
+//! already on the wire. A slow send delays only itself, never a whole batch.
+//!
+//! The send limit is what the providers' open connections take (the concurrent streams their
+//! servers advertise), never more than `worker.concurrency`; it is read again before every
+//! claim, so it follows the servers as they raise or lower their limits. When it falls, the
+//! claimer claims less until enough sends finished; no claimed job is ever dropped.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::task::{self, JoinSet};
 
 use super::breaker::Gate;
@@ -32,33 +36,42 @@ const UNDECIDED_WAIT: Duration = Duration::from_secs(30);
 /// ... until the job has been tried this many times; then its device is marked.
 const UNDECIDED_ATTEMPTS: i64 = 3;
 
-/// Claims wait until at least this share of `concurrency` is free, so that a steady stream of
+/// Claims wait until at least this share of a batch is free, so that a steady stream of
 /// finishing sends leads to a few large claims rather than many one-row claims.
 const CLAIM_FRACTION: usize = 4;
 
 impl Worker {
     pub(crate) async fn deliver_loop(self, stop: watch::Receiver<bool>) {
-        let limit = self.config.concurrency.max(1) as usize;
-        let (results, to_record) = mpsc::channel(limit);
+        let cap = self.config.concurrency.max(1) as usize;
+        // Never more results waiting than sends in flight.
+        let (results, to_record) = mpsc::channel(cap);
         let recorder = tokio::spawn(self.clone().record_loop(to_record));
-        self.claim_loop(stop, results, limit).await;
+        self.claim_loop(stop, results, cap).await;
         // Every sender is gone (the claimer's and the sends'): the recorder drains and stops.
         if let Err(e) = recorder.await {
             tracing::error!(error = %e, "delivery recorder failed");
         }
     }
 
-    /// Keeps up to `limit` sends in flight until shutdown; then gives them
+    /// The sends that may be in flight now: as many as the providers' open connections
+    /// take, at least one and at most `cap` (`worker.concurrency`).
+    fn send_limit(&self, cap: usize) -> usize {
+        let capacity = usize::try_from(self.providers.stream_capacity()).unwrap_or(usize::MAX);
+        capacity.clamp(1, cap)
+    }
+
+    /// Keeps up to the send limit in flight until shutdown; then gives the sends
     /// `shutdown_grace_secs` and releases whatever is still unsent to the queue.
     async fn claim_loop(
         &self,
         mut stop: watch::Receiver<bool>,
         results: mpsc::Sender<JobResult>,
-        limit: usize,
+        cap: usize,
     ) {
         let lease_ms = (self.config.lease_secs * 1000) as i64;
-        let batch = (self.config.batch_size.max(1) as usize).min(limit);
-        let permits = Arc::new(Semaphore::new(limit));
+        let batch_size = self.config.batch_size.max(1) as usize;
+        // Every spawned send until it is reaped; a send ends once its result reached the
+        // recorder, so this counts the slots in use.
         let mut sends = JoinSet::new();
         // The job each send task carries, until the task has handed its result to the
         // recorder: what is left here at shutdown was never sent and goes back to the queue.
@@ -71,7 +84,11 @@ impl Worker {
             if *stop.borrow() {
                 break;
             }
-            let free = permits.available_permits();
+            let limit = self.send_limit(cap);
+            let batch = batch_size.min(limit);
+            let in_flight = sends.len();
+            // Above the limit after it fell: claim nothing until enough sends finished.
+            let free = limit.saturating_sub(in_flight);
             if free < batch.div_ceil(CLAIM_FRACTION) {
                 // Full: wait for sends to finish.
                 let joined = tokio::select! {
@@ -93,7 +110,7 @@ impl Worker {
             let mut held_back = false;
             if jobs.len() < want && !saturated.is_empty() {
                 // Nobody else has work due: the saturated may use spare slots.
-                let spare = Shares::spare(limit, limit - free + jobs.len()).min(want - jobs.len());
+                let spare = Shares::spare(limit, in_flight + jobs.len()).min(want - jobs.len());
                 if spare > 0 {
                     let more = self.claim(lease_ms, spare, &[]).await.unwrap_or_default();
                     held_back = more.len() == spare;
@@ -104,14 +121,6 @@ impl Worker {
             }
             let drained = jobs.len() < want;
             for job in jobs {
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    // Cannot happen (only this loop takes permits); never drop a claimed job.
-                    tracing::error!("no send slot for a claimed job; releasing it");
-                    if let Err(e) = self.store.release_jobs(&self.owner, &[job.id]).await {
-                        tracing::error!(error = %e, "releasing the job failed; its lease will expire");
-                    }
-                    continue;
-                };
                 let in_flight = InFlightJob {
                     id: job.id.clone(),
                     share: (job.app_id.clone(), job.platform),
@@ -120,9 +129,7 @@ impl Worker {
                 let (w, results) = (self.clone(), results.clone());
                 let handle = sends.spawn(async move {
                     let result = w.attempt(job).await;
-                    let handed_over = results.send(result).await.is_ok();
-                    drop(permit);
-                    handed_over
+                    results.send(result).await.is_ok()
                 });
                 tasks.insert(handle.id(), in_flight);
             }

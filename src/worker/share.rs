@@ -1,5 +1,6 @@
 //! Fair shares of the worker's send slots. Each app and provider may hold at most
-//! `limit / (busy + 1)` of the `worker.concurrency` slots while others may be waiting, where
+//! `limit / (busy + 1)` of the `limit` slots (the current send limit: the providers' stream
+//! capacity, at most `worker.concurrency`) while others may be waiting, where
 //! `busy` is how many apps and providers have sends in flight: one more than there are, so a
 //! newcomer always finds room. An app whose provider is slow therefore cannot take every
 //! slot from the others; when nobody else has work due, it may use slots the others leave

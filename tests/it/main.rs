@@ -28,6 +28,7 @@ mod render_limits;
 mod replay;
 mod safe_pruning;
 mod secrets;
+mod send_limit;
 mod transport;
 mod user_auth;
 mod webhooks;

@@ -5,9 +5,13 @@
 //! network path silently died (TCP up, nothing answered) would swallow every send until that
 //! ping fails. Owning the `PingPong` lets the pool ask "is this connection alive?" right after
 //! a request timed out, and close it at once when the PING goes unanswered.
+//!
+//! Each connection also reports how many concurrent streams its server currently allows
+//! (SETTINGS_MAX_CONCURRENT_STREAMS, which APNs lowers and raises while the connection
+//! lives) into its pool's total, so that the worker can size its sends in flight from it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +24,12 @@ use super::{ProviderResponse, TransportError, MAX_RESPONSE_BYTES};
 
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(60);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Streams assumed open to a server whose SETTINGS have not arrived yet: RFC 9113 advises
+/// servers to allow no fewer than 100, and h2 holds requests beyond it until they arrive.
+pub const FIRST_GUESS_STREAMS: u64 = 100;
+/// A server that sets no stream limit is counted as allowing this many (h2 reports
+/// `usize::MAX`, which would overflow any total).
+const UNLIMITED_STREAMS: u64 = u32::MAX as u64;
 
 /// What is known about one connection, shared by its sends, its driver and its keep-alive.
 pub(super) struct Health {
@@ -30,20 +40,59 @@ pub(super) struct Health {
     dead: AtomicBool,
     /// Requests currently waiting on it.
     streams: AtomicU64,
+    /// The concurrent streams its server allows, as last seen; what it adds to `allowed`.
+    advertised: AtomicU64,
+    /// Its pool's total of `advertised` over the open connections. Changed only under
+    /// `ended`'s lock, so an update racing the connection's end cannot leave a stale share.
+    allowed: Arc<AtomicU64>,
+    /// Set once the connection ended or broke and its share left `allowed`.
+    ended: StdMutex<bool>,
     /// `None` once the connection ended (h2 hands the `PingPong` out once).
     ping: Mutex<Option<PingPong>>,
     close: Notify,
 }
 
 impl Health {
-    fn new(id: u64, ping: Option<PingPong>) -> Self {
+    fn new(id: u64, ping: Option<PingPong>, allowed: Arc<AtomicU64>) -> Self {
         Self {
             id,
             broken: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             streams: AtomicU64::new(0),
+            advertised: AtomicU64::new(0),
+            allowed,
+            ended: StdMutex::new(false),
             ping: Mutex::new(ping),
             close: Notify::new(),
+        }
+    }
+
+    /// Records the stream limit `sender`'s server advertises now, keeping the pool's total
+    /// in step. Cheap when it did not change (the usual case).
+    fn learn(&self, sender: &SendRequest<Bytes>) {
+        let now = match sender.current_max_send_streams() {
+            usize::MAX => UNLIMITED_STREAMS,
+            n => (n as u64).min(UNLIMITED_STREAMS),
+        };
+        if self.advertised.load(Ordering::Relaxed) == now {
+            return;
+        }
+        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        if *ended {
+            return;
+        }
+        let before = self.advertised.swap(now, Ordering::Relaxed);
+        self.allowed.fetch_add(now, Ordering::Relaxed);
+        self.allowed.fetch_sub(before, Ordering::Relaxed);
+    }
+
+    /// Takes this connection's share out of the pool's total, for good.
+    fn end(&self) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        if !*ended {
+            *ended = true;
+            let before = self.advertised.swap(0, Ordering::Relaxed);
+            self.allowed.fetch_sub(before, Ordering::Relaxed);
         }
     }
 
@@ -51,8 +100,10 @@ impl Health {
         self.broken.load(Ordering::Relaxed)
     }
 
+    /// No new request may use it; its streams no longer count in the pool's total.
     pub(super) fn mark_broken(&self) {
         self.broken.store(true, Ordering::Relaxed);
+        self.end();
     }
 
     /// True once a PING on this connection went unanswered.
@@ -91,12 +142,14 @@ pub struct H2Connection {
 }
 
 /// Completes the HTTP/2 handshake on `io` and spawns the tasks that drive the connection
-/// and keep it alive. `on_end` runs once when the connection is gone.
+/// and keep it alive. The streams its server allows are counted in `allowed` while it is
+/// open. `on_end` runs once when the connection is gone.
 pub(super) async fn handshake<T>(
     io: T,
     id: u64,
     authority: String,
     keep_idle: bool,
+    allowed: Arc<AtomicU64>,
     on_end: impl FnOnce() + Send + 'static,
 ) -> Result<H2Connection, h2::Error>
 where
@@ -105,9 +158,12 @@ where
     let (sender, mut connection) = h2::client::Builder::new()
         // Many small responses arrive at once; don't make them wait for WINDOW_UPDATEs.
         .initial_connection_window_size(1 << 20)
+        // Until the server's SETTINGS say otherwise (h2 would assume no limit at all).
+        .initial_max_send_streams(FIRST_GUESS_STREAMS as usize)
         .handshake::<_, Bytes>(io)
         .await?;
-    let health = Arc::new(Health::new(id, connection.ping_pong()));
+    let health = Arc::new(Health::new(id, connection.ping_pong(), allowed));
+    health.learn(&sender);
     {
         let health = health.clone();
         tokio::spawn(async move {
@@ -187,6 +243,8 @@ pub(super) async fn post(
         }
     };
     let mut sender = sender.ready().await.map_err(unsent)?;
+    // The server's SETTINGS arrive after the handshake and may change at any time.
+    health.learn(&sender);
     let mut request = Request::new(());
     *request.method_mut() = Method::POST;
     *request.uri_mut() = uri.clone();
@@ -203,6 +261,8 @@ pub(super) async fn post(
             .map_err(|e| failed(health, &e))?;
     }
     let response = response.await.map_err(|e| failed(health, &e))?;
+    // By now the server's first SETTINGS have surely been read.
+    health.learn(&sender);
     let (parts, mut incoming) = response.into_parts();
     let mut body = Vec::new();
     while let Some(chunk) = incoming.data().await {

@@ -5,23 +5,27 @@
 //!   over TLS HTTP/2, against the simulator's raw capacity measured with h2load;
 //! - ingest: signed webhooks accepted per second against an unsigned, no-store endpoint of
 //!   the same binary, plus latency at a fixed 5k/s;
+//! - transactional: N signed webhooks posted by 32 clients, each for its own user with one
+//!   device, timed from the first POST to the last delivery;
 //! - latency: the same fan-out with the simulator answering each send late (a provider's
 //!   round trip), with `worker.concurrency = 256` (the old fixed limit) and with the default
 //!   (the limit follows the connections' advertised streams), side by side.
 //!
 //! `cargo bench --bench pipeline -- --sizes 1000,10000,100000 [--ingest-secs 10]
 //! [--h2load-requests 500000] [--sim-latency-ms 100] [--latency-sizes 20000]
-//! [--only delivery|ingest|latency]`
+//! [--transactional-events 4000] [--only delivery|ingest|latency|transactional]`
 //! `DATABASE_URL=postgres://...` adds a PostgreSQL column. See docs/BENCHMARKS.md.
 
 mod delivery;
 mod ingest;
 mod setup;
+mod transactional;
 
 use clap::{Parser, ValueEnum};
 
 use delivery::{delivery, h2load_raw, Scenario};
 use ingest::ingest;
+use transactional::transactional;
 
 /// The benchmark's flags; a missing or malformed value is an error, not a default.
 #[derive(Parser, Debug)]
@@ -42,6 +46,9 @@ struct Args {
     /// Fan-out sizes of the latency part, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "20000")]
     latency_sizes: Vec<u64>,
+    /// Webhooks of the transactional part, comma-separated sizes.
+    #[arg(long, value_delimiter = ',', default_value = "4000")]
+    transactional_events: Vec<u64>,
     /// Run only this part (default: all).
     #[arg(long, value_enum)]
     only: Option<Part>,
@@ -59,6 +66,8 @@ enum Part {
     Ingest,
     /// The fan-out at a provider round trip, old fixed limit against the default.
     Latency,
+    /// Many small signed webhooks, one user and one device each.
+    Transactional,
 }
 
 #[tokio::main]
@@ -113,6 +122,26 @@ async fn main() -> anyhow::Result<()> {
                     r.peak_rss_mb,
                     per(r.bridge_cpu),
                     per(r.sim_cpu)
+                );
+            }
+        }
+    }
+    if run(Part::Transactional) {
+        println!("\n## Transactional events: signed webhooks from {} clients, each for its own user with one device\n", 32);
+        println!("| backend | events | all accepted s | last delivered s | events/s end to end | p50 ms | p99 ms | process CPU µs/event (bridge + clients) |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        for backend in &backends {
+            for &n in &args.transactional_events {
+                let r = transactional(backend, n).await?;
+                println!(
+                    "| {backend} | {} | {:.2} | {:.2} | {:.0} | {} | {} | {:.0} |",
+                    r.events,
+                    r.accepted_secs,
+                    r.secs,
+                    r.events as f64 / r.secs,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.process_cpu / r.events as f64 * 1e6
                 );
             }
         }

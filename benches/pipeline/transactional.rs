@@ -1,0 +1,205 @@
+//! Transactional events: many small signed webhooks, each for a different user with one
+//! device, posted by concurrent clients, the way payments or finished builds arrive. Measures
+//! events per second from the first POST to the last delivery, and webhook-to-delivery
+//! latency.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use pushbridge::model::device::DeviceRegistration;
+use pushbridge::service::specs::{put_spec, Spec};
+use pushbridge::signature::{sign, Scheme};
+use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
+use pushbridge::store::{now_ms, SpecKind};
+use serde_json::json;
+
+use crate::setup::{bridge, cpu_secs, database_url, drop_database, Simulator};
+
+/// Concurrent webhook senders.
+const CLIENTS: u64 = 32;
+
+/// One transactional run's figures.
+pub struct TransactionalResult {
+    /// Events posted (one delivery each).
+    pub events: u64,
+    /// Seconds until every webhook was accepted.
+    pub accepted_secs: f64,
+    /// Seconds from the first POST to the last delivery.
+    pub secs: f64,
+    /// Median webhook-to-delivery latency.
+    pub p50_ms: i64,
+    /// 99th-percentile webhook-to-delivery latency.
+    pub p99_ms: i64,
+    /// CPU seconds of this process over the run: the bridge and the 32 clients that sign and
+    /// post the webhooks.
+    pub process_cpu: f64,
+}
+
+/// `events` signed webhooks, each for its own user with one device (half APNs, half FCM), on
+/// `backend`.
+pub async fn transactional(backend: &str, events: u64) -> anyhow::Result<TransactionalResult> {
+    let dir = tempfile::tempdir()?;
+    let sim = Simulator::start()?;
+    let db_url = database_url(backend, dir.path()).await?;
+    let running = bridge(db_url.clone(), &sim, None).await?;
+    let store = running.state.store.clone();
+    let app = store.create_app("bench").await?;
+    let app_id = app.app.id.clone();
+    let devices: Vec<(String, DeviceRegistration)> = (0..events)
+        .map(|i| {
+            let apns = i.is_multiple_of(2);
+            let token = if apns {
+                apns_test_token(ApnsTestKind::Success, i)
+            } else {
+                fcm_test_token(FcmTestKind::Success, i)
+            };
+            let reg = DeviceRegistration {
+                platform: if apns {
+                    pushbridge::model::Platform::Apns
+                } else {
+                    pushbridge::model::Platform::Fcm
+                },
+                user_id: Some(format!("user-{i}")),
+                locale: Some("en-US".into()),
+                timezone: None,
+                app_version: None,
+                environment: apns.then_some(pushbridge::model::ApnsEnvironment::Production),
+                topic: None,
+                attributes: json!({"first_name": format!("User {i}")}),
+                tags: vec![],
+            };
+            (token, reg)
+        })
+        .collect();
+    for chunk in devices.chunks(20_000) {
+        store.import_devices(&app_id, chunk).await?;
+    }
+    let template = json!({
+        "title": "Thanks {{ user.first_name }}",
+        "body": "Payment {{ event.data.payment }} of {{ event.data.amount }} received",
+    });
+    put_spec(
+        &store,
+        &app_id,
+        "receipt",
+        &Spec::parse(SpecKind::Template, &template.to_string())?,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rule = json!({"event": "payment.completed", "audience": {"user_id_path": "data.user"},
+        "template": "receipt"});
+    put_spec(
+        &store,
+        &app_id,
+        "payments",
+        &Spec::parse(SpecKind::Rule, &rule.to_string())?,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let source = pushbridge::model::source::new_source(
+        "pay".into(),
+        Scheme::StandardWebhooks,
+        vec![],
+        None,
+        &[],
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secret = store.create_source(&app_id, &source).await?.secrets[0]
+        .secret
+        .clone();
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS as usize)
+        .build()?;
+
+    let cpu0 = cpu_secs("self");
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let (client, next, base, app_id, secret) = (
+            client.clone(),
+            next.clone(),
+            base.clone(),
+            app_id.clone(),
+            secret.clone(),
+        );
+        senders.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= events {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let body = format!(
+                    r#"{{"type":"payment.completed","data":{{"user":"user-{i}","payment":"p-{i}","amount":"{}.00"}}}}"#,
+                    i % 100
+                );
+                let mut req = client
+                    .post(format!("{base}/v1/webhooks/{app_id}/pay"))
+                    .header("content-type", "application/json")
+                    .body(body.clone());
+                for (k, v) in sign(
+                    Scheme::StandardWebhooks,
+                    &secret,
+                    body.as_bytes(),
+                    &format!("msg-{i}"),
+                    now_ms() / 1000,
+                )? {
+                    req = req.header(k, v);
+                }
+                let status = req.send().await?.status().as_u16();
+                anyhow::ensure!(status == 202, "webhook {i} answered {status}");
+            }
+        });
+    }
+    while let Some(done) = senders.join_next().await {
+        done??;
+    }
+    let accepted_secs = started.elapsed().as_secs_f64();
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db_url).await?;
+    loop {
+        let (delivered,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM delivery_jobs WHERE status = 'delivered'")
+                .fetch_one(&pool)
+                .await?;
+        if delivered as u64 >= events {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "timed out with {delivered} of {events} delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let process_cpu = cpu_secs("self") - cpu0;
+    let mut latencies: Vec<i64> = sqlx::query_as::<_, (i64,)>(
+        "SELECT updated_at - event_at FROM delivery_jobs WHERE status = 'delivered'",
+    )
+    .fetch_all(&pool)
+    .await?
+    .into_iter()
+    .map(|(ms,)| ms)
+    .collect();
+    pool.close().await;
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    let result = TransactionalResult {
+        events,
+        accepted_secs,
+        secs,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        process_cpu,
+    };
+    running.shutdown().await?;
+    drop_database(backend, &db_url)
+        .await
+        .context("dropping the database")?;
+    Ok(result)
+}

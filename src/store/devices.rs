@@ -275,20 +275,21 @@ impl Store {
         let values: Vec<&String> = values.iter().filter(|v| !v.contains('\0')).collect();
         let mut out = Vec::new();
         for chunk in values.chunks(self.rows_per_statement()) {
-            let placeholders = super::values_rows(chunk.len(), "?", 2);
-            let sql = format!(
-                "SELECT {DEVICE_READ} FROM devices WHERE app_id = $1 AND state = 'active' \
-                 AND {column} IN ({}) ORDER BY token",
-                placeholders
-            );
+            let sql = where_in_sql(column, chunk.len());
             let mut q = sqlx::query_as::<_, DeviceRow>(&sql).bind(app_id);
             for v in chunk {
                 q = q.bind(v);
             }
+            // Only active devices are sent to. The state is checked here, not in SQL, so the
+            // planner looks rows up by user or token rather than scanning every active device
+            // of the app through the state index.
             for row in q.fetch_all(&self.pool).await? {
-                out.push(Device::try_from(row)?);
+                if row.state == DeviceState::Active {
+                    out.push(Device::try_from(row)?);
+                }
             }
         }
+        out.sort_by(|a, b| a.token.cmp(&b.token));
         Ok(out)
     }
 
@@ -439,5 +440,55 @@ impl Store {
         .execute(turn.db())
         .await?;
         Ok(r.rows_affected())
+    }
+}
+
+/// The devices of an app whose `column` is one of `n` values (`$2` on). No `ORDER BY`: with
+/// one, SQLite walks the app's whole primary key in token order instead of probing the
+/// user index once per value; the caller sorts.
+fn where_in_sql(column: &str, n: usize) -> String {
+    format!(
+        "SELECT {DEVICE_READ} FROM devices WHERE app_id = $1 AND {column} IN ({})",
+        super::values_rows(n, "?", 2)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::where_in_sql;
+    use crate::store::Store;
+
+    /// Fan-out looks devices up by user or token, never by scanning the app's devices: with
+    /// the state index beside them, a query that also filtered on the state let SQLite scan
+    /// every active device of the app once per event.
+    #[tokio::test]
+    async fn fan_out_lookups_use_the_user_and_token_indexes() {
+        let keyring =
+            crate::secrets::keyring_for(&Default::default(), "sqlite::memory:").expect("keyring");
+        let store = Store::connect("sqlite::memory:", 1, keyring)
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        for (column, index) in [
+            ("user_id", "devices_user"),
+            ("token", "sqlite_autoindex_devices_1"),
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", where_in_sql(column, 3)))
+                    .bind("app")
+                    .bind("a")
+                    .bind("b")
+                    .bind("c")
+                    .fetch_all(&store.pool)
+                    .await
+                    .expect("plan");
+            let detail: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
+            assert!(
+                detail
+                    .iter()
+                    .any(|d| d.contains(index) && d.contains(column)),
+                "{column}: {detail:?}"
+            );
+        }
     }
 }

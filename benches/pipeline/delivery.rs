@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use pushbridge::model::device::DeviceRegistration;
-use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
+use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};
 use pushbridge::store::now_ms;
 use serde_json::json;
 
 use crate::setup::{
-    bridge, certs, cpu_secs, database_url, drop_database, reset_peak_rss, rss_mb, Simulator,
+    bench_device, bridge, certs, cpu_secs, database_url, drop_database, reset_peak_rss, rss_mb,
+    Simulator,
 };
 
 /// One fan-out run's figures.
@@ -101,35 +102,14 @@ pub async fn delivery(
     let app = store.create_app("bench").await?;
     // Generated and imported in slices, so the setup does not inflate the measured peak.
     let registration = |i: u64| {
-        let apns = i.is_multiple_of(2);
-        let token = if apns {
-            apns_test_token(ApnsTestKind::Success, i)
-        } else {
-            fcm_test_token(FcmTestKind::Success, i)
-        };
-        let reg = DeviceRegistration {
-            platform: if apns {
-                pushbridge::model::Platform::Apns
+        bench_device(
+            i,
+            if i.is_multiple_of(3) {
+                "fr-FR"
             } else {
-                pushbridge::model::Platform::Fcm
+                "en-US"
             },
-            user_id: Some(format!("user-{i}")),
-            locale: Some(
-                if i.is_multiple_of(3) {
-                    "fr-FR"
-                } else {
-                    "en-US"
-                }
-                .into(),
-            ),
-            timezone: None,
-            app_version: None,
-            environment: apns.then_some(pushbridge::model::ApnsEnvironment::Production),
-            topic: None,
-            attributes: json!({"first_name": format!("User {i}")}),
-            tags: vec![],
-        };
-        (token, reg)
+        )
     };
     let mut start = 0;
     while start < devices {

@@ -5,11 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
-use pushbridge::store::now_ms;
 
-use crate::setup::{bridge, database_url, drop_database, Simulator};
+use crate::setup::{bridge, database_url, drop_database, signed_webhook, Simulator};
 
 /// One ingest measurement: requests per second and latency.
 pub struct IngestResult {
@@ -54,22 +52,12 @@ async fn ingest_closed(
                 let status = if signed {
                     let body =
                         format!(r#"{{"type":"order.shipped","data":{{"order":"{worker}-{n}"}}}}"#);
-                    let mut req = client
-                        .post(format!("{base}/v1/webhooks/{app_id}/shop"))
-                        .header("content-type", "application/json")
-                        .body(body.clone());
-                    for (k, v) in sign(
-                        Scheme::StandardWebhooks,
-                        &secret,
-                        body.as_bytes(),
-                        &format!("m-{worker}-{n}"),
-                        now_ms() / 1000,
-                    )
-                    .expect("a valid secret")
-                    {
-                        req = req.header(k, v);
-                    }
-                    req.send().await.map(|r| r.status().as_u16())
+                    let url = format!("{base}/v1/webhooks/{app_id}/shop");
+                    signed_webhook(&client, &url, &secret, body, &format!("m-{worker}-{n}"))
+                        .expect("a valid secret")
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
                 } else {
                     client
                         .get(format!("{base}/healthz"))
@@ -128,21 +116,9 @@ async fn ingest_fixed_rate(
         );
         tasks.spawn(async move {
             let body = format!(r#"{{"type":"order.shipped","data":{{"order":"fixed-{sent}"}}}}"#);
-            let mut req = client
-                .post(format!("{base}/v1/webhooks/{app_id}/shop"))
-                .header("content-type", "application/json")
-                .body(body.clone());
-            for (k, v) in sign(
-                Scheme::StandardWebhooks,
-                &secret,
-                body.as_bytes(),
-                &format!("fixed-{sent}"),
-                now_ms() / 1000,
-            )
-            .expect("a valid secret")
-            {
-                req = req.header(k, v);
-            }
+            let url = format!("{base}/v1/webhooks/{app_id}/shop");
+            let req = signed_webhook(&client, &url, &secret, body, &format!("fixed-{sent}"))
+                .expect("a valid secret");
             let t = Instant::now();
             let ok = matches!(req.send().await.map(|r| r.status().as_u16()), Ok(202));
             ok.then(|| t.elapsed().as_secs_f64() * 1000.0)

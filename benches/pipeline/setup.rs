@@ -165,3 +165,63 @@ pub async fn bridge(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     pushbridge::start(config, listener).await
 }
+
+/// Device `i` of a benchmark app: APNs for even `i`, FCM for odd, owned by `user-{i}`, with a
+/// first name for personalized templates.
+pub fn bench_device(
+    i: u64,
+    locale: &str,
+) -> (String, pushbridge::model::device::DeviceRegistration) {
+    use pushbridge::simulator::tokens::{
+        apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind,
+    };
+    let apns = i.is_multiple_of(2);
+    let token = if apns {
+        apns_test_token(ApnsTestKind::Success, i)
+    } else {
+        fcm_test_token(FcmTestKind::Success, i)
+    };
+    let reg = pushbridge::model::device::DeviceRegistration {
+        platform: if apns {
+            pushbridge::model::Platform::Apns
+        } else {
+            pushbridge::model::Platform::Fcm
+        },
+        user_id: Some(format!("user-{i}")),
+        locale: Some(locale.into()),
+        timezone: None,
+        app_version: None,
+        environment: apns.then_some(pushbridge::model::ApnsEnvironment::Production),
+        topic: None,
+        attributes: serde_json::json!({"first_name": format!("User {i}")}),
+        tags: vec![],
+    };
+    (token, reg)
+}
+
+/// A POST of `body` to the app's webhook source, signed as Standard Webhooks with message id
+/// `id`.
+pub fn signed_webhook(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    body: String,
+    id: &str,
+) -> anyhow::Result<reqwest::RequestBuilder> {
+    use pushbridge::signature::{sign, Scheme};
+    let headers = sign(
+        Scheme::StandardWebhooks,
+        secret,
+        body.as_bytes(),
+        id,
+        pushbridge::store::now_ms() / 1000,
+    )?;
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    Ok(req)
+}

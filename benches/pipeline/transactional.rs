@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use pushbridge::model::device::DeviceRegistration;
 use pushbridge::service::specs::{put_spec, Spec};
-use pushbridge::signature::{sign, Scheme};
-use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
-use pushbridge::store::{now_ms, SpecKind};
+use pushbridge::signature::Scheme;
+use pushbridge::store::SpecKind;
 use serde_json::json;
 
-use crate::setup::{bridge, cpu_secs, database_url, drop_database, Simulator};
+use crate::setup::{
+    bench_device, bridge, cpu_secs, database_url, drop_database, signed_webhook, Simulator,
+};
 
 /// Concurrent webhook senders.
 const CLIENTS: u64 = 32;
@@ -47,32 +48,8 @@ pub async fn transactional(backend: &str, events: u64) -> anyhow::Result<Transac
     let store = running.state.store.clone();
     let app = store.create_app("bench").await?;
     let app_id = app.app.id.clone();
-    let devices: Vec<(String, DeviceRegistration)> = (0..events)
-        .map(|i| {
-            let apns = i.is_multiple_of(2);
-            let token = if apns {
-                apns_test_token(ApnsTestKind::Success, i)
-            } else {
-                fcm_test_token(FcmTestKind::Success, i)
-            };
-            let reg = DeviceRegistration {
-                platform: if apns {
-                    pushbridge::model::Platform::Apns
-                } else {
-                    pushbridge::model::Platform::Fcm
-                },
-                user_id: Some(format!("user-{i}")),
-                locale: Some("en-US".into()),
-                timezone: None,
-                app_version: None,
-                environment: apns.then_some(pushbridge::model::ApnsEnvironment::Production),
-                topic: None,
-                attributes: json!({"first_name": format!("User {i}")}),
-                tags: vec![],
-            };
-            (token, reg)
-        })
-        .collect();
+    let devices: Vec<(String, DeviceRegistration)> =
+        (0..events).map(|i| bench_device(i, "en-US")).collect();
     for chunk in devices.chunks(20_000) {
         store.import_devices(&app_id, chunk).await?;
     }
@@ -136,19 +113,8 @@ pub async fn transactional(backend: &str, events: u64) -> anyhow::Result<Transac
                     r#"{{"type":"payment.completed","data":{{"user":"user-{i}","payment":"p-{i}","amount":"{}.00"}}}}"#,
                     i % 100
                 );
-                let mut req = client
-                    .post(format!("{base}/v1/webhooks/{app_id}/pay"))
-                    .header("content-type", "application/json")
-                    .body(body.clone());
-                for (k, v) in sign(
-                    Scheme::StandardWebhooks,
-                    &secret,
-                    body.as_bytes(),
-                    &format!("msg-{i}"),
-                    now_ms() / 1000,
-                )? {
-                    req = req.header(k, v);
-                }
+                let url = format!("{base}/v1/webhooks/{app_id}/pay");
+                let req = signed_webhook(&client, &url, &secret, body, &format!("msg-{i}"))?;
                 let status = req.send().await?.status().as_u16();
                 anyhow::ensure!(status == 202, "webhook {i} answered {status}");
             }

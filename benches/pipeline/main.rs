@@ -25,7 +25,7 @@ use clap::{Parser, ValueEnum};
 
 use delivery::{delivery, h2load_raw, Scenario};
 use ingest::ingest;
-use transactional::transactional;
+use transactional::{transactional, Arrival};
 
 /// The benchmark's flags; a missing or malformed value is an error, not a default.
 #[derive(Parser, Debug)]
@@ -127,22 +127,28 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if run(Part::Transactional) {
-        println!("\n## Transactional events: signed webhooks from {} clients, each for its own user with one device\n", 32);
-        println!("| backend | events | all accepted s | last delivered s | events/s end to end | p50 ms | p99 ms | process CPU µs/event (bridge + clients) |");
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "\n## Transactional events: {} clients, each event for its own user with one device\n",
+            32
+        );
+        println!("| backend | arrival | events | all accepted s | last delivered s | events/s end to end | p50 ms | p99 ms | process CPU µs/event (bridge + clients) |");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
         for backend in &backends {
-            for &n in &args.transactional_events {
-                let r = transactional(backend, n).await?;
-                println!(
-                    "| {backend} | {} | {:.2} | {:.2} | {:.0} | {} | {} | {:.0} |",
-                    r.events,
-                    r.accepted_secs,
-                    r.secs,
-                    r.events as f64 / r.secs,
-                    r.p50_ms,
-                    r.p99_ms,
-                    r.process_cpu / r.events as f64 * 1e6
-                );
+            for arrival in [Arrival::Webhooks, Arrival::DirectSends] {
+                for &n in &args.transactional_events {
+                    let r = transactional(backend, n, arrival).await?;
+                    println!(
+                        "| {backend} | {} | {} | {:.2} | {:.2} | {:.0} | {} | {} | {:.0} |",
+                        arrival.label(),
+                        r.events,
+                        r.accepted_secs,
+                        r.secs,
+                        r.events as f64 / r.secs,
+                        r.p50_ms,
+                        r.p99_ms,
+                        r.process_cpu / r.events as f64 * 1e6
+                    );
+                }
             }
         }
     }

@@ -38,9 +38,32 @@ pub struct TransactionalResult {
     pub process_cpu: f64,
 }
 
-/// `events` signed webhooks, each for its own user with one device (half APNs, half FCM), on
-/// `backend`.
-pub async fn transactional(backend: &str, events: u64) -> anyhow::Result<TransactionalResult> {
+/// How the events arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Signed webhooks matched by a rule.
+    Webhooks,
+    /// `POST /v1/notifications` to one user each.
+    DirectSends,
+}
+
+impl Arrival {
+    /// The label in the results table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Webhooks => "signed webhooks",
+            Self::DirectSends => "direct sends",
+        }
+    }
+}
+
+/// `events` events, each for its own user with one device (half APNs, half FCM), arriving as
+/// `arrival` says, on `backend`.
+pub async fn transactional(
+    backend: &str,
+    events: u64,
+    arrival: Arrival,
+) -> anyhow::Result<TransactionalResult> {
     let dir = tempfile::tempdir()?;
     let sim = Simulator::start()?;
     let db_url = database_url(backend, dir.path()).await?;
@@ -62,6 +85,18 @@ pub async fn transactional(backend: &str, events: u64) -> anyhow::Result<Transac
         &app_id,
         "receipt",
         &Spec::parse(SpecKind::Template, &template.to_string())?,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let direct = json!({
+        "title": "Thanks {{ user.first_name }}",
+        "body": "Payment {{ event.payment }} of {{ event.amount }} received",
+    });
+    put_spec(
+        &store,
+        &app_id,
+        "receipt_direct",
+        &Spec::parse(SpecKind::Template, &direct.to_string())?,
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -96,12 +131,13 @@ pub async fn transactional(backend: &str, events: u64) -> anyhow::Result<Transac
     let next = Arc::new(AtomicU64::new(0));
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..CLIENTS {
-        let (client, next, base, app_id, secret) = (
+        let (client, next, base, app_id, secret, server_key) = (
             client.clone(),
             next.clone(),
             base.clone(),
             app_id.clone(),
             secret.clone(),
+            app.server_key.clone(),
         );
         senders.spawn(async move {
             loop {
@@ -109,14 +145,30 @@ pub async fn transactional(backend: &str, events: u64) -> anyhow::Result<Transac
                 if i >= events {
                     return Ok::<(), anyhow::Error>(());
                 }
-                let body = format!(
-                    r#"{{"type":"payment.completed","data":{{"user":"user-{i}","payment":"p-{i}","amount":"{}.00"}}}}"#,
-                    i % 100
-                );
-                let url = format!("{base}/v1/webhooks/{app_id}/pay");
-                let req = signed_webhook(&client, &url, &secret, body, &format!("msg-{i}"))?;
+                let amount = format!("{}.00", i % 100);
+                let req = match arrival {
+                    Arrival::Webhooks => {
+                        let body = json!({"type": "payment.completed",
+                            "data": {"user": format!("user-{i}"), "payment": format!("p-{i}"),
+                                "amount": amount}});
+                        let url = format!("{base}/v1/webhooks/{app_id}/pay");
+                        signed_webhook(
+                            &client,
+                            &url,
+                            &secret,
+                            body.to_string(),
+                            &format!("msg-{i}"),
+                        )?
+                    }
+                    Arrival::DirectSends => client
+                        .post(format!("{base}/v1/notifications"))
+                        .bearer_auth(&server_key)
+                        .json(&json!({"to": {"user": format!("user-{i}")},
+                            "template": "receipt_direct",
+                            "data": {"payment": format!("p-{i}"), "amount": amount}})),
+                };
                 let status = req.send().await?.status().as_u16();
-                anyhow::ensure!(status == 202, "webhook {i} answered {status}");
+                anyhow::ensure!(status == 202, "event {i} answered {status}");
             }
         });
     }

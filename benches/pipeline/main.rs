@@ -7,16 +7,19 @@
 //!   the same binary, plus latency at a fixed 5k/s;
 //! - transactional: N signed webhooks posted by 32 clients, each for its own user with one
 //!   device, timed from the first POST to the last delivery;
+//! - fairness: app B's single notifications while app A's large fan-out is delivered;
 //! - latency: the same fan-out with the simulator answering each send late (a provider's
 //!   round trip), with `worker.concurrency = 256` (the old fixed limit) and with the default
 //!   (the limit follows the connections' advertised streams), side by side.
 //!
 //! `cargo bench --bench pipeline -- --sizes 1000,10000,100000 [--ingest-secs 10]
 //! [--h2load-requests 500000] [--sim-latency-ms 100] [--latency-sizes 20000]
-//! [--transactional-events 4000] [--only delivery|ingest|latency|transactional]`
+//! [--transactional-events 4000] [--fairness-sizes 100000]
+//! [--only delivery|ingest|latency|transactional|fairness]`
 //! `DATABASE_URL=postgres://...` adds a PostgreSQL column. See docs/BENCHMARKS.md.
 
 mod delivery;
+mod fairness;
 mod ingest;
 mod setup;
 mod transactional;
@@ -24,6 +27,7 @@ mod transactional;
 use clap::{Parser, ValueEnum};
 
 use delivery::{delivery, h2load_raw, Scenario};
+use fairness::fairness;
 use ingest::ingest;
 use transactional::{transactional, Arrival};
 
@@ -46,6 +50,9 @@ struct Args {
     /// Fan-out sizes of the latency part, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "20000")]
     latency_sizes: Vec<u64>,
+    /// App A's fan-out size in the fairness part, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100000")]
+    fairness_sizes: Vec<u64>,
     /// Webhooks of the transactional part, comma-separated sizes.
     #[arg(long, value_delimiter = ',', default_value = "4000")]
     transactional_events: Vec<u64>,
@@ -68,6 +75,8 @@ enum Part {
     Latency,
     /// Many small signed webhooks, one user and one device each.
     Transactional,
+    /// One app's single sends during another app's large fan-out.
+    Fairness,
 }
 
 #[tokio::main]
@@ -149,6 +158,20 @@ async fn main() -> anyhow::Result<()> {
                         r.process_cpu / r.events as f64 * 1e6
                     );
                 }
+            }
+        }
+    }
+    if run(Part::Fairness) {
+        println!("\n## Fairness: app B sends one notification every 100 ms while app A's fan-out is delivered\n");
+        println!("| backend | A's devices | A's fan-out s | B's sends | B p50 ms | B p99 ms | B max ms |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for backend in &backends {
+            for &n in &args.fairness_sizes {
+                let r = fairness(backend, n).await?;
+                println!(
+                    "| {backend} | {} | {:.2} | {} | {} | {} | {} |",
+                    r.fan_out, r.fan_out_secs, r.probes, r.p50_ms, r.p99_ms, r.max_ms
+                );
             }
         }
     }

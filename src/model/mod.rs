@@ -5,6 +5,7 @@
 pub mod device;
 pub mod locale;
 pub mod notification;
+pub mod policy;
 pub mod rules;
 pub mod source;
 pub mod status;

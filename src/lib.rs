@@ -5,6 +5,7 @@
 //! makes that listener from the config (the tests bind port 0 themselves).
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -157,22 +158,36 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 
 /// Starts the bridge on `listener` with `config`.
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Running> {
-    start_with(config, listener, None).await
+    start_with(config, listener, StartOptions::default()).await
 }
 
-/// Like [`start`], telling `observer` about every credential stored through this instance.
+/// What a start may add to the config: parts a config file cannot name.
+#[derive(Clone, Default)]
+pub struct StartOptions {
+    /// Told about every credential stored through this instance (as `serve --simulator`
+    /// tells its simulator).
+    pub credential_observer: Option<Arc<dyn service::credentials::CredentialObserver>>,
+    /// The clock the store, the worker and the providers share (tests shift it).
+    pub clock: clock::Clock,
+}
+
+/// Like [`start`], with `options`.
 pub async fn start_with(
     config: Config,
     listener: TcpListener,
-    observer: Option<Arc<dyn service::credentials::CredentialObserver>>,
+    options: StartOptions,
 ) -> anyhow::Result<Running> {
-    let store = open_store(&config).await?;
+    let StartOptions {
+        credential_observer: observer,
+        clock,
+    } = options;
+    let store = open_store(&config).await?.with_clock(clock.clone());
     warn_unverified_apps(&store).await?;
     let providers = Arc::new(Providers::with_settings(
         &config.apns,
         &config.fcm,
         &config.providers,
-        push::Clock::system(),
+        clock.clone(),
     )?);
     // Before any send: an app with its own key must never send with the default one.
     let (_, credentials) = store.all_credentials().await?;

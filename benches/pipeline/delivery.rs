@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use pushbridge::clock::now_ms;
 use pushbridge::model::device::DeviceRegistration;
 use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};
-use pushbridge::store::now_ms;
 use serde_json::json;
 
 use crate::setup::{

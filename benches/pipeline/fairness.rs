@@ -22,6 +22,10 @@ pub struct FairnessResult {
     pub p99_ms: i64,
     /// The slowest of B's.
     pub max_ms: i64,
+    /// 99th percentile of the part of B's time spent before its job existed (the fan-out).
+    pub p99_dispatch_ms: i64,
+    /// 99th percentile of the part spent with its job queued or in flight.
+    pub p99_queue_ms: i64,
 }
 
 /// App A fans out to `fan_out` devices; app B sends one notification to its one device every
@@ -86,12 +90,16 @@ pub async fn fairness(backend: &str, fan_out: u64) -> anyhow::Result<FairnessRes
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let fan_out_secs = started.elapsed().as_secs_f64();
-    let mut latencies = Vec::new();
+    let (mut latencies, mut dispatch, mut queue) = (Vec::new(), Vec::new(), Vec::new());
     for id in &probes {
         for _ in 0..2000 {
-            let l = store.delivery_latencies(id).await?;
-            if !l.is_empty() {
-                latencies.extend(l);
+            let phases = store.delivery_phases(id).await?;
+            if !phases.is_empty() {
+                for (d, q) in phases {
+                    latencies.push(d + q);
+                    dispatch.push(d);
+                    queue.push(q);
+                }
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -101,16 +109,18 @@ pub async fn fairness(backend: &str, fan_out: u64) -> anyhow::Result<FairnessRes
         latencies.len() == probes.len(),
         "not every probe was delivered"
     );
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
-    };
+    for v in [&mut latencies, &mut dispatch, &mut queue] {
+        v.sort_unstable();
+    }
+    let pct = |v: &[i64], p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
     let result = FairnessResult {
         fan_out,
         fan_out_secs,
         probes: probes.len(),
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
+        p50_ms: pct(&latencies, 0.5),
+        p99_ms: pct(&latencies, 0.99),
+        p99_dispatch_ms: pct(&dispatch, 0.99),
+        p99_queue_ms: pct(&queue, 0.99),
         max_ms: latencies.last().copied().unwrap_or(0),
     };
     running.shutdown().await?;

@@ -214,7 +214,7 @@ pub fn signed_webhook(
         secret,
         body.as_bytes(),
         id,
-        pushbridge::store::now_ms() / 1000,
+        pushbridge::clock::now_ms() / 1000,
     )?;
     let mut req = client
         .post(url)

@@ -188,6 +188,7 @@ pub async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()>
                 TemplateRef::Inline(Box::new(template)),
                 Default::default(),
                 Some("notification.test".into()),
+                Default::default(),
             )
             .await?;
             println!("queued event {id}");
@@ -195,7 +196,7 @@ pub async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()>
         }
         Command::Stats { app } => {
             let store = crate::open_store(&config).await?;
-            let now = crate::store::now_ms();
+            let now = store.now();
             println!(
                 "{:<6} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7}",
                 "window", "finished", "success", "avg ms", "p95 ms", "attempts", "pruned"
@@ -242,7 +243,11 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
             as std::sync::Arc<dyn crate::service::credentials::CredentialObserver>
     });
     let listener = crate::bind(&config)?;
-    let running = crate::start_with(config, listener, observer).await?;
+    let options = crate::StartOptions {
+        credential_observer: observer,
+        ..Default::default()
+    };
+    let running = crate::start_with(config, listener, options).await?;
     let stopper = running.stopper();
     tokio::spawn(async move {
         shutdown_signal().await;

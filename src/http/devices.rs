@@ -18,7 +18,7 @@ use crate::model::device::normalize_token;
 use crate::model::device::{DeviceRegistration, DeviceState, RegistrationRequest};
 use crate::model::{ApnsEnvironment, Platform};
 use crate::redact::Redacted;
-use crate::store::{now_ms, rfc3339, Device, KeyKind};
+use crate::store::{rfc3339, Device, KeyKind};
 use crate::user_auth::{ClientUserIds, Verifier};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -295,7 +295,7 @@ async fn authorize_user_id(
             secret: &settings.secret,
             public_keys: &settings.public_keys,
         };
-        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or_default();
+        let now_secs = u64::try_from(state.store.now() / 1000).unwrap_or_default();
         verifier.verify(proof, user_id, now_secs).map_err(|e| {
             tracing::info!(app = caller.app_id(), token = %Redacted(token), reason = %e, "user proof refused");
             ApiError::Forbidden(e.to_string())

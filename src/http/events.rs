@@ -22,6 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(show))
+        .routes(routes!(cancel))
 }
 
 /// Query of `GET /v1/events`.
@@ -66,6 +67,10 @@ struct DeliveryCounts {
     delivered: i64,
     dead: i64,
     invalid: i64,
+    capped: i64,
+    superseded: i64,
+    expired: i64,
+    cancelled: i64,
 }
 
 impl DeliveryCounts {
@@ -78,6 +83,10 @@ impl DeliveryCounts {
             JobStatus::Delivered => &mut self.delivered,
             JobStatus::Dead => &mut self.dead,
             JobStatus::Invalid => &mut self.invalid,
+            JobStatus::Capped => &mut self.capped,
+            JobStatus::Superseded => &mut self.superseded,
+            JobStatus::Expired => &mut self.expired,
+            JobStatus::Cancelled => &mut self.cancelled,
         } += n;
     }
 }
@@ -223,5 +232,61 @@ async fn show(
     Ok(Json(EventDetail {
         event: EventView::new(&event, true)?,
         deliveries,
+    }))
+}
+
+/// What `POST /v1/events/{id}/cancel` did.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Cancelled {
+    /// Jobs this request ended `cancelled`.
+    cancelled_now: u64,
+    /// The event after the cancel, with its deliveries by status (jobs in flight at the
+    /// time finish; one that would be retried ends `cancelled`).
+    #[serde(flatten)]
+    event: EventDetail,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/events/{id}/cancel",
+    operation_id = "cancel_event",
+    tag = "events",
+    summary = "Cancel every delivery of an event that has not been sent yet",
+    description = "Stops the event's fan-out and ends each job still queued or scheduled as \
+                   `cancelled`. Jobs being sent at that moment finish; none is sent later. \
+                   Cancelling twice is harmless.",
+    params(("id" = String, Path, description = "the event id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "the counts after the cancel", body = Cancelled),
+        ServerKeyErrors,
+        (status = 404, description = "no such event", body = ErrorBody),
+    ),
+)]
+async fn cancel(
+    State(state): State<AppState>,
+    caller: ServerCaller,
+    Path(id): Path<String>,
+) -> Result<Json<Cancelled>> {
+    let cancelled_now = state
+        .store
+        .cancel_event(caller.app_id(), &id)
+        .await?
+        .ok_or(ApiError::NotFound("event"))?;
+    let event = state
+        .store
+        .get_event(caller.app_id(), &id)
+        .await?
+        .ok_or(ApiError::NotFound("event"))?;
+    let mut deliveries = DeliveryCounts::default();
+    for (status, n) in state.store.event_counts(&event.id).await? {
+        deliveries.add(status, n);
+    }
+    Ok(Json(Cancelled {
+        cancelled_now,
+        event: EventDetail {
+            event: EventView::new(&event, false)?,
+            deliveries,
+        },
     }))
 }

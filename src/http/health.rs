@@ -101,7 +101,7 @@ async fn metrics(
     _operator: Operator,
     headers: axum::http::HeaderMap,
 ) -> impl IntoResponse {
-    match state.store.queue_stats(None, crate::store::now_ms()).await {
+    match state.store.queue_stats(None, state.store.now()).await {
         Ok(q) => state.metrics.set_queue(&q),
         Err(e) => tracing::warn!(error = %e, "sampling queue depth failed"),
     }

@@ -12,7 +12,8 @@ use utoipa_axum::routes;
 
 use super::openapi::{JsonBodyErrors, ServerKeyErrors};
 use super::{ApiJson, AppState, ServerCaller};
-use crate::error::Result;
+use crate::error::{ApiError, Result};
+use crate::model::policy::SendPolicy;
 use crate::model::rules::{Audience, DeviceFilter, TemplateRef};
 use crate::service::sends::enqueue_direct;
 
@@ -36,7 +37,6 @@ enum Recipients {
 
 /// Body of `POST /v1/notifications`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 struct SendRequest {
     to: Recipients,
     template: TemplateRef,
@@ -47,6 +47,14 @@ struct SendRequest {
     /// Event type recorded for the send (default `notification.direct`).
     #[schema(min_length = 1, max_length = 256)]
     event_type: Option<String>,
+    /// When and for how long it may go out: `send_at`, `deliver_at_local`, `within`,
+    /// `urgency`, `expires_at`, `ttl`, `category`.
+    #[serde(flatten)]
+    delivery: SendPolicy,
+    /// Fields a send does not have (refused; flattened fields cannot be refused by serde).
+    #[serde(flatten)]
+    #[schema(ignore)]
+    unknown: Map<String, Value>,
 }
 
 #[utoipa::path(
@@ -76,6 +84,9 @@ async fn send(
         Recipients::Tokens(t) => Audience::Tokens(t),
         Recipients::Devices(f) => Audience::Devices(f),
     };
+    if let Some(field) = body.unknown.keys().next() {
+        return Err(ApiError::field(field.as_str(), "unknown field"));
+    }
     let id = enqueue_direct(
         &state.store,
         caller.app_id(),
@@ -83,6 +94,7 @@ async fn send(
         body.template,
         body.data,
         body.event_type,
+        body.delivery,
     )
     .await?;
     state.wake.events.notify_one();

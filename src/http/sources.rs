@@ -15,7 +15,7 @@ use super::{parse_json, ApiJson, AppState, ServerCaller};
 use crate::error::{on_unique_violation, ApiError, ErrorBody, Result};
 use crate::model::source::{new_source, parse_cidrs, validate_event_type_path, MAX_SECRETS};
 use crate::signature::Scheme;
-use crate::store::{new_id, now_ms, rfc3339, SourceSecret, WebhookSource};
+use crate::store::{new_id, rfc3339, SourceSecret, WebhookSource};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -383,7 +383,7 @@ async fn add_secret(
     let added = SourceSecret {
         id: new_id("sec"),
         secret,
-        created_at: now_ms(),
+        created_at: state.store.now(),
     };
     source.secrets.push(added.clone());
     state.store.update_source(&source).await?;

@@ -174,7 +174,7 @@ async fn put_rule(
     Path(name): Path<String>,
     ApiJson(spec): ApiJson<RuleSpec>,
 ) -> Result<(StatusCode, Json<NamedRule>)> {
-    put_spec(&state, caller.app_id(), &name, Spec::Rule(spec)).await
+    put_spec(&state, caller.app_id(), &name, Spec::Rule(Box::new(spec))).await
 }
 
 async fn list<V: SpecView>(state: &AppState, app_id: &str) -> Result<Vec<V>> {

@@ -13,7 +13,7 @@ use crate::error::{ApiError, ErrorBody, Result};
 use crate::model::{JobStatus, Platform};
 use crate::redact::redact;
 use crate::service;
-use crate::store::{now_ms, rfc3339, QueueStats, WindowStats};
+use crate::store::{rfc3339, QueueStats, WindowStats};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stats))
@@ -135,7 +135,7 @@ async fn stats(
         (Viewer::Operator, None) => None,
     };
     let app = app_id.as_deref();
-    let now = now_ms();
+    let now = state.store.now();
     let windows = service::stats::windows(&state.store, app, now)
         .await?
         .into_iter()

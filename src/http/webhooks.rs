@@ -165,7 +165,7 @@ async fn accept(
             headers: &parts.headers,
             body: &body,
             client,
-            now_secs: crate::store::now_ms() / 1000,
+            now_secs: state.store.now() / 1000,
             tolerance_secs: state.config.webhooks.timestamp_tolerance_secs,
         },
     )

@@ -8,12 +8,12 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::policy::SendPolicy;
 use super::template::TemplateSpec;
 use super::Platform;
 
 /// A rule as stored and accepted by the API.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// Event type pattern; `*` matches any run of characters, `?` one character.
     #[schema(min_length = 1, max_length = 256, example = "payment.*")]
@@ -28,6 +28,15 @@ pub struct RuleSpec {
     /// Disabled rules never match.
     #[serde(default = "enabled")]
     pub enabled: bool,
+    /// When and for how long its notifications may go out (`delay`, `deliver_at_local`,
+    /// `expires_at`, ...), given beside the rule's other fields.
+    #[serde(flatten)]
+    pub delivery: SendPolicy,
+    /// Fields a rule does not have, refused by [`RuleSpec::validate`] (flattened fields
+    /// cannot be refused by serde itself).
+    #[serde(flatten, skip_serializing)]
+    #[schema(ignore)]
+    pub unknown: Map<String, Value>,
 }
 
 fn enabled() -> bool {
@@ -107,6 +116,12 @@ const MAX_LIST: usize = 10_000;
 impl RuleSpec {
     /// Checks everything that can be checked without the database.
     pub fn validate(&self) -> Result<(), RuleError> {
+        if let Some(field) = self.unknown.keys().next() {
+            return Err(rule_error(field.as_str(), "unknown field"));
+        }
+        self.delivery
+            .validate()
+            .map_err(|e| rule_error(e.field, e.message))?;
         if self.event.is_empty() || self.event.chars().count() > 256 {
             return Err(rule_error("event", "must be 1-256 characters"));
         }
@@ -241,6 +256,8 @@ mod tests {
             audience: Audience::UserIdPath("data.user_id".into()),
             template: TemplateRef::Named("t".into()),
             enabled: true,
+            delivery: Default::default(),
+            unknown: Default::default(),
         }
     }
 

@@ -22,21 +22,43 @@ pub enum JobStatus {
     Dead,
     /// The provider said the token is invalid; the device was pruned.
     Invalid,
+    /// Not sent: its user had reached the app's frequency cap for its category.
+    Capped,
+    /// Not sent: a newer job for the same device with the same collapse key replaced it
+    /// while it was still waiting.
+    Superseded,
+    /// Not sent: it expired (`expires_at` or `ttl`) before it could be sent.
+    Expired,
+    /// Not sent: its event was cancelled before it was sent.
+    Cancelled,
 }
 
 impl JobStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [JobStatus; 5] = [
+    pub const ALL: [JobStatus; 9] = [
         Self::Queued,
         Self::InFlight,
         Self::Delivered,
         Self::Dead,
         Self::Invalid,
+        Self::Capped,
+        Self::Superseded,
+        Self::Expired,
+        Self::Cancelled,
     ];
 
-    /// Delivered, dead or invalid: the job will not be sent again unless replayed.
+    /// The statuses a delivery policy ends a job with, without sending it.
+    pub const WITHHELD: [JobStatus; 4] = [
+        Self::Capped,
+        Self::Superseded,
+        Self::Expired,
+        Self::Cancelled,
+    ];
+
+    /// Every status but queued and in flight: the job will not be sent again unless a dead
+    /// letter is replayed.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Delivered | Self::Dead | Self::Invalid)
+        !matches!(self, Self::Queued | Self::InFlight)
     }
 
     /// Stored name.
@@ -47,6 +69,10 @@ impl JobStatus {
             Self::Delivered => "delivered",
             Self::Dead => "dead",
             Self::Invalid => "invalid",
+            Self::Capped => "capped",
+            Self::Superseded => "superseded",
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
         }
     }
 }

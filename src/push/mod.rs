@@ -8,7 +8,6 @@
 //! [`fcm`].
 
 pub mod apns;
-mod clock;
 pub mod credentials;
 pub mod fcm;
 mod outcome;
@@ -17,7 +16,6 @@ mod providers;
 mod target;
 
 pub use self::apns::ApnsConfig;
-pub use self::clock::Clock;
 pub use self::credentials::{ApnsCredential, FcmCredential, Fingerprint};
 pub use self::fcm::FcmConfig;
 pub use self::outcome::{Outcome, RetryClass};

@@ -13,7 +13,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::apns::{ApnsConfig, ApnsSender};
-use super::clock::Clock;
 use super::credentials::{
     apns_fingerprint, fcm_fingerprint, ApnsCredential, FcmCredential, Fingerprint,
 };
@@ -21,6 +20,7 @@ use super::fcm::{FcmConfig, FcmSender};
 use super::outcome::Outcome;
 use super::pool::{ConnectionCap, PoolStats, FIRST_GUESS_STREAMS};
 use super::target::Target;
+use crate::clock::Clock;
 use crate::model::{Notification, Platform};
 
 /// Settings shared by every sender: the connection cap, idle closing, and how often

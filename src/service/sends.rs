@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use super::specs::require_template;
 use crate::error::{ApiError, Result};
+use crate::model::policy::SendPolicy;
 use crate::model::rules::{Audience, RuleSpec, TemplateRef};
 use crate::store::{EventInsert, NewEvent, Store};
 
@@ -21,6 +22,7 @@ pub async fn enqueue_direct(
     template: TemplateRef,
     data: Map<String, Value>,
     event_type: Option<String>,
+    delivery: SendPolicy,
 ) -> Result<String> {
     let event_type = event_type.unwrap_or_else(|| DEFAULT_EVENT_TYPE.into());
     let rule = RuleSpec {
@@ -29,6 +31,8 @@ pub async fn enqueue_direct(
         audience,
         template,
         enabled: true,
+        delivery,
+        unknown: Map::new(),
     };
     rule.validate().map_err(|e| {
         let field = e.field.replace("audience.", "to.");

@@ -13,7 +13,7 @@ pub enum Spec {
     /// A named template.
     Template(Box<TemplateSpec>),
     /// A rule.
-    Rule(RuleSpec),
+    Rule(Box<RuleSpec>),
 }
 
 impl Spec {

@@ -103,8 +103,8 @@ pub use self::tokens::{
     apns_test_token, apns_test_token_failing_first, fcm_test_token, fcm_test_token_failing_first,
     ApnsTestKind, FcmTestKind,
 };
+use crate::clock::Clock;
 use crate::push::fcm::ServiceAccount;
-use crate::push::Clock;
 use crate::tls::{server_acceptor, ALPN_H2, ALPN_HTTP1};
 
 /// Makes every credential stored through the bridge known to the simulator, so that a key a

@@ -11,8 +11,8 @@ use super::config::SimulatorConfig;
 use super::faults::Faults;
 use super::identities::Identities;
 use super::record::RecordedRequest;
+use crate::clock::Clock;
 use crate::push::fcm::ServiceAccount;
-use crate::push::Clock;
 
 struct AccessToken {
     expires_at: i64,

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::sealed::USER_AUTH_SECRET;
-use super::{new_id, now_ms, Store};
+use super::{new_id, Store};
 use crate::user_auth::{generate_secret, ClientUserIds};
 
 /// A tenant: every device, source and event belongs to exactly one app.
@@ -119,7 +119,7 @@ impl Store {
         let app = App {
             id: new_id("app"),
             name: name.to_string(),
-            created_at: now_ms(),
+            created_at: self.now(),
         };
         let user_auth_secret = generate_secret();
         let sealed = self.seal(USER_AUTH_SECRET, &app.id, &user_auth_secret)?;
@@ -135,8 +135,8 @@ impl Store {
         .bind(ClientUserIds::Verified.as_str())
         .execute(&mut *tx)
         .await?;
-        let server_key = insert_key(&mut tx, &app.id, KeyKind::Server).await?;
-        let client_key = insert_key(&mut tx, &app.id, KeyKind::Client).await?;
+        let server_key = insert_key(&mut tx, &app.id, KeyKind::Server, self.now()).await?;
+        let client_key = insert_key(&mut tx, &app.id, KeyKind::Client, self.now()).await?;
         tx.commit().await?;
         Ok(NewApp {
             app,
@@ -179,7 +179,7 @@ impl Store {
     pub async fn create_key(&self, app_id: &str, kind: KeyKind) -> anyhow::Result<String> {
         let turn = self.write_turn().await;
         let mut tx = turn.db().begin().await?;
-        let key = insert_key(&mut tx, app_id, kind).await?;
+        let key = insert_key(&mut tx, app_id, kind, self.now()).await?;
         tx.commit().await?;
         Ok(key)
     }
@@ -201,7 +201,7 @@ impl Store {
         let turn = self.write_turn().await;
         let r =
             sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(now_ms())
+                .bind(self.now())
                 .bind(key_id)
                 .execute(turn.db())
                 .await?;
@@ -236,6 +236,7 @@ async fn insert_key(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     app_id: &str,
     kind: KeyKind,
+    now: i64,
 ) -> anyhow::Result<String> {
     let mut secret_bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut secret_bytes);
@@ -249,7 +250,7 @@ async fn insert_key(
     .bind(app_id)
     .bind(kind.as_str())
     .bind(hash_secret(&secret))
-    .bind(now_ms())
+    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(format!("{KEY_PREFIX}_{}_{id}_{secret}", kind.as_str()))

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
 use super::sealed::CREDENTIAL_KEY;
-use super::{new_id, now_ms, Store};
+use super::{new_id, Store};
 use crate::model::{ApnsEnvironment, Platform};
 use crate::push::fcm::ServiceAccount;
 use crate::push::{
@@ -92,7 +92,7 @@ impl Store {
         };
         let provider = key.platform();
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let mut tx = turn.db().begin().await?;
         // Keep the row id across replacements: the sealed key is bound to it.
         let existing: Option<(String, i64)> = sqlx::query_as(
@@ -141,7 +141,7 @@ impl Store {
         provider: Platform,
     ) -> anyhow::Result<bool> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let mut tx = turn.db().begin().await?;
         let deleted =
             sqlx::query("DELETE FROM app_credentials WHERE app_id = $1 AND provider = $2")
@@ -264,7 +264,7 @@ impl Store {
         probe_at: i64,
     ) -> anyhow::Result<(Breaker, bool)> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let mut tx = turn.db().begin().await?;
         let opened = sqlx::query(
             "INSERT INTO provider_breakers (app_id, provider, reason, since, probe_at) \
@@ -310,7 +310,7 @@ impl Store {
         .bind(next_probe_at)
         .bind(app_id)
         .bind(provider)
-        .bind(now_ms())
+        .bind(self.now())
         .execute(turn.db())
         .await?
         .rows_affected();
@@ -322,7 +322,7 @@ impl Store {
     pub async fn close_breaker(&self, app_id: &str, provider: Platform) -> anyhow::Result<bool> {
         let turn = self.write_turn().await;
         let mut tx = turn.db().begin().await?;
-        let closed = close_breaker_in(&mut tx, app_id, provider, now_ms()).await?;
+        let closed = close_breaker_in(&mut tx, app_id, provider, self.now()).await?;
         tx.commit().await?;
         Ok(closed)
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{lifecycle, now_ms, values_rows, Store};
+use super::{lifecycle, values_rows, Store};
 
 /// A dead letter as a replay needs it.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -73,7 +73,7 @@ impl Store {
         let turn = self.write_turn().await;
         // Every statement here writes first: in SQLite's WAL mode a transaction that reads and
         // then writes can fail when another writer commits in between.
-        let now = now_ms();
+        let now = self.now();
         let mut tx = turn.db().begin().await?;
         const REQUEUE: &str = "UPDATE delivery_jobs SET status = 'queued', attempts = 0, \
              next_attempt_at = $1, updated_at = $1, created_at = $1";
@@ -126,7 +126,7 @@ impl Store {
             return Ok(());
         }
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let mut tx = turn.db().begin().await?;
         for (id, reason) in reasons {
             sqlx::query(

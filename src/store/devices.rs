@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::{now_ms, Store};
+use super::Store;
 use crate::model::device::{DeviceRegistration, DeviceState};
 use crate::model::{ApnsEnvironment, Platform};
 use crate::redact::Redacted;
@@ -123,7 +123,7 @@ impl Store {
         reg: &DeviceRegistration,
     ) -> anyhow::Result<(Device, bool)> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let sql = format!(
             "INSERT INTO devices ({DEVICE_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
@@ -191,7 +191,7 @@ impl Store {
             .bind(&reg.topic)
             .bind(reg.attributes.to_string())
             .bind(serde_json::to_string(&reg.tags)?)
-            .bind(now_ms())
+            .bind(self.now())
             .fetch_optional(turn.db())
             .await?
             .map(Device::try_from)
@@ -325,7 +325,7 @@ impl Store {
         devices: &[(String, DeviceRegistration)],
     ) -> anyhow::Result<()> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let mut tx = turn.db().begin().await?;
         for chunk in devices.chunks(self.rows_per_statement()) {
             let mut sql = format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ");

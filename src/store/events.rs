@@ -1,6 +1,6 @@
 //! Received events: committed before the webhook is answered, deduplicated per source.
 
-use super::{new_id, now_ms, Store};
+use super::{new_id, Store};
 use crate::model::EventStatus;
 
 /// A stored event.
@@ -68,7 +68,7 @@ impl Store {
     /// Stores an event unless the same source already sent the same external id.
     pub async fn insert_event(&self, new: &NewEvent<'_>) -> anyhow::Result<EventInsert> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let id = new_id("evt");
         let inserted: Option<(String,)> = sqlx::query_as(&format!(
             "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) \
@@ -212,7 +212,7 @@ impl Store {
         events: &[IncomingEvent],
     ) -> anyhow::Result<Vec<EventInsert>> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let ids: Vec<String> = events.iter().map(|_| new_id("evt")).collect();
         let mut tx = turn.db().begin().await?;
         let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use sqlx::AnyConnection;
 
-use super::{now_ms, values_rows, Event, Store};
+use super::{values_rows, Event, Store};
 use crate::model::{JobStatus, Platform};
 
 /// A job produced by fan-out.
@@ -23,6 +23,16 @@ pub struct NewJob {
     pub status: JobStatus,
     /// Why it is dead, if it is.
     pub last_reason: Option<String>,
+    /// When it is due, and why it waits until then; `None`: due at once.
+    pub due: Option<(i64, crate::model::policy::Hold)>,
+    /// It is never sent after this time.
+    pub expires_at: Option<i64>,
+    /// A newer job for the same device with this key supersedes this one while it waits.
+    pub collapse_key: Option<String>,
+    /// The device's user, for frequency caps.
+    pub user_id: Option<String>,
+    /// Its frequency-cap category.
+    pub category: Option<String>,
 }
 
 /// How far an event's fan-out got: rules are written in name order, and within a rule the
@@ -71,7 +81,7 @@ impl Store {
             .filter(|j| j.status == JobStatus::Queued)
             .count() as i64;
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let mut tx = turn.db().begin().await?;
         // The lease check comes first, so a writer that lost the event writes nothing.
         let held = sqlx::query(
@@ -128,7 +138,7 @@ impl Store {
         fan_outs: &[WholeFanOut<'_>],
     ) -> anyhow::Result<Vec<bool>> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let mut tx = turn.db().begin().await?;
         let mut written = Vec::with_capacity(fan_outs.len());
         // (job id, event, job) of every event still held.
@@ -176,7 +186,8 @@ impl Store {
 }
 
 impl Store {
-    /// Inserts fan-out jobs, each `(id, its event, the job)`, in multi-row statements.
+    /// Inserts fan-out jobs, each `(id, its event, the job)`, in multi-row statements; then
+    /// every waiting job of an earlier event that one of them collapses ends `superseded`.
     async fn insert_jobs(
         &self,
         conn: &mut AnyConnection,
@@ -186,11 +197,12 @@ impl Store {
         for chunk in rows.chunks(self.rows_per_statement()) {
             let mut sql = String::from(
                 "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
-                 attempts, next_attempt_at, last_reason, event_at, created_at, updated_at) VALUES ",
+                 attempts, next_attempt_at, last_reason, event_at, created_at, updated_at, hold, \
+                 expires_at, collapse_key, user_id, category) VALUES ",
             );
             sql.push_str(&values_rows(
                 chunk.len(),
-                "(?, ?, ?, ?, ?, ?, ?, ?, 0, $1, ?, ?, $1, $1)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, $1, $1, ?, ?, ?, ?, ?)",
                 2,
             ));
             let mut q = sqlx::query(&sql).bind(now);
@@ -204,11 +216,57 @@ impl Store {
                     .bind(&j.token)
                     .bind(j.status)
                     .bind(&j.job)
+                    .bind(j.due.map_or(now, |(at, _)| at.max(now)))
                     .bind(&j.last_reason)
-                    .bind(event.received_at);
+                    .bind(event.received_at)
+                    .bind(j.due.map(|(_, hold)| hold.as_str()))
+                    .bind(j.expires_at)
+                    .bind(&j.collapse_key)
+                    .bind(&j.user_id)
+                    .bind(&j.category);
             }
             q.execute(&mut *conn).await?;
         }
-        Ok(())
+        supersede_collapsed(conn, rows, now).await
     }
+}
+
+/// Ends `superseded` every job still waiting for a device under a collapse key that one of
+/// `rows` carries, when it belongs to an older event (received earlier; the event id breaks
+/// a tie), and counts them off their events.
+async fn supersede_collapsed(
+    conn: &mut AnyConnection,
+    rows: &[(String, &Event, &NewJob)],
+    now: i64,
+) -> anyhow::Result<()> {
+    let mut ended: std::collections::BTreeMap<String, i64> = Default::default();
+    for (_, event, job) in rows {
+        let Some(key) = &job.collapse_key else {
+            continue;
+        };
+        if job.status != JobStatus::Queued {
+            continue;
+        }
+        let superseded: Vec<(String,)> = sqlx::query_as(
+            "UPDATE delivery_jobs SET status = 'superseded', updated_at = $1, \
+             last_reason = 'a newer notification with the same collapse key replaced it' \
+             WHERE app_id = $2 AND token = $3 AND collapse_key = $4 AND status = 'queued' \
+             AND (event_at < $6 OR (event_at = $6 AND event_id < $5)) RETURNING event_id",
+        )
+        .bind(now)
+        .bind(&event.app_id)
+        .bind(&job.token)
+        .bind(key)
+        .bind(&event.id)
+        .bind(event.received_at)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (event_id,) in superseded {
+            *ended.entry(event_id).or_default() += 1;
+        }
+    }
+    for (event_id, n) in ended {
+        super::lifecycle::complete_event_if_done(conn, &event_id, n, now).await?;
+    }
+    Ok(())
 }

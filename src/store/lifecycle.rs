@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use sqlx::AnyConnection;
 
 use super::events::EVENT_COLUMNS;
-use super::{now_ms, values_rows, Event, Store};
+use super::{values_rows, Event, Store};
 
 impl Store {
     /// Leases up to `limit` received events for fan-out.
@@ -18,7 +18,7 @@ impl Store {
         limit: i64,
     ) -> anyhow::Result<Vec<Event>> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let lock = self.skip_locked();
         Ok(sqlx::query_as::<_, Event>(&format!(
             "UPDATE events SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
@@ -40,7 +40,7 @@ impl Store {
     /// later slices were written). False when this instance no longer holds the lease.
     pub async fn finish_fan_out(&self, event_id: &str, owner: &str) -> anyhow::Result<bool> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let mut tx = turn.db().begin().await?;
         let moved = sqlx::query(
             "UPDATE events SET status = 'dispatched', updated_at = $1, lease_owner = NULL, \
@@ -64,7 +64,7 @@ impl Store {
     /// Completes leased events that no rule matched, in one statement.
     pub async fn complete_unmatched(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         for chunk in ids.chunks(self.rows_per_statement()) {
             let placeholders = values_rows(chunk.len(), "?", 3);
             let sql = format!(
@@ -81,6 +81,45 @@ impl Store {
         Ok(())
     }
 
+    /// Cancels an event of `app_id`: its fan-out stops (a writer still holding its lease
+    /// finds it gone and writes nothing more), and every job not sent yet ends `cancelled`;
+    /// jobs being sent right now finish, and one of them that would be retried ends
+    /// `cancelled` instead. Returns how many jobs it cancelled, or `None` when the app has no
+    /// such event.
+    pub async fn cancel_event(&self, app_id: &str, event_id: &str) -> anyhow::Result<Option<u64>> {
+        let turn = self.write_turn().await;
+        let now = self.now();
+        let mut tx = turn.db().begin().await?;
+        let found = sqlx::query(
+            "UPDATE events SET cancelled_at = COALESCE(cancelled_at, $1), updated_at = $1, \
+             status = CASE WHEN status = 'received' THEN 'dispatched' ELSE status END, \
+             lease_owner = NULL, lease_until = NULL, fanout_cursor = NULL \
+             WHERE id = $2 AND app_id = $3",
+        )
+        .bind(now)
+        .bind(event_id)
+        .bind(app_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if found == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let cancelled = sqlx::query(
+            "UPDATE delivery_jobs SET status = 'cancelled', updated_at = $1, \
+             last_reason = 'its event was cancelled' WHERE event_id = $2 AND status = 'queued'",
+        )
+        .bind(now)
+        .bind(event_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        complete_event_if_done(&mut tx, event_id, cancelled as i64, now).await?;
+        tx.commit().await?;
+        Ok(Some(cancelled))
+    }
+
     /// Gives an event back (fan-out failed) so it is tried again after `delay_ms`.
     pub async fn release_event(
         &self,
@@ -90,7 +129,7 @@ impl Store {
     ) -> anyhow::Result<()> {
         let turn = self.write_turn().await;
         sqlx::query("UPDATE events SET lease_until = $1 WHERE id = $2 AND lease_owner = $3")
-            .bind(now_ms() + delay_ms)
+            .bind(self.now() + delay_ms)
             .bind(event_id)
             .bind(owner)
             .execute(turn.db())

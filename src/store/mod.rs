@@ -42,7 +42,6 @@ pub use stats::{FailureCount, QueueStats, SeriesPoint, WindowStats};
 pub use user_auth::UserAuth;
 
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -79,6 +78,8 @@ pub struct Store {
     write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Seals secrets on write and opens them on read.
     keyring: std::sync::Arc<crate::secrets::Keyring>,
+    /// The time every stored timestamp and every due check uses.
+    clock: crate::clock::Clock,
 }
 
 /// SQLite page cache of the one writing connection, KiB.
@@ -165,7 +166,24 @@ impl Store {
             source_cache: Default::default(),
             write_lock: Default::default(),
             keyring: std::sync::Arc::new(keyring),
+            clock: crate::clock::Clock::system(),
         })
+    }
+
+    /// The same store on `clock` (every handle cloned from it too).
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &crate::clock::Clock {
+        &self.clock
+    }
+
+    /// Current time as unix milliseconds, the unit every stored timestamp uses.
+    pub fn now(&self) -> i64 {
+        self.clock.unix_millis()
     }
 
     /// Applies pending migrations for this backend, then seals the secrets still stored in
@@ -276,14 +294,6 @@ pub(crate) fn values_rows(rows: usize, row: &str, first: usize) -> String {
         }
     }
     out
-}
-
-/// Current time as unix milliseconds, the unit every stored timestamp uses.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// Formats unix milliseconds as RFC 3339 UTC with fixed millisecond precision, so the strings

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use sqlx::AnyConnection;
 
 use super::sealed::CALLBACK_SECRET;
-use super::{new_id, now_ms, values_rows, Store};
+use super::{new_id, values_rows, Store};
 
 /// A callback waiting to be delivered to an app's backend.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -103,7 +103,7 @@ impl Store {
         limit: i64,
     ) -> anyhow::Result<Vec<CallbackRow>> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let lock = self.skip_locked();
         Ok(sqlx::query_as::<_, CallbackRow>(&format!(
             "UPDATE callback_outbox SET next_attempt_at = $1 WHERE id IN ( \
@@ -127,9 +127,9 @@ impl Store {
     ) -> anyhow::Result<()> {
         let turn = self.write_turn().await;
         let (status, next_attempt_at) = match attempt {
-            CallbackAttempt::Delivered => ("delivered", now_ms()),
+            CallbackAttempt::Delivered => ("delivered", self.now()),
             CallbackAttempt::RetryAt(at) => ("queued", at),
-            CallbackAttempt::GiveUp => ("dead", now_ms()),
+            CallbackAttempt::GiveUp => ("dead", self.now()),
         };
         sqlx::query(
             "UPDATE callback_outbox SET status = $1, attempts = attempts + 1, \

@@ -2,11 +2,11 @@
 //! of attempts. What an outcome means (retry when, prune which device, tell the app how) is
 //! decided by the worker; this file writes those decisions in one transaction.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sqlx::AnyConnection;
 
-use super::{lifecycle, new_id, now_ms, outbox, values_rows, Store};
+use super::{lifecycle, new_id, outbox, values_rows, Store};
 use crate::model::{ApnsEnvironment, AttemptOutcome, JobStatus, Platform};
 
 /// A job claimed by a worker.
@@ -30,6 +30,8 @@ pub struct ClaimedJob {
     pub created_at: i64,
     /// When its event was received (for event-to-delivery latency).
     pub event_at: i64,
+    /// It is never sent after this time.
+    pub expires_at: Option<i64>,
 }
 
 /// What the worker's verdict does to a device.
@@ -122,7 +124,7 @@ impl Store {
     /// Puts jobs whose lease expired (their worker died) back in the queue.
     pub async fn requeue_expired(&self) -> anyhow::Result<u64> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let r = sqlx::query(&format!(
             "UPDATE delivery_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, \
              updated_at = $1 WHERE id IN (SELECT id FROM delivery_jobs \
@@ -145,7 +147,7 @@ impl Store {
              WHERE lease_owner = $2 AND status = 'in_flight' {})",
             self.skip_locked()
         ))
-        .bind(now_ms() + lease_ms)
+        .bind(self.now() + lease_ms)
         .bind(owner)
         .execute(turn.db())
         .await?;
@@ -153,9 +155,12 @@ impl Store {
     }
 
     /// Claims up to `limit` due jobs under a lease, none of an app and platform in `skip`
-    /// (those already hold their share of the worker's send slots). `updated_at` stays the
-    /// time of the last recorded outcome, so a claim moves the job in none of the indexes
-    /// keyed by it.
+    /// (those already hold their share of the worker's send slots). Every app and platform
+    /// with work due takes its turn: the claim interleaves their oldest due jobs one by one,
+    /// so one app's large backlog never makes another app's jobs wait behind it. Each app
+    /// and platform is read through its own index range, a bounded number of rows, never the
+    /// whole due backlog. `updated_at` stays the time of the last recorded outcome, so a
+    /// claim moves the job in none of the indexes keyed by it.
     pub async fn claim_jobs(
         &self,
         owner: &str,
@@ -164,31 +169,64 @@ impl Store {
         skip: &[(String, Platform)],
     ) -> anyhow::Result<Vec<ClaimedJob>> {
         let turn = self.write_turn().await;
-        let now = now_ms();
-        let lock = self.skip_locked();
-        let mut skipped = String::new();
-        for i in 0..skip.len() {
-            let n = 5 + 2 * i;
-            skipped.push_str(&format!(
-                " AND NOT (app_id = ${n} AND platform = ${})",
-                n + 1
-            ));
+        let now = self.now();
+        let mut due: Vec<(String, Platform)> = due_queues(turn.db(), now)
+            .await?
+            .into_iter()
+            .filter(|q| !skip.contains(q))
+            .collect();
+        let mut claimed = Vec::new();
+        // A queue with fewer due jobs than its part leaves room for the others: claim again
+        // from those that filled their part, a few rounds at most.
+        for _ in 0..CLAIM_ROUNDS {
+            let want = limit - claimed.len() as i64;
+            if want <= 0 || due.is_empty() {
+                break;
+            }
+            let part = (want * 2 / due.len() as i64).clamp(1, want);
+            let jobs = self
+                .claim_from(turn.db(), owner, now, lease_ms, want, part, &due)
+                .await?;
+            let mut taken: HashMap<(&str, Platform), i64> = HashMap::new();
+            for j in &jobs {
+                *taken.entry((j.app_id.as_str(), j.platform)).or_default() += 1;
+            }
+            due.retain(|(app, platform)| {
+                taken.get(&(app.as_str(), *platform)).copied().unwrap_or(0) >= part
+            });
+            let got = jobs.len() as i64;
+            claimed.extend(jobs);
+            if got < want && due.is_empty() {
+                break;
+            }
         }
-        let sql = format!(
-            "UPDATE delivery_jobs SET status = 'in_flight', lease_owner = $1, lease_until = $2 \
-             WHERE id IN (SELECT id FROM delivery_jobs WHERE status = 'queued' \
-               AND next_attempt_at <= $3{skipped} ORDER BY next_attempt_at LIMIT $4 {lock}) \
-             RETURNING id, app_id, event_id, platform, token, job, attempts, created_at, event_at"
-        );
+        Ok(claimed)
+    }
+
+    /// One claim round: up to `part` jobs from each of `queues`, oldest due first within
+    /// each, taken in turns across them, `want` at most in all.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_from(
+        &self,
+        db: &sqlx::AnyPool,
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+        want: i64,
+        part: i64,
+        queues: &[(String, Platform)],
+    ) -> anyhow::Result<Vec<ClaimedJob>> {
+        let sql = claim_sql(queues.len(), self.skip_locked());
         let mut q = sqlx::query_as::<_, ClaimedJob>(&sql)
             .bind(owner)
             .bind(now + lease_ms)
             .bind(now)
-            .bind(limit);
-        for (app_id, platform) in skip {
+            .bind(want)
+            .bind(part);
+        for (app_id, platform) in queues {
             q = q.bind(app_id).bind(*platform);
         }
-        Ok(q.fetch_all(turn.db()).await?)
+        Ok(q.fetch_all(db).await?)
     }
 
     /// Returns claimed jobs to the queue untouched (graceful shutdown).
@@ -220,9 +258,18 @@ impl Store {
         callbacks: &dyn PruneCallbacks,
     ) -> anyhow::Result<u64> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let mut tx = turn.db().begin().await?;
-        let owned = self.update_jobs(&mut tx, owner, results, now).await?;
+        let cancelled = cancelled_events(&mut tx, results).await?;
+        let status = |r: &JobResult| match r.status {
+            JobStatus::Queued if cancelled.contains(r.job.event_id.as_str()) => {
+                JobStatus::Cancelled
+            }
+            s => s,
+        };
+        let owned = self
+            .update_jobs(&mut tx, owner, results, &status, now)
+            .await?;
         let mine: Vec<&JobResult> = results
             .iter()
             .filter(|r| owned.contains(&r.job.id))
@@ -241,7 +288,7 @@ impl Store {
         // Jobs that reached a final status, by event; in a consistent order, so two batches
         // that lock the same events cannot deadlock.
         let mut finished: BTreeMap<&str, i64> = Default::default();
-        for r in mine.iter().filter(|r| r.status.is_final()) {
+        for r in mine.iter().filter(|r| status(r).is_final()) {
             *finished.entry(r.job.event_id.as_str()).or_default() += 1;
         }
         for (event_id, done) in finished {
@@ -259,6 +306,7 @@ impl Store {
         conn: &mut AnyConnection,
         owner: &str,
         results: &[JobResult],
+        status: &(dyn Fn(&JobResult) -> JobStatus + Sync),
         now: i64,
     ) -> anyhow::Result<HashSet<String>> {
         let mut owned: HashSet<String> = HashSet::with_capacity(results.len());
@@ -282,7 +330,7 @@ impl Store {
             for r in chunk {
                 q = q
                     .bind(&r.job.id)
-                    .bind(r.status)
+                    .bind(status(r))
                     .bind(r.attempts_after())
                     .bind(r.next_attempt_at)
                     .bind(&r.reason)
@@ -323,6 +371,92 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The events among `results`' jobs going back to the queue that were cancelled meanwhile:
+/// those jobs end `cancelled` instead.
+async fn cancelled_events<'r>(
+    conn: &mut AnyConnection,
+    results: &'r [JobResult],
+) -> anyhow::Result<HashSet<&'r str>> {
+    let retried: BTreeSet<&str> = results
+        .iter()
+        .filter(|r| r.status == JobStatus::Queued)
+        .map(|r| r.job.event_id.as_str())
+        .collect();
+    let mut cancelled = HashSet::new();
+    for event_id in retried {
+        let hit: Option<(i64,)> = sqlx::query_as(
+            "SELECT cancelled_at FROM events WHERE id = $1 AND cancelled_at IS NOT NULL",
+        )
+        .bind(event_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if hit.is_some() {
+            cancelled.insert(event_id);
+        }
+    }
+    Ok(cancelled)
+}
+
+/// Claim rounds at most: the first takes a part from every queue with work due, later ones
+/// fill what queues with fewer due jobs left.
+const CLAIM_ROUNDS: usize = 3;
+
+/// The apps and platforms with a job due now, found by skipping from one app to the next
+/// through the due index (a probe per app with queued jobs, not a row per job).
+async fn due_queues(db: &sqlx::AnyPool, now: i64) -> anyhow::Result<Vec<(String, Platform)>> {
+    Ok(sqlx::query_as::<_, (String, Platform)>(&due_queues_sql())
+        .bind(now)
+        .fetch_all(db)
+        .await?)
+}
+
+/// See [`due_queues`]; `$1` is now.
+fn due_queues_sql() -> String {
+    let platforms: Vec<String> = Platform::ALL
+        .iter()
+        .map(|p| format!("SELECT '{}' AS platform", p.as_str()))
+        .collect();
+    format!(
+        "WITH RECURSIVE apps(app_id) AS ( \
+           SELECT MIN(app_id) FROM delivery_jobs WHERE status = 'queued' \
+           UNION ALL \
+           SELECT (SELECT MIN(j.app_id) FROM delivery_jobs j WHERE j.status = 'queued' \
+                   AND j.app_id > apps.app_id) FROM apps WHERE apps.app_id IS NOT NULL) \
+         SELECT app_id, platform FROM (SELECT apps.app_id, p.platform, \
+           (SELECT j.next_attempt_at FROM delivery_jobs j WHERE j.status = 'queued' \
+            AND j.app_id = apps.app_id AND j.platform = p.platform \
+            ORDER BY j.app_id, j.platform, j.next_attempt_at LIMIT 1) AS due_at \
+           FROM apps, ({}) p WHERE apps.app_id IS NOT NULL) queues WHERE due_at <= $1",
+        platforms.join(" UNION ALL ")
+    )
+}
+
+/// The claim of [`Store::claim_from`] over `queues` queues: `$1` owner, `$2` lease end, `$3`
+/// now, `$4` jobs in all, `$5` jobs per queue, then each queue's app and platform.
+fn claim_sql(queues: usize, lock: &str) -> String {
+    let branches: Vec<String> = (0..queues)
+        .map(|i| {
+            let n = 6 + 2 * i;
+            format!(
+                "SELECT * FROM (SELECT id, app_id, next_attempt_at FROM delivery_jobs \
+                 WHERE status = 'queued' AND app_id = ${n} AND platform = ${} \
+                 AND next_attempt_at <= $3 ORDER BY app_id, platform, next_attempt_at \
+                 LIMIT $5 {lock}) q{i}",
+                n + 1
+            )
+        })
+        .collect();
+    format!(
+        "UPDATE delivery_jobs SET status = 'in_flight', lease_owner = $1, lease_until = $2 \
+         WHERE id IN (SELECT id FROM (SELECT id, next_attempt_at, ROW_NUMBER() OVER \
+           (PARTITION BY app_id ORDER BY next_attempt_at) AS turn FROM ({}) due) ranked \
+           ORDER BY turn, next_attempt_at LIMIT $4) \
+         RETURNING id, app_id, event_id, platform, token, job, attempts, created_at, event_at, \
+         expires_at",
+        branches.join(" UNION ALL ")
+    )
 }
 
 /// Applies the verdicts among `results`: prunes each gone device and marks each suspect one,
@@ -405,4 +539,38 @@ async fn learn_environments(
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{claim_sql, due_queues_sql};
+    use crate::store::Store;
+
+    /// Every read of a claim goes through the per-queue due index: finding the queues with
+    /// work due and taking their oldest jobs never scans the backlog.
+    #[tokio::test]
+    async fn claims_read_the_due_index_not_the_backlog() {
+        let keyring =
+            crate::secrets::keyring_for(&Default::default(), "sqlite::memory:").expect("keyring");
+        let store = Store::connect("sqlite::memory:", 1, keyring)
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        for sql in [due_queues_sql(), claim_sql(2, "")] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .fetch_all(&store.pool)
+                    .await
+                    .expect("plan");
+            let reads: Vec<&str> = plan
+                .iter()
+                .map(|r| r.3.as_str())
+                .filter(|d| d.contains("delivery_jobs") && !d.contains("(id=?)"))
+                .collect();
+            assert!(!reads.is_empty(), "{plan:?}");
+            for read in reads {
+                assert!(read.contains("delivery_jobs_due"), "{read}: {plan:?}");
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Named templates and rules of an app. Specs are stored as JSON text and validated by the
 //! API before they get here.
 
-use super::{new_id, now_ms, Store};
+use super::{new_id, Store};
 
 /// A stored named object (template or rule) with its JSON spec.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -55,7 +55,7 @@ impl Store {
         spec: &str,
     ) -> anyhow::Result<(NamedSpec, bool)> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let row = sqlx::query_as::<_, NamedSpec>(&format!(
             "INSERT INTO {table} (id, app_id, name, spec, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $5) \

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::sealed::SOURCE_SECRETS;
-use super::{new_id, now_ms, Store};
+use super::{new_id, Store};
 use crate::model::source::NewSource;
 use crate::signature::Scheme;
 
@@ -133,7 +133,7 @@ impl Store {
         new: &NewSource,
     ) -> Result<WebhookSource, sqlx::Error> {
         let turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now();
         let secrets: Vec<SourceSecret> = new
             .secrets
             .iter()
@@ -223,7 +223,7 @@ impl Store {
         .bind(secrets)
         .bind(&source.event_type_path)
         .bind(json_text(&source.allowed_cidrs)?)
-        .bind(now_ms())
+        .bind(self.now())
         .bind(&source.id)
         .bind(&source.app_id)
         .execute(turn.db())

@@ -226,4 +226,16 @@ impl Store {
         .await?;
         Ok(rows.into_iter().map(|(v,)| v).collect())
     }
+
+    /// For each delivered job of an event: how long after the event it was created (the
+    /// fan-out's wait) and how long after that it was delivered (the queue's wait), ms.
+    pub async fn delivery_phases(&self, event_id: &str) -> anyhow::Result<Vec<(i64, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT created_at - event_at, updated_at - created_at FROM delivery_jobs \
+             WHERE event_id = $1 AND status = 'delivered'",
+        )
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
 }

@@ -6,7 +6,7 @@
 use anyhow::Context;
 
 use super::sealed::USER_AUTH_SECRET;
-use super::{new_id, now_ms, Store};
+use super::{new_id, Store};
 use crate::user_auth::{generate_secret, ClientUserIds, KeyAlgorithm, PublicKey, MAX_PUBLIC_KEYS};
 
 /// An app's user-auth settings, as verification needs them.
@@ -178,7 +178,7 @@ impl Store {
             id: new_id("uak"),
             algorithm,
             public_key: public_key.to_string(),
-            created_at: now_ms(),
+            created_at: self.now(),
         };
         sqlx::query(
             "INSERT INTO user_auth_keys (id, app_id, algorithm, public_key, created_at) \

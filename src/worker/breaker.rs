@@ -18,7 +18,7 @@ use std::sync::RwLock;
 
 use super::Worker;
 use crate::model::Platform;
-use crate::store::{now_ms, Breaker};
+use crate::store::Breaker;
 
 /// The open breakers this instance knows of, shared by the delivery loop and the API (which
 /// forgets a breaker at once when the app's credential is replaced).
@@ -85,7 +85,7 @@ impl Worker {
         let Some(breaker) = self.breakers.get(app_id, provider) else {
             return Gate::Send { probe: false };
         };
-        let now = now_ms();
+        let now = self.store.now();
         if breaker.probe_at > now {
             return Gate::Hold {
                 until: breaker.probe_at,
@@ -140,7 +140,7 @@ impl Worker {
     /// The provider refused `app_id`'s credential: opens the breaker (unless this instance
     /// knows it is open) and returns when the held job is due again.
     pub(crate) async fn trip(&self, app_id: &str, provider: Platform, reason: &str) -> i64 {
-        let now = now_ms();
+        let now = self.store.now();
         if let Some(known) = self.breakers.get(app_id, provider) {
             if known.probe_at > now {
                 return known.probe_at;

@@ -11,7 +11,7 @@ use super::retry::{decide_callback, RetryDecision};
 use super::Worker;
 use crate::signature::{sign, Scheme};
 use crate::store::{
-    now_ms, rfc3339, CallbackAttempt, CallbackRow, CallbackTarget, PruneCallbacks, PrunedDevice,
+    rfc3339, CallbackAttempt, CallbackRow, CallbackTarget, PruneCallbacks, PrunedDevice,
 };
 
 /// Callbacks claimed per round.
@@ -115,7 +115,7 @@ impl Worker {
             &target.secret,
             row.body.as_bytes(),
             &row.id,
-            now_ms() / 1000,
+            self.store.now() / 1000,
         ) {
             Ok(headers) => headers,
             Err(e) => {
@@ -152,7 +152,7 @@ impl Worker {
                 let failures = u32::try_from(attempts).unwrap_or(u32::MAX);
                 let next = match decide_callback(failures, &mut rand::thread_rng()) {
                     RetryDecision::After(delay) => {
-                        CallbackAttempt::RetryAt(now_ms() + delay.as_millis() as i64)
+                        CallbackAttempt::RetryAt(self.store.now() + delay.as_millis() as i64)
                     }
                     RetryDecision::GiveUp => CallbackAttempt::GiveUp,
                 };

@@ -23,13 +23,13 @@ use super::callbacks::PrunedTokensCallback;
 use super::retry::{decide, throttled_backoff, RetryDecision};
 use super::share::{ShareKey, Shares};
 use super::{JobPayload, Worker};
-use crate::model::AttemptOutcome;
 use crate::model::JobStatus;
 use crate::model::{ApnsEnvironment, Platform};
+use crate::model::{AttemptOutcome, Notification};
 use crate::push::apns::wire::reason::BAD_DEVICE_TOKEN;
 use crate::push::{Outcome, RetryClass, Target};
 use crate::redact::Redacted;
-use crate::store::{now_ms, ClaimedJob, JobResult, Prune, PruneKind};
+use crate::store::{ClaimedJob, JobResult, Prune, PruneKind};
 
 /// A token-level refusal the burst guard cannot judge yet is retried after this long...
 const UNDECIDED_WAIT: Duration = Duration::from_secs(30);
@@ -286,6 +286,13 @@ impl Worker {
     /// One send and the decision that follows from its outcome; or, while the app's
     /// credential for the provider is refused, no send and an uncounted return to the queue.
     async fn attempt(&self, job: ClaimedJob) -> JobResult {
+        if job.expires_at.is_some_and(|at| at <= self.store.now()) {
+            return withheld(
+                job,
+                JobStatus::Expired,
+                "it expired before it could be sent",
+            );
+        }
         let probe = match self.gate(&job.app_id, job.platform).await {
             Gate::Send { probe } => probe,
             Gate::Hold { until, reason } => return held(job, until, &reason, 0),
@@ -295,7 +302,7 @@ impl Worker {
         let latency_ms = started.elapsed().as_millis() as i64;
         self.metrics
             .delivery(job.platform, &outcome, started.elapsed());
-        let now = now_ms();
+        let now = self.store.now();
         self.burst.sent(&job.app_id, now);
         match &outcome {
             Outcome::CredentialRejected { reason } => {
@@ -391,6 +398,10 @@ impl Worker {
                     return (Outcome::Failed { reason }, None);
                 }
             };
+        let notification = match job.expires_at {
+            Some(at) => remaining_lifetime(notification, at, self.store.now()),
+            None => notification,
+        };
         let mut target = Target {
             platform: job.platform,
             token: job.token.clone(),
@@ -425,7 +436,7 @@ impl Worker {
 
     /// What an outcome means for the job: delivered, retried later, pruned, or dead.
     fn judge(&self, job: ClaimedJob, outcome: Outcome, latency_ms: i64) -> JobResult {
-        let now = now_ms();
+        let now = self.store.now();
         let attempts = (job.attempts + 1) as u32;
         let mut result = JobResult {
             status: JobStatus::Dead,
@@ -523,6 +534,30 @@ impl Worker {
 struct InFlightJob {
     id: String,
     share: ShareKey,
+}
+
+/// The job ended by its delivery policy without a send (and without an attempt).
+fn withheld(job: ClaimedJob, status: JobStatus, reason: &str) -> JobResult {
+    JobResult {
+        status,
+        outcome: AttemptOutcome::Failed,
+        reason: Some(reason.to_string()),
+        provider_id: None,
+        latency_ms: 0,
+        next_attempt_at: job.created_at,
+        prune: None,
+        counted: false,
+        learned_environment: None,
+        job,
+    }
+}
+
+/// What the provider is told about a job that expires at `expires_at`: keep trying for the
+/// time left (`apns-expiration`, FCM `ttl`), or less when the template asked for less.
+fn remaining_lifetime(mut n: Notification, expires_at: i64, now: i64) -> Notification {
+    let left = u64::try_from((expires_at - now).max(0) / 1000).unwrap_or(0);
+    n.ttl_seconds = Some(n.ttl_seconds.map_or(left, |ttl| ttl.min(left)));
+    n
 }
 
 /// The job back in the queue until `until`, its attempt not counted: the app's credential

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use super::{JobPayload, Worker};
 use crate::model::device::normalize_token;
+use crate::model::policy::{self, zone_for, Hold, SendPolicy};
 use crate::model::rules::{user_ids_at, Audience, DeviceFilter, RuleSpec, TemplateRef};
 use crate::model::template::{context, event_value, CompiledTemplate, TemplateSpec};
 use crate::model::{JobStatus, Platform};
@@ -200,9 +201,12 @@ impl Worker {
             let template = templates
                 .get(&self.store, &event.app_id, &rule.template)
                 .await?;
+            let timing = self.timing(event, &rule);
             let mut pages = self.audience(&event.app_id, &rule.audience, &payload, None);
             while let Some(devices) = pages.next_page(&self.store).await? {
-                jobs.extend(render_page(&rule_name(&name), &template, &event_ctx, devices).await?);
+                jobs.extend(
+                    render_page(&rule_name(&name), &template, &event_ctx, &timing, devices).await?,
+                );
             }
         }
         Ok(jobs)
@@ -327,9 +331,10 @@ impl Worker {
             // later pages are written. A device appears at most once per rule: tokens are
             // unique per app, list audiences are one `IN (...)` query, and filter pages follow
             // a strictly increasing token cursor.
+            let timing = self.timing(event, &rule);
             let mut pages = self.audience(&event.app_id, &rule.audience, &payload, after);
             while let Some(devices) = pages.next_page(&self.store).await? {
-                let jobs = render_page(&rule_name, &template, &event_ctx, devices).await?;
+                let jobs = render_page(&rule_name, &template, &event_ctx, &timing, devices).await?;
                 let cursor = FanOutCursor {
                     rule: rule_name.clone(),
                     after: pages.resume_after(),
@@ -365,6 +370,15 @@ impl Worker {
             tracing::info!(event = %event.id, queued, dead, jobs = seq, "event dispatched");
         }
         Ok(())
+    }
+
+    /// When `rule`'s jobs for `event` are due, as of now.
+    fn timing(&self, event: &Event, rule: &RuleSpec) -> Timing {
+        Timing {
+            now: self.store.now(),
+            event_at: event.received_at,
+            delivery: rule.delivery.clone(),
+        }
     }
 
     /// The devices a rule addresses, as a pager.
@@ -541,19 +555,53 @@ pub(crate) fn event_context(event: &Event, payload: &Value) -> Value {
     ctx
 }
 
+/// When a rule's jobs for one event are due: the rule's delivery policy, applied at fan-out
+/// time to each device in its own time zone.
+#[derive(Clone, Debug)]
+pub(crate) struct Timing {
+    /// Fan-out time, unix ms.
+    pub now: i64,
+    /// When the event was received (the base of a rule's `delay`).
+    pub event_at: i64,
+    /// The rule's (or the send's) policy.
+    pub delivery: SendPolicy,
+}
+
+impl Timing {
+    /// The due time and hold, and the expiry, of a job for `device`.
+    fn for_device(&self, device: &Device) -> (Option<(i64, Hold)>, Option<i64>) {
+        if self.delivery.is_empty() {
+            return (None, None);
+        }
+        let zone = zone_for(device.timezone.as_deref(), None);
+        let due = policy::due(
+            self.now,
+            self.event_at,
+            &self.delivery,
+            &zone,
+            None,
+            &device.token,
+        );
+        let expires_at = policy::expiry(&self.delivery, due.at_ms);
+        (due.hold.map(|h| (due.at_ms, h)), expires_at)
+    }
+}
+
 /// Renders a page of jobs on a blocking thread: however long a template takes within its
 /// bounds, the runtime's threads stay free for other apps' fan-outs and for sending.
 async fn render_page(
     rule: &str,
     template: &Arc<Result<CompiledTemplate, String>>,
     event_ctx: &minijinja::Value,
+    timing: &Timing,
     devices: Vec<Device>,
 ) -> anyhow::Result<Vec<NewJob>> {
     let (rule, template, event_ctx) = (rule.to_string(), template.clone(), event_ctx.clone());
+    let timing = timing.clone();
     tokio::task::spawn_blocking(move || {
         devices
             .iter()
-            .map(|d| render_job(&rule, &template, &event_ctx, d))
+            .map(|d| render_job(&rule, &template, &event_ctx, &timing, d))
             .collect()
     })
     .await
@@ -567,9 +615,14 @@ fn render_job(
     rule: &str,
     template: &Result<CompiledTemplate, String>,
     event_ctx: &minijinja::Value,
+    timing: &Timing,
     device: &Device,
 ) -> anyhow::Result<NewJob> {
+    let mut collapse_key = None;
     let rendered = render_payload(template, event_ctx, device).and_then(|payload| {
+        if let JobPayload::V1 { notification, .. } = &payload {
+            collapse_key.clone_from(&notification.collapse_key);
+        }
         serde_json::to_string(&payload)
             .map_err(|e| format!("the rendered notification does not serialize: {e}"))
     });
@@ -582,6 +635,7 @@ fn render_job(
                 .context("serializing an unrendered job")?,
         ),
     };
+    let (due, expires_at) = timing.for_device(device);
     Ok(NewJob {
         rule: Some(rule.to_string()),
         platform: device.platform,
@@ -589,6 +643,11 @@ fn render_job(
         job,
         status,
         last_reason,
+        due,
+        expires_at,
+        collapse_key,
+        user_id: device.user_id.clone(),
+        category: timing.delivery.category.clone(),
     })
 }
 

@@ -204,8 +204,7 @@ impl Worker {
         if self.config.pruned_retention_days == 0 {
             return;
         }
-        let cutoff =
-            crate::store::now_ms() - (self.config.pruned_retention_days * 86_400_000) as i64;
+        let cutoff = self.store.now() - (self.config.pruned_retention_days * 86_400_000) as i64;
         let mut swept = 0;
         loop {
             match self.store.sweep_pruned_devices(cutoff, 500).await {

@@ -11,9 +11,10 @@ use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use pushbridge::clock::now_ms;
 use pushbridge::signature::Scheme;
 use pushbridge::signature::{sign, verify, SignatureError};
-use pushbridge::store::{now_ms, NewApp};
+use pushbridge::store::NewApp;
 use reqwest::Method;
 use serde_json::{json, Value};
 

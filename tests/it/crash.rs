@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::harness::{bridge_env, open_store, simulator, BridgeProcess, Db};
+use pushbridge::clock::now_ms;
 use pushbridge::model::device::DeviceRegistration;
 use pushbridge::model::{EventStatus, JobStatus};
 use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
 use pushbridge::simulator::{RecordedRequest, Side};
-use pushbridge::store::{now_ms, Store};
+use pushbridge::store::Store;
 use serde_json::{json, Value};
 
 /// Devices in the fan-out crash test (override with `CRASH_TEST_DEVICES`).

@@ -307,7 +307,7 @@ fn providers_for(sim: &SimulatorHandle, settings: &ProvidersConfig) -> Providers
         &config.apns,
         &config.fcm,
         settings,
-        pushbridge::push::Clock::system(),
+        pushbridge::clock::Clock::system(),
     )
     .expect("providers")
 }

@@ -128,7 +128,7 @@ async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
     assert_eq!(w5["finished"], 5, "{stats}");
 
     // A provider that refuses the app's credential shows as paused.
-    let probe_at = pushbridge::store::now_ms() + 60_000;
+    let probe_at = pushbridge::clock::now_ms() + 60_000;
     t.store()
         .open_breaker(
             &app.app.id,

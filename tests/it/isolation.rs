@@ -2,11 +2,12 @@
 //! operator surface's closure to app keys, and SQL built only from bound parameters.
 
 use crate::harness::{proven, simulator, Db, TestApp, OPERATOR_KEY};
+use pushbridge::clock::now_ms;
 use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};
 use pushbridge::simulator::Side;
-use pushbridge::store::{now_ms, NewApp};
+use pushbridge::store::NewApp;
 use reqwest::Method;
 use serde_json::{json, Value};
 

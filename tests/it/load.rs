@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{bridge_env, certs_dir, open_store, proven, BridgeProcess, Db};
+use pushbridge::clock::now_ms;
 use pushbridge::model::device::DeviceRegistration;
 use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
-use pushbridge::store::now_ms;
 use serde_json::{json, Value};
 
 const USERS: u64 = 1_000;

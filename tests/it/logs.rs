@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use crate::harness::{
     bridge_env, open_store, proven, simulator, user_proof, BridgeProcess, Db, OPERATOR_KEY,
 };
+use pushbridge::clock::now_ms;
 use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
-use pushbridge::store::now_ms;
 use serde_json::{json, Value};
 
 /// A string that appears only in notification bodies and webhook payloads.

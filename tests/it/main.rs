@@ -22,6 +22,7 @@ mod multi_instance;
 mod openapi;
 mod payloads;
 mod pipeline;
+mod policy;
 mod provider_identities;
 mod queries;
 mod render_limits;

@@ -1,12 +1,12 @@
 //! Operator figures after a scripted run: exact Prometheus counters and correct stats windows.
 
 use crate::harness::{proven, simulator, Db, TestApp, OPERATOR_KEY};
+use pushbridge::clock::now_ms;
 use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{
     apns_test_token, apns_test_token_failing_first, fcm_test_token, ApnsTestKind, FcmTestKind,
 };
-use pushbridge::store::now_ms;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::HashSet;

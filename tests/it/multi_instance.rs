@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 
 use crate::harness::{simulator, Db, TestApp};
+use pushbridge::clock::now_ms;
 use pushbridge::model::device::DeviceRegistration;
 use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
 use pushbridge::simulator::{Faults, Side};
-use pushbridge::store::now_ms;
 use reqwest::Method;
 use serde_json::json;
 

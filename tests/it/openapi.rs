@@ -35,6 +35,7 @@ const ROUTES: &[(&str, &str)] = &[
     // events.rs
     ("GET", "/v1/events"),
     ("GET", "/v1/events/{id}"),
+    ("POST", "/v1/events/{id}/cancel"),
     // specs.rs
     ("GET", "/v1/templates"),
     ("GET", "/v1/templates/{name}"),

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::harness::{proven, simulator, Db, TestApp};
+use pushbridge::clock::now_ms;
 use pushbridge::signature::Scheme;
 use pushbridge::signature::{sign, verify};
 use pushbridge::simulator::tokens::{
@@ -11,7 +12,7 @@ use pushbridge::simulator::tokens::{
     ApnsTestKind, FcmTestKind,
 };
 use pushbridge::simulator::{Faults, Side};
-use pushbridge::store::{now_ms, NewApp};
+use pushbridge::store::NewApp;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -752,6 +753,7 @@ async fn a_fan_out_cut_short_resumes_after_its_last_committed_slice(db: Db) {
         TemplateRef::Inline(Box::new(template)),
         Default::default(),
         None,
+        Default::default(),
     )
     .await
     .expect("event stored");
@@ -779,6 +781,11 @@ async fn a_fan_out_cut_short_resumes_after_its_last_committed_slice(db: Db) {
         .expect("payload"),
         status: JobStatus::Queued,
         last_reason: None,
+        due: None,
+        expires_at: None,
+        collapse_key: None,
+        user_id: None,
+        category: None,
     };
     let cursor = FanOutCursor {
         rule: "direct".into(),

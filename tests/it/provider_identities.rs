@@ -399,7 +399,7 @@ async fn the_bridge_never_updates_its_token_too_often_for_apple() {
     // Apple's interval, and hours of the bridge's clock in 10-minute steps.
     let sim = simulator().await;
     let (apns, _) = configs(&sim);
-    let clock = pushbridge::push::Clock::system();
+    let clock = pushbridge::clock::Clock::system();
     let providers =
         Providers::with_clock(&apns, &FcmConfig::default(), clock.clone()).expect("providers");
     let target = Target {

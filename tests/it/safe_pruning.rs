@@ -149,7 +149,7 @@ async fn the_provider_decides_what_is_pruned_and_pruning_is_undoable(db: Db) {
     let event = send(&t, key, std::slice::from_ref(&gone)).await;
     completed(&t, key, &event).await;
     assert_eq!(device(&t, key, &gone).await["state"], "pruned");
-    let later = pushbridge::store::now_ms() + 1;
+    let later = pushbridge::clock::now_ms() + 1;
     let swept = t
         .store()
         .sweep_pruned_devices(later, 500)

@@ -10,9 +10,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use pushbridge::clock::Clock;
 use pushbridge::config::Config;
 use pushbridge::model::{ApnsEnvironment, Notification, Platform, Priority};
-use pushbridge::push::{ApnsConfig, Clock, FcmConfig, Outcome, Providers, RetryClass, Target};
+use pushbridge::push::{ApnsConfig, FcmConfig, Outcome, Providers, RetryClass, Target};
 use pushbridge::simulator::{
     self, apns_test_token, apns_test_token_failing_first, fcm_test_token,
     fcm_test_token_failing_first, ApnsTestKind, Faults, FcmTestKind, RecordedRequest, Side,

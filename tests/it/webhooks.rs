@@ -2,9 +2,10 @@
 
 use crate::harness::wire::{connect, error_code, read_response, read_until_closed, PROMPTLY};
 use crate::harness::{Db, TestApp};
+use pushbridge::clock::now_ms;
 use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
-use pushbridge::store::{now_ms, NewApp};
+use pushbridge::store::NewApp;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;

@@ -126,7 +126,9 @@ impl UserPreferences {
 /// When and how long a rule's or a direct send's notifications may go out. Every field is
 /// optional; `{}` (and a stored rule without a policy) means "now, normal urgency, no expiry".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(default, deny_unknown_fields)]
+// Not `deny_unknown_fields`: it is flattened into rules and sends, which refuse unknown
+// fields themselves.
+#[serde(default)]
 pub struct SendPolicy {
     /// Not before this instant (RFC 3339); excludes `delay`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -364,7 +366,6 @@ mod tests {
             r#"{"deliver_at_local": "9am"}"#,
             r#"{"urgency": "urgent"}"#,
             r#"{"delay": "5"}"#,
-            r#"{"sendat": "2027-01-01T00:00:00Z"}"#,
         ] {
             assert!(serde_json::from_str::<SendPolicy>(bad).is_err(), "{bad}");
         }

@@ -32,7 +32,7 @@ use p256::pkcs8::DecodePrivateKey;
 use serde::Serialize;
 
 use super::wire::MAX_PROVIDER_TOKEN_AGE_SECS;
-use crate::push::clock::Clock;
+use crate::clock::Clock;
 
 /// Why a provider token could not be produced.
 #[derive(Debug, thiserror::Error)]

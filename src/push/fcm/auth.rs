@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::settings::FcmConfig;
 use super::wire::{JWT_GRANT, MAX_ASSERTION_LIFETIME_SECS, SCOPE};
-use crate::push::clock::Clock;
+use crate::clock::Clock;
 use crate::push::outcome::{retry_after, Outcome, RetryClass};
 use crate::push::pool::{H2Pool, PoolConfig};
 

@@ -18,10 +18,10 @@ pub use self::auth::ServiceAccount;
 pub use self::request::{message, payload_size, request_body};
 pub use self::response::map_response;
 pub use self::settings::FcmConfig;
-use super::clock::Clock;
 use super::credentials::is_project_id;
 use super::outcome::Outcome;
 use super::pool::{ConnectionCap, H2Pool, PoolConfig, PoolStats};
+use crate::clock::Clock;
 use crate::model::Notification;
 use crate::redact::Redacted;
 

@@ -134,6 +134,7 @@ pub struct TestApp {
     running: Option<Running>,
     db_url: String,
     dir: std::sync::Arc<tempfile::TempDir>,
+    clock: pushbridge::clock::Clock,
 }
 
 impl TestApp {
@@ -177,7 +178,12 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let running = pushbridge::start_with(config, listener, observer)
+        let clock = pushbridge::clock::Clock::system();
+        let options = pushbridge::StartOptions {
+            credential_observer: observer,
+            clock: clock.clone(),
+        };
+        let running = pushbridge::start_with(config, listener, options)
             .await
             .expect("start");
         Self {
@@ -186,7 +192,13 @@ impl TestApp {
             running: Some(running),
             db_url,
             dir,
+            clock,
         }
+    }
+
+    /// The app's clock: shift it to move the bridge's time without sleeping.
+    pub fn clock(&self) -> &pushbridge::clock::Clock {
+        &self.clock
     }
 
     /// The app's own store handle.

@@ -7,10 +7,11 @@ mod copies;
 
 use std::sync::Arc;
 
+use pushbridge::clock::now_ms;
 use pushbridge::config::Config;
 use pushbridge::secrets::{MasterKey, SecretsConfig};
 use pushbridge::signature::{sign, Scheme};
-use pushbridge::store::{now_ms, NewApp};
+use pushbridge::store::NewApp;
 use reqwest::Method;
 use serde_json::{json, Value};
 

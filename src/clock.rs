@@ -1,10 +1,12 @@
-//! Wall-clock time for credential lifetimes, shiftable in tests.
+//! Wall-clock time for everything the bridge stores or schedules (job due times, leases,
+//! credential lifetimes), shiftable in tests.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Wall-clock time for credential lifetimes. Tests shift it instead of sleeping.
+/// Wall-clock time. One clock is shared by the store, the worker and the providers; tests
+/// shift it instead of sleeping.
 #[derive(Clone, Debug, Default)]
 pub struct Clock {
     offset_ms: Arc<AtomicI64>,
@@ -34,4 +36,10 @@ impl Clock {
     pub fn unix_secs(&self) -> i64 {
         self.unix_millis().div_euclid(1000)
     }
+}
+
+/// The system's current time in unix milliseconds, for tools outside the bridge (load
+/// generators, test clients) that sign or time requests with real time.
+pub fn now_ms() -> i64 {
+    Clock::system().unix_millis()
 }

@@ -434,28 +434,37 @@ fn due_queues_sql() -> String {
 }
 
 /// The claim of [`Store::claim_from`] over `queues` queues: `$1` owner, `$2` lease end, `$3`
-/// now, `$4` jobs in all, `$5` jobs per queue, then each queue's app and platform.
+/// now, `$4` jobs in all, `$5` jobs per queue, then each queue's app and platform. One queue
+/// (the common case: one app busy) needs no turns and reads its range directly.
 fn claim_sql(queues: usize, lock: &str) -> String {
-    let branches: Vec<String> = (0..queues)
-        .map(|i| {
-            let n = 6 + 2 * i;
-            format!(
-                "SELECT * FROM (SELECT id, app_id, next_attempt_at FROM delivery_jobs \
-                 WHERE status = 'queued' AND app_id = ${n} AND platform = ${} \
-                 AND next_attempt_at <= $3 ORDER BY app_id, platform, next_attempt_at \
-                 LIMIT $5 {lock}) q{i}",
-                n + 1
-            )
-        })
-        .collect();
+    let range = |i: usize, limit: &str| {
+        let n = 6 + 2 * i;
+        format!(
+            "SELECT id, app_id, next_attempt_at FROM delivery_jobs \
+             WHERE status = 'queued' AND app_id = ${n} AND platform = ${} \
+             AND next_attempt_at <= $3 ORDER BY app_id, platform, next_attempt_at \
+             LIMIT {limit} {lock}",
+            n + 1
+        )
+    };
+    let chosen = if queues == 1 {
+        format!("SELECT id FROM ({}) q0", range(0, "$4"))
+    } else {
+        let branches: Vec<String> = (0..queues)
+            .map(|i| format!("SELECT * FROM ({}) q{i}", range(i, "$5")))
+            .collect();
+        format!(
+            "SELECT id FROM (SELECT id, next_attempt_at, ROW_NUMBER() OVER \
+               (PARTITION BY app_id ORDER BY next_attempt_at) AS turn FROM ({}) due) ranked \
+             ORDER BY turn, next_attempt_at LIMIT $4",
+            branches.join(" UNION ALL ")
+        )
+    };
     format!(
         "UPDATE delivery_jobs SET status = 'in_flight', lease_owner = $1, lease_until = $2 \
-         WHERE id IN (SELECT id FROM (SELECT id, next_attempt_at, ROW_NUMBER() OVER \
-           (PARTITION BY app_id ORDER BY next_attempt_at) AS turn FROM ({}) due) ranked \
-           ORDER BY turn, next_attempt_at LIMIT $4) \
+         WHERE id IN ({chosen}) \
          RETURNING id, app_id, event_id, platform, token, job, attempts, created_at, event_at, \
-         expires_at",
-        branches.join(" UNION ALL ")
+         expires_at"
     )
 }
 
@@ -556,7 +565,7 @@ mod tests {
             .await
             .expect("connect");
         store.migrate().await.expect("migrate");
-        for sql in [due_queues_sql(), claim_sql(2, "")] {
+        for sql in [due_queues_sql(), claim_sql(1, ""), claim_sql(2, "")] {
             let plan: Vec<(i64, i64, i64, String)> =
                 sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
                     .fetch_all(&store.pool)

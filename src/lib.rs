@@ -202,6 +202,7 @@ pub async fn start_with(
         wake: Wake::default(),
         providers: providers.clone(),
         breakers: Arc::default(),
+        policies: Arc::default(),
         events: store::EventWriter::spawn(store.clone()),
         limiter: Default::default(),
         credential_observer: observer,
@@ -216,6 +217,7 @@ pub async fn start_with(
             state.config.worker.clone(),
             state.config.providers.clone(),
             state.breakers.clone(),
+            state.policies.clone(),
             state.wake.clone(),
         )?
         .spawn(stopped.clone())

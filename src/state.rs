@@ -26,6 +26,8 @@ pub struct AppState {
     pub providers: Arc<Providers>,
     /// The open breakers per app and provider this instance knows of.
     pub breakers: Arc<Breakers>,
+    /// App delivery policies, cached for fan-out and sends.
+    pub policies: Arc<crate::service::policy::AppPolicies>,
     /// Group-commit writer for incoming events.
     pub events: EventWriter,
     /// Request rate limits per key and per source.

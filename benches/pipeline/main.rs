@@ -8,6 +8,8 @@
 //! - transactional: N signed webhooks posted by 32 clients, each for its own user with one
 //!   device, timed from the first POST to the last delivery;
 //! - fairness: app B's single notifications while app A's large fan-out is delivered;
+//! - scheduled: N jobs due at 09:00 local in 24 zones, released zone by zone on a shifted
+//!   clock;
 //! - latency: the same fan-out with the simulator answering each send late (a provider's
 //!   round trip), with `worker.concurrency = 256` (the old fixed limit) and with the default
 //!   (the limit follows the connections' advertised streams), side by side.
@@ -15,12 +17,13 @@
 //! `cargo bench --bench pipeline -- --sizes 1000,10000,100000 [--ingest-secs 10]
 //! [--h2load-requests 500000] [--sim-latency-ms 100] [--latency-sizes 20000]
 //! [--transactional-events 4000] [--fairness-sizes 100000]
-//! [--only delivery|ingest|latency|transactional|fairness]`
+//! [--scheduled-jobs 1000000] [--only delivery|ingest|latency|transactional|fairness|scheduled]`
 //! `DATABASE_URL=postgres://...` adds a PostgreSQL column. See docs/BENCHMARKS.md.
 
 mod delivery;
 mod fairness;
 mod ingest;
+mod scheduled;
 mod setup;
 mod transactional;
 
@@ -29,6 +32,7 @@ use clap::{Parser, ValueEnum};
 use delivery::{delivery, h2load_raw, Scenario};
 use fairness::fairness;
 use ingest::ingest;
+use scheduled::scheduled;
 use transactional::{transactional, Arrival};
 
 /// The benchmark's flags; a missing or malformed value is an error, not a default.
@@ -56,6 +60,9 @@ struct Args {
     /// Webhooks of the transactional part, comma-separated sizes.
     #[arg(long, value_delimiter = ',', default_value = "4000")]
     transactional_events: Vec<u64>,
+    /// Jobs of the scheduled-release part, comma-separated sizes.
+    #[arg(long, value_delimiter = ',', default_value = "100000")]
+    scheduled_jobs: Vec<u64>,
     /// Run only this part (default: all).
     #[arg(long, value_enum)]
     only: Option<Part>,
@@ -77,6 +84,8 @@ enum Part {
     Transactional,
     /// One app's single sends during another app's large fan-out.
     Fairness,
+    /// Jobs waiting for 09:00 local in 24 zones, released zone by zone.
+    Scheduled,
 }
 
 #[tokio::main]
@@ -178,6 +187,31 @@ async fn main() -> anyhow::Result<()> {
                     r.max_ms,
                     r.p99_dispatch_ms,
                     r.p99_queue_ms
+                );
+            }
+        }
+    }
+    if run(Part::Scheduled) {
+        println!("\n## Scheduled release: jobs due at 09:00 local in 24 zones, each zone's due time in turn\n");
+        println!("| backend | jobs | fan-out s | zones | jobs per zone | sent early | first sent after due ms (p50 / max) | last sent after due ms (p50 / max) |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        for backend in &backends {
+            for &n in &args.scheduled_jobs {
+                let r = scheduled(backend, n).await?;
+                let pick = |f: fn(&scheduled::Release) -> u64| {
+                    let mut v: Vec<u64> = r.releases.iter().map(f).collect();
+                    v.sort_unstable();
+                    (v[v.len() / 2], v.last().copied().unwrap_or(0))
+                };
+                let (first_p50, first_max) = pick(|x| x.first_ms);
+                let (last_p50, last_max) = pick(|x| x.last_ms);
+                println!(
+                    "| {backend} | {} | {:.1} | {} | {} | {} | {first_p50} / {first_max} | {last_p50} / {last_max} |",
+                    r.jobs,
+                    r.fanout_secs,
+                    r.releases.len(),
+                    r.releases.first().map_or(0, |x| x.jobs),
+                    r.early
                 );
             }
         }

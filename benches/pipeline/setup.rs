@@ -144,6 +144,24 @@ pub async fn bridge(
     sim: &Simulator,
     concurrency: Option<u32>,
 ) -> anyhow::Result<pushbridge::Running> {
+    bridge_with(db_url, sim, concurrency, pushbridge::clock::Clock::system()).await
+}
+
+/// Like [`bridge`] with the default concurrency, on `clock` (which the bench shifts).
+pub async fn bridge_on_clock(
+    db_url: String,
+    sim: &Simulator,
+    clock: pushbridge::clock::Clock,
+) -> anyhow::Result<pushbridge::Running> {
+    bridge_with(db_url, sim, None, clock).await
+}
+
+async fn bridge_with(
+    db_url: String,
+    sim: &Simulator,
+    concurrency: Option<u32>,
+    clock: pushbridge::clock::Clock,
+) -> anyhow::Result<pushbridge::Running> {
     let mut config = Config {
         database_max_connections: 8,
         ..Config::default()
@@ -163,7 +181,11 @@ pub async fn bridge(
     config.rate_limits.server_key_per_sec = 0.0;
     config.rate_limits.source_per_sec = 0.0;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    pushbridge::start(config, listener).await
+    let options = pushbridge::StartOptions {
+        clock,
+        ..Default::default()
+    };
+    pushbridge::start_with(config, listener, options).await
 }
 
 /// Device `i` of a benchmark app: APNs for even `i`, FCM for odd, owned by `user-{i}`, with a

@@ -16,3 +16,33 @@ ALTER TABLE delivery_jobs ADD COLUMN category TEXT;
 CREATE INDEX delivery_jobs_collapse ON delivery_jobs(app_id, token, collapse_key)
   WHERE status = 'queued' AND collapse_key IS NOT NULL;
 ALTER TABLE events ADD COLUMN cancelled_at BIGINT;
+
+-- An app's policy (default zone, quiet hours, frequency caps) as JSON, and each user's own
+-- preferences (their quiet hours).
+ALTER TABLE apps ADD COLUMN policy TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE user_preferences (
+    app_id      TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    user_id     TEXT NOT NULL,
+    preferences TEXT NOT NULL,
+    updated_at  BIGINT NOT NULL,
+    PRIMARY KEY (app_id, user_id)
+);
+
+-- Frequency caps count, per user and category, the sends let through in the rolling window.
+-- `frequency_counters` has one row per user and category, taken in each admitting
+-- transaction, so two instances admitting the same user's sends take turns and the count is
+-- exact.
+CREATE TABLE frequency_counters (
+    app_id    TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    user_id   TEXT NOT NULL,
+    category  TEXT NOT NULL,
+    touched   BIGINT NOT NULL,
+    PRIMARY KEY (app_id, user_id, category)
+);
+CREATE TABLE frequency_sends (
+    app_id    TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    user_id   TEXT NOT NULL,
+    category  TEXT NOT NULL,
+    at        BIGINT NOT NULL
+);
+CREATE INDEX frequency_sends_user ON frequency_sends(app_id, user_id, category, at);

@@ -15,6 +15,7 @@ use super::{
     encode_cursor, time_cursor, ApiJson, ApiQuery, AppState, CursorKind, Page, ServerCaller,
 };
 use crate::error::{ApiError, ErrorBody, Result};
+use crate::model::policy::Hold;
 use crate::model::{AttemptOutcome, JobStatus, Platform};
 use crate::store::{rfc3339, DeliveryRow};
 use crate::worker::replay;
@@ -108,6 +109,10 @@ struct DeliveryView {
     attempts: i64,
     /// RFC 3339; only while queued.
     next_attempt_at: Option<String>,
+    /// While queued for a later due time: why (`scheduled`: `send_at`, `delay` or
+    /// `deliver_at_local`; `quiet_hours`: held until the user's quiet hours end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold: Option<Hold>,
     last_reason: Option<String>,
     provider_id: Option<String>,
     /// RFC 3339.
@@ -128,6 +133,7 @@ impl DeliveryView {
             status,
             attempts: row.attempts,
             next_attempt_at: (status == JobStatus::Queued).then(|| rfc3339(row.next_attempt_at)),
+            hold: row.hold.filter(|_| status == JobStatus::Queued),
             last_reason: row.last_reason.clone(),
             provider_id: row.provider_id.clone(),
             created_at: rfc3339(row.created_at),

@@ -8,6 +8,8 @@ mod devices;
 mod events;
 mod health;
 mod notifications;
+mod policy;
+
 pub mod openapi;
 mod sources;
 mod specs;
@@ -43,6 +45,7 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .merge(notifications::router())
         .merge(deliveries::router())
         .merge(app::router())
+        .merge(policy::router())
         .merge(credentials::router())
         .merge(user_auth::router())
         .merge(stats::router())

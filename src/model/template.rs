@@ -120,6 +120,10 @@ pub struct TemplateSpec {
     /// FCM-only overrides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fcm: Option<DeliveryOptions>,
+    /// `high` lets its notifications through quiet hours (unless the rule or send that uses
+    /// it says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urgency: Option<super::policy::Urgency>,
 }
 
 /// A template compiled for repeated rendering.
@@ -327,6 +331,11 @@ impl TemplateSpec {
 }
 
 impl CompiledTemplate {
+    /// The template's urgency, if it states one.
+    pub fn urgency(&self) -> Option<super::policy::Urgency> {
+        self.spec.urgency
+    }
+
     fn render_field(&self, name: &str, ctx: &minijinja::Value) -> Result<String, TemplateError> {
         match render_bounded(&self.env, name, ctx) {
             // Other errors come from the sample lacking real data.

@@ -8,6 +8,7 @@
 //! | `POST /sim/apns-keys/{key_id}/revoke` | its provider tokens get 403 `InvalidProviderToken` |
 //! | `PUT /sim/service-accounts` (the key file's JSON) | adds a service account |
 //! | `POST /sim/service-accounts/{client_email}/revoke` | its access tokens get 401, its assertions `invalid_grant` |
+//! | `POST /sim/clock` `{"shift_secs"}` | moves the simulator's clock (the provider-token and assertion time checks), as a bridge running on a shifted clock needs |
 //!
 //! Answers are JSON; an unknown identity is a 404, a bad body a 400 naming the field.
 
@@ -47,6 +48,7 @@ pub(super) fn handle(state: &State, req: &Received) -> Option<Handled> {
             revoked(state.identities.revoke_apns_key(key_id), key_id)
         }
         (&Method::PUT, ["service-accounts"]) => put_service_account(state, &req.body),
+        (&Method::POST, ["clock"]) => shift_clock(state, &req.body),
         (&Method::POST, ["service-accounts", email, "revoke"]) => {
             let email = percent_decoded(email);
             revoked(state.identities.revoke_fcm_account(&email), &email)
@@ -94,6 +96,24 @@ fn put_service_account(state: &State, body: &[u8]) -> (StatusCode, Value) {
         ),
         Err(e) => bad_request("private_key", &format!("{e:#}")),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockShift {
+    shift_secs: i64,
+}
+
+fn shift_clock(state: &State, body: &[u8]) -> (StatusCode, Value) {
+    let shift: ClockShift = match serde_json::from_slice(body) {
+        Ok(shift) => shift,
+        Err(e) => return bad_request("shift_secs", &e.to_string()),
+    };
+    state.clock.shift(shift.shift_secs);
+    (
+        StatusCode::OK,
+        json!({ "now_ms": state.clock.unix_millis() }),
+    )
 }
 
 fn revoked(found: bool, id: &str) -> (StatusCode, Value) {

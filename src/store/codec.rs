@@ -12,6 +12,7 @@ use sqlx::error::BoxDynError;
 use sqlx::{Database, Decode, Encode, Type};
 
 use crate::model::device::DeviceState;
+use crate::model::policy::Hold;
 use crate::model::{ApnsEnvironment, AttemptOutcome, EventStatus, JobStatus, Platform};
 
 /// Stores `$ty` as the text its `as_str` returns and reads it back through its `FromStr`.
@@ -51,7 +52,8 @@ text_column!(
     JobStatus,
     EventStatus,
     AttemptOutcome,
-    DeviceState
+    DeviceState,
+    Hold
 );
 
 #[cfg(test)]

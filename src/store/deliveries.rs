@@ -27,6 +27,8 @@ pub struct DeliveryRow {
     pub attempts: i64,
     /// Next attempt time, unix ms.
     pub next_attempt_at: i64,
+    /// Why it waits for a later due time, if it was given one.
+    pub hold: Option<crate::model::policy::Hold>,
     /// Last failure reason.
     pub last_reason: Option<String>,
     /// Provider message id.
@@ -72,7 +74,7 @@ pub struct PrunedRow {
 }
 
 const DELIVERY_COLUMNS: &str = "id, event_id, rule, platform, token, status, attempts, \
-     next_attempt_at, last_reason, provider_id, created_at, updated_at";
+     next_attempt_at, hold, last_reason, provider_id, created_at, updated_at";
 
 impl DeliveryRow {
     /// The API view.

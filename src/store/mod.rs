@@ -3,7 +3,8 @@
 //! `sources`, `rules`, `user_auth`, `credentials` (provider keys and breakers); for events, `events` (storing and reading them) and
 //! `lifecycle` (their way through the pipeline); for jobs, `fanout` (writing them), `queue`
 //! (claiming and recording attempts), `dead_letters` (replay), `deliveries` (the read side)
-//! and `stats`; `outbox` for callbacks to apps. Each is written in the dialect that SQLite
+//! and `stats`; `policy` for delivery policies and frequency caps; `outbox` for callbacks
+//! to apps. Each is written in the dialect that SQLite
 //! and PostgreSQL share (`$n` parameters, `ON CONFLICT`, `RETURNING`, text JSON, integer
 //! times), so one implementation serves both backends through sqlx's `Any` driver; `codec`
 //! says how the model's enums are stored. Secrets are stored sealed under the master key
@@ -19,6 +20,7 @@ mod events;
 mod fanout;
 mod lifecycle;
 mod outbox;
+mod policy;
 mod queue;
 mod rules;
 mod sealed;
@@ -34,6 +36,7 @@ pub use devices::Device;
 pub use events::{Event, EventInsert, EventWriter, IncomingEvent, NewEvent};
 pub use fanout::{FanOutCursor, FanOutSlice, NewJob, WholeFanOut};
 pub use outbox::{CallbackAttempt, CallbackRow, CallbackTarget};
+pub use policy::{CapRequest, StoredPolicy};
 pub use queue::{ClaimedJob, JobResult, Prune, PruneCallbacks, PruneKind, PrunedDevice};
 pub use rules::{NamedSpec, SpecKind};
 pub use sealed::{SealReport, WrongKey};

@@ -32,6 +32,10 @@ pub struct ClaimedJob {
     pub event_at: i64,
     /// It is never sent after this time.
     pub expires_at: Option<i64>,
+    /// The device's user, for frequency caps.
+    pub user_id: Option<String>,
+    /// Its frequency-cap category.
+    pub category: Option<String>,
 }
 
 /// What the worker's verdict does to a device.
@@ -464,7 +468,7 @@ fn claim_sql(queues: usize, lock: &str) -> String {
         "UPDATE delivery_jobs SET status = 'in_flight', lease_owner = $1, lease_until = $2 \
          WHERE id IN ({chosen}) \
          RETURNING id, app_id, event_id, platform, token, job, attempts, created_at, event_at, \
-         expires_at"
+         expires_at, user_id, category"
     )
 }
 

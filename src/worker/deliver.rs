@@ -12,6 +12,7 @@
 //! claimer claims less until enough sends finished; no claimed job is ever dropped.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -29,7 +30,7 @@ use crate::model::{AttemptOutcome, Notification};
 use crate::push::apns::wire::reason::BAD_DEVICE_TOKEN;
 use crate::push::{Outcome, RetryClass, Target};
 use crate::redact::Redacted;
-use crate::store::{ClaimedJob, JobResult, Prune, PruneKind};
+use crate::store::{CapRequest, ClaimedJob, JobResult, Prune, PruneKind, StoredPolicy};
 
 /// A token-level refusal the burst guard cannot judge yet is retried after this long...
 const UNDECIDED_WAIT: Duration = Duration::from_secs(30);
@@ -120,6 +121,7 @@ impl Worker {
                 }
             }
             let drained = jobs.len() < want;
+            let jobs = self.within_caps(jobs, &results).await;
             for job in jobs {
                 let in_flight = InFlightJob {
                     id: job.id.clone(),
@@ -151,6 +153,76 @@ impl Worker {
             }
         }
         self.finish_sends(sends, tasks).await;
+    }
+
+    /// The claimed jobs that may be sent: each one whose user reached the app's frequency
+    /// cap for its category ends `capped` here (its result goes straight to the recorder).
+    /// When the cap ledger cannot be read, the capped categories' jobs wait a little and are
+    /// claimed again, rather than being sent past a cap.
+    async fn within_caps(
+        &self,
+        jobs: Vec<ClaimedJob>,
+        results: &mpsc::Sender<JobResult>,
+    ) -> Vec<ClaimedJob> {
+        if jobs.iter().all(|j| j.category.is_none()) {
+            return jobs;
+        }
+        let mut free = Vec::with_capacity(jobs.len());
+        let mut asking: Vec<(ClaimedJob, Arc<StoredPolicy>)> = Vec::new();
+        for job in jobs {
+            let (Some(category), Some(_)) = (&job.category, &job.user_id) else {
+                free.push(job);
+                continue;
+            };
+            match self.policies.get(&self.store, &job.app_id).await {
+                Ok(p) if p.policy.cap(category).is_some() => asking.push((job, p)),
+                Ok(_) => free.push(job),
+                Err(e) => {
+                    tracing::error!(app = %job.app_id, error = %e, "reading the app's policy failed; the job waits");
+                    let until = self.store.now() + 1_000;
+                    let _ = results.send(held(job, until, "policy unreadable", 0)).await;
+                }
+            }
+        }
+        let requests: Vec<CapRequest<'_>> = asking
+            .iter()
+            .filter_map(|(job, p)| {
+                Some(CapRequest {
+                    app_id: &job.app_id,
+                    user_id: job.user_id.as_deref()?,
+                    cap: p.policy.cap(job.category.as_deref()?)?,
+                })
+            })
+            .collect();
+        let verdicts = self.store.admit_capped(&requests).await;
+        drop(requests);
+        let verdicts = match verdicts {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, jobs = asking.len(), "checking frequency caps failed; the jobs wait");
+                let until = self.store.now() + 1_000;
+                for (job, _) in asking {
+                    let _ = results
+                        .send(held(job, until, "frequency caps unreadable", 0))
+                        .await;
+                }
+                return free;
+            }
+        };
+        let mut capped = 0;
+        for ((job, _), admitted) in asking.into_iter().zip(verdicts) {
+            if admitted {
+                free.push(job);
+            } else {
+                capped += 1;
+                let reason = "its user reached the frequency cap of its category";
+                let _ = results.send(withheld(job, JobStatus::Capped, reason)).await;
+            }
+        }
+        if capped > 0 {
+            tracing::debug!(capped, "jobs over their frequency cap");
+        }
+        free
     }
 
     /// Claims up to `want` jobs, none of `skip`; `None` after a failed claim (logged, and

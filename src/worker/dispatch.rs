@@ -13,12 +13,12 @@ use tokio::task::JoinSet;
 
 use super::{JobPayload, Worker};
 use crate::model::device::normalize_token;
-use crate::model::policy::{self, zone_for, Hold, SendPolicy};
+use crate::model::policy::{self, zone_for, Hold, QuietHours, SendPolicy, Urgency};
 use crate::model::rules::{user_ids_at, Audience, DeviceFilter, RuleSpec, TemplateRef};
 use crate::model::template::{context, event_value, CompiledTemplate, TemplateSpec};
 use crate::model::{JobStatus, Platform};
 use crate::store::{
-    Device, Event, FanOutCursor, FanOutSlice, NewJob, SpecKind, Store, WholeFanOut,
+    Device, Event, FanOutCursor, FanOutSlice, NewJob, SpecKind, Store, StoredPolicy, WholeFanOut,
 };
 
 /// Events leased per round.
@@ -201,11 +201,14 @@ impl Worker {
             let template = templates
                 .get(&self.store, &event.app_id, &rule.template)
                 .await?;
-            let timing = self.timing(event, &rule);
+            let timing = self.timing(event, &rule).await?;
             let mut pages = self.audience(&event.app_id, &rule.audience, &payload, None);
             while let Some(devices) = pages.next_page(&self.store).await? {
+                let timing = timing
+                    .for_page(&self.store, &event.app_id, &devices)
+                    .await?;
                 jobs.extend(
-                    render_page(&rule_name(&name), &template, &event_ctx, &timing, devices).await?,
+                    render_page(&rule_name(&name), &template, &event_ctx, timing, devices).await?,
                 );
             }
         }
@@ -331,10 +334,13 @@ impl Worker {
             // later pages are written. A device appears at most once per rule: tokens are
             // unique per app, list audiences are one `IN (...)` query, and filter pages follow
             // a strictly increasing token cursor.
-            let timing = self.timing(event, &rule);
+            let timing = self.timing(event, &rule).await?;
             let mut pages = self.audience(&event.app_id, &rule.audience, &payload, after);
             while let Some(devices) = pages.next_page(&self.store).await? {
-                let jobs = render_page(&rule_name, &template, &event_ctx, &timing, devices).await?;
+                let timing = timing
+                    .for_page(&self.store, &event.app_id, &devices)
+                    .await?;
+                let jobs = render_page(&rule_name, &template, &event_ctx, timing, devices).await?;
                 let cursor = FanOutCursor {
                     rule: rule_name.clone(),
                     after: pages.resume_after(),
@@ -373,12 +379,14 @@ impl Worker {
     }
 
     /// When `rule`'s jobs for `event` are due, as of now.
-    fn timing(&self, event: &Event, rule: &RuleSpec) -> Timing {
-        Timing {
+    async fn timing(&self, event: &Event, rule: &RuleSpec) -> anyhow::Result<Timing> {
+        Ok(Timing {
             now: self.store.now(),
             event_at: event.received_at,
             delivery: rule.delivery.clone(),
-        }
+            app: self.policies.get(&self.store, &event.app_id).await?,
+            user_quiet: HashMap::new(),
+        })
     }
 
     /// The devices a rule addresses, as a pager.
@@ -565,24 +573,82 @@ pub(crate) struct Timing {
     pub event_at: i64,
     /// The rule's (or the send's) policy.
     pub delivery: SendPolicy,
+    /// The app's policy (default zone, quiet hours).
+    pub app: Arc<StoredPolicy>,
+    /// The quiet hours of the users of the page being rendered who set their own.
+    pub user_quiet: HashMap<String, QuietHours>,
 }
 
 impl Timing {
-    /// The due time and hold, and the expiry, of a job for `device`.
-    fn for_device(&self, device: &Device) -> (Option<(i64, Hold)>, Option<i64>) {
-        if self.delivery.is_empty() {
+    /// This timing for a page of `devices`: with the quiet hours their users set, when any
+    /// of the app's users set some.
+    async fn for_page(
+        &self,
+        store: &Store,
+        app_id: &str,
+        devices: &[Device],
+    ) -> anyhow::Result<Self> {
+        let mut timing = self.clone();
+        if !self.app.has_user_preferences {
+            return Ok(timing);
+        }
+        let mut users: Vec<&str> = devices
+            .iter()
+            .filter_map(|d| d.user_id.as_deref())
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        timing.user_quiet = store
+            .preferences_of_users(app_id, &users)
+            .await?
+            .into_iter()
+            .filter_map(|(user, prefs)| prefs.quiet_hours.map(|q| (user, q)))
+            .collect();
+        Ok(timing)
+    }
+
+    /// The due time and hold, and the expiry, of a job for `device`: its user's quiet hours
+    /// if they set some, else the app's, in the device's zone (else the app's, else UTC).
+    /// The template's `urgency` applies when the rule or send states none, and a provider
+    /// lifetime the notification carries (`ttl_seconds` above 0) also bounds the expiry.
+    fn for_device(
+        &self,
+        device: &Device,
+        urgency: Option<Urgency>,
+        ttl_seconds: Option<u64>,
+    ) -> (Option<(i64, Hold)>, Option<i64>) {
+        let quiet = device
+            .user_id
+            .as_ref()
+            .and_then(|u| self.user_quiet.get(u))
+            .or(self.app.policy.quiet_hours.as_ref());
+        let ttl_ms = ttl_seconds
+            .filter(|s| *s > 0)
+            .and_then(|s| i64::try_from(s.saturating_mul(1000)).ok());
+        if self.delivery.is_empty() && quiet.is_none() && ttl_ms.is_none() {
             return (None, None);
         }
-        let zone = zone_for(device.timezone.as_deref(), None);
+        let mut delivery = std::borrow::Cow::Borrowed(&self.delivery);
+        if delivery.urgency.is_none() && urgency.is_some() {
+            delivery.to_mut().urgency = urgency;
+        }
+        let zone = zone_for(
+            device.timezone.as_deref(),
+            self.app.policy.timezone.as_deref(),
+        );
         let due = policy::due(
             self.now,
             self.event_at,
-            &self.delivery,
+            &delivery,
             &zone,
-            None,
+            quiet,
             &device.token,
         );
-        let expires_at = policy::expiry(&self.delivery, due.at_ms);
+        let lifetime = ttl_ms.map(|ttl| due.at_ms.saturating_add(ttl));
+        let expires_at = match (policy::expiry(&delivery, due.at_ms), lifetime) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         (due.hold.map(|h| (due.at_ms, h)), expires_at)
     }
 }
@@ -593,11 +659,10 @@ async fn render_page(
     rule: &str,
     template: &Arc<Result<CompiledTemplate, String>>,
     event_ctx: &minijinja::Value,
-    timing: &Timing,
+    timing: Timing,
     devices: Vec<Device>,
 ) -> anyhow::Result<Vec<NewJob>> {
     let (rule, template, event_ctx) = (rule.to_string(), template.clone(), event_ctx.clone());
-    let timing = timing.clone();
     tokio::task::spawn_blocking(move || {
         devices
             .iter()
@@ -618,10 +683,11 @@ fn render_job(
     timing: &Timing,
     device: &Device,
 ) -> anyhow::Result<NewJob> {
-    let mut collapse_key = None;
+    let (mut collapse_key, mut ttl_seconds) = (None, None);
     let rendered = render_payload(template, event_ctx, device).and_then(|payload| {
         if let JobPayload::V1 { notification, .. } = &payload {
             collapse_key.clone_from(&notification.collapse_key);
+            ttl_seconds = notification.ttl_seconds;
         }
         serde_json::to_string(&payload)
             .map_err(|e| format!("the rendered notification does not serialize: {e}"))
@@ -635,7 +701,8 @@ fn render_job(
                 .context("serializing an unrendered job")?,
         ),
     };
-    let (due, expires_at) = timing.for_device(device);
+    let urgency = template.as_ref().ok().and_then(CompiledTemplate::urgency);
+    let (due, expires_at) = timing.for_device(device, urgency, ttl_seconds);
     Ok(NewJob {
         rule: Some(rule.to_string()),
         platform: device.platform,

@@ -25,6 +25,7 @@ use crate::config::WorkerConfig;
 use crate::metrics::Metrics;
 use crate::model::{ApnsEnvironment, Notification};
 use crate::push::{Providers, ProvidersConfig};
+use crate::service::policy::AppPolicies;
 use crate::store::Store;
 
 /// What a delivery job carries, versioned so queued jobs survive upgrades.
@@ -91,6 +92,8 @@ pub struct Worker {
     pub(crate) providers_config: ProvidersConfig,
     /// The open breakers this instance knows of.
     pub(crate) breakers: Arc<Breakers>,
+    /// App delivery policies (quiet hours and zones at fan-out, caps at send).
+    pub(crate) policies: Arc<AppPolicies>,
     /// Token-level refusals per app, to tell a misconfiguration from bad devices.
     pub(crate) burst: Arc<burst::BurstGuard>,
     /// Wake-ups that cut the poll short: new events, and new or replayed jobs.
@@ -109,6 +112,7 @@ impl Worker {
         config: WorkerConfig,
         providers_config: ProvidersConfig,
         breakers: Arc<Breakers>,
+        policies: Arc<AppPolicies>,
         wake: Wake,
     ) -> anyhow::Result<Self> {
         let burst = Arc::new(burst::BurstGuard::new(
@@ -123,6 +127,7 @@ impl Worker {
             config,
             providers_config,
             breakers,
+            policies,
             wake,
             owner: crate::store::new_id("wrk"),
             http: reqwest::Client::builder()

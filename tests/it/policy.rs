@@ -7,6 +7,7 @@ use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};
 use pushbridge::simulator::{Side, SimulatorHandle};
 use reqwest::Method;
 use serde_json::{json, Value};
+use std::str::FromStr;
 
 /// Sends the simulator's APNs side answered for `token`.
 fn sends_to(sim: &SimulatorHandle, token: &str) -> Vec<Value> {
@@ -302,7 +303,308 @@ async fn a_bad_policy_is_refused_naming_the_field(db: Db) {
     t.shutdown().await;
 }
 
+/// Registers one APNs device for `user` in `timezone` (none when `None`).
+async fn device_in(
+    t: &TestApp,
+    key: &str,
+    user: &str,
+    seed: u64,
+    timezone: Option<&str>,
+) -> String {
+    let token = apns_test_token(ApnsTestKind::Success, seed);
+    let mut body = json!({"platform": "apns", "user_id": user});
+    if let Some(tz) = timezone {
+        body["timezone"] = json!(tz);
+    }
+    let (status, answer) = t
+        .call(
+            Method::PUT,
+            &format!("/v1/devices/{token}"),
+            Some(key),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    token
+}
+
+/// The event's deliveries.
+async fn deliveries_of(t: &TestApp, key: &str, event_id: &str) -> Vec<Value> {
+    let (status, page) = t
+        .call(
+            Method::GET,
+            &format!("/v1/events/{event_id}/deliveries"),
+            Some(key),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    page["deliveries"].as_array().cloned().unwrap_or_default()
+}
+
+/// Sets the bridge's (and the simulator's) clock to `instant`.
+fn set_clock(t: &TestApp, sim: &SimulatorHandle, instant: jiff::Timestamp) {
+    let secs = (instant.as_millisecond() - t.clock().unix_millis()).div_euclid(1000);
+    shift(t, sim, secs);
+}
+
+/// `HH:MM` of the bridge's time plus `minutes`, in UTC.
+fn utc_clock_time(t: &TestApp, minutes: i64) -> String {
+    let ms = t.clock().unix_millis() + minutes * 60_000;
+    let time = jiff::Timestamp::from_millisecond(ms)
+        .expect("timestamp")
+        .in_tz("UTC")
+        .expect("utc");
+    format!("{:02}:{:02}", time.hour(), time.minute())
+}
+
+async fn quiet_hours_hold_a_normal_push_and_let_an_urgent_one_through(db: Db) {
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |_| {}).await;
+    let app = t.new_app().await;
+    let key = app.server_key.clone();
+    // Devices without a zone, in an app without one: UTC. Quiet from an hour ago to an hour
+    // from now.
+    let (start, end) = (utc_clock_time(&t, -60), utc_clock_time(&t, 60));
+    let policy = json!({"quiet_hours": {"start": start, "end": end}});
+    let (status, stored) = t
+        .call(
+            Method::PUT,
+            "/v1/app/policy",
+            Some(&key),
+            Some(policy.clone()),
+        )
+        .await;
+    assert_eq!((status, &stored), (200, &policy), "{stored}");
+    let (_, read) = t
+        .call(Method::GET, "/v1/app/policy", Some(&key), None)
+        .await;
+    assert_eq!(read, policy);
+    let quiet = device_in(&t, &key, "u1", 70, None).await;
+    let normal = send(
+        &t,
+        &key,
+        json!({"to": {"user": "u1"}, "template": {"body": "later"}}),
+    )
+    .await;
+    let urgent = send(
+        &t,
+        &key,
+        json!({"to": {"user": "u1"}, "template": {"body": "now"}, "urgency": "high"}),
+    )
+    .await;
+    // A template may say it is urgent, too.
+    let urgent_template = send(
+        &t,
+        &key,
+        json!({"to": {"user": "u1"}, "template": {"body": "now", "urgency": "high"}}),
+    )
+    .await;
+    for id in [&urgent, &urgent_template] {
+        let done = t
+            .wait_for(&format!("/v1/events/{id}"), &key, |e| {
+                e["status"] == "completed"
+            })
+            .await;
+        assert_eq!(done["deliveries"]["delivered"], 1, "{done}");
+    }
+    dispatched(&t, &key, &normal).await;
+    let held = deliveries_of(&t, &key, &normal).await;
+    assert_eq!(held[0]["status"], "queued", "{held:?}");
+    assert_eq!(held[0]["hold"], "quiet_hours", "{held:?}");
+    let released = jiff::Timestamp::from_str(held[0]["next_attempt_at"].as_str().expect("due"))
+        .expect("rfc 3339");
+    let wait = released.as_millisecond() - t.clock().unix_millis();
+    assert!(
+        (58 * 60_000..=60 * 60_000).contains(&wait),
+        "released in {wait} ms"
+    );
+    assert_eq!(
+        sends_to(&sim, &quiet).len(),
+        2,
+        "only the urgent ones went out"
+    );
+    // A user's own quiet hours apply in an app without any.
+    let (status, _) = t
+        .call(Method::PUT, "/v1/app/policy", Some(&key), Some(json!({})))
+        .await;
+    assert_eq!(status, 200);
+    let (status, prefs) = t
+        .call(
+            Method::PUT,
+            "/v1/users/u2/preferences",
+            Some(&key),
+            Some(json!({"quiet_hours": {"start": start, "end": end}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{prefs}");
+    device_in(&t, &key, "u2", 71, None).await;
+    let theirs = send(
+        &t,
+        &key,
+        json!({"to": {"user": "u2"}, "template": {"body": "x"}}),
+    )
+    .await;
+    dispatched(&t, &key, &theirs).await;
+    assert_eq!(
+        deliveries_of(&t, &key, &theirs).await[0]["hold"],
+        "quiet_hours"
+    );
+    // When the quiet hours end, the held ones go.
+    shift(&t, &sim, 3_700);
+    for id in [&normal, &theirs] {
+        let done = t
+            .wait_for(&format!("/v1/events/{id}"), &key, |e| {
+                e["status"] == "completed"
+            })
+            .await;
+        assert_eq!(done["deliveries"]["delivered"], 1, "{done}");
+    }
+    assert_eq!(sends_to(&sim, &quiet).len(), 3);
+    t.shutdown().await;
+}
+
+async fn the_fourth_marketing_push_within_a_day_is_capped(db: Db) {
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |_| {}).await;
+    let app = t.new_app().await;
+    let key = app.server_key.clone();
+    let policy = json!({"caps": [{"category": "marketing", "max": 3, "per": "24h"}]});
+    let (status, _) = t
+        .call(Method::PUT, "/v1/app/policy", Some(&key), Some(policy))
+        .await;
+    assert_eq!(status, 200);
+    let token = device_in(&t, &key, "u1", 80, None).await;
+    let marketing =
+        json!({"to": {"user": "u1"}, "template": {"body": "sale"}, "category": "marketing"});
+    let mut ends = Vec::new();
+    for _ in 0..4 {
+        let id = send(&t, &key, marketing.clone()).await;
+        let done = t
+            .wait_for(&format!("/v1/events/{id}"), &key, |e| {
+                e["status"] == "completed"
+            })
+            .await;
+        ends.push(done["deliveries"].clone());
+        shift(&t, &sim, 60);
+    }
+    for sent in &ends[..3] {
+        assert_eq!(sent["delivered"], 1, "{ends:?}");
+    }
+    assert_eq!(ends[3]["capped"], 1, "{ends:?}");
+    let (_, page) = t
+        .call(
+            Method::GET,
+            "/v1/deliveries?status=capped",
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        page["deliveries"].as_array().map(Vec::len),
+        Some(1),
+        "{page}"
+    );
+    // Another category, or none, is not counted.
+    let other = send(
+        &t,
+        &key,
+        json!({"to": {"user": "u1"}, "template": {"body": "receipt"}}),
+    )
+    .await;
+    let done = t
+        .wait_for(&format!("/v1/events/{other}"), &key, |e| {
+            e["status"] == "completed"
+        })
+        .await;
+    assert_eq!(done["deliveries"]["delivered"], 1, "{done}");
+    // A day after the first, the window has room again.
+    shift(&t, &sim, 24 * 3600 - 3 * 60);
+    let later = send(&t, &key, marketing).await;
+    let done = t
+        .wait_for(&format!("/v1/events/{later}"), &key, |e| {
+            e["status"] == "completed"
+        })
+        .await;
+    assert_eq!(done["deliveries"]["delivered"], 1, "{done}");
+    assert_eq!(sends_to(&sim, &token).len(), 5);
+    t.shutdown().await;
+}
+
+/// Sends `deliver_at_local: 09:00` to one device in each zone from `now` and returns each
+/// delivery's due instant by zone, checking it is held as scheduled.
+async fn nine_local_due(
+    t: &TestApp,
+    sim: &SimulatorHandle,
+    now: jiff::Timestamp,
+    zones: &[&str],
+    first_seed: u64,
+) -> Vec<jiff::Timestamp> {
+    set_clock(t, sim, now);
+    let app = t.new_app().await;
+    let key = app.server_key.clone();
+    let mut tokens = Vec::new();
+    for (i, zone) in zones.iter().enumerate() {
+        tokens.push(device_in(t, &key, "u1", first_seed + i as u64, Some(zone)).await);
+    }
+    let id = send(
+        t,
+        &key,
+        json!({"to": {"user": "u1"}, "template": {"body": "good morning"}, "deliver_at_local": "09:00"}),
+    )
+    .await;
+    dispatched(t, &key, &id).await;
+    let rows = deliveries_of(t, &key, &id).await;
+    tokens
+        .iter()
+        .map(|token| {
+            let row = rows
+                .iter()
+                .find(|r| &r["token"] == token)
+                .expect("delivery");
+            assert_eq!(row["hold"], "scheduled", "{row}");
+            jiff::Timestamp::from_str(row["next_attempt_at"].as_str().expect("due"))
+                .expect("rfc 3339")
+        })
+        .collect()
+}
+
+async fn nine_oclock_local_is_nine_oclock_in_every_zone_and_on_dst_days(db: Db) {
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |_| {}).await;
+    let zones = ["Europe/Paris", "America/New_York", "Asia/Kolkata"];
+    let at = |date: jiff::civil::Date, zone: &str| {
+        date.at(9, 0, 0, 0).in_tz(zone).expect("zone").timestamp()
+    };
+    // An ordinary day: 2027-06-01 at 00:00 UTC.
+    let now = jiff::Timestamp::from_str("2027-06-01T00:00:00Z").expect("time");
+    let due = nine_local_due(&t, &sim, now, &zones, 90).await;
+    let day = jiff::civil::date(2027, 6, 1);
+    let expected: Vec<_> = zones.iter().map(|z| at(day, z)).collect();
+    assert_eq!(due, expected);
+    assert!(
+        due[0] != due[1] && due[1] != due[2] && due[0] != due[2],
+        "{due:?}"
+    );
+    for (instant, zone) in due.iter().zip(zones) {
+        let local = instant.in_tz(zone).expect("zone");
+        assert_eq!((local.hour(), local.minute()), (9, 0), "{zone}");
+    }
+    // Paris springs forward on 2027-03-28 at 02:00: 09:00 that day is CEST (+02:00).
+    let now = jiff::Timestamp::from_str("2027-03-28T00:30:00Z").expect("time");
+    let due = nine_local_due(&t, &sim, now, &["Europe/Paris"], 95).await;
+    assert_eq!(due[0].to_string(), "2027-03-28T07:00:00Z");
+    // New York falls back on 2027-11-07 at 02:00: 09:00 that day is EST (-05:00).
+    let now = jiff::Timestamp::from_str("2027-11-07T04:00:00Z").expect("time");
+    let due = nine_local_due(&t, &sim, now, &["America/New_York"], 96).await;
+    assert_eq!(due[0].to_string(), "2027-11-07T14:00:00Z");
+    t.shutdown().await;
+}
+
 backend_tests!(
+    quiet_hours_hold_a_normal_push_and_let_an_urgent_one_through,
+    the_fourth_marketing_push_within_a_day_is_capped,
+    nine_oclock_local_is_nine_oclock_in_every_zone_and_on_dst_days,
     a_send_at_a_later_time_waits_for_it,
     an_expired_job_is_never_sent,
     the_provider_is_told_the_time_left_before_expiry,

@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
-use crate::model::Platform;
+use crate::model::{JobStatus, Platform};
 use crate::push::Outcome;
 use prometheus_client::registry::Registry;
 
@@ -84,6 +84,27 @@ pub struct JobLabels {
     pub status: String,
 }
 
+/// Labels of the queue gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// A job status (`queued`, `in_flight`, `dead`), or a part of the queued jobs waiting
+    /// for a later time: `scheduled` (their policy's time) or `held` (quiet hours).
+    pub status: &'static str,
+}
+
+/// Labels of the counter of jobs a delivery policy ended without sending them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WithheldLabels {
+    /// One of [`JobStatus::WITHHELD`]: `capped`, `superseded`, `expired` or `cancelled`.
+    pub status: &'static str,
+}
+
+/// The queue gauge's label for queued jobs waiting for their policy's time.
+pub const QUEUE_SCHEDULED: &str = "scheduled";
+
+/// The queue gauge's label for queued jobs held until quiet hours end.
+pub const QUEUE_HELD: &str = "held";
+
 /// Labels of HTTP request metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -126,7 +147,7 @@ pub struct BreakerLabels {
 pub struct Metrics {
     http_duration: Family<HttpLabels, Histogram>,
     event_to_delivery: Histogram,
-    queue_depth: Family<JobLabels, Gauge>,
+    queue_depth: Family<QueueLabels, Gauge>,
     oldest_job_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     pool_open: Family<PoolLabels, Gauge>,
     pool_in_flight: Family<PoolLabels, Gauge>,
@@ -137,6 +158,7 @@ pub struct Metrics {
     deliveries: Family<DeliveryLabels, Counter>,
     provider_latency: Family<ProviderLabels, Histogram>,
     jobs_created: Family<JobLabels, Counter>,
+    withheld: Family<WithheldLabels, Counter>,
     retries: Counter,
     dead_letters: Counter,
     pruned: Counter,
@@ -178,6 +200,7 @@ impl Metrics {
             "Delivery jobs created by fan-out, by initial status",
             jobs_created.clone(),
         );
+        let withheld = register_withheld(&mut registry);
         let retries = Counter::default();
         registry.register("retries", "Attempts scheduled for retry", retries.clone());
         let dead_letters = Counter::default();
@@ -206,10 +229,11 @@ impl Metrics {
             "Time from receiving an event to the provider accepting a notification",
             event_to_delivery.clone(),
         );
-        let queue_depth = Family::<JobLabels, Gauge>::default();
+        let queue_depth = Family::<QueueLabels, Gauge>::default();
         registry.register(
             "queue_jobs",
-            "Delivery jobs by status (sampled at scrape)",
+            "Delivery jobs by status, and the queued ones waiting for a later time: scheduled \
+             (their policy's time) and held (quiet hours) (sampled at scrape)",
             queue_depth.clone(),
         );
         let oldest_job_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
@@ -257,6 +281,7 @@ impl Metrics {
             deliveries,
             provider_latency,
             jobs_created,
+            withheld,
             retries,
             dead_letters,
             pruned,
@@ -305,14 +330,14 @@ impl Metrics {
     /// Sets the sampled queue gauges.
     pub fn set_queue(&self, q: &crate::store::QueueStats) {
         for (status, n) in [
-            ("queued", q.queued),
-            ("in_flight", q.in_flight),
-            ("dead", q.dead),
+            (JobStatus::Queued.as_str(), q.queued),
+            (QUEUE_SCHEDULED, q.scheduled),
+            (QUEUE_HELD, q.held),
+            (JobStatus::InFlight.as_str(), q.in_flight),
+            (JobStatus::Dead.as_str(), q.dead),
         ] {
             self.queue_depth
-                .get_or_create(&JobLabels {
-                    status: status.to_string(),
-                })
+                .get_or_create(&QueueLabels { status })
                 .set(n);
         }
         self.oldest_job_age.set(q.oldest_due_age_secs);
@@ -372,6 +397,26 @@ impl Metrics {
         }
     }
 
+    /// Counts `n` jobs a delivery policy ended with `status` (one of
+    /// [`JobStatus::WITHHELD`]) without sending them; any other status is not counted here.
+    pub fn withheld(&self, status: JobStatus, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if !JobStatus::WITHHELD.contains(&status) {
+            tracing::warn!(
+                status = status.as_str(),
+                "not a withheld status; not counted"
+            );
+            return;
+        }
+        self.withheld
+            .get_or_create(&WithheldLabels {
+                status: status.as_str(),
+            })
+            .inc_by(n);
+    }
+
     /// Counts a scheduled retry.
     pub fn retried(&self) {
         self.retries.inc();
@@ -412,6 +457,24 @@ impl Metrics {
             ExpositionFormat::Classic => classic_text(&out),
         }
     }
+}
+
+/// Registers the counter of withheld jobs, with a series for each withheld status from the
+/// start, so that a rate over one never starts from nothing.
+fn register_withheld(registry: &mut Registry) -> Family<WithheldLabels, Counter> {
+    let withheld = Family::<WithheldLabels, Counter>::default();
+    registry.register(
+        "jobs_withheld",
+        "Delivery jobs a delivery policy ended without sending them, by final status \
+         (capped, superseded, expired, cancelled)",
+        withheld.clone(),
+    );
+    for status in JobStatus::WITHHELD {
+        drop(withheld.get_or_create(&WithheldLabels {
+            status: status.as_str(),
+        }));
+    }
+    withheld
 }
 
 /// The method label: the standard methods by name, anything else (extension methods a
@@ -510,4 +573,78 @@ fn classic_text(openmetrics: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ExpositionFormat, Metrics};
+    use crate::model::JobStatus;
+    use crate::store::QueueStats;
+
+    /// The value of the sample line `series value` in an exposition.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn withheld_jobs_are_counted_by_their_final_status() {
+        let metrics = Metrics::new();
+        metrics.withheld(JobStatus::Expired, 3);
+        metrics.withheld(JobStatus::Expired, 2);
+        metrics.withheld(JobStatus::Cancelled, 7);
+        metrics.withheld(JobStatus::Superseded, 0);
+        // Not a withheld status: not counted, and no series of its own.
+        metrics.withheld(JobStatus::Delivered, 4);
+        for (format, family) in [
+            (ExpositionFormat::OpenMetrics, "pushbridge_jobs_withheld"),
+            (ExpositionFormat::Classic, "pushbridge_jobs_withheld_total"),
+        ] {
+            let text = metrics.encode(format);
+            assert!(
+                text.contains(&format!("# TYPE {family} counter\n")),
+                "{text}"
+            );
+            for (status, want) in [
+                (JobStatus::Capped, 0.0),
+                (JobStatus::Superseded, 0.0),
+                (JobStatus::Expired, 5.0),
+                (JobStatus::Cancelled, 7.0),
+            ] {
+                let series = format!(
+                    "pushbridge_jobs_withheld_total{{status=\"{}\"}}",
+                    status.as_str()
+                );
+                assert_eq!(sample(&text, &series), Some(want), "{series}\n{text}");
+            }
+            assert!(
+                !text.contains("pushbridge_jobs_withheld_total{status=\"delivered\"}"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_queue_gauges_show_scheduled_and_held_jobs() {
+        let metrics = Metrics::new();
+        metrics.set_queue(&QueueStats {
+            queued: 12,
+            scheduled: 5,
+            held: 4,
+            in_flight: 2,
+            dead: 1,
+            oldest_due_age_secs: 1.5,
+        });
+        let text = metrics.encode(ExpositionFormat::OpenMetrics);
+        for (status, want) in [
+            ("queued", 12.0),
+            ("scheduled", 5.0),
+            ("held", 4.0),
+            ("in_flight", 2.0),
+            ("dead", 1.0),
+        ] {
+            let series = format!("pushbridge_queue_jobs{{status=\"{status}\"}}");
+            assert_eq!(sample(&text, &series), Some(want), "{series}\n{text}");
+        }
+    }
 }

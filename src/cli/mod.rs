@@ -194,36 +194,46 @@ pub async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()>
             println!("queued event {id}");
             Ok(())
         }
-        Command::Stats { app } => {
-            let store = crate::open_store(&config).await?;
-            let now = store.now();
+        Command::Stats { app } => stats(app.as_deref(), &config).await,
+    }
+}
+
+/// `pushbridge stats`: the windows' figures, then the queue.
+async fn stats(app: Option<&str>, config: &Config) -> anyhow::Result<()> {
+    let store = crate::open_store(config).await?;
+    let now = store.now();
+    println!(
+        "{:<6} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7}",
+        "window", "finished", "success", "avg ms", "p95 ms", "attempts", "pruned"
+    );
+    for (name, w) in service::stats::windows(&store, app, now).await? {
+        println!(
+            "{:<6} {:>9} {:>8.1}% {:>8.0} {:>8} {:>8} {:>7}",
+            name,
+            w.finished,
+            w.success_rate * 100.0,
+            w.avg_latency_ms,
+            w.p95_latency_ms,
+            w.attempts,
+            w.pruned_tokens
+        );
+        for f in w.failures.iter().take(5) {
+            println!("         {} {}: {}", f.outcome.as_str(), f.reason, f.count);
+        }
+        if w.capped + w.superseded + w.expired + w.cancelled > 0 {
             println!(
-                "{:<6} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7}",
-                "window", "finished", "success", "avg ms", "p95 ms", "attempts", "pruned"
+                "         not sent (policy): {} capped, {} superseded, {} expired, {} cancelled",
+                w.capped, w.superseded, w.expired, w.cancelled
             );
-            for (name, w) in service::stats::windows(&store, app.as_deref(), now).await? {
-                println!(
-                    "{:<6} {:>9} {:>8.1}% {:>8.0} {:>8} {:>8} {:>7}",
-                    name,
-                    w.finished,
-                    w.success_rate * 100.0,
-                    w.avg_latency_ms,
-                    w.p95_latency_ms,
-                    w.attempts,
-                    w.pruned_tokens
-                );
-                for f in w.failures.iter().take(5) {
-                    println!("         {} {}: {}", f.outcome.as_str(), f.reason, f.count);
-                }
-            }
-            let q = store.queue_stats(app.as_deref(), now).await?;
-            println!(
-                "queue: {} queued, {} in flight, {} dead, oldest due {:.1}s",
-                q.queued, q.in_flight, q.dead, q.oldest_due_age_secs
-            );
-            Ok(())
         }
     }
+    let q = store.queue_stats(app, now).await?;
+    println!(
+        "queue: {} queued ({} scheduled, {} held for quiet hours), {} in flight, {} dead, \
+         oldest due {:.1}s",
+        q.queued, q.scheduled, q.held, q.in_flight, q.dead, q.oldest_due_age_secs
+    );
+    Ok(())
 }
 
 async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {

@@ -1,5 +1,7 @@
-//! `GET /v1/stats`: delivery figures over 5 minutes, 1 hour and 24 hours, the queue, a
-//! throughput series, recent dead letters and recently pruned tokens (redacted).
+//! `GET /v1/stats`: delivery figures over 5 minutes, 1 hour and 24 hours (every final state,
+//! sent or withheld by a delivery policy), the queue (with what waits for a scheduled time or
+//! for quiet hours to end), a throughput series, recent dead letters and recently pruned
+//! tokens (redacted).
 
 use axum::extract::State;
 use axum::Json;

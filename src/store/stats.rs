@@ -1,16 +1,18 @@
-//! Delivery statistics over time windows, per app or across all apps.
+//! Delivery statistics over time windows (every final state, sent or withheld by a delivery
+//! policy) and the queue (what waits, and why), per app or across all apps.
 
 use serde::Serialize;
 
 use super::Store;
-use crate::model::AttemptOutcome;
+use crate::model::{AttemptOutcome, JobStatus};
 
 /// Figures for one window.
 #[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct WindowStats {
     /// Window length in seconds.
     pub window_secs: i64,
-    /// Deliveries that reached a final state in the window.
+    /// Deliveries that reached a final state in the window: sent or not (the seven counts
+    /// below add up to it).
     pub finished: i64,
     /// Of those, delivered.
     pub delivered: i64,
@@ -18,7 +20,17 @@ pub struct WindowStats {
     pub dead: i64,
     /// Of those, rejected tokens.
     pub invalid: i64,
-    /// `delivered / finished` (1.0 when nothing finished).
+    /// Of those, not sent: the user had reached a frequency cap.
+    pub capped: i64,
+    /// Of those, not sent: a newer delivery with the same collapse key replaced it.
+    pub superseded: i64,
+    /// Of those, not sent: expired before it could be sent.
+    pub expired: i64,
+    /// Of those, not sent: its event was cancelled.
+    pub cancelled: i64,
+    /// `delivered / (delivered + dead + invalid)`: the deliveries a policy withheld (capped,
+    /// superseded, expired, cancelled) were never tried and do not count; 1.0 when nothing
+    /// was tried.
     pub success_rate: f64,
     /// Provider attempts in the window.
     pub attempts: i64,
@@ -30,6 +42,65 @@ pub struct WindowStats {
     pub failures: Vec<FailureCount>,
     /// Devices pruned in the window.
     pub pruned_tokens: i64,
+}
+
+/// Deliveries that reached each final state in a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct FinalCounts {
+    delivered: i64,
+    dead: i64,
+    invalid: i64,
+    capped: i64,
+    superseded: i64,
+    expired: i64,
+    cancelled: i64,
+}
+
+impl FinalCounts {
+    /// Counts by status, as the grouped query returns them.
+    fn from_rows(rows: &[(JobStatus, i64)]) -> Self {
+        let mut counts = Self::default();
+        for &(status, n) in rows {
+            let slot = match status {
+                JobStatus::Delivered => &mut counts.delivered,
+                JobStatus::Dead => &mut counts.dead,
+                JobStatus::Invalid => &mut counts.invalid,
+                JobStatus::Capped => &mut counts.capped,
+                JobStatus::Superseded => &mut counts.superseded,
+                JobStatus::Expired => &mut counts.expired,
+                JobStatus::Cancelled => &mut counts.cancelled,
+                JobStatus::Queued | JobStatus::InFlight => continue,
+            };
+            *slot += n;
+        }
+        counts
+    }
+
+    /// Every final delivery, sent or withheld.
+    fn finished(&self) -> i64 {
+        self.tried() + self.capped + self.superseded + self.expired + self.cancelled
+    }
+
+    /// The deliveries that were tried: delivered, dead or invalid.
+    fn tried(&self) -> i64 {
+        self.delivered + self.dead + self.invalid
+    }
+
+    /// Delivered of those tried; 1.0 when none was.
+    fn success_rate(&self) -> f64 {
+        match self.tried() {
+            0 => 1.0,
+            tried => self.delivered as f64 / tried as f64,
+        }
+    }
+}
+
+/// Provider round trips of the delivered attempts in a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Latency {
+    attempts: i64,
+    avg_ms: f64,
+    p95_ms: i64,
 }
 
 /// Failed attempts of one kind.
@@ -57,8 +128,13 @@ pub struct SeriesPoint {
 /// Queue figures.
 #[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct QueueStats {
-    /// Jobs waiting.
+    /// Jobs waiting: due now or later (`scheduled` and `held` included).
     pub queued: i64,
+    /// Of those, waiting for a later time their policy set (`send_at`, `delay`,
+    /// `deliver_at_local`).
+    pub scheduled: i64,
+    /// Of those, held until the end of the device's quiet hours.
+    pub held: i64,
     /// Jobs being sent.
     pub in_flight: i64,
     /// Dead letters waiting for a replay.
@@ -77,43 +153,8 @@ impl Store {
     ) -> anyhow::Result<WindowStats> {
         let since = now - window_secs * 1000;
         let app = app_id.unwrap_or("");
-        let (delivered, dead, invalid): (i64, i64, i64) = sqlx::query_as(
-            "SELECT \
-               CAST(COALESCE(SUM(CASE WHEN status = 'delivered' THEN 1 ELSE 0 END), 0) AS BIGINT), \
-               CAST(COALESCE(SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END), 0) AS BIGINT), \
-               CAST(COALESCE(SUM(CASE WHEN status = 'invalid' THEN 1 ELSE 0 END), 0) AS BIGINT) \
-             FROM delivery_jobs WHERE ($1 = '' OR app_id = $1) AND updated_at >= $2 \
-             AND status IN ('delivered', 'dead', 'invalid')",
-        )
-        .bind(app)
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?;
-        let (attempts, ok_attempts, latency_sum): (i64, i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), \
-               CAST(COALESCE(SUM(CASE WHEN outcome = 'delivered' THEN 1 ELSE 0 END), 0) AS BIGINT), \
-               CAST(COALESCE(SUM(CASE WHEN outcome = 'delivered' THEN latency_ms ELSE 0 END), 0) AS BIGINT) \
-             FROM delivery_attempts WHERE ($1 = '' OR app_id = $1) AND at >= $2",
-        )
-        .bind(app)
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?;
-        let p95 = if ok_attempts == 0 {
-            0
-        } else {
-            let offset = ((ok_attempts as f64) * 0.95).ceil() as i64 - 1;
-            let row: Option<(i64,)> = sqlx::query_as(
-                "SELECT latency_ms FROM delivery_attempts WHERE ($1 = '' OR app_id = $1) \
-                 AND at >= $2 AND outcome = 'delivered' ORDER BY latency_ms LIMIT 1 OFFSET $3",
-            )
-            .bind(app)
-            .bind(since)
-            .bind(offset.max(0))
-            .fetch_optional(&self.pool)
-            .await?;
-            row.map_or(0, |(v,)| v)
-        };
+        let counts = self.final_counts(app, since).await?;
+        let latency = self.latency(app, since).await?;
         let failures = sqlx::query_as::<_, FailureCount>(
             "SELECT outcome, COALESCE(reason, '') AS reason, COUNT(*) AS count FROM delivery_attempts \
              WHERE ($1 = '' OR app_id = $1) AND at >= $2 AND outcome <> 'delivered' \
@@ -130,27 +171,74 @@ impl Store {
         .bind(since)
         .fetch_one(&self.pool)
         .await?;
-        let finished = delivered + dead + invalid;
         Ok(WindowStats {
             window_secs,
-            finished,
-            delivered,
-            dead,
-            invalid,
-            success_rate: if finished == 0 {
-                1.0
-            } else {
-                delivered as f64 / finished as f64
-            },
-            attempts,
-            avg_latency_ms: if ok_attempts == 0 {
-                0.0
-            } else {
-                latency_sum as f64 / ok_attempts as f64
-            },
-            p95_latency_ms: p95,
+            finished: counts.finished(),
+            delivered: counts.delivered,
+            dead: counts.dead,
+            invalid: counts.invalid,
+            capped: counts.capped,
+            superseded: counts.superseded,
+            expired: counts.expired,
+            cancelled: counts.cancelled,
+            success_rate: counts.success_rate(),
+            attempts: latency.attempts,
+            avg_latency_ms: latency.avg_ms,
+            p95_latency_ms: latency.p95_ms,
             failures,
             pruned_tokens: pruned,
+        })
+    }
+
+    /// Jobs of `app` (`""`: every app) that reached each final state since `since`.
+    async fn final_counts(&self, app: &str, since: i64) -> anyhow::Result<FinalCounts> {
+        let rows: Vec<(JobStatus, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM delivery_jobs \
+             WHERE ($1 = '' OR app_id = $1) AND updated_at >= $2 \
+             AND status IN ('delivered', 'dead', 'invalid', \
+                            'capped', 'superseded', 'expired', 'cancelled') \
+             GROUP BY status",
+        )
+        .bind(app)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(FinalCounts::from_rows(&rows))
+    }
+
+    /// Attempts of `app` (`""`: every app) since `since`, and the mean and 95th percentile
+    /// round trip of the delivered ones.
+    async fn latency(&self, app: &str, since: i64) -> anyhow::Result<Latency> {
+        let (attempts, ok_attempts, latency_sum): (i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), \
+               CAST(COALESCE(SUM(CASE WHEN outcome = 'delivered' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(CASE WHEN outcome = 'delivered' THEN latency_ms ELSE 0 END), 0) AS BIGINT) \
+             FROM delivery_attempts WHERE ($1 = '' OR app_id = $1) AND at >= $2",
+        )
+        .bind(app)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        if ok_attempts == 0 {
+            return Ok(Latency {
+                attempts,
+                ..Latency::default()
+            });
+        }
+        let offset = ((ok_attempts as f64) * 0.95).ceil() as i64 - 1;
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT latency_ms FROM delivery_attempts WHERE ($1 = '' OR app_id = $1) \
+             AND at >= $2 AND outcome = 'delivered' ORDER BY latency_ms LIMIT 1 OFFSET $3",
+        )
+        .bind(app)
+        .bind(since)
+        .bind(offset.max(0))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(Latency {
+            attempts,
+            avg_ms: latency_sum as f64 / ok_attempts as f64,
+            p95_ms: row.map_or(0, |(v,)| v),
         })
     }
 
@@ -179,17 +267,25 @@ impl Store {
     /// Queue depth and the age of the oldest due job.
     pub async fn queue_stats(&self, app_id: Option<&str>, now: i64) -> anyhow::Result<QueueStats> {
         let app = app_id.unwrap_or("");
-        // One subquery per status, so each reads only its partial index.
-        let (queued, in_flight, dead): (i64, i64, i64) = sqlx::query_as(
+        // One subquery per status, so each reads only its partial index. The scheduled and
+        // held counts read the queued jobs' index too, as the queued count does.
+        let (queued, scheduled, held, in_flight, dead): (i64, i64, i64, i64, i64) = sqlx::query_as(
             "SELECT \
-               (SELECT COUNT(*) FROM delivery_jobs WHERE status = 'queued' \
-                 AND ($1 = '' OR app_id = $1)), \
-               (SELECT COUNT(*) FROM delivery_jobs WHERE status = 'in_flight' \
-                 AND ($1 = '' OR app_id = $1)), \
-               (SELECT COUNT(*) FROM delivery_jobs WHERE status = 'dead' \
-                 AND ($1 = '' OR app_id = $1))",
+                   (SELECT COUNT(*) FROM delivery_jobs WHERE status = 'queued' \
+                     AND ($1 = '' OR app_id = $1)), \
+                   (SELECT COUNT(*) FROM delivery_jobs WHERE status = 'queued' \
+                     AND hold = 'scheduled' AND next_attempt_at > $2 \
+                     AND ($1 = '' OR app_id = $1)), \
+                   (SELECT COUNT(*) FROM delivery_jobs WHERE status = 'queued' \
+                     AND hold = 'quiet_hours' AND next_attempt_at > $2 \
+                     AND ($1 = '' OR app_id = $1)), \
+                   (SELECT COUNT(*) FROM delivery_jobs WHERE status = 'in_flight' \
+                     AND ($1 = '' OR app_id = $1)), \
+                   (SELECT COUNT(*) FROM delivery_jobs WHERE status = 'dead' \
+                     AND ($1 = '' OR app_id = $1))",
         )
         .bind(app)
+        .bind(now)
         .fetch_one(&self.pool)
         .await?;
         let (oldest,): (Option<i64>,) = sqlx::query_as(
@@ -209,6 +305,8 @@ impl Store {
             .unwrap_or(0.0);
         Ok(QueueStats {
             queued,
+            scheduled,
+            held,
             in_flight,
             dead,
             oldest_due_age_secs,
@@ -237,5 +335,30 @@ impl Store {
         .bind(event_id)
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FinalCounts;
+    use crate::model::JobStatus;
+
+    #[test]
+    fn withheld_deliveries_finish_but_do_not_lower_the_success_rate() {
+        let counts = FinalCounts::from_rows(&[
+            (JobStatus::Delivered, 8),
+            (JobStatus::Dead, 1),
+            (JobStatus::Invalid, 1),
+            (JobStatus::Capped, 2),
+            (JobStatus::Superseded, 3),
+            (JobStatus::Expired, 4),
+            (JobStatus::Cancelled, 5),
+        ]);
+        assert_eq!(counts.finished(), 24);
+        assert!((counts.success_rate() - 0.8).abs() < 1e-12);
+        let withheld_only = FinalCounts::from_rows(&[(JobStatus::Expired, 3)]);
+        assert_eq!(withheld_only.finished(), 3);
+        assert_eq!(withheld_only.success_rate(), 1.0);
+        assert_eq!(FinalCounts::from_rows(&[]).success_rate(), 1.0);
     }
 }

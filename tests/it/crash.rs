@@ -1,6 +1,7 @@
 //! Crash recovery of the real binary: `pushbridge serve` is killed with SIGKILL in the middle of
-//! a fan-out and in the middle of webhook ingest, then restarted on the same database. Nothing
-//! that was accepted may be lost, and duplicates are bounded by the jobs in flight at the kill.
+//! a fan-out, in the middle of webhook ingest, and while a scheduled send waits for its time,
+//! then restarted on the same database. Nothing that was accepted may be lost, nothing may go
+//! out before its time, and duplicates are bounded by the jobs in flight at the kill.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use pushbridge::signature::sign;
 use pushbridge::signature::Scheme;
 use pushbridge::simulator::tokens::{apns_test_token, fcm_test_token, ApnsTestKind, FcmTestKind};
 use pushbridge::simulator::{RecordedRequest, Side};
-use pushbridge::store::Store;
+use pushbridge::store::{NewApp, QueueStats, Store};
 use serde_json::{json, Value};
 
 /// Devices in the fan-out crash test (override with `CRASH_TEST_DEVICES`).
@@ -359,7 +360,185 @@ async fn kill_9_during_webhook_ingest_delivers_every_accepted_event(db: Db) {
     );
 }
 
+/// Devices in the scheduled-send crash test.
+const SCHEDULED_DEVICES: u64 = 10_000;
+
+/// How far ahead the scheduled-send crash test sets `send_at`: long enough for the fan-out of
+/// [`SCHEDULED_DEVICES`] and a restart, short enough to wait for in real time (a child
+/// process cannot share a test's shifted clock).
+const SCHEDULED_LEAD_MS: i64 = 4_000;
+
+/// Requests that reached the simulated providers (APNs or FCM messages), whatever the answer.
+fn provider_requests(records: &[RecordedRequest]) -> usize {
+    records
+        .iter()
+        .filter(|r| matches!(r.side, Side::Apns | Side::Fcm))
+        .count()
+}
+
+/// Samples the simulator until `until_ms`: `(time, provider requests recorded before it)`.
+/// The records are read before the time is taken, so a sample's count holds only requests
+/// that arrived before its time.
+async fn sample_until(
+    sim: &pushbridge::simulator::SimulatorHandle,
+    until_ms: i64,
+) -> Vec<(i64, usize)> {
+    let mut samples = Vec::new();
+    loop {
+        let count = provider_requests(&sim.records());
+        let at = now_ms();
+        samples.push((at, count));
+        if at >= until_ms {
+            return samples;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What the scheduled-send crash saw: the restarted bridge, the queue at the kill, and when
+/// the kill and the restart happened (unix ms).
+struct ScheduledCrash {
+    restarted: BridgeProcess,
+    at_kill: QueueStats,
+    killed_at: i64,
+    restarted_at: i64,
+}
+
+/// Posts a send to every device due at `send_at_ms`, kills the bridge with SIGKILL as soon as
+/// the fan-out has written every job, and restarts it.
+async fn schedule_and_crash(
+    dir: &std::path::Path,
+    env: &[(String, String)],
+    store: &Store,
+    app: &NewApp,
+    send_at_ms: i64,
+) -> (String, ScheduledCrash) {
+    let mut bridge = BridgeProcess::start(dir, env, &LEASE, None).await;
+    let send_at = jiff::Timestamp::from_millisecond(send_at_ms).expect("timestamp");
+    let (status, resp) = post_json(
+        &bridge.url("/v1/notifications"),
+        &app.server_key,
+        reqwest::Method::POST,
+        json!({"to": {"devices": {}}, "template": {"title": "Later", "body": "test"},
+               "send_at": send_at.to_string()}),
+    )
+    .await;
+    assert_eq!(status, 202, "{resp}");
+    let event_id = resp["event_id"].as_str().expect("event id").to_string();
+    loop {
+        let event = store
+            .get_event(&app.app.id, &event_id)
+            .await
+            .expect("read event")
+            .expect("the accepted event");
+        if event.status != EventStatus::Received {
+            break;
+        }
+        assert!(
+            now_ms() < send_at_ms,
+            "the fan-out took longer than the send's {SCHEDULED_LEAD_MS} ms lead"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    bridge.kill9();
+    let killed_at = now_ms();
+    let at_kill = store
+        .queue_stats(Some(&app.app.id), killed_at)
+        .await
+        .expect("queue stats");
+    let restarted = BridgeProcess::start(dir, env, &LEASE, None).await;
+    let crash = ScheduledCrash {
+        restarted,
+        at_kill,
+        killed_at,
+        restarted_at: now_ms(),
+    };
+    (event_id, crash)
+}
+
+async fn kill_9_with_a_scheduled_send_sends_nothing_early_and_everything_once(db: Db) {
+    let sim = simulator().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = db.fresh_url(dir.path()).await;
+    let store = open_store(&url).await;
+    let app = store.create_app("crash scheduled").await.expect("app");
+    let n = SCHEDULED_DEVICES;
+    let all = devices(n, n);
+    store
+        .import_devices(&app.app.id, &all)
+        .await
+        .expect("import");
+    let env = bridge_env(&url, &sim);
+
+    // The simulator is watched from before the send until its time, over the kill and the
+    // restart alike.
+    let send_at_ms = now_ms() + SCHEDULED_LEAD_MS;
+    let (samples, (event_id, crash)) = tokio::join!(
+        sample_until(&sim, send_at_ms),
+        schedule_and_crash(dir.path(), &env, &store, &app, send_at_ms),
+    );
+    let at_kill = &crash.at_kill;
+    assert!(
+        crash.restarted_at < send_at_ms,
+        "the kill and restart ended {} ms after send_at (killed {} ms before it): the \
+         {SCHEDULED_LEAD_MS} ms lead left the restarted bridge no time to send early",
+        crash.restarted_at - send_at_ms,
+        send_at_ms - crash.killed_at
+    );
+    assert_eq!(
+        (at_kill.queued, at_kill.scheduled, at_kill.in_flight),
+        (n as i64, n as i64, 0),
+        "at the kill every job was written, waiting for its time: {at_kill:?}"
+    );
+    let early: Vec<&(i64, usize)> = samples
+        .iter()
+        .filter(|(at, count)| *at < send_at_ms && *count > 0)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "{} requests reached the simulator {} ms before send_at",
+        early[0].1,
+        send_at_ms - early[0].0
+    );
+    eprintln!(
+        "scheduled crash: {n} jobs, killed {} ms and restarted {} ms before send_at, {} samples \
+         of the restarted bridge before it saw no send",
+        send_at_ms - crash.killed_at,
+        send_at_ms - crash.restarted_at,
+        samples
+            .iter()
+            .filter(|(at, _)| (crash.restarted_at..send_at_ms).contains(at))
+            .count()
+    );
+
+    wait_all_delivered(
+        &store,
+        &app.app.id,
+        std::slice::from_ref(&event_id),
+        Duration::from_secs(180),
+    )
+    .await;
+    drop(crash.restarted);
+    let per_token = delivered_per_token(&sim.records());
+    for (token, _) in &all {
+        assert!(
+            per_token.contains_key(token),
+            "token {} never delivered",
+            &token[..8]
+        );
+    }
+    let duplicates: u64 = per_token.values().map(|c| c - 1).sum();
+    assert!(
+        duplicates <= at_kill.in_flight as u64,
+        "{duplicates} duplicates but only {} jobs were in flight at the kill",
+        at_kill.in_flight
+    );
+    let counts = store.event_counts(&event_id).await.expect("counts");
+    assert_eq!(counts, vec![(JobStatus::Delivered, n as i64)]);
+}
+
 backend_tests!(
     kill_9_during_fan_out_loses_nothing_and_bounds_duplicates,
     kill_9_during_webhook_ingest_delivers_every_accepted_event,
+    kill_9_with_a_scheduled_send_sends_nothing_early_and_everything_once,
 );

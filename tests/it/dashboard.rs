@@ -1,5 +1,5 @@
 //! The operator dashboard in a real browser (headless Chromium): the figures it shows match
-//! the stats API.
+//! the stats API, the delivery policy's among them (scheduled jobs, jobs ended unsent).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -68,6 +68,64 @@ fn text_of(dom: &str, id: &str) -> Option<String> {
     Some(dom[open_end..close].trim().to_string())
 }
 
+/// The final states the window table shows, sent and withheld.
+const FINAL_STATES: [&str; 7] = [
+    "delivered",
+    "dead",
+    "invalid",
+    "capped",
+    "superseded",
+    "expired",
+    "cancelled",
+];
+
+/// Gives the app two devices of user `u2` with a send to them scheduled an hour ahead (two
+/// scheduled jobs) and another one cancelled (two cancelled jobs).
+async fn policy_figures(t: &TestApp, app: &pushbridge::store::NewApp) {
+    for seed in 6..8 {
+        let token = apns_test_token(ApnsTestKind::Success, seed);
+        let (status, _) = t
+            .call(
+                Method::PUT,
+                &format!("/v1/devices/{token}"),
+                Some(&app.client_key),
+                Some(proven(app, json!({"platform": "apns", "user_id": "u2"}))),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let send_at = jiff::Timestamp::from_millisecond(t.clock().unix_millis() + 3_600_000)
+        .expect("timestamp")
+        .to_string();
+    let mut events = Vec::new();
+    for body in ["later", "never"] {
+        let (status, sent) = t
+            .call(
+                Method::POST,
+                "/v1/notifications",
+                Some(&app.server_key),
+                Some(json!({"to": {"user": "u2"}, "template": {"body": body}, "send_at": send_at})),
+            )
+            .await;
+        assert_eq!(status, 202, "{sent}");
+        let id = sent["event_id"].as_str().expect("event id").to_string();
+        t.wait_for(&format!("/v1/events/{id}"), &app.server_key, |e| {
+            e["status"] != "received"
+        })
+        .await;
+        events.push(id);
+    }
+    let (status, cancelled) = t
+        .call(
+            Method::POST,
+            &format!("/v1/events/{}/cancel", events[1]),
+            Some(&app.server_key),
+            None,
+        )
+        .await;
+    assert_eq!((status, &cancelled["cancelled_now"]), (200, &json!(2)));
+}
+
 async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
     let Some(browser) = chromium() else {
         assert!(
@@ -115,6 +173,7 @@ async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
         e["status"] == "completed"
     })
     .await;
+    policy_figures(&t, &app).await;
 
     let (_, stats) = t
         .call(
@@ -125,7 +184,10 @@ async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
         )
         .await;
     let w5: &Value = &stats["windows"]["5m"];
-    assert_eq!(w5["finished"], 5, "{stats}");
+    // The five sent, and the two of the cancelled event.
+    assert_eq!(w5["finished"], 7, "{stats}");
+    assert_eq!(w5["cancelled"], 2, "{stats}");
+    assert_eq!(stats["queue"]["scheduled"], 2, "{stats}");
 
     // A provider that refuses the app's credential shows as paused.
     let probe_at = pushbridge::clock::now_ms() + 60_000;
@@ -152,7 +214,28 @@ async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
         text_of(&dom, "rate-5m").as_deref(),
         Some(format!("{:.1}%", rate * 100.0).as_str())
     );
-    assert_eq!(text_of(&dom, "finished-5m").as_deref(), Some("5"));
+    assert_eq!(text_of(&dom, "finished-5m").as_deref(), Some("7"));
+    for state in FINAL_STATES {
+        assert_eq!(
+            text_of(&dom, &format!("{state}-5m")),
+            Some(w5[state].to_string()),
+            "{state}"
+        );
+    }
+    assert_eq!(text_of(&dom, "cancelled-5m").as_deref(), Some("2"));
+    assert_eq!(text_of(&dom, "q-scheduled").as_deref(), Some("2"));
+    assert_eq!(
+        text_of(&dom, "q-held"),
+        Some(stats["queue"]["held"].to_string())
+    );
+    assert_eq!(
+        text_of(&dom, "q-queued"),
+        Some(stats["queue"]["queued"].to_string())
+    );
+    assert!(
+        dom.contains("held (quiet hours)"),
+        "the held row is labelled"
+    );
     assert_eq!(
         text_of(&dom, "pruned-5m"),
         Some(w5["pruned_tokens"].to_string())

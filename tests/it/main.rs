@@ -23,6 +23,7 @@ mod openapi;
 mod payloads;
 mod pipeline;
 mod policy;
+mod policy_figures;
 mod provider_identities;
 mod queries;
 mod render_limits;

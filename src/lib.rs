@@ -210,17 +210,7 @@ pub async fn start_with(
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let workers = if state.config.worker.enabled {
-        Worker::new(
-            state.store.clone(),
-            providers,
-            state.metrics.clone(),
-            state.config.worker.clone(),
-            state.config.providers.clone(),
-            state.breakers.clone(),
-            state.policies.clone(),
-            state.wake.clone(),
-        )?
-        .spawn(stopped.clone())
+        Worker::new(&state)?.spawn(stopped.clone())
     } else {
         JoinSet::new()
     };

@@ -140,26 +140,31 @@ pub async fn scheduled(backend: &str, n: u64) -> anyhow::Result<ScheduledResult>
         .enumerate()
         .map(|(z, zone)| {
             let tz = jiff::tz::TimeZone::get(zone)?;
-            let after = jiff::Timestamp::from_millisecond(posted_at)?.to_zoned(tz);
-            let mut nine = after
-                .with()
-                .hour(9)
-                .minute(0)
-                .second(0)
-                .subsec_nanosecond(0)
-                .build()?;
-            if nine.timestamp().as_millisecond() < posted_at {
-                nine = nine.tomorrow()?;
+            let today = tz
+                .to_datetime(jiff::Timestamp::from_millisecond(posted_at)?)
+                .date();
+            let mut nine = today
+                .at(9, 0, 0, 0)
+                .in_tz(zone)?
+                .timestamp()
+                .as_millisecond();
+            if nine < posted_at {
+                nine = today
+                    .tomorrow()?
+                    .at(9, 0, 0, 0)
+                    .in_tz(zone)?
+                    .timestamp()
+                    .as_millisecond();
             }
             let jobs = (0..n).filter(|i| i % 24 == z as u64).count() as u64;
-            Ok((nine.timestamp().as_millisecond(), jobs))
+            Ok((nine, jobs))
         })
         .collect::<anyhow::Result<_>>()?;
     dues.sort_unstable();
     let (mut releases, mut early, mut done) = (Vec::new(), 0, 0u64);
     for (due, jobs) in dues {
         let now = clock.unix_millis();
-        shift(&clock, &sim, (due - 1000 - now).div_euclid(1000)).await?;
+        shift(&clock, &sim, &client, (due - 1000 - now).div_euclid(1000)).await?;
         // Until the due time (by the bridge's clock), nothing of this zone may go out.
         while clock.unix_millis() < due {
             tokio::time::sleep(Duration::from_millis(5)).await;

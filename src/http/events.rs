@@ -273,6 +273,7 @@ async fn cancel(
         .cancel_event(caller.app_id(), &id)
         .await?
         .ok_or(ApiError::NotFound("event"))?;
+    state.metrics.withheld(JobStatus::Cancelled, cancelled_now);
     let event = state
         .store
         .get_event(caller.app_id(), &id)

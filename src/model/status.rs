@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::UnknownValue;
 
 /// Where a delivery job is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[schema(as = DeliveryStatus)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {

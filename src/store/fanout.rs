@@ -47,6 +47,16 @@ pub struct FanOutCursor {
     pub after: Option<String>,
 }
 
+/// A committed slice: how many jobs the event has after it, and how many waiting jobs of
+/// older events its jobs superseded.
+#[derive(Clone, Copy, Debug)]
+pub struct SliceWritten {
+    /// The event's jobs after this slice.
+    pub jobs_after: i64,
+    /// Older waiting jobs its jobs collapsed.
+    pub superseded: u64,
+}
+
 /// One committed step of a fan-out: jobs and the cursor after them.
 pub struct FanOutSlice<'a> {
     /// Jobs to write, numbered from the event's `fanout_jobs` on.
@@ -58,8 +68,8 @@ pub struct FanOutSlice<'a> {
 impl Store {
     /// Writes one slice of an event's fan-out in its own transaction: the jobs, the cursor, and
     /// a renewed event lease. Workers can send these jobs at once. `Ok(None)`, with nothing
-    /// written, when this instance no longer holds the event's lease; otherwise the number of
-    /// jobs the event has after this slice.
+    /// written, when this instance no longer holds the event's lease; otherwise what it
+    /// wrote.
     ///
     /// A job's id is its event's id and its sequence number, so an event's jobs are appended
     /// side by side to the primary-key B-tree instead of landing at random places in it. The
@@ -72,7 +82,7 @@ impl Store {
         lease_ms: i64,
         first_seq: i64,
         slice: FanOutSlice<'_>,
-    ) -> anyhow::Result<Option<i64>> {
+    ) -> anyhow::Result<Option<SliceWritten>> {
         let cursor = serde_json::to_string(slice.cursor)?;
         let jobs_after = first_seq + slice.jobs.len() as i64;
         let open = slice
@@ -111,9 +121,12 @@ impl Store {
             .zip(first_seq + 1..)
             .map(|(job, seq)| (format!("job_{event_part}_{seq:08}"), event, job))
             .collect();
-        self.insert_jobs(&mut tx, &rows, now).await?;
+        let superseded = self.insert_jobs(&mut tx, &rows, now).await?;
         tx.commit().await?;
-        Ok(Some(jobs_after))
+        Ok(Some(SliceWritten {
+            jobs_after,
+            superseded,
+        }))
     }
 }
 
@@ -136,7 +149,7 @@ impl Store {
         &self,
         owner: &str,
         fan_outs: &[WholeFanOut<'_>],
-    ) -> anyhow::Result<Vec<bool>> {
+    ) -> anyhow::Result<(Vec<bool>, u64)> {
         let turn = self.write_turn().await;
         let now = self.now();
         let mut tx = turn.db().begin().await?;
@@ -179,21 +192,22 @@ impl Store {
                 rows.push((format!("job_{event_part}_{seq:08}"), f.event, job));
             }
         }
-        self.insert_jobs(&mut tx, &rows, now).await?;
+        let superseded = self.insert_jobs(&mut tx, &rows, now).await?;
         tx.commit().await?;
-        Ok(written)
+        Ok((written, superseded))
     }
 }
 
 impl Store {
     /// Inserts fan-out jobs, each `(id, its event, the job)`, in multi-row statements; then
     /// every waiting job of an earlier event that one of them collapses ends `superseded`.
+    /// Returns how many did.
     async fn insert_jobs(
         &self,
         conn: &mut AnyConnection,
         rows: &[(String, &Event, &NewJob)],
         now: i64,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<u64> {
         for chunk in rows.chunks(self.rows_per_statement()) {
             let mut sql = String::from(
                 "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
@@ -233,12 +247,12 @@ impl Store {
 
 /// Ends `superseded` every job still waiting for a device under a collapse key that one of
 /// `rows` carries, when it belongs to an older event (received earlier; the event id breaks
-/// a tie), and counts them off their events.
+/// a tie), and counts them off their events. Returns how many it ended.
 async fn supersede_collapsed(
     conn: &mut AnyConnection,
     rows: &[(String, &Event, &NewJob)],
     now: i64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     let mut ended: std::collections::BTreeMap<String, i64> = Default::default();
     for (_, event, job) in rows {
         let Some(key) = &job.collapse_key else {
@@ -265,8 +279,9 @@ async fn supersede_collapsed(
             *ended.entry(event_id).or_default() += 1;
         }
     }
+    let total = ended.values().sum::<i64>() as u64;
     for (event_id, n) in ended {
         super::lifecycle::complete_event_if_done(conn, &event_id, n, now).await?;
     }
-    Ok(())
+    Ok(total)
 }

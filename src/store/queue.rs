@@ -38,6 +38,15 @@ pub struct ClaimedJob {
     pub category: Option<String>,
 }
 
+/// What recording a batch did beyond the jobs' own rows.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Devices pruned.
+    pub pruned: u64,
+    /// Jobs that ended without a send (expired, capped, or cancelled meanwhile), by status.
+    pub withheld: BTreeMap<JobStatus, u64>,
+}
+
 /// What the worker's verdict does to a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PruneKind {
@@ -254,13 +263,13 @@ impl Store {
     /// Records a batch of attempts in one transaction: job state and attempt log in a few
     /// multi-row statements, then the prunes the worker decided (each with its
     /// re-registration guard), the callbacks `callbacks` builds for the devices actually
-    /// deleted, and event completion. Returns how many devices were pruned.
+    /// deleted, and event completion.
     pub async fn record_results(
         &self,
         owner: &str,
         results: &[JobResult],
         callbacks: &dyn PruneCallbacks,
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<Recorded> {
         let turn = self.write_turn().await;
         let now = self.now();
         let mut tx = turn.db().begin().await?;
@@ -299,7 +308,17 @@ impl Store {
             lifecycle::complete_event_if_done(&mut tx, event_id, done, now).await?;
         }
         tx.commit().await?;
-        Ok(pruned_count)
+        let mut withheld: BTreeMap<JobStatus, u64> = Default::default();
+        for r in &mine {
+            let s = status(r);
+            if JobStatus::WITHHELD.contains(&s) {
+                *withheld.entry(s).or_default() += 1;
+            }
+        }
+        Ok(Recorded {
+            pruned: pruned_count,
+            withheld,
+        })
     }
 
     /// Writes each result's job state, and returns the jobs whose lease this worker still

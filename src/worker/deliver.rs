@@ -30,7 +30,7 @@ use crate::model::{AttemptOutcome, Notification};
 use crate::push::apns::wire::reason::BAD_DEVICE_TOKEN;
 use crate::push::{Outcome, RetryClass, Target};
 use crate::redact::Redacted;
-use crate::store::{CapRequest, ClaimedJob, JobResult, Prune, PruneKind, StoredPolicy};
+use crate::store::{CapRequest, ClaimedJob, JobResult, Prune, PruneKind, Recorded, StoredPolicy};
 
 /// A token-level refusal the burst guard cannot judge yet is retried after this long...
 const UNDECIDED_WAIT: Duration = Duration::from_secs(30);
@@ -324,7 +324,12 @@ impl Worker {
                 recorded = self.record(&batch).await;
             }
             match recorded {
-                Ok(pruned) => self.metrics.pruned(pruned),
+                Ok(recorded) => {
+                    self.metrics.pruned(recorded.pruned);
+                    for (status, n) in recorded.withheld {
+                        self.metrics.withheld(status, n);
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), jobs = batch.len(), "recording results failed; releasing the jobs");
                     let ids: Vec<String> = batch.iter().map(|r| r.job.id.clone()).collect();
@@ -338,8 +343,8 @@ impl Worker {
     }
 
     /// Records a batch of results, with a `devices.pruned` callback to each app among them
-    /// that has a callback URL. Returns how many devices were pruned.
-    async fn record(&self, batch: &[JobResult]) -> anyhow::Result<u64> {
+    /// that has a callback URL.
+    async fn record(&self, batch: &[JobResult]) -> anyhow::Result<Recorded> {
         let pruning: BTreeSet<&str> = batch
             .iter()
             .filter(|r| r.prune.is_some())
@@ -626,8 +631,9 @@ fn withheld(job: ClaimedJob, status: JobStatus, reason: &str) -> JobResult {
 
 /// What the provider is told about a job that expires at `expires_at`: keep trying for the
 /// time left (`apns-expiration`, FCM `ttl`), or less when the template asked for less.
+/// Whole seconds, rounded up: a notification sent at once keeps the lifetime it was given.
 fn remaining_lifetime(mut n: Notification, expires_at: i64, now: i64) -> Notification {
-    let left = u64::try_from((expires_at - now).max(0) / 1000).unwrap_or(0);
+    let left = u64::try_from(((expires_at - now).max(0) + 999) / 1000).unwrap_or(0);
     n.ttl_seconds = Some(n.ttl_seconds.map_or(left, |ttl| ttl.min(left)));
     n
 }

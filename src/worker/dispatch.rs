@@ -230,11 +230,12 @@ impl Worker {
             .write_whole_fan_outs(&self.owner, &fan_outs)
             .await
         {
-            Ok(written) => {
+            Ok((written, superseded)) => {
+                self.metrics.withheld(JobStatus::Superseded, superseded);
                 let (mut queued, mut dead) = (0u64, 0u64);
                 for ((event, jobs), written) in batch.iter().zip(written) {
                     if !written {
-                        tracing::warn!(event = %event.id, "lost the event's lease before its fan-out was written; its new holder writes it");
+                        tracing::warn!(event = %event.id, "lost the event's lease (or it was cancelled) before its fan-out was written; nothing of it was written");
                         continue;
                     }
                     let q = jobs
@@ -354,9 +355,13 @@ impl Worker {
                     .write_fan_out_slice(event, &self.owner, lease_ms, seq, slice)
                     .await?
                 {
-                    Some(total) => seq = total,
+                    Some(written) => {
+                        seq = written.jobs_after;
+                        self.metrics
+                            .withheld(JobStatus::Superseded, written.superseded);
+                    }
                     None => {
-                        tracing::warn!(event = %event.id, "lost the event's lease during fan-out; its new holder continues");
+                        tracing::warn!(event = %event.id, "lost the event's lease (or it was cancelled) during fan-out; it stops here");
                         return Ok(());
                     }
                 }

@@ -104,31 +104,23 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Builds a worker over shared state.
-    pub fn new(
-        store: Store,
-        providers: Arc<Providers>,
-        metrics: Arc<Metrics>,
-        config: WorkerConfig,
-        providers_config: ProvidersConfig,
-        breakers: Arc<Breakers>,
-        policies: Arc<AppPolicies>,
-        wake: Wake,
-    ) -> anyhow::Result<Self> {
+    /// Builds a worker over the app's shared state.
+    pub fn new(state: &crate::state::AppState) -> anyhow::Result<Self> {
+        let config = state.config.worker.clone();
         let burst = Arc::new(burst::BurstGuard::new(
             config.burst_guard_share,
             config.burst_guard_min_sends,
         ));
         Ok(Self {
             burst,
-            store,
-            providers,
-            metrics,
+            store: state.store.clone(),
+            providers: state.providers.clone(),
+            metrics: state.metrics.clone(),
             config,
-            providers_config,
-            breakers,
-            policies,
-            wake,
+            providers_config: state.config.providers.clone(),
+            breakers: state.breakers.clone(),
+            policies: state.policies.clone(),
+            wake: state.wake.clone(),
             owner: crate::store::new_id("wrk"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))

@@ -366,7 +366,7 @@ const SCHEDULED_DEVICES: u64 = 10_000;
 /// How far ahead the scheduled-send crash test sets `send_at`: long enough for the fan-out of
 /// [`SCHEDULED_DEVICES`] and a restart, short enough to wait for in real time (a child
 /// process cannot share a test's shifted clock).
-const SCHEDULED_LEAD_MS: i64 = 4_000;
+const SCHEDULED_LEAD_MS: i64 = 8_000;
 
 /// Requests that reached the simulated providers (APNs or FCM messages), whatever the answer.
 fn provider_requests(records: &[RecordedRequest]) -> usize {

@@ -804,7 +804,7 @@ async fn a_fan_out_cut_short_resumes_after_its_last_committed_slice(db: Db) {
         )
         .await
         .expect("slice");
-    assert_eq!(written, Some(1));
+    assert_eq!(written.map(|w| w.jobs_after), Some(1));
     // A lost lease cannot write: the sequence has moved on.
     let stale = store
         .write_fan_out_slice(
@@ -819,7 +819,7 @@ async fn a_fan_out_cut_short_resumes_after_its_last_committed_slice(db: Db) {
         )
         .await
         .expect("stale slice");
-    assert_eq!(stale, None, "a writer without the lease writes nothing");
+    assert!(stale.is_none(), "a writer without the lease writes nothing");
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
 
     // Any new event wakes this instance's workers, which take over the expired lease.

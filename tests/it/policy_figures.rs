@@ -3,9 +3,7 @@
 //! stats windows without lowering the success rate. On a shifted clock (the bridge's and the
 //! simulator's together), never sleeping for the scheduled time.
 
-use std::sync::Arc;
-
-use crate::harness::{fast_worker_on, simulator, Db, TestApp, OPERATOR_KEY};
+use crate::harness::{simulator, Db, TestApp, OPERATOR_KEY};
 use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};
 use pushbridge::simulator::SimulatorHandle;
 use reqwest::Method;
@@ -35,12 +33,9 @@ fn at(t: &TestApp, secs: i64) -> String {
         .to_string()
 }
 
-/// The bridge wired to `sim` on a fresh database, and that database's URL.
-async fn bridge(db: Db, sim: &SimulatorHandle) -> (TestApp, String) {
-    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let url = db.fresh_url(dir.path()).await;
-    let t = TestApp::spawn_on(url.clone(), dir, |c| fast_worker_on(c, sim)).await;
-    (t, url)
+/// The bridge wired to `sim` on a fresh database.
+async fn bridge(db: Db, sim: &SimulatorHandle) -> TestApp {
+    TestApp::with_simulator(db, sim, |_| {}).await
 }
 
 /// Registers APNs devices (seeded `seeds`) for `user`.
@@ -106,23 +101,14 @@ fn queue_gauge(text: &str, status: &str) -> Option<f64> {
     )
 }
 
-/// Quiet hours are not applied at fan-out yet, so a scheduled job is marked held as the
-/// fan-out will mark it: queued with a later due time and `hold = 'quiet_hours'`.
-async fn hold_for_quiet_hours(db_url: &str, event_id: &str, n: i64) {
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(db_url).await.expect("connect");
-    let held = sqlx::query(
-        "UPDATE delivery_jobs SET hold = 'quiet_hours' WHERE id IN \
-         (SELECT id FROM delivery_jobs WHERE event_id = $1 ORDER BY id LIMIT $2)",
-    )
-    .bind(event_id)
-    .bind(n)
-    .execute(&pool)
-    .await
-    .expect("hold jobs")
-    .rows_affected();
-    assert_eq!(held, n as u64);
-    pool.close().await;
+/// `HH:MM` of the bridge's time plus `minutes`, in UTC.
+fn utc_clock_time(t: &TestApp, minutes: i64) -> String {
+    let ms = t.clock().unix_millis() + minutes * 60_000;
+    let time = jiff::Timestamp::from_millisecond(ms)
+        .expect("timestamp")
+        .in_tz("UTC")
+        .expect("utc");
+    format!("{:02}:{:02}", time.hour(), time.minute())
 }
 
 /// Asserts that each stats window holds the `want` counts and a success rate of 1.0.
@@ -142,7 +128,7 @@ fn every_window_holds(stats: &Value, want: [(&str, i64); 8]) {
 
 async fn scheduled_and_held_jobs_show_in_the_queue_figures(db: Db) {
     let sim = simulator().await;
-    let (t, url) = bridge(db, &sim).await;
+    let t = bridge(db, &sim).await;
     let app = t.new_app().await;
     let key = app.server_key.clone();
     devices(&t, &key, "u1", 1..5).await;
@@ -165,11 +151,33 @@ async fn scheduled_and_held_jobs_show_in_the_queue_figures(db: Db) {
     assert_eq!(queue_gauge(&text, "scheduled"), Some(4.0), "{text}");
     assert_eq!(queue_gauge(&text, "held"), Some(0.0), "{text}");
 
-    hold_for_quiet_hours(&url, &id, 1).await;
+    // A user in quiet hours (from an hour ago to an hour from now, UTC): held.
+    let quiet =
+        json!({"quiet_hours": {"start": utc_clock_time(&t, -60), "end": utc_clock_time(&t, 60)}});
+    let (status, _) = t
+        .call(
+            Method::PUT,
+            "/v1/users/u2/preferences",
+            Some(&key),
+            Some(quiet),
+        )
+        .await;
+    assert_eq!(status, 200);
+    devices(&t, &key, "u2", 5..6).await;
+    let held = send(
+        &t,
+        &key,
+        json!({"to": {"user": "u2"}, "template": {"body": "morning"}}),
+    )
+    .await;
+    t.wait_for(&format!("/v1/events/{held}"), &key, |e| {
+        e["status"] != "received"
+    })
+    .await;
     let queue = &stats(&t, &key).await["queue"];
     assert_eq!(
         (&queue["queued"], &queue["scheduled"], &queue["held"]),
-        (&json!(4), &json!(3), &json!(1)),
+        (&json!(5), &json!(4), &json!(1)),
         "{queue}"
     );
     let (_, all) = t
@@ -180,13 +188,15 @@ async fn scheduled_and_held_jobs_show_in_the_queue_figures(db: Db) {
         "the operator sees every app: {all}"
     );
     let text = metrics(&t).await;
-    assert_eq!(queue_gauge(&text, "scheduled"), Some(3.0), "{text}");
+    assert_eq!(queue_gauge(&text, "scheduled"), Some(4.0), "{text}");
     assert_eq!(queue_gauge(&text, "held"), Some(1.0), "{text}");
 
     // Once their time has come they are neither: they are due, then delivered.
     shift(&t, &sim, 3601);
     let done = completed(&t, &key, &id).await;
     assert_eq!(done["deliveries"]["delivered"], 4, "{done}");
+    let done = completed(&t, &key, &held).await;
+    assert_eq!(done["deliveries"]["delivered"], 1, "{done}");
     let s = stats(&t, &key).await;
     let queue = &s["queue"];
     assert_eq!(
@@ -194,7 +204,7 @@ async fn scheduled_and_held_jobs_show_in_the_queue_figures(db: Db) {
         (&json!(0), &json!(0), &json!(0)),
         "{queue}"
     );
-    assert_eq!(s["windows"]["5m"]["delivered"], 4, "{s}");
+    assert_eq!(s["windows"]["5m"]["delivered"], 5, "{s}");
     let text = metrics(&t).await;
     assert_eq!(queue_gauge(&text, "scheduled"), Some(0.0), "{text}");
     assert_eq!(queue_gauge(&text, "held"), Some(0.0), "{text}");
@@ -203,7 +213,7 @@ async fn scheduled_and_held_jobs_show_in_the_queue_figures(db: Db) {
 
 async fn expired_and_cancelled_jobs_finish_without_lowering_the_success_rate(db: Db) {
     let sim = simulator().await;
-    let (t, _) = bridge(db, &sim).await;
+    let t = bridge(db, &sim).await;
     let app = t.new_app().await;
     let key = app.server_key.clone();
     devices(&t, &key, "stale", 10..12).await;
@@ -235,6 +245,10 @@ async fn expired_and_cancelled_jobs_finish_without_lowering_the_success_rate(db:
         json!({"to": {"user": "called-off"}, "template": {"body": "sale"},
                "send_at": at(&t, 3600)}),
     )
+    .await;
+    t.wait_for(&format!("/v1/events/{called_off}"), &key, |e| {
+        e["status"] != "received"
+    })
     .await;
     let (status, answer) = t
         .call(
@@ -269,14 +283,16 @@ async fn expired_and_cancelled_jobs_finish_without_lowering_the_success_rate(db:
         (&queue["queued"], &queue["scheduled"]),
         (&json!(0), &json!(0))
     );
-    // The withheld counter's series exist, one per withheld status (the worker counts them).
+    // The withheld counter counts each status (every series exists, at 0 when none).
     let text = metrics(&t).await;
-    for status in pushbridge::model::JobStatus::WITHHELD {
-        let series = format!(
-            "pushbridge_jobs_withheld_total{{status=\"{}\"}}",
-            status.as_str()
-        );
-        assert!(sample(&text, &series).is_some(), "{series}\n{text}");
+    for (status, n) in [
+        ("expired", 2.0),
+        ("cancelled", 3.0),
+        ("capped", 0.0),
+        ("superseded", 0.0),
+    ] {
+        let series = format!("pushbridge_jobs_withheld_total{{status=\"{status}\"}}");
+        assert_eq!(sample(&text, &series), Some(n), "{series}\n{text}");
     }
     t.shutdown().await;
 }

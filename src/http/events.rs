@@ -220,19 +220,31 @@ async fn show(
     caller: ServerCaller,
     Path(id): Path<String>,
 ) -> Result<Json<EventDetail>> {
+    Ok(Json(
+        event_detail(&state, caller.app_id(), &id, true).await?,
+    ))
+}
+
+/// An event of `app_id` with its delivery counts (and its payload when `with_payload`).
+async fn event_detail(
+    state: &AppState,
+    app_id: &str,
+    id: &str,
+    with_payload: bool,
+) -> Result<EventDetail> {
     let event = state
         .store
-        .get_event(caller.app_id(), &id)
+        .get_event(app_id, id)
         .await?
         .ok_or(ApiError::NotFound("event"))?;
     let mut deliveries = DeliveryCounts::default();
     for (status, n) in state.store.event_counts(&event.id).await? {
         deliveries.add(status, n);
     }
-    Ok(Json(EventDetail {
-        event: EventView::new(&event, true)?,
+    Ok(EventDetail {
+        event: EventView::new(&event, with_payload)?,
         deliveries,
-    }))
+    })
 }
 
 /// What `POST /v1/events/{id}/cancel` did.
@@ -274,20 +286,8 @@ async fn cancel(
         .await?
         .ok_or(ApiError::NotFound("event"))?;
     state.metrics.withheld(JobStatus::Cancelled, cancelled_now);
-    let event = state
-        .store
-        .get_event(caller.app_id(), &id)
-        .await?
-        .ok_or(ApiError::NotFound("event"))?;
-    let mut deliveries = DeliveryCounts::default();
-    for (status, n) in state.store.event_counts(&event.id).await? {
-        deliveries.add(status, n);
-    }
     Ok(Json(Cancelled {
         cancelled_now,
-        event: EventDetail {
-            event: EventView::new(&event, false)?,
-            deliveries,
-        },
+        event: event_detail(&state, caller.app_id(), &id, false).await?,
     }))
 }

@@ -601,7 +601,137 @@ async fn nine_oclock_local_is_nine_oclock_in_every_zone_and_on_dst_days(db: Db) 
     t.shutdown().await;
 }
 
+async fn cancelling_halfway_through_a_large_fan_out_stops_the_rest(db: Db) {
+    use pushbridge::model::device::DeviceRegistration;
+    use pushbridge::model::{ApnsEnvironment, Platform};
+    // Slow sends, so the cancel lands while jobs are being sent and others still wait.
+    let sim = crate::harness::simulator_with(|c| c.faults.latency_ms = 50).await;
+    let t = TestApp::with_simulator(db, &sim, |c| c.worker.concurrency = 50).await;
+    let app = t.new_app().await;
+    let key = app.server_key.clone();
+    let devices: Vec<(String, DeviceRegistration)> = (0..5_000u64)
+        .map(|i| {
+            let reg = DeviceRegistration {
+                platform: Platform::Apns,
+                user_id: Some(format!("user-{i}")),
+                locale: None,
+                timezone: None,
+                app_version: None,
+                environment: Some(ApnsEnvironment::Production),
+                topic: None,
+                attributes: json!({}),
+                tags: vec![],
+            };
+            (apns_test_token(ApnsTestKind::Success, 1_000 + i), reg)
+        })
+        .collect();
+    t.store()
+        .import_devices(&app.app.id, &devices)
+        .await
+        .expect("import");
+    let id = send(
+        &t,
+        &key,
+        json!({"to": {"devices": {}}, "template": {"body": "big sale"}}),
+    )
+    .await;
+    t.wait_for(&format!("/v1/events/{id}"), &key, |e| {
+        e["deliveries"]["delivered"].as_i64().unwrap_or(0) >= 200
+    })
+    .await;
+    let (status, answer) = t
+        .call(
+            Method::POST,
+            &format!("/v1/events/{id}/cancel"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let cancelled_now = answer["cancelled_now"].as_i64().expect("count");
+    assert!(cancelled_now > 0, "{answer}");
+    let done = t
+        .wait_for(&format!("/v1/events/{id}"), &key, |e| {
+            e["status"] == "completed"
+        })
+        .await;
+    let d = &done["deliveries"];
+    let (delivered, cancelled) = (
+        d["delivered"].as_i64().expect("delivered"),
+        d["cancelled"].as_i64().expect("cancelled"),
+    );
+    assert_eq!(
+        delivered + cancelled,
+        d["total"].as_i64().expect("total"),
+        "{done}"
+    );
+    assert!(cancelled >= cancelled_now, "{done}");
+    assert!(delivered < 5_000 && cancelled > 0, "{done}");
+    // Nothing cancelled goes out later: the provider saw exactly the delivered ones.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let sent = sim
+        .records()
+        .into_iter()
+        .filter(|r| r.side == Side::Apns && r.status == 200)
+        .count() as i64;
+    assert_eq!(sent, delivered, "{done}");
+    t.shutdown().await;
+}
+
+async fn a_rule_with_a_delay_sends_that_long_after_the_event(db: Db) {
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |_| {}).await;
+    let app = t.new_app().await;
+    let key = app.server_key.clone();
+    let tokens = devices(&t, &key, "u1", 110..111).await;
+    let rule = json!({"event": "cart.abandoned", "audience": {"user_id_path": "user"},
+        "template": {"body": "still there?"}, "delay": "15m"});
+    let (status, stored) = t
+        .call(Method::PUT, "/v1/rules/reminder", Some(&key), Some(rule))
+        .await;
+    assert_eq!(status, 201, "{stored}");
+    // The event as a webhook stores it (the webhook path itself is tested elsewhere).
+    let received = t.clock().unix_millis();
+    let inserted = t
+        .store()
+        .insert_event(&pushbridge::store::NewEvent {
+            app_id: &app.app.id,
+            source_id: None,
+            external_id: None,
+            event_type: "cart.abandoned",
+            payload: r#"{"user": "u1"}"#,
+            direct_rule: None,
+        })
+        .await
+        .expect("event");
+    let (pushbridge::store::EventInsert::Accepted(id)
+    | pushbridge::store::EventInsert::Duplicate(id)) = inserted;
+    dispatched(&t, &key, &id).await;
+    let rows = deliveries_of(&t, &key, &id).await;
+    let reminder = rows
+        .iter()
+        .find(|r| r["rule"] == "reminder")
+        .unwrap_or_else(|| panic!("the rule's delivery: {rows:?}"));
+    assert_eq!(reminder["hold"], "scheduled", "{rows:?}");
+    let due = jiff::Timestamp::from_str(reminder["next_attempt_at"].as_str().expect("due"))
+        .expect("rfc 3339")
+        .as_millisecond();
+    assert!(
+        (received + 899_000..=received + 901_000).contains(&due),
+        "{due} vs {received}"
+    );
+    shift(&t, &sim, 901);
+    t.wait_for(&format!("/v1/events/{id}"), &key, |e| {
+        e["status"] == "completed"
+    })
+    .await;
+    assert_eq!(sends_to(&sim, &tokens[0]).len(), 1);
+    t.shutdown().await;
+}
+
 backend_tests!(
+    cancelling_halfway_through_a_large_fan_out_stops_the_rest,
+    a_rule_with_a_delay_sends_that_long_after_the_event,
     quiet_hours_hold_a_normal_push_and_let_an_urgent_one_through,
     the_fourth_marketing_push_within_a_day_is_capped,
     nine_oclock_local_is_nine_oclock_in_every_zone_and_on_dst_days,

@@ -2,6 +2,9 @@
 //! bridge's and the simulator's together, so provider tokens stay valid), never sleeping
 //! for the scheduled time.
 
+use crate::harness::schedule::{
+    apns_devices as devices, at, completed, dispatched, send, shift, utc_clock_time,
+};
 use crate::harness::{simulator, Db, TestApp};
 use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};
 use pushbridge::simulator::{Side, SimulatorHandle};
@@ -18,60 +21,12 @@ fn sends_to(sim: &SimulatorHandle, token: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Moves the bridge's and the simulator's time by `secs`.
-fn shift(t: &TestApp, sim: &SimulatorHandle, secs: i64) {
-    t.clock().shift(secs);
-    sim.clock().shift(secs);
-}
-
-/// RFC 3339 of the bridge's time plus `secs`.
-fn at(t: &TestApp, secs: i64) -> String {
-    jiff::Timestamp::from_millisecond(t.clock().unix_millis() + secs * 1000)
-        .expect("timestamp")
-        .to_string()
-}
-
-/// Registers APNs devices for `user`, returning their tokens.
-async fn devices(t: &TestApp, key: &str, user: &str, seeds: std::ops::Range<u64>) -> Vec<String> {
-    let mut tokens = Vec::new();
-    for seed in seeds {
-        let token = apns_test_token(ApnsTestKind::Success, seed);
-        let (status, body) = t
-            .call(
-                Method::PUT,
-                &format!("/v1/devices/{token}"),
-                Some(key),
-                Some(json!({"platform": "apns", "user_id": user})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        tokens.push(token);
-    }
-    tokens
-}
-
-async fn send(t: &TestApp, key: &str, body: Value) -> String {
-    let (status, sent) = t
-        .call(Method::POST, "/v1/notifications", Some(key), Some(body))
-        .await;
-    assert_eq!(status, 202, "{sent}");
-    sent["event_id"].as_str().expect("event id").to_string()
-}
-
 async fn event(t: &TestApp, key: &str, id: &str) -> Value {
     let (status, body) = t
         .call(Method::GET, &format!("/v1/events/{id}"), Some(key), None)
         .await;
     assert_eq!(status, 200, "{body}");
     body
-}
-
-/// Waits until the event's jobs are written (its fan-out ended).
-async fn dispatched(t: &TestApp, key: &str, id: &str) -> Value {
-    t.wait_for(&format!("/v1/events/{id}"), key, |e| {
-        e["status"] != "received"
-    })
-    .await
 }
 
 async fn a_send_at_a_later_time_waits_for_it(db: Db) {
@@ -105,11 +60,7 @@ async fn a_send_at_a_later_time_waits_for_it(db: Db) {
         "{page}"
     );
     shift(&t, &sim, 3);
-    let done = t
-        .wait_for(&format!("/v1/events/{id}"), &key, |e| {
-            e["status"] == "completed"
-        })
-        .await;
+    let done = completed(&t, &key, &id).await;
     assert_eq!(done["deliveries"]["delivered"], 3, "{done}");
     for tok in &tokens {
         assert_eq!(sends_to(&sim, tok).len(), 1);
@@ -133,11 +84,7 @@ async fn an_expired_job_is_never_sent(db: Db) {
     .await;
     dispatched(&t, &key, &id).await;
     shift(&t, &sim, 601);
-    let done = t
-        .wait_for(&format!("/v1/events/{id}"), &key, |e| {
-            e["status"] == "completed"
-        })
-        .await;
+    let done = completed(&t, &key, &id).await;
     assert_eq!(done["deliveries"]["expired"], 2, "{done}");
     assert_eq!(done["deliveries"]["delivered"], 0, "{done}");
     assert!(tokens.iter().all(|tok| sends_to(&sim, tok).is_empty()));
@@ -170,10 +117,7 @@ async fn the_provider_is_told_the_time_left_before_expiry(db: Db) {
         json!({"to": {"user": "u1"}, "template": {"body": "soon"}, "ttl": "1h"}),
     )
     .await;
-    t.wait_for(&format!("/v1/events/{id}"), &key, |e| {
-        e["status"] == "completed"
-    })
-    .await;
+    completed(&t, &key, &id).await;
     let sends = sends_to(&sim, &tokens[0]);
     let expiration: i64 = sends[0]["headers"]["apns-expiration"]
         .as_str()
@@ -208,18 +152,10 @@ async fn a_newer_push_with_the_same_collapse_key_replaces_a_waiting_one(db: Db) 
     )
     .await;
     dispatched(&t, &key, &second).await;
-    let older = t
-        .wait_for(&format!("/v1/events/{first}"), &key, |e| {
-            e["status"] == "completed"
-        })
-        .await;
+    let older = completed(&t, &key, &first).await;
     assert_eq!(older["deliveries"]["superseded"], 1, "{older}");
     shift(&t, &sim, 61);
-    let newer = t
-        .wait_for(&format!("/v1/events/{second}"), &key, |e| {
-            e["status"] == "completed"
-        })
-        .await;
+    let newer = completed(&t, &key, &second).await;
     assert_eq!(newer["deliveries"]["delivered"], 1, "{newer}");
     let sends = sends_to(&sim, &tokens[0]);
     assert_eq!(sends.len(), 1, "{sends:?}");
@@ -348,16 +284,6 @@ fn set_clock(t: &TestApp, sim: &SimulatorHandle, instant: jiff::Timestamp) {
     shift(t, sim, secs);
 }
 
-/// `HH:MM` of the bridge's time plus `minutes`, in UTC.
-fn utc_clock_time(t: &TestApp, minutes: i64) -> String {
-    let ms = t.clock().unix_millis() + minutes * 60_000;
-    let time = jiff::Timestamp::from_millisecond(ms)
-        .expect("timestamp")
-        .in_tz("UTC")
-        .expect("utc");
-    format!("{:02}:{:02}", time.hour(), time.minute())
-}
-
 async fn quiet_hours_hold_a_normal_push_and_let_an_urgent_one_through(db: Db) {
     let sim = simulator().await;
     let t = TestApp::with_simulator(db, &sim, |_| {}).await;
@@ -401,11 +327,7 @@ async fn quiet_hours_hold_a_normal_push_and_let_an_urgent_one_through(db: Db) {
     )
     .await;
     for id in [&urgent, &urgent_template] {
-        let done = t
-            .wait_for(&format!("/v1/events/{id}"), &key, |e| {
-                e["status"] == "completed"
-            })
-            .await;
+        let done = completed(&t, &key, id).await;
         assert_eq!(done["deliveries"]["delivered"], 1, "{done}");
     }
     dispatched(&t, &key, &normal).await;
@@ -453,11 +375,7 @@ async fn quiet_hours_hold_a_normal_push_and_let_an_urgent_one_through(db: Db) {
     // When the quiet hours end, the held ones go.
     shift(&t, &sim, 3_700);
     for id in [&normal, &theirs] {
-        let done = t
-            .wait_for(&format!("/v1/events/{id}"), &key, |e| {
-                e["status"] == "completed"
-            })
-            .await;
+        let done = completed(&t, &key, id).await;
         assert_eq!(done["deliveries"]["delivered"], 1, "{done}");
     }
     assert_eq!(sends_to(&sim, &quiet).len(), 3);
@@ -480,11 +398,7 @@ async fn the_fourth_marketing_push_within_a_day_is_capped(db: Db) {
     let mut ends = Vec::new();
     for _ in 0..4 {
         let id = send(&t, &key, marketing.clone()).await;
-        let done = t
-            .wait_for(&format!("/v1/events/{id}"), &key, |e| {
-                e["status"] == "completed"
-            })
-            .await;
+        let done = completed(&t, &key, &id).await;
         ends.push(done["deliveries"].clone());
         shift(&t, &sim, 60);
     }
@@ -512,20 +426,12 @@ async fn the_fourth_marketing_push_within_a_day_is_capped(db: Db) {
         json!({"to": {"user": "u1"}, "template": {"body": "receipt"}}),
     )
     .await;
-    let done = t
-        .wait_for(&format!("/v1/events/{other}"), &key, |e| {
-            e["status"] == "completed"
-        })
-        .await;
+    let done = completed(&t, &key, &other).await;
     assert_eq!(done["deliveries"]["delivered"], 1, "{done}");
     // A day after the first, the window has room again.
     shift(&t, &sim, 24 * 3600 - 3 * 60);
     let later = send(&t, &key, marketing).await;
-    let done = t
-        .wait_for(&format!("/v1/events/{later}"), &key, |e| {
-            e["status"] == "completed"
-        })
-        .await;
+    let done = completed(&t, &key, &later).await;
     assert_eq!(done["deliveries"]["delivered"], 1, "{done}");
     assert_eq!(sends_to(&sim, &token).len(), 5);
     t.shutdown().await;
@@ -650,11 +556,7 @@ async fn cancelling_halfway_through_a_large_fan_out_stops_the_rest(db: Db) {
     assert_eq!(status, 200, "{answer}");
     let cancelled_now = answer["cancelled_now"].as_i64().expect("count");
     assert!(cancelled_now > 0, "{answer}");
-    let done = t
-        .wait_for(&format!("/v1/events/{id}"), &key, |e| {
-            e["status"] == "completed"
-        })
-        .await;
+    let done = completed(&t, &key, &id).await;
     let d = &done["deliveries"];
     let (delivered, cancelled) = (
         d["delivered"].as_i64().expect("delivered"),
@@ -721,10 +623,7 @@ async fn a_rule_with_a_delay_sends_that_long_after_the_event(db: Db) {
         "{due} vs {received}"
     );
     shift(&t, &sim, 901);
-    t.wait_for(&format!("/v1/events/{id}"), &key, |e| {
-        e["status"] == "completed"
-    })
-    .await;
+    completed(&t, &key, &id).await;
     assert_eq!(sends_to(&sim, &tokens[0]).len(), 1);
     t.shutdown().await;
 }

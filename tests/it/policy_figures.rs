@@ -3,8 +3,10 @@
 //! stats windows without lowering the success rate. On a shifted clock (the bridge's and the
 //! simulator's together), never sleeping for the scheduled time.
 
+use crate::harness::schedule::{
+    self, apns_devices, at, completed, dispatched, shift, utc_clock_time,
+};
 use crate::harness::{simulator, Db, TestApp, OPERATOR_KEY};
-use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};
 use pushbridge::simulator::SimulatorHandle;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -20,59 +22,21 @@ fn sample(text: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// Moves the bridge's and the simulator's time by `secs`.
-fn shift(t: &TestApp, sim: &SimulatorHandle, secs: i64) {
-    t.clock().shift(secs);
-    sim.clock().shift(secs);
-}
-
-/// RFC 3339 of the bridge's time plus `secs`.
-fn at(t: &TestApp, secs: i64) -> String {
-    jiff::Timestamp::from_millisecond(t.clock().unix_millis() + secs * 1000)
-        .expect("timestamp")
-        .to_string()
-}
-
 /// The bridge wired to `sim` on a fresh database.
 async fn bridge(db: Db, sim: &SimulatorHandle) -> TestApp {
     TestApp::with_simulator(db, sim, |_| {}).await
 }
 
-/// Registers APNs devices (seeded `seeds`) for `user`.
-async fn devices(t: &TestApp, key: &str, user: &str, seeds: std::ops::Range<u64>) {
-    for seed in seeds {
-        let token = apns_test_token(ApnsTestKind::Success, seed);
-        let (status, body) = t
-            .call(
-                Method::PUT,
-                &format!("/v1/devices/{token}"),
-                Some(key),
-                Some(json!({"platform": "apns", "user_id": user})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-    }
-}
-
 /// Sends `body` and waits until its jobs are written; returns the event id.
 async fn send(t: &TestApp, key: &str, body: Value) -> String {
-    let (status, sent) = t
-        .call(Method::POST, "/v1/notifications", Some(key), Some(body))
-        .await;
-    assert_eq!(status, 202, "{sent}");
-    let id = sent["event_id"].as_str().expect("event id").to_string();
-    t.wait_for(&format!("/v1/events/{id}"), key, |e| {
-        e["status"] != "received"
-    })
-    .await;
+    let id = schedule::send(t, key, body).await;
+    dispatched(t, key, &id).await;
     id
 }
 
-async fn completed(t: &TestApp, key: &str, id: &str) -> Value {
-    t.wait_for(&format!("/v1/events/{id}"), key, |e| {
-        e["status"] == "completed"
-    })
-    .await
+/// Registers APNs devices (seeded `seeds`) for `user`.
+async fn devices(t: &TestApp, key: &str, user: &str, seeds: std::ops::Range<u64>) {
+    apns_devices(t, key, user, seeds).await;
 }
 
 async fn stats(t: &TestApp, key: &str) -> Value {
@@ -99,16 +63,6 @@ fn queue_gauge(text: &str, status: &str) -> Option<f64> {
         text,
         &format!("pushbridge_queue_jobs{{status=\"{status}\"}}"),
     )
-}
-
-/// `HH:MM` of the bridge's time plus `minutes`, in UTC.
-fn utc_clock_time(t: &TestApp, minutes: i64) -> String {
-    let ms = t.clock().unix_millis() + minutes * 60_000;
-    let time = jiff::Timestamp::from_millisecond(ms)
-        .expect("timestamp")
-        .in_tz("UTC")
-        .expect("utc");
-    format!("{:02}:{:02}", time.hour(), time.minute())
 }
 
 /// Asserts that each stats window holds the `want` counts and a success rate of 1.0.

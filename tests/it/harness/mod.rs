@@ -3,6 +3,7 @@
 //! modules share. `process` runs the real binary as a child; `wire` talks raw TCP and TLS.
 
 pub mod process;
+pub mod schedule;
 pub mod wire;
 
 pub use process::{bridge_env, open_store, BridgeProcess};

@@ -16,7 +16,8 @@ pub struct FairnessResult {
     pub fan_out_secs: f64,
     /// B's single notifications sent while A's fan-out ran.
     pub probes: usize,
-    /// Median and 99th-percentile of B's event-to-delivery times, ms.
+    /// Median and 99th-percentile of B's event-to-delivery times (until the provider
+    /// accepted the notification), ms.
     pub p50_ms: i64,
     /// See `p50_ms`.
     pub p99_ms: i64,
@@ -26,6 +27,10 @@ pub struct FairnessResult {
     pub p99_dispatch_ms: i64,
     /// 99th percentile of the part spent with its job queued or in flight.
     pub p99_queue_ms: i64,
+    /// 99th percentile of the time from the provider's acceptance to the result's record.
+    pub p99_record_ms: i64,
+    /// 99th percentile of B's event-to-record times (when the delivery API shows it).
+    pub p99_recorded_ms: i64,
 }
 
 /// App A fans out to `fan_out` devices; app B sends one notification to its one device every
@@ -91,14 +96,17 @@ pub async fn fairness(backend: &str, fan_out: u64) -> anyhow::Result<FairnessRes
     }
     let fan_out_secs = started.elapsed().as_secs_f64();
     let (mut latencies, mut dispatch, mut queue) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut record, mut recorded) = (Vec::new(), Vec::new());
     for id in &probes {
         for _ in 0..2000 {
             let phases = store.delivery_phases(id).await?;
             if !phases.is_empty() {
-                for (d, q) in phases {
-                    latencies.push(d + q);
-                    dispatch.push(d);
-                    queue.push(q);
+                for p in phases {
+                    latencies.push(p.fan_out_ms + p.sent_ms);
+                    dispatch.push(p.fan_out_ms);
+                    queue.push(p.sent_ms);
+                    record.push(p.recorded_ms);
+                    recorded.push(p.fan_out_ms + p.sent_ms + p.recorded_ms);
                 }
                 break;
             }
@@ -109,7 +117,13 @@ pub async fn fairness(backend: &str, fan_out: u64) -> anyhow::Result<FairnessRes
         latencies.len() == probes.len(),
         "not every probe was delivered"
     );
-    for v in [&mut latencies, &mut dispatch, &mut queue] {
+    for v in [
+        &mut latencies,
+        &mut dispatch,
+        &mut queue,
+        &mut record,
+        &mut recorded,
+    ] {
         v.sort_unstable();
     }
     let pct = |v: &[i64], p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
@@ -121,6 +135,8 @@ pub async fn fairness(backend: &str, fan_out: u64) -> anyhow::Result<FairnessRes
         p99_ms: pct(&latencies, 0.99),
         p99_dispatch_ms: pct(&dispatch, 0.99),
         p99_queue_ms: pct(&queue, 0.99),
+        p99_record_ms: pct(&record, 0.99),
+        p99_recorded_ms: pct(&recorded, 0.99),
         max_ms: latencies.last().copied().unwrap_or(0),
     };
     running.shutdown().await?;

@@ -172,13 +172,13 @@ async fn main() -> anyhow::Result<()> {
     }
     if run(Part::Fairness) {
         println!("\n## Fairness: app B sends one notification every 100 ms while app A's fan-out is delivered\n");
-        println!("| backend | A's devices | A's fan-out s | B's sends | B p50 ms | B p99 ms | B max ms | B p99 before its job ms | B p99 queued ms |");
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| backend | A's devices | A's fan-out s | B's sends | B p50 ms | B p99 ms | B max ms | B p99 before its job ms | B p99 queued ms | B p99 answer to record ms | B p99 to record ms |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for backend in &backends {
             for &n in &args.fairness_sizes {
                 let r = fairness(backend, n).await?;
                 println!(
-                    "| {backend} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
+                    "| {backend} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.fan_out,
                     r.fan_out_secs,
                     r.probes,
@@ -186,7 +186,9 @@ async fn main() -> anyhow::Result<()> {
                     r.p99_ms,
                     r.max_ms,
                     r.p99_dispatch_ms,
-                    r.p99_queue_ms
+                    r.p99_queue_ms,
+                    r.p99_record_ms,
+                    r.p99_recorded_ms
                 );
             }
         }

@@ -41,7 +41,7 @@ pub use queue::{ClaimedJob, JobResult, Prune, PruneCallbacks, PruneKind, PrunedD
 pub use rules::{NamedSpec, SpecKind};
 pub use sealed::{SealReport, WrongKey};
 pub use sources::{SourceSecret, WebhookSource};
-pub use stats::{FailureCount, QueueStats, SeriesPoint, WindowStats};
+pub use stats::{DeliveryPhases, FailureCount, QueueStats, SeriesPoint, WindowStats};
 pub use user_auth::UserAuth;
 
 use std::str::FromStr;

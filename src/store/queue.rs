@@ -86,6 +86,9 @@ pub struct JobResult {
     pub provider_id: Option<String>,
     /// Round-trip time.
     pub latency_ms: i64,
+    /// When the outcome was known (the provider answered, or the worker decided without a
+    /// send), unix ms: the attempt log's time, which recording may follow a little later.
+    pub decided_at: i64,
     /// When to try again (queued only).
     pub next_attempt_at: i64,
     /// Prune the device.
@@ -283,12 +286,17 @@ impl Store {
         let owned = self
             .update_jobs(&mut tx, owner, results, &status, now)
             .await?;
-        let mine: Vec<&JobResult> = results
+        let mut mine: Vec<&JobResult> = results
             .iter()
             .filter(|r| owned.contains(&r.job.id))
             .collect();
+        // Devices are updated in a consistent order, so batches recorded at once (PostgreSQL)
+        // that touch the same devices cannot deadlock.
+        mine.sort_unstable_by(|a, b| {
+            (&a.job.app_id, &a.job.token).cmp(&(&b.job.app_id, &b.job.token))
+        });
         let attempted: Vec<&JobResult> = mine.iter().copied().filter(|r| r.counted).collect();
-        self.insert_attempts(&mut tx, &attempted, now).await?;
+        self.insert_attempts(&mut tx, &attempted).await?;
         let pruned = prune_devices(&mut tx, &mine, now).await?;
         learn_environments(&mut tx, &mine).await?;
         let mut pruned_count = 0;
@@ -369,7 +377,6 @@ impl Store {
         &self,
         conn: &mut AnyConnection,
         results: &[&JobResult],
-        now: i64,
     ) -> anyhow::Result<()> {
         for chunk in results.chunks(self.rows_per_statement()) {
             let mut sql = String::with_capacity(200 + chunk.len() * 80);
@@ -377,8 +384,8 @@ impl Store {
                 "INSERT INTO delivery_attempts (job_id, app_id, platform, attempt, outcome, \
                  reason, provider_id, latency_ms, at) VALUES ",
             );
-            sql.push_str(&values_rows(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, $1)", 2));
-            let mut q = sqlx::query(&sql).bind(now);
+            sql.push_str(&values_rows(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?)", 1));
+            let mut q = sqlx::query(&sql);
             for r in chunk {
                 q = q
                     .bind(&r.job.id)
@@ -388,7 +395,8 @@ impl Store {
                     .bind(r.outcome)
                     .bind(&r.reason)
                     .bind(&r.provider_id)
-                    .bind(r.latency_ms);
+                    .bind(r.latency_ms)
+                    .bind(r.decided_at);
             }
             q.execute(&mut *conn).await?;
         }

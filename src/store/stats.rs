@@ -325,17 +325,32 @@ impl Store {
         Ok(rows.into_iter().map(|(v,)| v).collect())
     }
 
-    /// For each delivered job of an event: how long after the event it was created (the
-    /// fan-out's wait) and how long after that it was delivered (the queue's wait), ms.
-    pub async fn delivery_phases(&self, event_id: &str) -> anyhow::Result<Vec<(i64, i64)>> {
+    /// For each delivered job of an event, ms: how long after the event it was created (the
+    /// fan-out's wait), how long after that the provider accepted it (the queue's wait and
+    /// the send), and how long after that its result was recorded (the recorder's wait).
+    pub async fn delivery_phases(&self, event_id: &str) -> anyhow::Result<Vec<DeliveryPhases>> {
         Ok(sqlx::query_as(
-            "SELECT created_at - event_at, updated_at - created_at FROM delivery_jobs \
-             WHERE event_id = $1 AND status = 'delivered'",
+            "SELECT j.created_at - j.event_at AS fan_out_ms, a.at - j.created_at AS sent_ms, \
+               j.updated_at - a.at AS recorded_ms \
+             FROM delivery_jobs j JOIN delivery_attempts a \
+               ON a.job_id = j.id AND a.outcome = 'delivered' \
+             WHERE j.event_id = $1 AND j.status = 'delivered'",
         )
         .bind(event_id)
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// Where a delivered job's time went, ms (see [`Store::delivery_phases`]).
+#[derive(Clone, Copy, Debug, sqlx::FromRow)]
+pub struct DeliveryPhases {
+    /// From the event to its job being written.
+    pub fan_out_ms: i64,
+    /// From the job being written to the provider accepting it.
+    pub sent_ms: i64,
+    /// From the provider accepting it to its result being recorded.
+    pub recorded_ms: i64,
 }
 
 #[cfg(test)]

@@ -30,7 +30,9 @@ use crate::model::{AttemptOutcome, Notification};
 use crate::push::apns::wire::reason::BAD_DEVICE_TOKEN;
 use crate::push::{Outcome, RetryClass, Target};
 use crate::redact::Redacted;
-use crate::store::{CapRequest, ClaimedJob, JobResult, Prune, PruneKind, Recorded, StoredPolicy};
+use crate::store::{
+    Backend, CapRequest, ClaimedJob, JobResult, Prune, PruneKind, Recorded, StoredPolicy,
+};
 
 /// A token-level refusal the burst guard cannot judge yet is retried after this long...
 const UNDECIDED_WAIT: Duration = Duration::from_secs(30);
@@ -40,6 +42,9 @@ const UNDECIDED_ATTEMPTS: i64 = 3;
 /// Claims wait until at least this share of a batch is free, so that a steady stream of
 /// finishing sends leads to a few large claims rather than many one-row claims.
 const CLAIM_FRACTION: usize = 4;
+
+/// Result batches recorded at once on PostgreSQL.
+const POSTGRES_RECORDERS: usize = 4;
 
 impl Worker {
     pub(crate) async fn deliver_loop(self, stop: watch::Receiver<bool>) {
@@ -180,7 +185,9 @@ impl Worker {
                 Err(e) => {
                     tracing::error!(app = %job.app_id, error = %e, "reading the app's policy failed; the job waits");
                     let until = self.store.now() + 1_000;
-                    let _ = results.send(held(job, until, "policy unreadable", 0)).await;
+                    let _ = results
+                        .send(held(job, until, "policy unreadable", 0, self.store.now()))
+                        .await;
                 }
             }
         }
@@ -203,7 +210,13 @@ impl Worker {
                 let until = self.store.now() + 1_000;
                 for (job, _) in asking {
                     let _ = results
-                        .send(held(job, until, "frequency caps unreadable", 0))
+                        .send(held(
+                            job,
+                            until,
+                            "frequency caps unreadable",
+                            0,
+                            self.store.now(),
+                        ))
                         .await;
                 }
                 return free;
@@ -216,7 +229,9 @@ impl Worker {
             } else {
                 capped += 1;
                 let reason = "its user reached the frequency cap of its category";
-                let _ = results.send(withheld(job, JobStatus::Capped, reason)).await;
+                let _ = results
+                    .send(withheld(job, JobStatus::Capped, reason, self.store.now()))
+                    .await;
             }
         }
         if capped > 0 {
@@ -310,35 +325,53 @@ impl Worker {
 
     /// Writes results as they arrive: everything that accumulated while the previous write
     /// was running goes into the next one (one transaction, a few multi-row statements).
+    /// PostgreSQL takes several such transactions at once, each a few round trips that
+    /// would otherwise wait on one another; SQLite has one writer, so one at a time.
     async fn record_loop(self, mut results: mpsc::Receiver<JobResult>) {
         let max = (self.config.batch_size.max(1) as usize).max(64);
-        let mut batch = Vec::with_capacity(max);
-        while results.recv_many(&mut batch, max).await > 0 {
-            // A failed recording (e.g. a deadlock victim on PostgreSQL) is retried once; if it
-            // fails again the jobs go back to the queue rather than staying in flight under
-            // leases this worker keeps renewing.
-            let mut recorded = self.record(&batch).await;
-            if let Err(e) = &recorded {
-                tracing::warn!(error = %format!("{e:#}"), jobs = batch.len(), "recording results failed; retrying once");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                recorded = self.record(&batch).await;
+        let writers = match self.store.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => POSTGRES_RECORDERS,
+        };
+        let mut recording: JoinSet<()> = JoinSet::new();
+        loop {
+            while recording.len() >= writers {
+                recording.join_next().await;
             }
-            match recorded {
-                Ok(recorded) => {
-                    self.metrics.pruned(recorded.pruned);
-                    for (status, n) in recorded.withheld {
-                        self.metrics.withheld(status, n);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), jobs = batch.len(), "recording results failed; releasing the jobs");
-                    let ids: Vec<String> = batch.iter().map(|r| r.job.id.clone()).collect();
-                    if let Err(e) = self.store.release_jobs(&self.owner, &ids).await {
-                        tracing::error!(error = %e, "releasing jobs failed; their leases will expire");
-                    }
+            let mut batch = Vec::with_capacity(max);
+            if results.recv_many(&mut batch, max).await == 0 {
+                break;
+            }
+            let worker = self.clone();
+            recording.spawn(async move { worker.record_or_release(batch).await });
+        }
+        while recording.join_next().await.is_some() {}
+    }
+
+    /// Records one batch. A failed recording (e.g. a deadlock victim on PostgreSQL) is
+    /// retried once; if it fails again the jobs go back to the queue rather than staying in
+    /// flight under leases this worker keeps renewing.
+    async fn record_or_release(&self, batch: Vec<JobResult>) {
+        let mut recorded = self.record(&batch).await;
+        if let Err(e) = &recorded {
+            tracing::warn!(error = %format!("{e:#}"), jobs = batch.len(), "recording results failed; retrying once");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            recorded = self.record(&batch).await;
+        }
+        match recorded {
+            Ok(recorded) => {
+                self.metrics.pruned(recorded.pruned);
+                for (status, n) in recorded.withheld {
+                    self.metrics.withheld(status, n);
                 }
             }
-            batch.clear();
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), jobs = batch.len(), "recording results failed; releasing the jobs");
+                let ids: Vec<String> = batch.iter().map(|r| r.job.id.clone()).collect();
+                if let Err(e) = self.store.release_jobs(&self.owner, &ids).await {
+                    tracing::error!(error = %e, "releasing jobs failed; their leases will expire");
+                }
+            }
         }
     }
 
@@ -363,16 +396,18 @@ impl Worker {
     /// One send and the decision that follows from its outcome; or, while the app's
     /// credential for the provider is refused, no send and an uncounted return to the queue.
     async fn attempt(&self, job: ClaimedJob) -> JobResult {
-        if job.expires_at.is_some_and(|at| at <= self.store.now()) {
+        let now = self.store.now();
+        if job.expires_at.is_some_and(|at| at <= now) {
             return withheld(
                 job,
                 JobStatus::Expired,
                 "it expired before it could be sent",
+                now,
             );
         }
         let probe = match self.gate(&job.app_id, job.platform).await {
             Gate::Send { probe } => probe,
-            Gate::Hold { until, reason } => return held(job, until, &reason, 0),
+            Gate::Hold { until, reason } => return held(job, until, &reason, 0, self.store.now()),
         };
         let started = Instant::now();
         let (outcome, learned_environment) = self.send(&job).await;
@@ -384,7 +419,7 @@ impl Worker {
         match &outcome {
             Outcome::CredentialRejected { reason } => {
                 let until = self.trip(&job.app_id, job.platform, reason).await;
-                return held(job, until, reason, latency_ms);
+                return held(job, until, reason, latency_ms, self.store.now());
             }
             Outcome::TokenRejected { reason } => match self.burst.refused(&job.app_id, reason, now)
             {
@@ -437,7 +472,7 @@ impl Worker {
         let breaker_reason = format!("{reason} (burst guard)");
         if self.breaker_known(&job.app_id, job.platform) {
             let until = self.trip(&job.app_id, job.platform, &breaker_reason).await;
-            return held(job, until, &breaker_reason, latency_ms);
+            return held(job, until, &breaker_reason, latency_ms, self.store.now());
         }
         tracing::warn!(app = %job.app_id, provider = job.platform.as_str(), %reason, refused,
             sends, "burst guard: a large share of the app's sends are refused for the same \
@@ -455,7 +490,7 @@ impl Worker {
             Err(e) => tracing::error!(error = %e, "restoring suspect devices failed"),
         }
         let until = self.trip(&job.app_id, job.platform, &breaker_reason).await;
-        held(job, until, &breaker_reason, latency_ms)
+        held(job, until, &breaker_reason, latency_ms, self.store.now())
     }
 
     /// Hands a job's notification to its provider. An APNs device registered without an
@@ -521,6 +556,7 @@ impl Worker {
             reason: None,
             provider_id: None,
             latency_ms,
+            decided_at: now,
             next_attempt_at: now,
             prune: None,
             counted: true,
@@ -600,7 +636,7 @@ impl Worker {
             Outcome::CredentialRejected { reason } => {
                 // `attempt` holds these before judging; never dead-letter one.
                 let until = now + (self.config.breaker_probe_secs * 1000) as i64;
-                return held(result.job, until, &reason, latency_ms);
+                return held(result.job, until, &reason, latency_ms, now);
             }
         }
         result
@@ -614,13 +650,14 @@ struct InFlightJob {
 }
 
 /// The job ended by its delivery policy without a send (and without an attempt).
-fn withheld(job: ClaimedJob, status: JobStatus, reason: &str) -> JobResult {
+fn withheld(job: ClaimedJob, status: JobStatus, reason: &str, now: i64) -> JobResult {
     JobResult {
         status,
         outcome: AttemptOutcome::Failed,
         reason: Some(reason.to_string()),
         provider_id: None,
         latency_ms: 0,
+        decided_at: now,
         next_attempt_at: job.created_at,
         prune: None,
         counted: false,
@@ -640,13 +677,14 @@ fn remaining_lifetime(mut n: Notification, expires_at: i64, now: i64) -> Notific
 
 /// The job back in the queue until `until`, its attempt not counted: the app's credential
 /// was refused, which says nothing about this job.
-fn held(job: ClaimedJob, until: i64, reason: &str, latency_ms: i64) -> JobResult {
+fn held(job: ClaimedJob, until: i64, reason: &str, latency_ms: i64, now: i64) -> JobResult {
     JobResult {
         status: JobStatus::Queued,
         outcome: AttemptOutcome::Retry,
         reason: Some(format!("paused: {reason}")),
         provider_id: None,
         latency_ms,
+        decided_at: now,
         next_attempt_at: until,
         prune: None,
         counted: false,

@@ -220,25 +220,25 @@ impl Store {
             .chunks(self.rows_per_statement())
             .zip(ids.chunks(self.rows_per_statement()))
         {
-            let mut sql = String::with_capacity(200 + chunk.len() * 60);
-            sql.push_str(&format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES "));
-            sql.push_str(&super::values_rows(
-                chunk.len(),
-                "(?, ?, ?, ?, ?, ?, 'received', $1, $1, ?)",
-                2,
-            ));
-            sql.push_str(" ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id");
-            let mut q = sqlx::query_as::<_, (String,)>(&sql).bind(now);
-            for (e, id) in chunk.iter().zip(chunk_ids) {
-                q = q
-                    .bind(id)
-                    .bind(&e.app_id)
-                    .bind(&e.source_id)
-                    .bind(&e.external_id)
-                    .bind(&e.event_type)
-                    .bind(&e.payload)
-                    .bind(&e.direct_rule);
-            }
+            let mut sql = super::statement::Statement::new(
+                self.backend(),
+                &format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES "),
+            );
+            sql.rows(chunk.iter().zip(chunk_ids), |row, (e, id)| {
+                row.bind(id.as_str())
+                    .bind(e.app_id.as_str())
+                    .bind(e.source_id.as_deref())
+                    .bind(e.external_id.as_deref())
+                    .bind(e.event_type.as_str())
+                    .bind(e.payload.as_str())
+                    .raw("'received'")
+                    .bind(now)
+                    .bind(now)
+                    .bind(e.direct_rule.as_deref());
+            });
+            sql.push(" ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id");
+            let (text, args) = sql.finish()?;
+            let q = sqlx::query_as_with::<_, (String,), _>(&text, args);
             inserted.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
         }
         let mut out = Vec::with_capacity(events.len());

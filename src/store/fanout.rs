@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use sqlx::AnyConnection;
 
-use super::{values_rows, Event, Store};
+use super::statement::Statement;
+use super::{Event, Store};
 use crate::model::{JobStatus, Platform};
 
 /// A job produced by fan-out.
@@ -209,37 +210,35 @@ impl Store {
         now: i64,
     ) -> anyhow::Result<u64> {
         for chunk in rows.chunks(self.rows_per_statement()) {
-            let mut sql = String::from(
+            let mut sql = Statement::new(
+                self.backend(),
                 "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
                  attempts, next_attempt_at, last_reason, event_at, created_at, updated_at, hold, \
                  expires_at, collapse_key, user_id, category) VALUES ",
             );
-            sql.push_str(&values_rows(
-                chunk.len(),
-                "(?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, $1, $1, ?, ?, ?, ?, ?)",
-                2,
-            ));
-            let mut q = sqlx::query(&sql).bind(now);
-            for (id, event, j) in chunk {
-                q = q
-                    .bind(id)
-                    .bind(&event.app_id)
-                    .bind(&event.id)
-                    .bind(&j.rule)
+            sql.rows(chunk, |row, (id, event, j)| {
+                row.bind(id.as_str())
+                    .bind(event.app_id.as_str())
+                    .bind(event.id.as_str())
+                    .bind(j.rule.as_deref())
                     .bind(j.platform)
-                    .bind(&j.token)
+                    .bind(j.token.as_str())
                     .bind(j.status)
-                    .bind(&j.job)
+                    .bind(j.job.as_str())
+                    .raw("0")
                     .bind(j.due.map_or(now, |(at, _)| at.max(now)))
-                    .bind(&j.last_reason)
+                    .bind(j.last_reason.as_deref())
                     .bind(event.received_at)
+                    .bind(now)
+                    .bind(now)
                     .bind(j.due.map(|(_, hold)| hold.as_str()))
                     .bind(j.expires_at)
-                    .bind(&j.collapse_key)
-                    .bind(&j.user_id)
-                    .bind(&j.category);
-            }
-            q.execute(&mut *conn).await?;
+                    .bind(j.collapse_key.as_deref())
+                    .bind(j.user_id.as_deref())
+                    .bind(j.category.as_deref());
+            });
+            let (text, args) = sql.finish()?;
+            sqlx::query_with(&text, args).execute(&mut *conn).await?;
         }
         supersede_collapsed(conn, rows, now).await
     }

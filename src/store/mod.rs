@@ -25,6 +25,7 @@ mod queue;
 mod rules;
 mod sealed;
 mod sources;
+mod statement;
 mod stats;
 mod user_auth;
 

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sqlx::AnyConnection;
 
-use super::{lifecycle, new_id, outbox, values_rows, Store};
+use super::statement::Statement;
+use super::{lifecycle, new_id, outbox, Store};
 use crate::model::{ApnsEnvironment, AttemptOutcome, JobStatus, Platform};
 
 /// A job claimed by a worker.
@@ -342,32 +343,36 @@ impl Store {
     ) -> anyhow::Result<HashSet<String>> {
         let mut owned: HashSet<String> = HashSet::with_capacity(results.len());
         for chunk in results.chunks(self.rows_per_statement()) {
-            let mut sql = String::with_capacity(600 + chunk.len() * 80);
-            sql.push_str("WITH v(id, status, attempts, next_at, reason, pid) AS (VALUES ");
-            sql.push_str(&values_rows(
-                chunk.len(),
-                "(?, ?, CAST(? AS BIGINT), CAST(? AS BIGINT), ?, ?)",
-                3,
-            ));
-            sql.push_str(
+            let mut sql = Statement::new(
+                self.backend(),
+                "WITH v(id, status, attempts, next_at, reason, pid) AS (VALUES ",
+            );
+            sql.rows(chunk, |row, r| {
+                row.bind(r.job.id.as_str())
+                    .bind(status(r))
+                    .bind_as(r.attempts_after(), "BIGINT")
+                    .bind_as(r.next_attempt_at, "BIGINT")
+                    .bind(r.reason.as_deref())
+                    .bind(r.provider_id.as_deref());
+            });
+            sql.push(
                 ") UPDATE delivery_jobs SET status = v.status, attempts = v.attempts, \
                  next_attempt_at = v.next_at, last_reason = v.reason, \
                  provider_id = COALESCE(v.pid, delivery_jobs.provider_id), lease_owner = NULL, \
-                 lease_until = NULL, updated_at = $1 \
-                 FROM v WHERE delivery_jobs.id = v.id AND delivery_jobs.lease_owner = $2 \
-                 AND delivery_jobs.status = 'in_flight' RETURNING delivery_jobs.id",
+                 lease_until = NULL, updated_at = ",
+            )
+            .bind(now)
+            .push(" FROM v WHERE delivery_jobs.id = v.id AND delivery_jobs.lease_owner = ")
+            .bind(owner)
+            .push(" AND delivery_jobs.status = 'in_flight' RETURNING delivery_jobs.id");
+            let (text, args) = sql.finish()?;
+            owned.extend(
+                sqlx::query_as_with::<_, (String,), _>(&text, args)
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .into_iter()
+                    .map(|(id,)| id),
             );
-            let mut q = sqlx::query_as::<_, (String,)>(&sql).bind(now).bind(owner);
-            for r in chunk {
-                q = q
-                    .bind(&r.job.id)
-                    .bind(status(r))
-                    .bind(r.attempts_after())
-                    .bind(r.next_attempt_at)
-                    .bind(&r.reason)
-                    .bind(&r.provider_id);
-            }
-            owned.extend(q.fetch_all(&mut *conn).await?.into_iter().map(|(id,)| id));
         }
         Ok(owned)
     }
@@ -379,26 +384,24 @@ impl Store {
         results: &[&JobResult],
     ) -> anyhow::Result<()> {
         for chunk in results.chunks(self.rows_per_statement()) {
-            let mut sql = String::with_capacity(200 + chunk.len() * 80);
-            sql.push_str(
+            let mut sql = Statement::new(
+                self.backend(),
                 "INSERT INTO delivery_attempts (job_id, app_id, platform, attempt, outcome, \
                  reason, provider_id, latency_ms, at) VALUES ",
             );
-            sql.push_str(&values_rows(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?)", 1));
-            let mut q = sqlx::query(&sql);
-            for r in chunk {
-                q = q
-                    .bind(&r.job.id)
-                    .bind(&r.job.app_id)
+            sql.rows(chunk, |row, r| {
+                row.bind(r.job.id.as_str())
+                    .bind(r.job.app_id.as_str())
                     .bind(r.job.platform)
                     .bind(r.job.attempts + 1)
                     .bind(r.outcome)
-                    .bind(&r.reason)
-                    .bind(&r.provider_id)
+                    .bind(r.reason.as_deref())
+                    .bind(r.provider_id.as_deref())
                     .bind(r.latency_ms)
                     .bind(r.decided_at);
-            }
-            q.execute(&mut *conn).await?;
+            });
+            let (text, args) = sql.finish()?;
+            sqlx::query_with(&text, args).execute(&mut *conn).await?;
         }
         Ok(())
     }

@@ -247,11 +247,12 @@ impl Store {
         }
     }
 
-    /// Rows per multi-row statement. SQLite looks up a statement's `$n` parameters by name, in
-    /// time linear in their number, so binding costs grow with the square of the statement
-    /// size: small statements are cheapest there, and a statement is an in-process call anyway.
-    /// On PostgreSQL each statement is a network round trip, so larger ones win (well below
-    /// its 65 535-parameter limit).
+    /// Rows per multi-row statement. On SQLite a statement is an in-process call, so small
+    /// ones cost little; numbered parameters (`values_rows`) are looked up by name in time
+    /// linear in their number, so those statements must stay small, and with positional
+    /// ones (`statement::Statement`) 64 rows measured no faster than 16. On PostgreSQL each
+    /// statement is a network round trip, so larger ones win (well below its 65 535-parameter
+    /// limit).
     pub(crate) fn rows_per_statement(&self) -> usize {
         match self.backend {
             Backend::Sqlite => 16,

@@ -12,6 +12,7 @@ mod credentials;
 mod credentials_local;
 mod dashboard;
 mod devices;
+mod endpoints;
 mod faults;
 mod goaway;
 mod isolation;

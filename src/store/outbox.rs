@@ -149,27 +149,40 @@ impl Store {
         Ok(id)
     }
 
-    /// Due messages of enabled endpoints, leased by pushing their next attempt into the future.
+    /// Due messages, except those of the endpoints in `skip`, leased by pushing their next
+    /// attempt into the future.
     pub async fn claim_messages(
         &self,
         lease_ms: i64,
         limit: i64,
+        skip: &[String],
     ) -> anyhow::Result<Vec<ClaimedMessage>> {
         let turn = self.write_turn().await;
         let now = self.now();
         let lock = self.skip_locked();
-        Ok(sqlx::query_as::<_, ClaimedMessage>(&format!(
+        let skipping = if skip.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "AND endpoint_id NOT IN ({})",
+                values_rows(skip.len(), "?", 5)
+            )
+        };
+        let sql = format!(
             "UPDATE endpoint_messages SET next_attempt_at = $1 WHERE id IN ( \
                SELECT id FROM endpoint_messages WHERE status = $2 AND next_attempt_at <= $3 \
-               ORDER BY next_attempt_at LIMIT $4 {lock}) \
+               {skipping} ORDER BY next_attempt_at LIMIT $4 {lock}) \
              RETURNING id, endpoint_id, app_id, body, attempts"
-        ))
-        .bind(now + lease_ms)
-        .bind(MessageStatus::Pending)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(turn.db())
-        .await?)
+        );
+        let mut q = sqlx::query_as::<_, ClaimedMessage>(&sql)
+            .bind(now + lease_ms)
+            .bind(MessageStatus::Pending)
+            .bind(now)
+            .bind(limit);
+        for id in skip {
+            q = q.bind(id);
+        }
+        Ok(q.fetch_all(turn.db()).await?)
     }
 
     /// Gives a claimed message back unattempted, due at `at`.

@@ -22,9 +22,15 @@ use crate::store::{
 
 /// Messages claimed per round.
 const MESSAGE_BATCH: i64 = 64;
-/// How long a claimed message stays leased to this worker, ms: well past the attempt
-/// timeout, so a live attempt never loses its message to another instance.
-const MESSAGE_LEASE_MS: i64 = 120_000;
+/// How long past twice the attempt timeout a claimed message stays leased to this worker,
+/// ms: a live attempt never loses its message to another instance, and a crashed
+/// instance's messages are sent again soon after.
+const LEASE_MARGIN_MS: i64 = 5_000;
+/// How long a message claimed while its endpoint had no room waits before it is claimed
+/// again, ms: behind the other endpoints' due messages.
+const NO_ROOM_DELAY_MS: i64 = 1_000;
+/// The most saturated endpoints a claim skips by name.
+const MAX_SKIPPED: usize = 256;
 
 /// The messages a recorded batch produces, for the apps whose endpoints subscribed to them.
 #[derive(Clone, Debug, Default)]
@@ -133,6 +139,20 @@ impl EndpointLimits {
             .clone();
         semaphore.try_acquire_owned().ok()
     }
+
+    /// Endpoints with no room left: a claim skips their messages, so one slow endpoint's
+    /// backlog never fills the claims and holds up the others.
+    fn saturated(&self) -> Vec<String> {
+        let map = self
+            .per_endpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter()
+            .filter(|(_, s)| s.available_permits() == 0)
+            .map(|(id, _)| id.clone())
+            .take(MAX_SKIPPED)
+            .collect()
+    }
 }
 
 impl Worker {
@@ -162,9 +182,11 @@ impl Worker {
             if *stop.borrow() {
                 return;
             }
+            let lease_ms = 2 * self.endpoints.timeout().as_millis() as i64 + LEASE_MARGIN_MS;
+            let busy = self.limits.saturated();
             let started = match self
                 .store
-                .claim_messages(MESSAGE_LEASE_MS, MESSAGE_BATCH)
+                .claim_messages(lease_ms, MESSAGE_BATCH, &busy)
                 .await
             {
                 Ok(rows) => self.start_attempts(rows, &all).await,
@@ -192,7 +214,8 @@ impl Worker {
                 .try_acquire(&row.endpoint_id, self.endpoints.concurrency_per_endpoint);
             let (Some(permit), Ok(total)) = (permit, all.clone().try_acquire_owned()) else {
                 // A slow endpoint holds its own slots only; its message waits its turn.
-                if let Err(e) = self.store.release_message(&row.id, self.store.now()).await {
+                let at = self.store.now() + NO_ROOM_DELAY_MS;
+                if let Err(e) = self.store.release_message(&row.id, at).await {
                     tracing::error!(message = %row.id, error = %e, "releasing a message failed; its lease will expire");
                 }
                 continue;

@@ -13,6 +13,7 @@ mod credentials_local;
 mod dashboard;
 mod devices;
 mod endpoints;
+mod endpoints_cli;
 mod endpoints_durability;
 mod faults;
 mod goaway;

@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::error::{ApiError, Result};
 use crate::model::event_type::EventType;
 use crate::outbound::{AddressGuard, Refused};
 use crate::signature::Scheme;
-use crate::store::{rfc3339, Endpoint, EndpointChange, NewEndpoint, Store};
+use crate::store::{message_body, Endpoint, EndpointChange, NewEndpoint, Store};
 
 /// The longest URL an endpoint may have.
 pub const MAX_URL_LEN: usize = 2048;
@@ -257,9 +256,4 @@ pub async fn send_test(
     Ok(store
         .enqueue_to_endpoint(app_id, id, event_type, &body)
         .await?)
-}
-
-/// A message body in the Standard Webhooks shape: type, timestamp and data.
-pub fn message_body(event_type: EventType, at_ms: i64, data: serde_json::Value) -> String {
-    json!({"type": event_type, "timestamp": rfc3339(at_ms), "data": data}).to_string()
 }

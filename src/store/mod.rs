@@ -37,7 +37,9 @@ pub use devices::Device;
 pub use endpoints::{CallbackTarget, Endpoint, EndpointChange, NewEndpoint, SigningSecrets};
 pub use events::{Event, EventInsert, EventWriter, IncomingEvent, NewEvent};
 pub use fanout::{FanOutCursor, FanOutSlice, NewJob, SliceWritten, WholeFanOut};
-pub use outbox::{AttemptLogRow, AttemptRecord, ClaimedMessage, MessageNext, MessageRow};
+pub use outbox::{
+    message_body, AttemptLogRow, AttemptRecord, ClaimedMessage, MessageNext, MessageRow,
+};
 pub use policy::{CapRequest, StoredPolicy};
 pub use queue::{ClaimedJob, JobResult, Prune, PruneCallbacks, PruneKind, PrunedDevice, Recorded};
 pub use rules::{NamedSpec, SpecKind};

@@ -376,6 +376,12 @@ impl Store {
     }
 }
 
+/// A message body in the Standard Webhooks shape: type, timestamp and data.
+pub fn message_body(event_type: EventType, at_ms: i64, data: serde_json::Value) -> String {
+    serde_json::json!({"type": event_type, "timestamp": super::rfc3339(at_ms), "data": data})
+        .to_string()
+}
+
 /// Whether the stored event-type list `events` holds `event_type`. An unreadable list
 /// subscribes to nothing; it is reported when the endpoint is read.
 fn subscribes(events: &str, event_type: EventType) -> bool {

@@ -14,10 +14,10 @@ use super::retry::{decide_endpoint, RetryDecision};
 use super::Worker;
 use crate::model::event_type::{EndpointOutcome, EventType};
 use crate::model::JobStatus;
-use crate::service::endpoints::message_body;
 use crate::signature::{sign, Scheme};
 use crate::store::{
-    rfc3339, AttemptRecord, ClaimedMessage, JobResult, MessageNext, PruneCallbacks, PrunedDevice,
+    message_body, rfc3339, AttemptRecord, ClaimedMessage, JobResult, MessageNext, PruneCallbacks,
+    PrunedDevice,
 };
 
 /// Messages claimed per round.

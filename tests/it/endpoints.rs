@@ -618,7 +618,50 @@ async fn the_legacy_callback_is_an_endpoint_subscribed_to_device_pruned(db: Db) 
     t.shutdown().await;
 }
 
+async fn a_credential_failing_and_recovering_is_told_to_subscribed_endpoints(db: Db) {
+    let t = fast(db).await;
+    let app = t.new_app().await;
+    let key = app.server_key.as_str();
+    let (url, receiver) = Receiver::start().await;
+    create(
+        &t,
+        key,
+        &url,
+        json!(["credential.failing", "credential.recovered"]),
+    )
+    .await;
+    let apns = pushbridge::model::Platform::Apns;
+    let probe_at = t.clock().unix_millis() + 60_000;
+    for _ in 0..2 {
+        // The second refusal finds the breaker open: nothing new to tell.
+        t.store()
+            .open_breaker(&app.app.id, apns, "InvalidProviderToken", probe_at)
+            .await
+            .expect("open");
+    }
+    let failing = receiver.wait_for(1).await;
+    assert_eq!(failing[0].json()["type"], "credential.failing");
+    assert_eq!(failing[0].json()["data"]["provider"], "apns");
+    assert_eq!(failing[0].json()["data"]["reason"], "InvalidProviderToken");
+    assert!(t
+        .store()
+        .close_breaker(&app.app.id, apns)
+        .await
+        .expect("close"));
+    let both = receiver.wait_for(2).await;
+    assert_eq!(
+        both[1].json()["type"],
+        "credential.recovered",
+        "{}",
+        both[1].body
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.seen().len(), 2);
+    t.shutdown().await;
+}
+
 backend_tests!(
+    a_credential_failing_and_recovering_is_told_to_subscribed_endpoints,
     a_test_message_arrives_signed_and_the_secret_is_shown_only_on_create,
     an_endpoint_receives_only_the_types_it_subscribed_to,
     a_receiver_failing_three_times_gets_the_message_once_it_answers_200,

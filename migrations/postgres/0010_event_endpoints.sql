@@ -62,3 +62,17 @@ CREATE TABLE endpoint_attempts (
 );
 CREATE INDEX endpoint_attempts_endpoint ON endpoint_attempts(endpoint_id, at);
 CREATE INDEX endpoint_attempts_message ON endpoint_attempts(message_id, at);
+
+-- Items of high-volume types (`delivery.succeeded`) gathered until a batch is full
+-- (`endpoints.batch_max_items`) or its oldest item has waited `endpoints.batch_max_wait_secs`:
+-- one row per recorded batch of deliveries, written in that batch's transaction; taken and
+-- turned into messages in one transaction.
+CREATE TABLE endpoint_gathering (
+    id          TEXT PRIMARY KEY,
+    app_id      TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    event_type  TEXT NOT NULL,
+    items       TEXT NOT NULL,
+    item_count  BIGINT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+CREATE INDEX endpoint_gathering_app ON endpoint_gathering(app_id, event_type, created_at);

@@ -72,6 +72,12 @@ impl EventType {
         }
     }
 
+    /// Whether messages of this type gather many items each (high-volume types), sent when
+    /// a batch is full or has waited long enough.
+    pub fn is_batched(self) -> bool {
+        matches!(self, Self::DeliverySucceeded)
+    }
+
     /// One sentence for the catalog.
     pub fn description(self) -> &'static str {
         match self {

@@ -41,6 +41,10 @@ pub struct EndpointsConfig {
     pub concurrency: u32,
     /// An endpoint failing continuously for this long is disabled.
     pub disable_after_failing_secs: u64,
+    /// Items per message of a batched type (`delivery.succeeded`) at most.
+    pub batch_max_items: u32,
+    /// How long the first item of a batch waits for the batch to fill.
+    pub batch_max_wait_secs: u64,
 }
 
 impl Default for EndpointsConfig {
@@ -53,6 +57,8 @@ impl Default for EndpointsConfig {
             concurrency_per_endpoint: 4,
             concurrency: 256,
             disable_after_failing_secs: 5 * 86_400,
+            batch_max_items: 1000,
+            batch_max_wait_secs: 10,
         }
     }
 }
@@ -76,6 +82,9 @@ impl EndpointsConfig {
                 return Err(format!("{field}: must be at least 1"));
             }
         }
+        if self.batch_max_items > 10_000 {
+            return Err("endpoints.batch_max_items: must be at most 10000".into());
+        }
         if self.timeout_secs > 300 {
             return Err("endpoints.timeout_secs: must be at most 300".into());
         }
@@ -87,6 +96,14 @@ impl EndpointsConfig {
         AddressGuard {
             allow_insecure: self.allow_insecure,
             allowed_private_cidrs: self.allowed_private_cidrs.clone(),
+        }
+    }
+
+    /// How gathered items become messages.
+    pub fn batch_limits(&self) -> crate::store::BatchLimits {
+        crate::store::BatchLimits {
+            max_items: self.batch_max_items as usize,
+            max_wait_ms: (self.batch_max_wait_secs * 1000) as i64,
         }
     }
 

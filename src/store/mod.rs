@@ -38,7 +38,8 @@ pub use endpoints::{CallbackTarget, Endpoint, EndpointChange, NewEndpoint, Signi
 pub use events::{Event, EventInsert, EventWriter, IncomingEvent, NewEvent};
 pub use fanout::{FanOutCursor, FanOutSlice, NewJob, SliceWritten, WholeFanOut};
 pub use outbox::{
-    message_body, AttemptLogRow, AttemptRecord, ClaimedMessage, MessageNext, MessageRow,
+    message_body, AttemptLogRow, AttemptRecord, BatchLimits, ClaimedMessage, MessageNext,
+    MessageRow,
 };
 pub use policy::{CapRequest, StoredPolicy};
 pub use queue::{ClaimedJob, JobResult, Prune, PruneCallbacks, PruneKind, PrunedDevice, Recorded};

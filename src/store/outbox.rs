@@ -389,8 +389,45 @@ fn subscribes(events: &str, event_type: EventType) -> bool {
 }
 
 /// Queues `body` of `event_type` to every enabled endpoint of `app_id` subscribed to it,
-/// inside the caller's transaction. Returns how many messages were written.
+/// inside the caller's transaction. For a batched type `body` is a JSON array of items,
+/// gathered until a batch is due ([`Store::flush_gathered`]). Returns how many rows were
+/// written.
 pub(super) async fn enqueue(
+    conn: &mut AnyConnection,
+    app_id: &str,
+    event_type: EventType,
+    body: &str,
+    now: i64,
+) -> anyhow::Result<usize> {
+    if event_type.is_batched() {
+        let count = serde_json::from_str::<Vec<serde_json::Value>>(body)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "items of a {} batch are not a JSON array: {e}",
+                    event_type.as_str()
+                )
+            })?
+            .len();
+        sqlx::query(
+            "INSERT INTO endpoint_gathering (id, app_id, event_type, items, item_count, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(new_id("gat"))
+        .bind(app_id)
+        .bind(event_type)
+        .bind(body)
+        .bind(count as i64)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        return Ok(1);
+    }
+    send_to_subscribers(conn, app_id, event_type, body, now).await
+}
+
+/// Writes a message of `body` for every enabled endpoint of `app_id` subscribed to
+/// `event_type`.
+async fn send_to_subscribers(
     conn: &mut AnyConnection,
     app_id: &str,
     event_type: EventType,
@@ -408,6 +445,94 @@ pub(super) async fn enqueue(
             insert_message(&mut *conn, &endpoint_id, app_id, event_type, body, now).await?;
             written += 1;
         }
+    }
+    Ok(written)
+}
+
+/// How gathered items become messages.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    /// Items per message at most.
+    pub max_items: usize,
+    /// How long the oldest item may wait for a batch to fill, ms.
+    pub max_wait_ms: i64,
+}
+
+impl Store {
+    /// Turns gathered items into messages: every full batch, and the rest once its oldest
+    /// item has waited `max_wait_ms`. Returns the messages written.
+    pub async fn flush_gathered(&self, limits: BatchLimits) -> anyhow::Result<usize> {
+        let now = self.now();
+        let groups: Vec<(String, EventType, i64, i64)> = sqlx::query_as(
+            "SELECT app_id, event_type, CAST(SUM(item_count) AS BIGINT), MIN(created_at) \
+             FROM endpoint_gathering \
+             GROUP BY app_id, event_type",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut written = 0;
+        for (app_id, event_type, count, oldest) in groups {
+            if (count as usize) < limits.max_items && now - oldest < limits.max_wait_ms {
+                continue;
+            }
+            let turn = self.write_turn().await;
+            let mut tx = turn.db().begin().await?;
+            written += flush_group(&mut tx, &app_id, event_type, limits, now).await?;
+            tx.commit().await?;
+        }
+        Ok(written)
+    }
+}
+
+/// Takes every gathered row of one app and type (so two instances cannot both send them)
+/// and writes its messages; items of a batch not yet due go back, with their oldest time.
+async fn flush_group(
+    conn: &mut AnyConnection,
+    app_id: &str,
+    event_type: EventType,
+    limits: BatchLimits,
+    now: i64,
+) -> anyhow::Result<usize> {
+    let mut rows: Vec<(String, i64)> = sqlx::query_as(
+        "DELETE FROM endpoint_gathering WHERE app_id = $1 AND event_type = $2 \
+         RETURNING items, created_at",
+    )
+    .bind(app_id)
+    .bind(event_type)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.sort_by_key(|(_, at)| *at);
+    let mut items: Vec<(serde_json::Value, i64)> = Vec::new();
+    for (text, at) in rows {
+        let list: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+        items.extend(list.into_iter().map(|item| (item, at)));
+    }
+    let mut written = 0;
+    for chunk in items.chunks(limits.max_items.max(1)) {
+        let oldest = chunk[0].1;
+        if chunk.len() < limits.max_items && now - oldest < limits.max_wait_ms {
+            let rest: Vec<&serde_json::Value> = chunk.iter().map(|(item, _)| item).collect();
+            sqlx::query(
+                "INSERT INTO endpoint_gathering (id, app_id, event_type, items, item_count, \
+                 created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(new_id("gat"))
+            .bind(app_id)
+            .bind(event_type)
+            .bind(serde_json::to_string(&rest)?)
+            .bind(rest.len() as i64)
+            .bind(oldest)
+            .execute(&mut *conn)
+            .await?;
+            continue;
+        }
+        let batch: Vec<&serde_json::Value> = chunk.iter().map(|(item, _)| item).collect();
+        let body = message_body(
+            event_type,
+            now,
+            serde_json::json!({"app_id": app_id, "deliveries": batch}),
+        );
+        written += send_to_subscribers(&mut *conn, app_id, event_type, &body, now).await?;
     }
     Ok(written)
 }

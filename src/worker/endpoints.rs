@@ -66,35 +66,42 @@ impl PruneCallbacks for EndpointEvents {
         status: &dyn Fn(&JobResult) -> JobStatus,
         at_ms: i64,
     ) -> anyhow::Result<Vec<(String, EventType, String)>> {
-        // One message per app per batch, listing its dead letters: a failing fan-out of 100k
-        // becomes a few hundred messages, not 100k.
+        // One message per app per batch listing its dead letters (a failing fan-out of 100k
+        // becomes a few hundred messages, not 100k), and the deliveries to gather.
         let mut failed: HashMap<&str, Vec<serde_json::Value>> = HashMap::new();
+        let mut succeeded: HashMap<&str, Vec<serde_json::Value>> = HashMap::new();
         for r in results {
-            if status(r) == JobStatus::Dead && self.wants(&r.job.app_id, EventType::DeliveryFailed)
-            {
-                failed
-                    .entry(r.job.app_id.as_str())
-                    .or_default()
-                    .push(json!({
-                        "delivery_id": r.job.id,
-                        "event_id": r.job.event_id,
-                        "platform": r.job.platform,
-                        "token": r.job.token,
-                        "reason": r.reason,
-                    }));
+            let (list, wanted) = match status(r) {
+                JobStatus::Dead => (&mut failed, EventType::DeliveryFailed),
+                JobStatus::Delivered => (&mut succeeded, EventType::DeliverySucceeded),
+                _ => continue,
+            };
+            if !self.wants(&r.job.app_id, wanted) {
+                continue;
             }
+            let mut item = json!({
+                "delivery_id": r.job.id,
+                "event_id": r.job.event_id,
+                "platform": r.job.platform,
+                "token": r.job.token,
+            });
+            if wanted == EventType::DeliveryFailed {
+                item["reason"] = json!(r.reason);
+            }
+            list.entry(r.job.app_id.as_str()).or_default().push(item);
         }
-        Ok(failed
-            .into_iter()
-            .map(|(app_id, deliveries)| {
-                let body = message_body(
-                    EventType::DeliveryFailed,
-                    at_ms,
-                    json!({"app_id": app_id, "deliveries": deliveries}),
-                );
-                (app_id.to_string(), EventType::DeliveryFailed, body)
-            })
-            .collect())
+        let mut out = Vec::new();
+        for (app_id, deliveries) in failed {
+            let data = json!({"app_id": app_id, "deliveries": deliveries});
+            let body = message_body(EventType::DeliveryFailed, at_ms, data);
+            out.push((app_id.to_string(), EventType::DeliveryFailed, body));
+        }
+        // Batched: the outbox gathers these items into messages of up to N.
+        for (app_id, deliveries) in succeeded {
+            let items = serde_json::to_string(&deliveries)?;
+            out.push((app_id.to_string(), EventType::DeliverySucceeded, items));
+        }
+        Ok(out)
     }
 }
 
@@ -164,7 +171,9 @@ impl Worker {
     ) -> anyhow::Result<EndpointEvents> {
         let apps: BTreeSet<&str> = batch
             .iter()
-            .filter(|r| r.prune.is_some() || r.status == JobStatus::Dead)
+            .filter(|r| {
+                r.prune.is_some() || matches!(r.status, JobStatus::Dead | JobStatus::Delivered)
+            })
             .map(|r| r.job.app_id.as_str())
             .collect();
         if apps.is_empty() {
@@ -183,6 +192,13 @@ impl Worker {
                 return;
             }
             let lease_ms = 2 * self.endpoints.timeout().as_millis() as i64 + LEASE_MARGIN_MS;
+            if let Err(e) = self
+                .store
+                .flush_gathered(self.endpoints.batch_limits())
+                .await
+            {
+                tracing::error!(error = %e, "turning gathered items into messages failed");
+            }
             let busy = self.limits.saturated();
             let started = match self
                 .store

@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::harness::{bridge_env, open_store, simulator, BridgeProcess, Db, TestApp};
 use pushbridge::model::event_type::EventType;
 use pushbridge::signature::{verify, Scheme};
+use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};
 use pushbridge::store::NewEndpoint;
 
 /// Counts requests per `webhook-id`; each answer takes `delay`.
@@ -186,7 +187,107 @@ async fn kill_9_with_a_thousand_messages_pending_delivers_all_of_them(db: Db) {
     assert!(twice <= 4, "{twice} messages arrived twice");
 }
 
+/// Devices in the batching test, and the items per message.
+const FAN_OUT: u64 = 2000;
+const BATCH: u32 = 500;
+
+async fn a_fan_out_with_delivery_succeeded_is_sent_in_batches_of_n(db: Db) {
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |c| {
+        c.endpoints.batch_max_items = BATCH;
+        c.endpoints.batch_max_wait_secs = 3600;
+    })
+    .await;
+    let app = t.new_app().await;
+    let devices: Vec<(String, pushbridge::model::device::DeviceRegistration)> = (0..FAN_OUT)
+        .map(|i| {
+            let token = apns_test_token(ApnsTestKind::Success, 90_000 + i);
+            let reg = pushbridge::model::device::DeviceRegistration {
+                platform: pushbridge::model::Platform::Apns,
+                user_id: Some("u1".into()),
+                locale: None,
+                timezone: None,
+                app_version: None,
+                environment: None,
+                topic: None,
+                attributes: json!({}),
+                tags: vec![],
+            };
+            (token, reg)
+        })
+        .collect();
+    t.store()
+        .import_devices(&app.app.id, &devices)
+        .await
+        .expect("import");
+    let seen: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let s = seen.clone();
+    let receiver = axum::Router::new().route(
+        "/hooks",
+        axum::routing::post(move |body: String| {
+            let s = s.clone();
+            async move {
+                s.lock()
+                    .expect("lock")
+                    .push(serde_json::from_str(&body).expect("json"));
+                http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hooks", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let key = app.server_key.as_str();
+    let (status, body) = t
+        .call(
+            Method::POST,
+            "/v1/endpoints",
+            Some(key),
+            Some(json!({"url": url, "events": ["delivery.succeeded"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = crate::harness::schedule::send(
+        &t,
+        key,
+        json!({"to": {"devices": {}}, "template": {"body": "hi"}}),
+    )
+    .await;
+    crate::harness::schedule::completed(&t, key, &id).await;
+    let items = |seen: &[serde_json::Value]| -> usize {
+        seen.iter()
+            .map(|m| m["data"]["deliveries"].as_array().map_or(0, Vec::len))
+            .sum()
+    };
+    for _ in 0..300 {
+        if items(&seen.lock().expect("lock")) >= FAN_OUT as usize {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = seen.lock().expect("lock").clone();
+    assert_eq!(items(&got), FAN_OUT as usize);
+    assert!(
+        got.len() <= (FAN_OUT / u64::from(BATCH)) as usize,
+        "{} requests for {FAN_OUT} deliveries in batches of {BATCH}",
+        got.len()
+    );
+    let mut ids: Vec<&str> = got
+        .iter()
+        .flat_map(|m| m["data"]["deliveries"].as_array().into_iter().flatten())
+        .filter_map(|d| d["delivery_id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), FAN_OUT as usize, "each delivery once");
+    assert!(got.iter().all(|m| m["type"] == "delivery.succeeded"));
+    t.shutdown().await;
+}
+
 backend_tests!(
+    a_fan_out_with_delivery_succeeded_is_sent_in_batches_of_n,
     an_app_callback_and_its_queued_messages_move_to_an_endpoint_on_upgrade,
     kill_9_with_a_thousand_messages_pending_delivers_all_of_them,
 );

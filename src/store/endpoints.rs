@@ -339,18 +339,37 @@ impl Store {
         .bind(app_id)
         .fetch_optional(&self.pool)
         .await?;
-        if let Some((id,)) = &existing {
-            self.delete_endpoint(app_id, id).await?;
-        }
-        if let Some((url, secret)) = target {
-            let new = NewEndpoint {
-                url,
-                description: Some("callback (PUT /v1/app/callback)"),
-                events: &[EventType::DevicePruned],
-                secret,
-            };
-            self.insert_endpoint(&new_id("ep"), app_id, &new, true)
+        match (existing, target) {
+            (Some((id,)), Some((url, secret))) => {
+                // In place, so the messages still pending go to the new URL, as before.
+                let sealed = self.seal(ENDPOINT_SECRET, &id, secret)?;
+                let turn = self.write_turn().await;
+                sqlx::query(
+                    "UPDATE event_endpoints SET url = $1, secret = $2, previous_secret = NULL, \
+                     previous_secret_expires_at = NULL, enabled = 1, disabled_reason = NULL, \
+                     failing_since = NULL, updated_at = $3 WHERE id = $4",
+                )
+                .bind(url)
+                .bind(sealed)
+                .bind(self.now())
+                .bind(&id)
+                .execute(turn.db())
                 .await?;
+            }
+            (None, Some((url, secret))) => {
+                let new = NewEndpoint {
+                    url,
+                    description: Some("callback (PUT /v1/app/callback)"),
+                    events: &[EventType::DevicePruned],
+                    secret,
+                };
+                self.insert_endpoint(&new_id("ep"), app_id, &new, true)
+                    .await?;
+            }
+            (Some((id,)), None) => {
+                self.delete_endpoint(app_id, &id).await?;
+            }
+            (None, None) => {}
         }
         Ok(())
     }

@@ -609,6 +609,22 @@ async fn the_legacy_callback_is_an_endpoint_subscribed_to_device_pruned(db: Db) 
     assert_eq!(endpoints[0]["url"], url);
     let (_, shown) = t.call(Method::GET, "/v1/app", Some(key), None).await;
     assert_eq!(shown["callback_url"], url);
+    // Set again: the same endpoint (its pending messages stay), with a new secret.
+    let (status, again) = t
+        .call(
+            Method::PUT,
+            "/v1/app/callback",
+            Some(key),
+            Some(json!({"url": url})),
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_ne!(again["secret"], set["secret"]);
+    let (_, relisted) = t.call(Method::GET, "/v1/endpoints", Some(key), None).await;
+    assert_eq!(
+        relisted["endpoints"][0]["id"], endpoints[0]["id"],
+        "{relisted}"
+    );
     let (status, _) = t
         .call(Method::DELETE, "/v1/app/callback", Some(key), None)
         .await;

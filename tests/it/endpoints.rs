@@ -676,7 +676,50 @@ async fn a_credential_failing_and_recovering_is_told_to_subscribed_endpoints(db:
     t.shutdown().await;
 }
 
+async fn an_endpoint_that_came_to_point_inside_is_refused_at_connect_time(db: Db) {
+    // Saved while it pointed elsewhere (written straight to the store, as if its name had
+    // resolved to a public address then): the attempt checks the address again.
+    let t = TestApp::spawn_with(db, |c| {
+        c.endpoints = Default::default();
+        c.endpoints.allow_insecure = true;
+        c.worker.poll_interval_ms = 20;
+    })
+    .await;
+    let app = t.new_app().await;
+    let key = app.server_key.as_str();
+    let (url, receiver) = Receiver::start().await;
+    let secret = pushbridge::signature::Scheme::StandardWebhooks.generate_secret();
+    let endpoint = t
+        .store()
+        .create_endpoint(
+            &app.app.id,
+            pushbridge::store::NewEndpoint {
+                url: &url,
+                description: None,
+                events: &[pushbridge::model::event_type::EventType::DevicePruned],
+                secret: &secret,
+            },
+        )
+        .await
+        .expect("endpoint");
+    test_send(&t, key, &endpoint.id).await;
+    let logged = wait_attempts(&t, key, &endpoint.id, 1).await;
+    assert_eq!(logged[0]["outcome"], "failed");
+    assert!(logged[0]["response_code"].is_null(), "{logged:?}");
+    let error = logged[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("refused") && error.contains("127.0.0.1"),
+        "{error}"
+    );
+    assert!(
+        receiver.seen().is_empty(),
+        "nothing reached the loopback receiver"
+    );
+    t.shutdown().await;
+}
+
 backend_tests!(
+    an_endpoint_that_came_to_point_inside_is_refused_at_connect_time,
     a_credential_failing_and_recovering_is_told_to_subscribed_endpoints,
     a_test_message_arrives_signed_and_the_secret_is_shown_only_on_create,
     an_endpoint_receives_only_the_types_it_subscribed_to,

@@ -76,3 +76,7 @@ CREATE TABLE endpoint_gathering (
     created_at  BIGINT NOT NULL
 );
 CREATE INDEX endpoint_gathering_app ON endpoint_gathering(app_id, event_type, created_at);
+
+-- Whether `event.completed` was written for the event's completion (once per completion; a
+-- replay that reopens the event clears it).
+ALTER TABLE events ADD COLUMN completion_told BIGINT NOT NULL DEFAULT 0;

@@ -9,6 +9,7 @@ use sqlx::AnyConnection;
 
 use super::{new_id, values_rows, Store};
 use crate::model::event_type::{EndpointOutcome, EventType, MessageStatus};
+use crate::model::JobStatus;
 
 /// A message claimed for delivery.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -447,6 +448,49 @@ async fn send_to_subscribers(
         }
     }
     Ok(written)
+}
+
+/// Writes `event.completed` for an event that has just completed, once per completion,
+/// when its app has an endpoint subscribed: the counts by final status.
+pub(super) async fn tell_completed(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    now: i64,
+) -> anyhow::Result<()> {
+    let app: Option<String> = sqlx::query_scalar(
+        "UPDATE events SET completion_told = 1 WHERE id = $1 AND status = 'completed' \
+         AND completion_told = 0 RETURNING app_id",
+    )
+    .bind(event_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(app_id) = app else { return Ok(()) };
+    let endpoints: Vec<(String,)> =
+        sqlx::query_as("SELECT events FROM event_endpoints WHERE app_id = $1 AND enabled = 1")
+            .bind(&app_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    if !endpoints
+        .iter()
+        .any(|(events,)| subscribes(events, EventType::EventCompleted))
+    {
+        return Ok(());
+    }
+    let counts: Vec<(JobStatus, i64)> = sqlx::query_as(
+        "SELECT status, COUNT(*) FROM delivery_jobs WHERE event_id = $1 GROUP BY status",
+    )
+    .bind(event_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let deliveries: serde_json::Map<String, serde_json::Value> = counts
+        .into_iter()
+        .map(|(status, n)| (status.as_str().to_string(), n.into()))
+        .collect();
+    let data = serde_json::json!({"app_id": app_id, "event_id": event_id,
+        "completed_at": super::rfc3339(now), "deliveries": deliveries});
+    let body = message_body(EventType::EventCompleted, now, data);
+    send_to_subscribers(conn, &app_id, EventType::EventCompleted, &body, now).await?;
+    Ok(())
 }
 
 /// How gathered items become messages.

@@ -1,5 +1,5 @@
 //! Messages to apps' event endpoints: what the messages about a recorded batch say and which
-//! apps get them (`device.pruned`, `delivery.failed`), and the loop that delivers the outbox
+//! apps get them (`device.pruned`, `delivery.failed`, `delivery.succeeded`), and the loop that delivers the outbox
 //! (Standard Webhooks signatures with every active secret, the retry schedule, a limit per
 //! endpoint, and disabling an endpoint that has failed for too long).
 

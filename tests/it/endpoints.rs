@@ -718,7 +718,51 @@ async fn an_endpoint_that_came_to_point_inside_is_refused_at_connect_time(db: Db
     t.shutdown().await;
 }
 
+async fn event_completed_tells_the_counts_once(db: Db) {
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |_| {}).await;
+    let app = t.new_app().await;
+    let key = app.server_key.as_str();
+    let (url, receiver) = Receiver::start().await;
+    create(&t, key, &url, json!(["event.completed"])).await;
+    for (kind, seed) in [
+        (ApnsTestKind::Success, 31),
+        (ApnsTestKind::Success, 32),
+        (ApnsTestKind::Unregistered { timestamp_ms: None }, 33),
+    ] {
+        let token = apns_test_token(kind, seed);
+        let (status, body) = t
+            .call(
+                Method::PUT,
+                &format!("/v1/devices/{token}"),
+                Some(key),
+                Some(json!({"platform": "apns", "user_id": "u1"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let event_id = send(
+        &t,
+        key,
+        json!({"to": {"user": "u1"}, "template": {"body": "hi"}}),
+    )
+    .await;
+    let got = receiver.wait_for(1).await;
+    let body = got[0].json();
+    assert_eq!(body["type"], "event.completed", "{body}");
+    assert_eq!(body["data"]["event_id"], event_id.as_str());
+    assert_eq!(
+        body["data"]["deliveries"],
+        json!({"delivered": 2, "invalid": 1}),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.seen().len(), 1, "once");
+    t.shutdown().await;
+}
+
 backend_tests!(
+    event_completed_tells_the_counts_once,
     an_endpoint_that_came_to_point_inside_is_refused_at_connect_time,
     a_credential_failing_and_recovering_is_told_to_subscribed_endpoints,
     a_test_message_arrives_signed_and_the_secret_is_shown_only_on_create,

@@ -45,6 +45,8 @@ pub struct Config {
     pub rate_limits: crate::ratelimit::RateLimitConfig,
     /// The master key that seals stored secrets, and the keys it replaced.
     pub secrets: crate::secrets::SecretsConfig,
+    /// Outbound webhooks to apps' event endpoints.
+    pub endpoints: crate::service::endpoints::EndpointsConfig,
 }
 
 /// Default cap on sends in flight per process: the default pools (two connections each to
@@ -174,6 +176,7 @@ impl Default for Config {
             providers: Default::default(),
             rate_limits: Default::default(),
             secrets: Default::default(),
+            endpoints: Default::default(),
         }
     }
 }
@@ -298,6 +301,7 @@ impl Config {
             self.apns.validate(),
             self.fcm.validate(),
             self.providers.validate(),
+            self.endpoints.validate(),
         ] {
             if let Err(message) = checked {
                 let (field, why) = message

@@ -11,6 +11,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod outbound;
 pub mod push;
 pub mod ratelimit;
 pub mod redact;

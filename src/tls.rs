@@ -54,6 +54,14 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
 /// A client config that trusts the web PKI roots and every certificate in `extra_root_certs`,
 /// offering only ALPN `h2` (both APNs and FCM speak HTTP/2).
 pub fn client_config(extra_root_certs: &[PathBuf]) -> anyhow::Result<Arc<ClientConfig>> {
+    client_config_offering(extra_root_certs, &[ALPN_H2])
+}
+
+/// A client config that trusts the web PKI roots and `extra_root_certs`, offering `alpn`.
+pub fn client_config_offering(
+    extra_root_certs: &[PathBuf],
+    alpn: &[&[u8]],
+) -> anyhow::Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for path in extra_root_certs {
@@ -69,6 +77,6 @@ pub fn client_config(extra_root_certs: &[PathBuf]) -> anyhow::Result<Arc<ClientC
         .context("selecting TLS versions")?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod credentials;
+mod endpoints;
 mod secrets;
 
 use std::path::PathBuf;
@@ -88,6 +89,11 @@ pub enum Command {
         #[command(subcommand)]
         command: credentials::CredentialsCommand,
     },
+    /// Manage an app's event endpoints (signed outbound webhooks).
+    Endpoints {
+        #[command(subcommand)]
+        command: endpoints::EndpointsCommand,
+    },
     /// Maintain the secrets stored sealed under the master key.
     Secrets {
         #[command(subcommand)]
@@ -167,6 +173,7 @@ pub async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()>
         Command::Sources { command } => admin::sources(command, &config).await,
         Command::Secrets { command } => secrets::run(command, &config).await,
         Command::Credentials { command } => credentials::run(command, &config).await,
+        Command::Endpoints { command } => endpoints::run(command, &config).await,
         Command::Rules { command } => admin::specs(SpecKind::Rule, command, &config).await,
         Command::Templates { command } => admin::specs(SpecKind::Template, command, &config).await,
         Command::Send {

@@ -1,5 +1,6 @@
 //! The calling app itself: `GET /v1/app` and its pruned-token callback
-//! (`PUT/DELETE /v1/app/callback`), signed in the Standard Webhooks format.
+//! (`PUT/DELETE /v1/app/callback`), kept for compatibility: the callback is the app's event
+//! endpoint subscribed to `device.pruned` (see `/v1/endpoints`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,7 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct AppView {
     id: String,
     name: String,
-    /// Where `devices.pruned` callbacks go; null when unset.
+    /// Where `device.pruned` callbacks go; null when unset.
     callback_url: Option<String>,
     /// Whether client keys must prove the user ids they register (`/v1/app/user-auth`).
     client_user_ids: ClientUserIds,
@@ -58,7 +59,7 @@ async fn show(State(state): State<AppState>, caller: ServerCaller) -> Result<Jso
         .get_app(caller.app_id())
         .await?
         .ok_or(ApiError::NotFound("app"))?;
-    let callback = state.store.callback_target(caller.app_id()).await?;
+    let callback_url = state.store.callback_url(caller.app_id()).await?;
     let user_auth = state
         .store
         .user_auth(caller.app_id())
@@ -67,7 +68,7 @@ async fn show(State(state): State<AppState>, caller: ServerCaller) -> Result<Jso
     Ok(Json(AppView {
         id: app.id,
         name: app.name,
-        callback_url: callback.map(|t| t.url),
+        callback_url,
         client_user_ids: user_auth.client_user_ids,
     }))
 }
@@ -76,7 +77,8 @@ async fn show(State(state): State<AppState>, caller: ServerCaller) -> Result<Jso
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CallbackRequest {
-    /// Absolute http(s) URL, at most 2048 characters.
+    /// Absolute https URL, at most 2048 characters, not at a loopback, private or
+    /// link-local address.
     #[schema(
         example = "https://app.example.com/hooks/pushbridge",
         format = "uri",
@@ -91,7 +93,7 @@ struct CallbackRequest {
     path = "/v1/app/callback",
     operation_id = "set_callback",
     tag = "app",
-    summary = "Set the URL that receives signed `devices.pruned` callbacks",
+    summary = "Set the URL that receives signed `device.pruned` callbacks",
     description = "Callbacks are signed Standard Webhooks style with the returned `whsec_` \
                    secret; setting the URL again issues a new secret.",
     request_body = CallbackRequest,
@@ -107,20 +109,11 @@ async fn set_callback(
     caller: ServerCaller,
     ApiJson(body): ApiJson<CallbackRequest>,
 ) -> Result<Json<CallbackSet>> {
-    let uri: http::Uri = body
-        .url
-        .parse()
-        .map_err(|_| ApiError::field("url", "not a URL"))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https"))
-        || uri.host().is_none()
-        || body.url.len() > 2048
-    {
-        return Err(ApiError::field("url", "must be an absolute http(s) URL"));
-    }
+    crate::service::endpoints::check_url(&state.config.endpoints, "url", &body.url).await?;
     let secret = Scheme::StandardWebhooks.generate_secret();
     state
         .store
-        .set_callback(caller.app_id(), Some(&body.url), Some(&secret))
+        .set_callback(caller.app_id(), Some((&body.url, &secret)))
         .await?;
     Ok(Json(CallbackSet {
         url: body.url,
@@ -138,9 +131,6 @@ async fn set_callback(
     responses((status = 204, description = "cleared"), ServerKeyErrors),
 )]
 async fn clear_callback(State(state): State<AppState>, caller: ServerCaller) -> Result<StatusCode> {
-    state
-        .store
-        .set_callback(caller.app_id(), None, None)
-        .await?;
+    state.store.set_callback(caller.app_id(), None).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,6 +5,7 @@ mod app;
 mod credentials;
 mod deliveries;
 mod devices;
+mod endpoints;
 mod events;
 mod health;
 mod notifications;
@@ -45,6 +46,7 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .merge(notifications::router())
         .merge(deliveries::router())
         .merge(app::router())
+        .merge(endpoints::router())
         .merge(policy::router())
         .merge(credentials::router())
         .merge(user_auth::router())

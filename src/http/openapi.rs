@@ -44,6 +44,7 @@ pub const OPERATOR_KEY: &str = "operator_key";
         (name = "notifications", description = "Direct sends (server key)"),
         (name = "deliveries", description = "Delivery log and replay (server key)"),
         (name = "app", description = "The calling app, its pruned-token callback and its user-auth settings (server key)"),
+        (name = "endpoints", description = "Event endpoints: signed outbound webhooks, their messages, attempts and replay (server key)"),
         (name = "stats", description = "Delivery statistics (server or operator key)"),
         (name = "admin", description = "Operator dashboard and endpoints (operator key)"),
     )

@@ -3,6 +3,7 @@
 //! HTTP layer and the CLI accept them, the worker and the providers act on them.
 
 pub mod device;
+pub mod event_type;
 pub mod locale;
 pub mod notification;
 pub mod policy;

@@ -12,6 +12,7 @@ use sqlx::error::BoxDynError;
 use sqlx::{Database, Decode, Encode, Type};
 
 use crate::model::device::DeviceState;
+use crate::model::event_type::{EndpointOutcome, EventType, MessageStatus};
 use crate::model::policy::Hold;
 use crate::model::{ApnsEnvironment, AttemptOutcome, EventStatus, JobStatus, Platform};
 
@@ -53,7 +54,10 @@ text_column!(
     EventStatus,
     AttemptOutcome,
     DeviceState,
-    Hold
+    Hold,
+    EventType,
+    MessageStatus,
+    EndpointOutcome
 );
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use sqlx::AnyConnection;
 
 use super::sealed::CREDENTIAL_KEY;
 use super::{new_id, Store};
+use crate::model::event_type::EventType;
 use crate::model::{ApnsEnvironment, Platform};
 use crate::push::fcm::ServiceAccount;
 use crate::push::{
@@ -289,6 +290,11 @@ impl Store {
         .await?;
         if opened {
             hold_jobs(&mut tx, app_id, provider, breaker.probe_at).await?;
+            let data =
+                serde_json::json!({"app_id": app_id, "provider": provider, "reason": reason});
+            let body = super::message_body(EventType::CredentialFailing, now, data);
+            super::outbox::enqueue(&mut tx, app_id, EventType::CredentialFailing, &body, now)
+                .await?;
         }
         tx.commit().await?;
         Ok((breaker, opened))
@@ -381,6 +387,16 @@ async fn close_breaker_in(
     let Some(probe_at) = probe_at else {
         return Ok(false);
     };
+    let data = serde_json::json!({"app_id": app_id, "provider": provider});
+    let body = super::message_body(EventType::CredentialRecovered, now, data);
+    super::outbox::enqueue(
+        &mut *conn,
+        app_id,
+        EventType::CredentialRecovered,
+        &body,
+        now,
+    )
+    .await?;
     sqlx::query(
         "UPDATE delivery_jobs SET next_attempt_at = $1 WHERE app_id = $2 AND platform = $3 \
          AND status = 'queued' AND next_attempt_at > $1 AND next_attempt_at <= $4",

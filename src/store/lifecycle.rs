@@ -8,6 +8,7 @@ use sqlx::AnyConnection;
 
 use super::events::EVENT_COLUMNS;
 use super::{values_rows, Event, Store};
+use crate::model::EventStatus;
 
 impl Store {
     /// Leases up to `limit` received events for fan-out.
@@ -149,19 +150,22 @@ pub(super) async fn complete_event_if_done(
     finished: i64,
     now: i64,
 ) -> anyhow::Result<()> {
-    sqlx::query(
+    let status: Option<String> = sqlx::query_scalar(
         "UPDATE events SET open_jobs = open_jobs - $3, \
            status = CASE WHEN status = 'dispatched' AND open_jobs - $3 <= 0 \
              THEN 'completed' ELSE status END, \
            updated_at = CASE WHEN status = 'dispatched' AND open_jobs - $3 <= 0 \
              THEN $1 ELSE updated_at END \
-         WHERE id = $2",
+         WHERE id = $2 RETURNING status",
     )
     .bind(now)
     .bind(event_id)
     .bind(finished)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
+    if status.as_deref() == Some(EventStatus::Completed.as_str()) {
+        super::outbox::tell_completed(conn, event_id, now).await?;
+    }
     Ok(())
 }
 
@@ -175,7 +179,7 @@ pub(super) async fn reopen_events(
     let mut total = 0;
     for (event_id, jobs) in reopened {
         sqlx::query(
-            "UPDATE events SET open_jobs = open_jobs + $3, updated_at = $1, \
+            "UPDATE events SET open_jobs = open_jobs + $3, updated_at = $1, completion_told = 0, \
              status = CASE WHEN status = 'completed' THEN 'dispatched' ELSE status END \
              WHERE id = $2",
         )

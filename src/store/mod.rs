@@ -3,8 +3,8 @@
 //! `sources`, `rules`, `user_auth`, `credentials` (provider keys and breakers); for events, `events` (storing and reading them) and
 //! `lifecycle` (their way through the pipeline); for jobs, `fanout` (writing them), `queue`
 //! (claiming and recording attempts), `dead_letters` (replay), `deliveries` (the read side)
-//! and `stats`; `policy` for delivery policies and frequency caps; `outbox` for callbacks
-//! to apps. Each is written in the dialect that SQLite
+//! and `stats`; `policy` for delivery policies and frequency caps; `endpoints` for apps' event
+//! endpoints and `outbox` for the messages to them. Each is written in the dialect that SQLite
 //! and PostgreSQL share (`$n` parameters, `ON CONFLICT`, `RETURNING`, text JSON, integer
 //! times), so one implementation serves both backends through sqlx's `Any` driver; `codec`
 //! says how the model's enums are stored. Secrets are stored sealed under the master key
@@ -16,6 +16,7 @@ mod credentials;
 mod dead_letters;
 mod deliveries;
 mod devices;
+mod endpoints;
 mod events;
 mod fanout;
 mod lifecycle;
@@ -34,9 +35,13 @@ pub use credentials::Breaker;
 pub use dead_letters::DeadLetter;
 pub use deliveries::{AttemptRow, DeliveryRow, PrunedRow};
 pub use devices::Device;
+pub use endpoints::{CallbackTarget, Endpoint, EndpointChange, NewEndpoint, SigningSecrets};
 pub use events::{Event, EventInsert, EventWriter, IncomingEvent, NewEvent};
 pub use fanout::{FanOutCursor, FanOutSlice, NewJob, SliceWritten, WholeFanOut};
-pub use outbox::{CallbackAttempt, CallbackRow, CallbackTarget};
+pub use outbox::{
+    message_body, AttemptLogRow, AttemptRecord, BatchLimits, ClaimedMessage, MessageNext,
+    MessageRow,
+};
 pub use policy::{CapRequest, StoredPolicy};
 pub use queue::{ClaimedJob, JobResult, Prune, PruneCallbacks, PruneKind, PrunedDevice, Recorded};
 pub use rules::{NamedSpec, SpecKind};
@@ -210,6 +215,13 @@ impl Store {
                 "sealed the secrets stored in plaintext under the master key"
             );
             self.forget_plaintext().await?;
+        }
+        let adopted = self
+            .adopt_legacy_callbacks()
+            .await
+            .context("moving app callbacks to event endpoints")?;
+        if adopted > 0 {
+            tracing::info!(apps = adopted, "moved app callbacks to event endpoints");
         }
         let filled = self
             .fill_user_auth_secrets()

@@ -8,6 +8,7 @@ use sqlx::AnyConnection;
 
 use super::statement::Statement;
 use super::{lifecycle, new_id, outbox, Store};
+use crate::model::event_type::EventType;
 use crate::model::{ApnsEnvironment, AttemptOutcome, JobStatus, Platform};
 
 /// A job claimed by a worker.
@@ -123,9 +124,9 @@ pub struct PrunedDevice<'a> {
     pub provider_ts: Option<i64>,
 }
 
-/// Tells an app which of its devices a batch pruned: the worker owns whether an app hears
-/// about it and what the message says; the store writes the message to the outbox in the
-/// same transaction as the deletions.
+/// Tells an app what a batch did (which devices it pruned, which deliveries failed): the
+/// worker owns whether an app hears about it and what the message says; the store writes the
+/// messages to the outbox in the same transaction as the changes.
 pub trait PruneCallbacks: Sync {
     /// The callback body telling `app_id` that `pruned` were deleted at `at_ms`, or `None`
     /// when the app takes no callbacks.
@@ -135,6 +136,15 @@ pub trait PruneCallbacks: Sync {
         pruned: &[PrunedDevice<'_>],
         at_ms: i64,
     ) -> anyhow::Result<Option<String>>;
+
+    /// Messages about the batch's results (`status` gives each one's final status): each
+    /// with its app and type.
+    fn results(
+        &self,
+        results: &[&JobResult],
+        status: &dyn Fn(&JobResult) -> JobStatus,
+        at_ms: i64,
+    ) -> anyhow::Result<Vec<(String, EventType, String)>>;
 }
 
 impl Store {
@@ -304,8 +314,11 @@ impl Store {
         for (app_id, devices) in &pruned {
             pruned_count += devices.len() as u64;
             if let Some(body) = callbacks.body(app_id, devices, now)? {
-                outbox::enqueue(&mut tx, app_id, &body, now).await?;
+                outbox::enqueue(&mut tx, app_id, EventType::DevicePruned, &body, now).await?;
             }
+        }
+        for (app_id, event_type, body) in callbacks.results(&mine, &status, now)? {
+            outbox::enqueue(&mut tx, &app_id, event_type, &body, now).await?;
         }
         // Jobs that reached a final status, by event; in a consistent order, so two batches
         // that lock the same events cannot deadlock.

@@ -2,7 +2,7 @@
 //! that every sealed value opens, then seal those still stored in plaintext (once: a sealed
 //! value is never sealed again); on `secrets rotate`, seal again under the current key every
 //! value sealed under an older one. The read and write paths of each column (in `apps`,
-//! `outbox`, `sources`, `user_auth`, `credentials`) seal and open through [`Store::seal`] and [`Store::open`].
+//! `endpoints`, `sources`, `user_auth`, `credentials`) seal and open through [`Store::seal`] and [`Store::open`].
 //!
 //! Every pass first opens every value and writes only when all of them open, so a wrong key
 //! changes nothing. Each write replaces a value only if it is still the one read, so passes of
@@ -30,6 +30,16 @@ pub(crate) const USER_AUTH_SECRET: Field = Field {
 pub(crate) const CALLBACK_SECRET: Field = Field {
     table: "apps",
     column: "callback_secret",
+};
+/// `event_endpoints.secret`: the secret messages to an event endpoint are signed with.
+pub(crate) const ENDPOINT_SECRET: Field = Field {
+    table: "event_endpoints",
+    column: "secret",
+};
+/// `event_endpoints.previous_secret`: the replaced secret, signing too during a rotation.
+pub(crate) const ENDPOINT_PREVIOUS_SECRET: Field = Field {
+    table: "event_endpoints",
+    column: "previous_secret",
 };
 /// `webhook_sources.secrets`: a source's verification secrets (the whole JSON list).
 pub(crate) const SOURCE_SECRETS: Field = Field {
@@ -59,6 +69,14 @@ const SEALED_COLUMNS: &[SealedColumn] = &[
     },
     SealedColumn {
         field: CREDENTIAL_KEY,
+        row_key: "id",
+    },
+    SealedColumn {
+        field: ENDPOINT_SECRET,
+        row_key: "id",
+    },
+    SealedColumn {
+        field: ENDPOINT_PREVIOUS_SECRET,
         row_key: "id",
     },
 ];

@@ -11,7 +11,7 @@
 //! claim, so it follows the servers as they raise or lower their limits. When it falls, the
 //! claimer claims less until enough sends finished; no claimed job is ever dropped.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,6 @@ use tokio::task::{self, JoinSet};
 
 use super::breaker::Gate;
 use super::burst::Verdict;
-use super::callbacks::PrunedTokensCallback;
 use super::retry::{decide, throttled_backoff, RetryDecision};
 use super::share::{ShareKey, Shares};
 use super::{JobPayload, Worker};
@@ -375,22 +374,11 @@ impl Worker {
         }
     }
 
-    /// Records a batch of results, with a `devices.pruned` callback to each app among them
-    /// that has a callback URL.
+    /// Records a batch of results, with the messages it calls for to each app's event
+    /// endpoints.
     async fn record(&self, batch: &[JobResult]) -> anyhow::Result<Recorded> {
-        let pruning: BTreeSet<&str> = batch
-            .iter()
-            .filter(|r| r.prune.is_some())
-            .map(|r| r.job.app_id.as_str())
-            .collect();
-        let mut callbacks = PrunedTokensCallback::default();
-        if !pruning.is_empty() {
-            let apps: Vec<&str> = pruning.into_iter().collect();
-            callbacks.apps = self.store.apps_with_callbacks(&apps).await?;
-        }
-        self.store
-            .record_results(&self.owner, batch, &callbacks)
-            .await
+        let events = self.endpoint_events(batch).await?;
+        self.store.record_results(&self.owner, batch, &events).await
     }
 
     /// One send and the decision that follows from its outcome; or, while the app's

@@ -1,14 +1,14 @@
 //! Background work: fan-out of received events into delivery jobs, the delivery loop with its
-//! retry policy with its breaker per app and provider, the pruned-token callback sender, and
+//! retry policy with its breaker per app and provider, the sender of messages to apps' event endpoints, and
 //! the refresh of provider credentials. All state lives in the store, so any
 //! instance can pick up where a crashed one stopped once its leases expire.
 
 pub mod breaker;
 mod burst;
-mod callbacks;
 pub mod credentials;
 mod deliver;
 mod dispatch;
+mod endpoints;
 pub mod replay;
 pub mod retry;
 mod share;
@@ -100,7 +100,12 @@ pub struct Worker {
     pub(crate) wake: Wake,
     /// Identifies this process's leases.
     pub(crate) owner: String,
-    pub(crate) http: reqwest::Client,
+    /// Posts messages to event endpoints.
+    pub(crate) webhooks: crate::outbound::WebhookClient,
+    /// Event endpoint settings.
+    pub(crate) endpoints: crate::service::endpoints::EndpointsConfig,
+    /// Attempts in flight per endpoint.
+    pub(crate) limits: Arc<endpoints::EndpointLimits>,
 }
 
 impl Worker {
@@ -122,9 +127,13 @@ impl Worker {
             policies: state.policies.clone(),
             wake: state.wake.clone(),
             owner: crate::store::new_id("wrk"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
+            webhooks: crate::outbound::WebhookClient::new(
+                state.config.endpoints.guard(),
+                &state.config.endpoints.extra_root_certs,
+                state.config.endpoints.timeout(),
+            )?,
+            endpoints: state.config.endpoints.clone(),
+            limits: Default::default(),
         })
     }
 
@@ -152,7 +161,7 @@ impl Worker {
         set.spawn(async move { w.deliver_loop(s).await });
         let w = self.clone();
         let s = stop.clone();
-        set.spawn(async move { w.callback_loop(s).await });
+        set.spawn(async move { w.endpoint_loop(s).await });
         let w = self.clone();
         let s = stop.clone();
         set.spawn(async move { w.credentials_loop(s).await });

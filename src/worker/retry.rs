@@ -1,6 +1,6 @@
 //! Retry policy, the one place that says when to try again: exponential backoff with jitter
 //! for delivery jobs (full jitter, `Retry-After` honoured, bounded by attempts and age) and
-//! for callbacks to apps (equal jitter, bounded by attempts). Pure: configuration and
+//! the fixed schedule of messages to event endpoints (±20 % jitter, `Retry-After` honoured). Pure: configuration and
 //! randomness come in, a decision comes out.
 
 use std::time::Duration;
@@ -54,23 +54,45 @@ impl Backoff {
     }
 }
 
-/// Attempts before a callback to an app is given up.
-pub const MAX_CALLBACK_ATTEMPTS: u32 = 10;
+/// Waits between attempts of a message to an event endpoint: after the first failure 5 s,
+/// then 5 min, 30 min, 2 h, 5 h, 10 h and 10 h; after the eighth attempt it has failed.
+pub const ENDPOINT_SCHEDULE: [Duration; 7] = [
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+    Duration::from_secs(10 * 3600),
+];
 
-/// Backoff between callback attempts: 2 s after the first failure, doubling, with equal
-/// jitter (the cap is never reached within [`MAX_CALLBACK_ATTEMPTS`]).
-pub const CALLBACK_BACKOFF: Backoff = Backoff {
-    base_ms: 2_000,
-    max_ms: 4_096_000,
-    jitter: Jitter::Equal,
-};
+/// How far (either way, per mille) a scheduled wait is moved at random, so messages that
+/// failed together do not all come back together.
+const ENDPOINT_JITTER_PER_MILLE: u64 = 200;
 
-/// Decides the next step for a callback that has now failed `attempts` times (1-based).
-pub fn decide_callback(attempts: u32, rng: &mut impl Rng) -> RetryDecision {
-    if attempts >= MAX_CALLBACK_ATTEMPTS {
+/// Decides the next step for a message that has now failed `attempts` times (1-based). A
+/// `Retry-After` longer than the scheduled wait is honoured, up to the schedule's longest
+/// step (a receiver cannot park messages forever).
+pub fn decide_endpoint(
+    attempts: u32,
+    retry_after: Option<Duration>,
+    rng: &mut impl Rng,
+) -> RetryDecision {
+    let Some(step) = attempts
+        .checked_sub(1)
+        .and_then(|i| ENDPOINT_SCHEDULE.get(i as usize))
+    else {
         return RetryDecision::GiveUp;
-    }
-    RetryDecision::After(CALLBACK_BACKOFF.delay(attempts, rng))
+    };
+    let ms = step.as_millis() as u64;
+    let spread = ms * ENDPOINT_JITTER_PER_MILLE / 1000;
+    let jittered = Duration::from_millis(rng.gen_range(ms - spread..=ms + spread));
+    let longest = ENDPOINT_SCHEDULE[ENDPOINT_SCHEDULE.len() - 1];
+    let delay = match retry_after {
+        Some(after) if after > jittered => after.min(longest),
+        _ => jittered,
+    };
+    RetryDecision::After(delay)
 }
 
 /// The wait after a throttled send (a quota or message rate exceeded) without `Retry-After`:
@@ -202,27 +224,43 @@ mod tests {
     }
 
     #[test]
-    fn callbacks_back_off_from_two_seconds_with_equal_jitter_and_give_up_after_ten_attempts() {
+    fn endpoint_messages_follow_the_schedule_within_twenty_percent_then_fail() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        for attempt in 1..MAX_CALLBACK_ATTEMPTS {
-            let cap = 1000u64 << attempt;
-            for _ in 0..200 {
-                match decide_callback(attempt, &mut rng) {
-                    RetryDecision::After(d) => {
-                        let ms = d.as_millis() as u64;
-                        assert!(
-                            (cap / 2..=cap).contains(&ms),
-                            "attempt {attempt}: {ms} ms outside {}..={cap}",
-                            cap / 2
-                        );
-                    }
-                    RetryDecision::GiveUp => panic!("attempt {attempt} should retry"),
-                }
-            }
+        for (i, step) in ENDPOINT_SCHEDULE.iter().enumerate() {
+            let ms = step.as_millis() as u64;
+            let delays: Vec<u64> = (0..200)
+                .map(|_| match decide_endpoint(i as u32 + 1, None, &mut rng) {
+                    RetryDecision::After(d) => d.as_millis() as u64,
+                    RetryDecision::GiveUp => panic!("attempt {} should retry", i + 1),
+                })
+                .collect();
+            assert!(delays
+                .iter()
+                .all(|d| (ms * 8 / 10..=ms * 12 / 10).contains(d)));
+            assert!(delays.iter().any(|&d| d < ms) && delays.iter().any(|&d| d > ms));
         }
+        assert_eq!(ENDPOINT_SCHEDULE[0], Duration::from_secs(5));
+        assert_eq!(ENDPOINT_SCHEDULE[6], Duration::from_secs(36_000));
+        assert_eq!(decide_endpoint(8, None, &mut rng), RetryDecision::GiveUp);
+        assert_eq!(decide_endpoint(0, None, &mut rng), RetryDecision::GiveUp);
+    }
+
+    #[test]
+    fn an_endpoints_longer_retry_after_is_honoured_up_to_ten_hours() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let hour = Duration::from_secs(3600);
         assert_eq!(
-            decide_callback(MAX_CALLBACK_ATTEMPTS, &mut rng),
-            RetryDecision::GiveUp
+            decide_endpoint(1, Some(hour), &mut rng),
+            RetryDecision::After(hour)
         );
+        assert_eq!(
+            decide_endpoint(1, Some(100 * hour), &mut rng),
+            RetryDecision::After(10 * hour)
+        );
+        // A shorter one does not shorten the schedule.
+        match decide_endpoint(2, Some(Duration::from_secs(1)), &mut rng) {
+            RetryDecision::After(d) => assert!(d >= Duration::from_secs(240)),
+            RetryDecision::GiveUp => panic!("should retry"),
+        }
     }
 }

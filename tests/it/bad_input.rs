@@ -650,6 +650,7 @@ fn malformed_requests(
         ("PUT", "/v1/templates/t1".into(), "server"),
         ("PUT", "/v1/rules/r1".into(), "server"),
         ("PUT", "/v1/app/callback".into(), "server"),
+        ("POST", "/v1/endpoints".into(), "server"),
     ];
     {
         let (server, client) = (server.clone(), client.clone());

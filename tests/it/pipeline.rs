@@ -401,7 +401,7 @@ async fn a_410_prunes_the_token_and_fires_the_callback_but_keeps_a_re_registered
         )
         .expect("the callback is signed with the app's callback secret");
         let body: Value = serde_json::from_str(body).expect("json");
-        assert_eq!(body["type"], "devices.pruned");
+        assert_eq!(body["type"], "device.pruned");
         tokens.extend(
             body["data"]["tokens"]
                 .as_array()

@@ -174,6 +174,9 @@ impl TestApp {
             secrets: test_secrets(&db_url),
             ..Config::default()
         };
+        // Tests' webhook receivers listen on loopback, over plain HTTP.
+        config.endpoints.allow_insecure = true;
+        config.endpoints.allowed_private_cidrs = vec!["127.0.0.0/8".parse().expect("cidr")];
         tweak(&mut config);
         config.validate().expect("valid test config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

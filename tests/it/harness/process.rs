@@ -46,6 +46,12 @@ pub fn bridge_env(
         ),
         ("FCM__TOKEN_URI", sim.token_uri()),
         ("FCM__EXTRA_ROOT_CERTS", ca),
+        // Tests' webhook receivers listen on loopback, over plain HTTP.
+        ("ENDPOINTS__ALLOW_INSECURE", "true".into()),
+        (
+            "ENDPOINTS__ALLOWED_PRIVATE_CIDRS",
+            "[\"127.0.0.0/8\"]".into(),
+        ),
         ("WORKER__POLL_INTERVAL_MS", "20".into()),
         ("WORKER__BACKOFF_BASE_MS", "20".into()),
         ("WORKER__BACKOFF_MAX_MS", "100".into()),

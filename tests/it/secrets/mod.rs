@@ -148,7 +148,7 @@ async fn stored_secrets(url: &str) -> Vec<(String, Option<String>)> {
     let mut out: Vec<(String, Option<String>)> = Vec::new();
     for sql in [
         "SELECT id, user_auth_secret FROM apps ORDER BY id",
-        "SELECT id, callback_secret FROM apps ORDER BY id",
+        "SELECT app_id, secret FROM event_endpoints ORDER BY app_id, id",
         "SELECT id, secrets FROM webhook_sources ORDER BY id",
     ] {
         out.extend(sqlx::query_as(sql).fetch_all(&pool).await.expect("read"));

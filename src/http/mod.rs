@@ -7,6 +7,7 @@ mod deliveries;
 mod devices;
 mod events;
 mod health;
+mod idempotency;
 mod notifications;
 mod policy;
 
@@ -60,6 +61,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("route") })
         // axum adds the `Allow` header to this answer itself.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::guard,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limit_head,

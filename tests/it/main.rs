@@ -14,6 +14,7 @@ mod dashboard;
 mod devices;
 mod faults;
 mod goaway;
+mod idempotency;
 mod isolation;
 mod load;
 mod logs;

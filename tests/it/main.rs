@@ -35,3 +35,4 @@ mod send_limit;
 mod transport;
 mod user_auth;
 mod webhooks;
+mod webhooks_v2;

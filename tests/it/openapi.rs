@@ -409,7 +409,7 @@ async fn documented_schemas_match_the_api(db: Db) {
         .as_array()
         .expect("Scheme is an enum")
         .clone();
-    assert_eq!(schemes.len(), 4);
+    assert_eq!(schemes.len(), 5);
     for (i, scheme) in schemes.iter().enumerate() {
         let (status, source) = t
             .call(

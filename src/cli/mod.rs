@@ -6,6 +6,7 @@
 mod admin;
 mod credentials;
 mod secrets;
+mod webhooks;
 
 use std::path::PathBuf;
 
@@ -92,6 +93,11 @@ pub enum Command {
     Secrets {
         #[command(subcommand)]
         command: secrets::SecretsCommand,
+    },
+    /// Send test webhooks.
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
     },
     /// Print delivery stats (5 min, 1 h, 24 h).
     Stats {
@@ -195,6 +201,7 @@ pub async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()>
             Ok(())
         }
         Command::Stats { app } => stats(app.as_deref(), &config).await,
+        Command::Webhooks { command } => webhooks::run(command, &config).await,
     }
 }
 

@@ -139,7 +139,89 @@ async fn generic_v2_rejects_a_replayed_id(db: Db) {
     t.shutdown().await;
 }
 
+/// `pushbridge webhooks send` with `args` after `APP SOURCE`, against `t`; exit success and
+/// stdout.
+async fn cli_send(t: &TestApp, app: &NewApp, source: &str, args: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db_url, base) = (t.db_url().to_string(), t.base.clone());
+    let mut all: Vec<String> = ["webhooks", "send", &app.app.id, source, "--url", &base]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    all.extend(args.iter().map(|s| s.to_string()));
+    let out = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+        crate::harness::process::run_cli(&db_url, dir.path(), &args)
+    })
+    .await
+    .expect("cli");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || !stderr.is_empty(),
+        "a failure says why"
+    );
+    (out.status.success(), format!("{stdout}{stderr}"))
+}
+
+async fn the_cli_sends_a_correctly_signed_webhook_in_every_scheme(db: Db) {
+    let t = TestApp::spawn(db).await;
+    let app = t.new_app().await;
+    for scheme in [
+        "generic_v2",
+        "generic",
+        "standard_webhooks",
+        "github",
+        "stripe",
+    ] {
+        let body = json!({"name": scheme.replace('_', "-"), "scheme": scheme});
+        let (status, created) = t
+            .call(
+                Method::POST,
+                "/v1/sources",
+                Some(&app.server_key),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let name = created["name"].as_str().expect("name").to_string();
+        let id = format!("cli-{scheme}");
+        let args = [
+            "--type",
+            "payment.completed",
+            "--data",
+            r#"{"amount":42}"#,
+            "--id",
+            &id,
+        ];
+        let (ok, out) = cli_send(&t, &app, &name, &args).await;
+        assert!(ok && out.starts_with("202 "), "{scheme}: {out}");
+        // The same id again is the same event.
+        let (ok, out) = cli_send(&t, &app, &name, &args).await;
+        assert!(
+            ok && out.starts_with("200 ") && out.contains("duplicate"),
+            "{scheme}: {out}"
+        );
+    }
+    let (_, page) = t
+        .call(Method::GET, "/v1/events", Some(&app.server_key), None)
+        .await;
+    let events = page["events"].as_array().expect("events");
+    assert_eq!(events.len(), 5, "{page}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["event_type"] == "payment.completed"),
+        "{page}"
+    );
+    // An unknown source is refused before anything is posted.
+    let (ok, out) = cli_send(&t, &app, "nope", &["--type", "x"]).await;
+    assert!(!ok && out.contains("no webhook source nope"), "{out}");
+    t.shutdown().await;
+}
+
 backend_tests!(
     generic_v2_accepts_only_a_signed_id_timestamp_and_body,
     generic_v2_rejects_a_replayed_id,
+    the_cli_sends_a_correctly_signed_webhook_in_every_scheme,
 );

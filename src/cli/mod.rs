@@ -5,6 +5,7 @@
 
 mod admin;
 mod credentials;
+mod devices;
 mod secrets;
 mod webhooks;
 
@@ -93,6 +94,11 @@ pub enum Command {
     Secrets {
         #[command(subcommand)]
         command: secrets::SecretsCommand,
+    },
+    /// Import or export devices as NDJSON.
+    Devices {
+        #[command(subcommand)]
+        command: devices::DevicesCommand,
     },
     /// Send test webhooks.
     Webhooks {
@@ -202,6 +208,7 @@ pub async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()>
         }
         Command::Stats { app } => stats(app.as_deref(), &config).await,
         Command::Webhooks { command } => webhooks::run(command, &config).await,
+        Command::Devices { command } => devices::run(command, &config).await,
     }
 }
 

@@ -4,6 +4,7 @@ mod admin;
 mod app;
 mod credentials;
 mod deliveries;
+mod device_import;
 mod devices;
 mod events;
 mod health;
@@ -39,6 +40,7 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::openapi_json))
         .merge(health::router())
         .merge(devices::router())
+        .merge(device_import::router())
         .merge(sources::router())
         .merge(webhooks::router(config))
         .merge(events::router())

@@ -15,6 +15,7 @@ mod devices;
 mod faults;
 mod goaway;
 mod idempotency;
+mod import;
 mod isolation;
 mod load;
 mod logs;

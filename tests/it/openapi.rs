@@ -22,6 +22,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/devices"),
     ("POST", "/v1/devices/{token}/restore"),
     ("GET", "/v1/users/{user_id}/devices"),
+    // device_import.rs
+    ("POST", "/v1/devices/import"),
+    ("GET", "/v1/devices/export"),
     // sources.rs
     ("POST", "/v1/sources"),
     ("GET", "/v1/sources"),

@@ -11,6 +11,7 @@ mod health;
 mod idempotency;
 mod notifications;
 mod policy;
+mod preview;
 
 pub mod openapi;
 mod sources;
@@ -45,6 +46,7 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .merge(webhooks::router(config))
         .merge(events::router())
         .merge(specs::router())
+        .merge(preview::router())
         .merge(notifications::router())
         .merge(deliveries::router())
         .merge(app::router())

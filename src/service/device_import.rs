@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::device::{DeviceLimits, DeviceRegistration, RegistrationRequest};
+use crate::model::InvalidField;
 use crate::store::{BatchCounts, Store};
 
 /// Registrations written per write transaction.
@@ -225,34 +226,48 @@ fn parse_line(raw: &[u8], limits: &DeviceLimits) -> Result<(String, DeviceRegist
         }
     })?;
     de.end().map_err(|e| format!("invalid JSON: {e}"))?;
-    for (field, text) in [
-        ("token", Some(&line.token)),
-        ("user_id", line.user_id.as_ref()),
-    ] {
-        if text.is_some_and(|t| t.contains('\0')) {
-            return Err(format!("{field}: must not contain NUL characters"));
-        }
-    }
-    if line
-        .attributes
-        .as_ref()
-        .is_some_and(|a| a.to_string().contains("\\u0000"))
-    {
-        return Err("attributes: must not contain NUL characters".into());
-    }
-    let request = RegistrationRequest {
-        platform: line.platform,
-        user_id: line.user_id,
-        locale: line.locale,
-        timezone: line.timezone,
-        app_version: line.app_version,
-        environment: line.environment,
-        topic: line.topic,
-        attributes: line.attributes,
-        tags: line.tags,
-    };
-    DeviceRegistration::validate(&line.token, request, limits)
+    line.validate(limits)
         .map_err(|e| format!("{}: {}", e.field, e.message))
+}
+
+impl DeviceLine {
+    /// The token's stored form and the registration, validated as `PUT /v1/devices/{token}`
+    /// validates one; the error names the field.
+    pub fn validate(
+        self,
+        limits: &DeviceLimits,
+    ) -> Result<(String, DeviceRegistration), InvalidField> {
+        for (field, text) in [
+            ("token", Some(&self.token)),
+            ("user_id", self.user_id.as_ref()),
+        ] {
+            if text.is_some_and(|t| t.contains('\0')) {
+                return Err(InvalidField::new(field, "must not contain NUL characters"));
+            }
+        }
+        if self
+            .attributes
+            .as_ref()
+            .is_some_and(|a| a.to_string().contains("\\u0000"))
+        {
+            return Err(InvalidField::new(
+                "attributes",
+                "must not contain NUL characters",
+            ));
+        }
+        let request = RegistrationRequest {
+            platform: self.platform,
+            user_id: self.user_id,
+            locale: self.locale,
+            timezone: self.timezone,
+            app_version: self.app_version,
+            environment: self.environment,
+            topic: self.topic,
+            attributes: self.attributes,
+            tags: self.tags,
+        };
+        DeviceRegistration::validate(&self.token, request, limits)
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ mod burst;
 mod callbacks;
 pub mod credentials;
 mod deliver;
-mod dispatch;
+pub(crate) mod dispatch;
 pub mod replay;
 pub mod retry;
 mod share;

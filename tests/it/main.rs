@@ -26,6 +26,7 @@ mod payloads;
 mod pipeline;
 mod policy;
 mod policy_figures;
+mod preview;
 mod provider_identities;
 mod queries;
 mod render_limits;

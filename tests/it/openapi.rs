@@ -44,6 +44,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/templates/{name}"),
     ("PUT", "/v1/templates/{name}"),
     ("DELETE", "/v1/templates/{name}"),
+    ("POST", "/v1/templates/{name}/preview"),
     ("GET", "/v1/rules"),
     ("GET", "/v1/rules/{name}"),
     ("PUT", "/v1/rules/{name}"),

@@ -276,3 +276,47 @@ fn fcm(token: &str, n: &Notification, path: String, now_secs: i64) -> Result<Pro
         headers,
     })
 }
+
+/// What a delivery carries to its provider, for `GET /v1/deliveries/{id}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct SentPayload {
+    /// The rendered notification.
+    #[schema(value_type = Object)]
+    notification: Notification,
+    /// The JSON body the provider gets for it, built as the sender builds it; absent when
+    /// the app has no credential for the provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>, nullable = false)]
+    body: Option<Value>,
+}
+
+/// The payload of a stored job (`None` when it never rendered), with its provider body.
+pub(super) fn sent_payload(
+    state: &AppState,
+    app_id: &str,
+    platform: Platform,
+    token: &str,
+    job: &str,
+) -> Result<Option<SentPayload>> {
+    let payload: JobPayload = serde_json::from_str(job)
+        .map_err(|e| anyhow::anyhow!("a stored job payload does not parse: {e}"))?;
+    let Some((_, topic, notification)) = payload.into_rendered() else {
+        return Ok(None);
+    };
+    let now_secs = state.store.now() / 1000;
+    let body = match platform {
+        Platform::Apns => state
+            .providers
+            .apns_default_topic(app_id)
+            .ok()
+            .and_then(|fallback| topic.or(fallback))
+            .and_then(|topic| apns(token, &notification, &topic, now_secs).ok()),
+        Platform::Fcm => state
+            .providers
+            .fcm_send_path(app_id)
+            .ok()
+            .and_then(|path| fcm(token, &notification, path, now_secs).ok()),
+    }
+    .map(|request| request.body);
+    Ok(Some(SentPayload { notification, body }))
+}

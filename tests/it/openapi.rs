@@ -482,6 +482,11 @@ async fn documented_schemas_match_the_api(db: Db) {
         .as_object_mut()
         .and_then(|d| d.remove("attempt_log"))
         .expect("attempt log");
+    let payload = detail
+        .as_object_mut()
+        .and_then(|d| d.remove("payload"))
+        .expect("the payload sent");
+    assert_body_matches(&doc, "SentPayload", &payload);
     assert_body_matches(&doc, "Delivery", &detail);
     for attempt in attempts.as_array().expect("attempts") {
         assert_body_matches(&doc, "Attempt", attempt);

@@ -93,7 +93,35 @@ async fn an_fr_ca_device_is_shown_the_fr_variant_and_the_exact_apns_request(db: 
         )
         .await;
     assert_eq!(status, 202, "{sent}");
-    completed(&t, key, sent["event_id"].as_str().expect("event id")).await;
+    let event_id = sent["event_id"].as_str().expect("event id").to_string();
+    completed(&t, key, &event_id).await;
+    // The delivery shows the payload it carried, the same body.
+    let (_, list) = t
+        .call(
+            Method::GET,
+            &format!("/v1/events/{event_id}/deliveries"),
+            Some(key),
+            None,
+        )
+        .await;
+    let delivery_id = list["deliveries"][0]["id"]
+        .as_str()
+        .expect("a delivery")
+        .to_string();
+    let (status, delivery) = t
+        .call(
+            Method::GET,
+            &format!("/v1/deliveries/{delivery_id}"),
+            Some(key),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{delivery}");
+    assert_eq!(delivery["payload"]["body"], apns["body"], "{delivery}");
+    assert_eq!(
+        delivery["payload"]["notification"]["body"],
+        "Salut Zoé, 42 € reçus"
+    );
     let record = sim
         .records()
         .into_iter()

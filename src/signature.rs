@@ -18,8 +18,11 @@ pub enum Scheme {
     Github,
     /// Stripe: `Stripe-Signature: t=..,v1=..`.
     Stripe,
-    /// `X-Webhook-Signature: sha256=<hex>`.
+    /// `X-Webhook-Signature: sha256=<hex>` over the body alone.
     Generic,
+    /// `X-Webhook-Signature: sha256=<hex>` over `{id}.{timestamp}.{body}`, with both headers
+    /// required, so neither can be changed or left out without breaking the signature.
+    GenericV2,
 }
 
 impl Scheme {
@@ -30,6 +33,7 @@ impl Scheme {
             Self::Github => "github",
             Self::Stripe => "stripe",
             Self::Generic => "generic",
+            Self::GenericV2 => "generic_v2",
         }
     }
 
@@ -39,7 +43,7 @@ impl Scheme {
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
         match self {
             Self::StandardWebhooks => format!("whsec_{}", B64.encode(bytes)),
-            Self::Github | Self::Stripe | Self::Generic => hex::encode(bytes),
+            Self::Github | Self::Stripe | Self::Generic | Self::GenericV2 => hex::encode(bytes),
         }
     }
 
@@ -50,13 +54,13 @@ impl Scheme {
                 Some(key) if (16..=64).contains(&key.len()) => Ok(()),
                 _ => Err("a Standard Webhooks secret is whsec_ followed by base64 of 16-64 bytes"),
             },
-            Self::Github | Self::Stripe | Self::Generic
+            Self::Github | Self::Stripe | Self::Generic | Self::GenericV2
                 if (16..=256).contains(&secret.len())
                     && secret.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) =>
             {
                 Ok(())
             }
-            Self::Github | Self::Stripe | Self::Generic => {
+            Self::Github | Self::Stripe | Self::Generic | Self::GenericV2 => {
                 Err("must be 16-256 printable ASCII characters")
             }
         }
@@ -69,6 +73,7 @@ impl Scheme {
             "github" => Some(Self::Github),
             "stripe" => Some(Self::Stripe),
             "generic" => Some(Self::Generic),
+            "generic_v2" => Some(Self::GenericV2),
             _ => None,
         }
     }
@@ -138,6 +143,7 @@ pub fn verify(
         Scheme::Github => verify_github(headers, body, secrets),
         Scheme::Stripe => verify_stripe(headers, body, secrets, now_secs, tolerance_secs),
         Scheme::Generic => verify_generic(headers, body, secrets, now_secs, tolerance_secs),
+        Scheme::GenericV2 => verify_generic_v2(headers, body, secrets, now_secs, tolerance_secs),
     }
 }
 
@@ -377,6 +383,34 @@ fn verify_generic(
     })
 }
 
+fn verify_generic_v2(
+    headers: &HeaderMap,
+    body: &[u8],
+    secrets: &[&str],
+    now_secs: i64,
+    tolerance_secs: u64,
+) -> Result<Verified, SignatureError> {
+    let sig = hex_signature(
+        "x-webhook-signature",
+        required(headers, "x-webhook-signature")?,
+    )?;
+    let id = required(headers, "x-webhook-id")?;
+    if id.is_empty() {
+        return Err(SignatureError::MalformedHeader("x-webhook-id", "empty"));
+    }
+    let ts = required(headers, "x-webhook-timestamp")?;
+    check_timestamp("x-webhook-timestamp", ts, now_secs, tolerance_secs)?;
+    any_secret_matches(
+        &raw_keys(secrets),
+        &[sig],
+        &[id.as_bytes(), b".", ts.as_bytes(), b".", body],
+    )?;
+    Ok(Verified {
+        event_id: Some(id.to_string()),
+        event_type: None,
+    })
+}
+
 /// A secret that cannot sign for its scheme: a Standard Webhooks secret that is not base64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("a Standard Webhooks secret must be base64, optionally after a whsec_ prefix")]
@@ -430,6 +464,20 @@ pub fn sign(
             (
                 "x-webhook-signature".into(),
                 format!("sha256={}", hmac_hex(secret.as_bytes(), &[body])),
+            ),
+            ("x-webhook-id".into(), id.into()),
+            ("x-webhook-timestamp".into(), ts_s),
+        ],
+        Scheme::GenericV2 => vec![
+            (
+                "x-webhook-signature".into(),
+                format!(
+                    "sha256={}",
+                    hmac_hex(
+                        secret.as_bytes(),
+                        &[id.as_bytes(), b".", ts_s.as_bytes(), b".", body]
+                    )
+                ),
             ),
             ("x-webhook-id".into(), id.into()),
             ("x-webhook-timestamp".into(), ts_s),
@@ -573,6 +621,7 @@ mod tests {
             Scheme::Github,
             Scheme::Stripe,
             Scheme::Generic,
+            Scheme::GenericV2,
         ] {
             let secret = "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=";
             let body = br#"{"type":"x"}"#;
@@ -597,6 +646,85 @@ mod tests {
                 "{scheme:?}"
             );
         }
+    }
+
+    #[test]
+    fn generic_v2_fixed_vector_authenticates_id_and_timestamp() {
+        // Computed independently with Python's standard library:
+        //   hmac.new(b"generic-v2-test-secret-0123",
+        //            b'evt_8f3a.1700000000.{"type":"payment.completed","amount":42}',
+        //            hashlib.sha256).hexdigest()
+        let secret = "generic-v2-test-secret-0123";
+        let body = br#"{"type":"payment.completed","amount":42}"#;
+        let signed = "sha256=7854d9349dfc72798933e12e13b241be21447539535d7fb72b7d3e65505174a1";
+        let with = |id: &str, ts: &str, sig: &str| {
+            headers(&[
+                ("x-webhook-id", id),
+                ("x-webhook-timestamp", ts),
+                ("x-webhook-signature", sig),
+            ])
+        };
+        let ok = with("evt_8f3a", "1700000000", signed);
+        let v = verify(Scheme::GenericV2, &ok, body, &[secret], 1_700_000_000, 300)
+            .expect("the vector verifies");
+        assert_eq!(v.event_id.as_deref(), Some("evt_8f3a"));
+        assert_eq!(
+            sign(Scheme::GenericV2, secret, body, "evt_8f3a", 1_700_000_000).expect("signs")[0].1,
+            signed
+        );
+        // Another id or timestamp under the same signature is refused.
+        for h in [
+            with("evt_8f3b", "1700000000", signed),
+            with("evt_8f3a", "1700000001", signed),
+        ] {
+            assert_eq!(
+                verify(Scheme::GenericV2, &h, body, &[secret], 1_700_000_000, 300),
+                Err(SignatureError::Mismatch)
+            );
+        }
+        // The v1 signature of the same body (HMAC of the body alone, the same way in Python)
+        // is not a v2 signature.
+        let v1 = "sha256=bc49236c3a7c7b7104b494425afe75570fb4757096b4fa47249202af59cb7bc9";
+        let h = with("evt_8f3a", "1700000000", v1);
+        assert_eq!(
+            verify(Scheme::GenericV2, &h, body, &[secret], 1_700_000_000, 300),
+            Err(SignatureError::Mismatch)
+        );
+        // Same tolerance as the other timestamped schemes; both headers are required.
+        assert_eq!(
+            verify(Scheme::GenericV2, &ok, body, &[secret], 1_700_000_301, 300),
+            Err(SignatureError::TimestampOutOfWindow)
+        );
+        let no_id = headers(&[
+            ("x-webhook-timestamp", "1700000000"),
+            ("x-webhook-signature", signed),
+        ]);
+        assert_eq!(
+            verify(
+                Scheme::GenericV2,
+                &no_id,
+                body,
+                &[secret],
+                1_700_000_000,
+                300
+            ),
+            Err(SignatureError::MissingHeader("x-webhook-id"))
+        );
+        let no_ts = headers(&[
+            ("x-webhook-id", "evt_8f3a"),
+            ("x-webhook-signature", signed),
+        ]);
+        assert_eq!(
+            verify(
+                Scheme::GenericV2,
+                &no_ts,
+                body,
+                &[secret],
+                1_700_000_000,
+                300
+            ),
+            Err(SignatureError::MissingHeader("x-webhook-timestamp"))
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@
 
 mod delivery;
 mod fairness;
+mod import;
 mod ingest;
 mod scheduled;
 mod setup;
@@ -86,6 +87,8 @@ enum Part {
     Fairness,
     /// Jobs waiting for 09:00 local in 24 zones, released zone by zone.
     Scheduled,
+    /// 1M devices imported as NDJSON (SQLite).
+    Import,
 }
 
 #[tokio::main]
@@ -217,6 +220,9 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    if args.only == Some(Part::Import) {
+        return import::report(&["sqlite"], 1_000_000).await;
     }
     if run(Part::Latency) {
         latency(&backends, &args).await?;

@@ -108,6 +108,9 @@ pub enum SchemeArg {
     Github,
     Stripe,
     Generic,
+    /// `generic` with the id and timestamp signed too (recommended over `generic`).
+    #[value(name = "generic_v2")]
+    GenericV2,
 }
 
 /// What to do with webhook sources.
@@ -258,6 +261,7 @@ pub(super) async fn sources(command: SourcesCommand, config: &Config) -> anyhow:
                 SchemeArg::Github => Scheme::Github,
                 SchemeArg::Stripe => Scheme::Stripe,
                 SchemeArg::Generic => Scheme::Generic,
+                SchemeArg::GenericV2 => Scheme::GenericV2,
             };
             let new = new_source(
                 name,

@@ -5,8 +5,10 @@
 
 mod admin;
 mod credentials;
+mod devices;
 mod endpoints;
 mod secrets;
+mod webhooks;
 
 use std::path::PathBuf;
 
@@ -98,6 +100,16 @@ pub enum Command {
     Secrets {
         #[command(subcommand)]
         command: secrets::SecretsCommand,
+    },
+    /// Import or export devices as NDJSON.
+    Devices {
+        #[command(subcommand)]
+        command: devices::DevicesCommand,
+    },
+    /// Send test webhooks.
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
     },
     /// Print delivery stats (5 min, 1 h, 24 h).
     Stats {
@@ -202,6 +214,8 @@ pub async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()>
             Ok(())
         }
         Command::Stats { app } => stats(app.as_deref(), &config).await,
+        Command::Webhooks { command } => webhooks::run(command, &config).await,
+        Command::Devices { command } => devices::run(command, &config).await,
     }
 }
 

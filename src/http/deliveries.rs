@@ -160,6 +160,11 @@ struct DeliveryDetail {
     #[serde(flatten)]
     delivery: DeliveryView,
     attempt_log: Vec<AttemptView>,
+    /// What is sent to the provider: the rendered notification and the provider's JSON
+    /// body; absent for a job whose template never rendered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    payload: Option<super::preview::SentPayload>,
 }
 
 /// One attempt to hand a delivery to its provider.
@@ -257,7 +262,14 @@ async fn show_delivery(
         .get_delivery(caller.app_id(), &id)
         .await?
         .ok_or(ApiError::NotFound("delivery"))?;
+    let payload = match state.store.delivery_payload(caller.app_id(), &id).await? {
+        Some(job) => {
+            super::preview::sent_payload(&state, caller.app_id(), row.platform, &row.token, &job)?
+        }
+        None => None,
+    };
     Ok(Json(DeliveryDetail {
+        payload,
         delivery: DeliveryView::new(&row)?,
         attempt_log: attempts
             .into_iter()

@@ -4,12 +4,15 @@ mod admin;
 mod app;
 mod credentials;
 mod deliveries;
+mod device_import;
 mod devices;
 mod endpoints;
 mod events;
 mod health;
+mod idempotency;
 mod notifications;
 mod policy;
+mod preview;
 
 pub mod openapi;
 mod sources;
@@ -39,10 +42,12 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::openapi_json))
         .merge(health::router())
         .merge(devices::router())
+        .merge(device_import::router())
         .merge(sources::router())
         .merge(webhooks::router(config))
         .merge(events::router())
         .merge(specs::router())
+        .merge(preview::router())
         .merge(notifications::router())
         .merge(deliveries::router())
         .merge(app::router())
@@ -62,6 +67,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("route") })
         // axum adds the `Allow` header to this answer itself.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::guard,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limit_head,

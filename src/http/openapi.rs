@@ -174,7 +174,10 @@ impl Modify for PathConstraints {
 
 /// One error answer in the document: a description and an [`ErrorBody`], with the
 /// `Retry-After` header for 429s.
-fn error_response(status: u16, description: &str) -> (String, RefOr<utoipa::openapi::Response>) {
+pub(super) fn error_response(
+    status: u16,
+    description: &str,
+) -> (String, RefOr<utoipa::openapi::Response>) {
     let mut response = ResponseBuilder::new().description(description).content(
         "application/json",
         ContentBuilder::new()
@@ -268,6 +271,7 @@ impl Document {
         // The routes join the document after `ApiDoc`'s own modifiers ran.
         let mut doc = doc.clone();
         PathConstraints.modify(&mut doc);
+        super::idempotency::document(&mut doc);
         Self(Bytes::from(
             serde_json::to_vec(&doc).expect("the OpenAPI document serializes to JSON"),
         ))

@@ -85,7 +85,7 @@ impl Cidr {
     }
 }
 
-/// A webhook secret of a `github`, `stripe` or `generic` source: 16-256 printable ASCII
+/// A webhook secret of a `github`, `stripe`, `generic` or `generic_v2` source: 16-256 printable ASCII
 /// characters. A `standard_webhooks` secret is `whsec_` followed by base64 of 16-64 bytes.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]

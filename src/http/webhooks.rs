@@ -37,7 +37,7 @@ pub fn router(_config: &Config) -> OpenApiRouter<AppState> {
                    source's scheme over the raw body bytes (`standard_webhooks`: `webhook-id`, \
                    `webhook-timestamp`, `webhook-signature`, or Svix's `svix-*` names; \
                    `github`: `X-Hub-Signature-256`; \
-                   `stripe`: `Stripe-Signature`; `generic`: `X-Webhook-Signature`). Timestamps \
+                   `stripe`: `Stripe-Signature`; `generic` and `generic_v2`: `X-Webhook-Signature`). Timestamps \
                    must be within the configured tolerance. The event is committed before the \
                    answer; an event id the source already sent is answered 200 as a duplicate.",
     params(
@@ -67,11 +67,11 @@ pub fn router(_config: &Config) -> OpenApiRouter<AppState> {
             pattern = "^t=[0-9]{1,18}(?:,v[01]=[0-9A-Fa-f]{64})+$",
             description = "`stripe`: `t=<unix seconds>,v1=<hex HMAC-SHA256>[,v1=...]`"),
         ("X-Webhook-Signature" = Option<String>, Header, pattern = "^sha256=[0-9A-Fa-f]{64}$",
-            description = "`generic`: `sha256=<hex HMAC-SHA256 of the body>`"),
+            description = "`generic`: `sha256=<hex HMAC-SHA256 of the body>`; `generic_v2`: of `{id}.{timestamp}.{body}`"),
         ("X-Webhook-Timestamp" = Option<String>, Header, pattern = "^[0-9]{1,18}$",
-            description = "`generic`, optional: unix seconds"),
+            description = "`generic`, optional, `generic_v2`, required: unix seconds"),
         ("X-Webhook-Id" = Option<String>, Header, pattern = "^[!-~]{1,256}$",
-            description = "`generic`, optional: the event id (deduplication)"),
+            description = "`generic`, optional, `generic_v2`, required: the event id (deduplication)"),
     ),
     request_body(
         content = Object,

@@ -181,7 +181,7 @@ impl Default for DeviceLimits {
 }
 
 /// Validated input for registering or updating a device.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DeviceRegistration {
     /// Push platform.
     pub platform: Platform,

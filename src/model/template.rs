@@ -344,6 +344,38 @@ impl CompiledTemplate {
         }
     }
 
+    /// Which locale variant a device with `locale` is rendered with, and why (previews).
+    pub fn locale_choice(&self, locale: Option<&str>) -> LocaleChoice {
+        let chain: Vec<String> = self
+            .locale_chain(locale)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let reason = match (locale, chain.first()) {
+            (None, _) => "the device has no locale: the default text".to_string(),
+            (Some(l), None) => format!(
+                "no variant for {l} or its language: the default text (variants: {})",
+                self.spec
+                    .locales
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (Some(l), Some(v)) if v.eq_ignore_ascii_case(l) => {
+                format!("the variant {v} matches the device locale {l} exactly")
+            }
+            (Some(l), Some(v)) => {
+                format!("no variant for {l}; {v} is the variant of its language")
+            }
+        };
+        LocaleChoice {
+            variant: chain.first().cloned(),
+            chain,
+            reason,
+        }
+    }
+
     /// The locale variant chain for a device locale: exact tag, then its language.
     fn locale_chain(&self, locale: Option<&str>) -> Vec<&str> {
         let Some(locale) = locale else {
@@ -473,6 +505,18 @@ impl CompiledTemplate {
         }
         Ok(())
     }
+}
+
+/// The locale variant a device gets: the first of `chain` that has a field gives it (a
+/// field none of them has comes from the default text).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct LocaleChoice {
+    /// The variant chosen; `None` for the default text.
+    pub variant: Option<String>,
+    /// The variants tried for each field, in order: the exact tag, then its language.
+    pub chain: Vec<String>,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// The event part of the context, converted once per event and shared by every device.

@@ -287,6 +287,18 @@ impl Providers {
         }
     }
 
+    /// The topic `app_id`'s APNs sends fall back to when a device has none, from the sender
+    /// in use (previews); the refusal a send would meet when it has none.
+    pub fn apns_default_topic(&self, app_id: &str) -> Result<Option<String>, Outcome> {
+        self.apns_sender(app_id)
+            .map(|s| s.default_topic().map(str::to_string))
+    }
+
+    /// The path `app_id`'s FCM sends are posted to, from the sender in use (previews).
+    pub fn fcm_send_path(&self, app_id: &str) -> Result<String, Outcome> {
+        self.fcm_sender(app_id).map(|s| s.send_path().to_string())
+    }
+
     /// Which credential `app_id` sends to `platform` with; `None` when it has none and there
     /// is no default.
     pub fn source(&self, app_id: &str, platform: Platform) -> Option<CredentialSource> {

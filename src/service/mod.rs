@@ -3,6 +3,7 @@
 //! API's one error type, so both front ends refuse the same input with the same words.
 
 pub mod credentials;
+pub mod device_import;
 pub mod endpoints;
 pub mod policy;
 pub mod sends;

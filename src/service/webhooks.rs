@@ -13,7 +13,7 @@ use crate::signature::{self, Scheme, SignatureError};
 use crate::store::{EventInsert, EventWriter, IncomingEvent, WebhookSource};
 
 /// Default JSON path of the event type when the scheme carries none in a header.
-const DEFAULT_TYPE_PATH: &str = "type";
+pub const DEFAULT_TYPE_PATH: &str = "type";
 const MAX_EVENT_TYPE_LEN: usize = 256;
 const MAX_EVENT_ID_LEN: usize = 256;
 

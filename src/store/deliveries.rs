@@ -166,6 +166,17 @@ impl Store {
         Ok(Some((row, attempts)))
     }
 
+    /// The stored payload of a delivery (the worker's `JobPayload` as JSON text).
+    pub async fn delivery_payload(&self, app_id: &str, id: &str) -> anyhow::Result<Option<String>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT job FROM delivery_jobs WHERE app_id = $1 AND id = $2")
+                .bind(app_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(job,)| job))
+    }
+
     /// The app a delivery belongs to (operator endpoints).
     pub async fn delivery_app(&self, id: &str) -> anyhow::Result<Option<String>> {
         let row: Option<(String,)> =

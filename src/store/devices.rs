@@ -46,7 +46,7 @@ pub struct Device {
 
 /// A device row as stored: attributes and tags are JSON text.
 #[derive(sqlx::FromRow)]
-struct DeviceRow {
+pub(super) struct DeviceRow {
     app_id: String,
     token: String,
     platform: Platform,
@@ -107,10 +107,12 @@ impl TryFrom<DeviceRow> for Device {
 }
 
 /// The columns a registration writes.
-const DEVICE_COLUMNS: &str = "app_id, token, platform, user_id, locale, timezone, app_version, \
+pub(super) const DEVICE_COLUMNS: &str =
+    "app_id, token, platform, user_id, locale, timezone, app_version, \
      environment, topic, attributes, tags, created_at, updated_at";
 /// The columns a read returns: the registration and the state.
-const DEVICE_READ: &str = "app_id, token, platform, user_id, locale, timezone, app_version, \
+pub(super) const DEVICE_READ: &str =
+    "app_id, token, platform, user_id, locale, timezone, app_version, \
      environment, topic, attributes, tags, created_at, updated_at, state, state_reason, state_at";
 
 impl Store {

@@ -15,10 +15,12 @@ mod codec;
 mod credentials;
 mod dead_letters;
 mod deliveries;
+mod device_import;
 mod devices;
 mod endpoints;
 mod events;
 mod fanout;
+mod idempotency;
 mod lifecycle;
 mod outbox;
 mod policy;
@@ -34,10 +36,12 @@ pub use apps::{ApiKey, App, KeyKind, NewApp};
 pub use credentials::Breaker;
 pub use dead_letters::DeadLetter;
 pub use deliveries::{AttemptRow, DeliveryRow, PrunedRow};
+pub use device_import::BatchCounts;
 pub use devices::Device;
 pub use endpoints::{CallbackTarget, Endpoint, EndpointChange, NewEndpoint, SigningSecrets};
 pub use events::{Event, EventInsert, EventWriter, IncomingEvent, NewEvent};
 pub use fanout::{FanOutCursor, FanOutSlice, NewJob, SliceWritten, WholeFanOut};
+pub use idempotency::{KeyClaim, StoredAnswer};
 pub use outbox::{
     message_body, AttemptLogRow, AttemptRecord, BatchLimits, ClaimedMessage, MessageNext,
     MessageRow,

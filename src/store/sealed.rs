@@ -53,6 +53,15 @@ pub(crate) const CREDENTIAL_KEY: Field = Field {
     column: "private_key",
 };
 
+/// `idempotency_keys.response_body`: a remembered answer, which may show a secret (a new
+/// source's). Not in [`SEALED_COLUMNS`]: its rows live a day and have a two-column key, so
+/// a rotation leaves them under the key they were sealed with, still open while that key
+/// is among the previous keys.
+pub(crate) const IDEMPOTENT_ANSWER: Field = Field {
+    table: "idempotency_keys",
+    column: "response_body",
+};
+
 /// Every column that holds secrets. A new secret column is added here, and the passes cover it.
 const SEALED_COLUMNS: &[SealedColumn] = &[
     SealedColumn {

@@ -558,12 +558,15 @@ pub(crate) async fn load_template(
 
 /// The event as templates see it: the payload, with `id` and `type` filled in when absent.
 pub(crate) fn event_context(event: &Event, payload: &Value) -> Value {
+    event_context_of(&event.id, &event.event_type, payload)
+}
+
+/// [`event_context`] of an event known by its id and type (a preview's).
+pub(crate) fn event_context_of(id: &str, event_type: &str, payload: &Value) -> Value {
     let mut ctx = payload.clone();
     if let Some(obj) = ctx.as_object_mut() {
-        obj.entry("id")
-            .or_insert_with(|| Value::from(event.id.clone()));
-        obj.entry("type")
-            .or_insert_with(|| Value::from(event.event_type.clone()));
+        obj.entry("id").or_insert_with(|| Value::from(id));
+        obj.entry("type").or_insert_with(|| Value::from(event_type));
     }
     ctx
 }

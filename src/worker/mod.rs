@@ -7,7 +7,7 @@ pub mod breaker;
 mod burst;
 pub mod credentials;
 mod deliver;
-mod dispatch;
+pub(crate) mod dispatch;
 mod endpoints;
 pub mod replay;
 pub mod retry;
@@ -180,6 +180,7 @@ impl Worker {
             if swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
                 swept = Some(std::time::Instant::now());
                 self.sweep_pruned_devices().await;
+                self.sweep_idempotency_keys().await;
             }
             if let Err(e) = self.store.renew_leases(&self.owner, lease_ms).await {
                 tracing::error!(error = %e, "renewing leases failed");
@@ -231,6 +232,35 @@ impl Worker {
                 devices = swept,
                 "deleted devices pruned past their retention"
             );
+        }
+    }
+}
+
+impl Worker {
+    /// Deletes the idempotency keys past their lifetime, in small batches.
+    async fn sweep_idempotency_keys(&self) {
+        const BATCH: i64 = 500;
+        let mut swept = 0;
+        loop {
+            match self
+                .store
+                .sweep_idempotency_keys(self.store.now(), BATCH)
+                .await
+            {
+                Ok(n) => {
+                    swept += n;
+                    if n < BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "sweeping idempotency keys failed");
+                    break;
+                }
+            }
+        }
+        if swept > 0 {
+            tracing::debug!(keys = swept, "deleted expired idempotency keys");
         }
     }
 }

@@ -22,6 +22,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/devices"),
     ("POST", "/v1/devices/{token}/restore"),
     ("GET", "/v1/users/{user_id}/devices"),
+    // device_import.rs
+    ("POST", "/v1/devices/import"),
+    ("GET", "/v1/devices/export"),
     // sources.rs
     ("POST", "/v1/sources"),
     ("GET", "/v1/sources"),
@@ -41,6 +44,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/templates/{name}"),
     ("PUT", "/v1/templates/{name}"),
     ("DELETE", "/v1/templates/{name}"),
+    ("POST", "/v1/templates/{name}/preview"),
     ("GET", "/v1/rules"),
     ("GET", "/v1/rules/{name}"),
     ("PUT", "/v1/rules/{name}"),
@@ -422,7 +426,7 @@ async fn documented_schemas_match_the_api(db: Db) {
         .as_array()
         .expect("Scheme is an enum")
         .clone();
-    assert_eq!(schemes.len(), 4);
+    assert_eq!(schemes.len(), 5);
     for (i, scheme) in schemes.iter().enumerate() {
         let (status, source) = t
             .call(
@@ -491,6 +495,11 @@ async fn documented_schemas_match_the_api(db: Db) {
         .as_object_mut()
         .and_then(|d| d.remove("attempt_log"))
         .expect("attempt log");
+    let payload = detail
+        .as_object_mut()
+        .and_then(|d| d.remove("payload"))
+        .expect("the payload sent");
+    assert_body_matches(&doc, "SentPayload", &payload);
     assert_body_matches(&doc, "Delivery", &detail);
     for attempt in attempts.as_array().expect("attempts") {
         assert_body_matches(&doc, "Attempt", attempt);

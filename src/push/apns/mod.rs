@@ -94,6 +94,11 @@ impl ApnsSender {
         Ok(key)
     }
 
+    /// The topic sends fall back to when a device has none.
+    pub fn default_topic(&self) -> Option<&str> {
+        self.default_topic.as_deref()
+    }
+
     /// Closes connections unused for `idle`; returns how many.
     pub fn close_idle(&self, idle: Duration) -> usize {
         self.production.close_idle(idle) + self.sandbox.close_idle(idle)

@@ -81,6 +81,11 @@ impl FcmSender {
         Ok(account)
     }
 
+    /// The path messages are posted to (`/v1/projects/{project}/messages:send`).
+    pub fn send_path(&self) -> &str {
+        &self.send_path
+    }
+
     /// Closes connections unused for `idle`; returns how many.
     pub fn close_idle(&self, idle: Duration) -> usize {
         self.messages.close_idle(idle)

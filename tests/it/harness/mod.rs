@@ -223,6 +223,11 @@ impl TestApp {
         n
     }
 
+    /// The URL of the app's database, for a CLI run beside it.
+    pub fn db_url(&self) -> &str {
+        &self.db_url
+    }
+
     /// The running app (address, state, background loops).
     pub fn running(&self) -> &Running {
         self.running.as_ref().expect("running")

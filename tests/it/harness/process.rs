@@ -179,3 +179,21 @@ pub async fn open_store(db_url: &str) -> Store {
     };
     pushbridge::open_store(&config).await.expect("open store")
 }
+
+/// Runs the real `pushbridge` binary with `args` on the database at `db_url` (with the test
+/// master key on PostgreSQL; on SQLite the key file beside the database), in `dir`, and
+/// returns its output.
+pub fn run_cli(db_url: &str, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pushbridge"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PUSHBRIDGE_")) {
+        cmd.env_remove(k);
+    }
+    if db_url.starts_with("postgres") {
+        cmd.env("PUSHBRIDGE_SECRETS__MASTER_KEY", TEST_MASTER_KEY);
+    }
+    cmd.args(args)
+        .current_dir(dir)
+        .env("PUSHBRIDGE_DATABASE_URL", db_url)
+        .output()
+        .expect("run pushbridge")
+}

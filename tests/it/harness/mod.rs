@@ -202,6 +202,11 @@ impl TestApp {
         &self.clock
     }
 
+    /// The database URL the app runs on.
+    pub fn db_url(&self) -> &str {
+        &self.db_url
+    }
+
     /// The app's own store handle.
     pub fn store(&self) -> &Store {
         &self.running.as_ref().expect("running").state.store

@@ -47,6 +47,8 @@ pub struct Config {
     pub secrets: crate::secrets::SecretsConfig,
     /// Outbound webhooks to apps' event endpoints.
     pub endpoints: crate::service::endpoints::EndpointsConfig,
+    /// How long delivered jobs, dead letters, events, callbacks and pruned devices are kept.
+    pub retention: crate::worker::RetentionConfig,
 }
 
 /// Default cap on sends in flight per process: the default pools (two connections each to
@@ -90,8 +92,6 @@ pub struct WorkerConfig {
     pub burst_guard_share: f64,
     /// ... counting only once the app made at least this many sends in the window.
     pub burst_guard_min_sends: u64,
-    /// Days a pruned device is kept (listed, restorable) before it is deleted; 0 keeps it.
-    pub pruned_retention_days: u64,
 }
 
 impl Default for WorkerConfig {
@@ -110,7 +110,6 @@ impl Default for WorkerConfig {
             breaker_probe_secs: 60,
             burst_guard_share: 0.2,
             burst_guard_min_sends: 50,
-            pruned_retention_days: 30,
         }
     }
 }
@@ -177,6 +176,7 @@ impl Default for Config {
             rate_limits: Default::default(),
             secrets: Default::default(),
             endpoints: Default::default(),
+            retention: Default::default(),
         }
     }
 }
@@ -360,6 +360,9 @@ impl Config {
                 "worker.backoff_max_ms",
                 "must be at least worker.backoff_base_ms",
             ));
+        }
+        if let Some((field, reason)) = self.retention.invalid_field() {
+            return Err(ConfigError::field(field, reason));
         }
         if let Some(tls) = &self.tls {
             for (field, path) in [

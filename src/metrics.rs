@@ -162,6 +162,14 @@ pub struct Metrics {
     retries: Counter,
     dead_letters: Counter,
     pruned: Counter,
+    retention_swept: Family<RetentionLabels, Counter>,
+}
+
+/// Labels of the retention counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetentionLabels {
+    /// What was deleted (`delivered_jobs`, `dead_letters`, `events`, ...).
+    pub kind: &'static str,
 }
 
 impl Default for Metrics {
@@ -267,7 +275,14 @@ impl Metrics {
             "Provider requests in flight",
             pool_in_flight.clone(),
         );
+        let retention_swept = Family::<RetentionLabels, Counter>::default();
+        registry.register(
+            "retention_swept",
+            "Rows deleted because they were past their retention, by kind",
+            retention_swept.clone(),
+        );
         Self {
+            retention_swept,
             http_duration,
             event_to_delivery,
             queue_depth,
@@ -432,6 +447,15 @@ impl Metrics {
         if n > 0 {
             self.pruned.inc_by(n);
         }
+    }
+
+    /// Counts `n` rows of `kind` deleted past their retention.
+    pub fn retention_swept(&self, kind: crate::store::retention::RetentionKind, n: u64) {
+        self.retention_swept
+            .get_or_create(&RetentionLabels {
+                kind: kind.as_str(),
+            })
+            .inc_by(n);
     }
 
     /// Counts one webhook request; `source` is the stored source's label, or `None` when

@@ -55,7 +55,7 @@ async fn dashboard() -> impl IntoResponse {
             (
                 header::CONTENT_SECURITY_POLICY,
                 "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                 connect-src 'self'; img-src 'self'; frame-ancestors 'none'",
+                 connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
             ),
         ],
         Html(include_str!("assets/dashboard.html")),

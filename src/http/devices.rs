@@ -143,7 +143,7 @@ struct DeviceView {
     updated_at: String,
     /// `active` (sent to), `suspect` (the provider refused the token without saying it is
     /// gone) or `pruned` (the provider said it is gone; deleted after
-    /// `worker.pruned_retention_days`). Restore either with `POST .../restore`.
+    /// `retention.pruned_devices_days`). Restore either with `POST .../restore`.
     state: DeviceState,
     /// The provider's reason, for a suspect or pruned device.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -422,7 +422,7 @@ struct DevicesQuery {
     tag = "devices",
     summary = "List the app's devices in one state, paginated",
     description = "`state=pruned` lists the devices a provider said are gone (kept for \
-                   `worker.pruned_retention_days`), `state=suspect` those whose token a \
+                   `retention.pruned_devices_days`), `state=suspect` those whose token a \
                    provider refused without saying it is gone.",
     params(DevicesQuery),
     security(("api_key" = [])),
@@ -461,7 +461,7 @@ async fn list_devices(
     responses(
         (status = 200, description = "the device, active again", body = DeviceView),
         ServerKeyErrors,
-        (status = 404, description = "no such device in this app (a pruned device is deleted after `worker.pruned_retention_days`)", body = ErrorBody),
+        (status = 404, description = "no such device in this app (a pruned device is deleted after `retention.pruned_devices_days`)", body = ErrorBody),
     ),
 )]
 async fn restore_device(

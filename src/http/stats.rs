@@ -154,7 +154,7 @@ async fn stats(
                 .store
                 .list_deliveries(a, Some(JobStatus::Dead), None, 20)
                 .await?,
-            state.store.recent_pruned(a, 20).await?,
+            latest_per_token(state.store.recent_pruned(a, 40).await?, 20),
         ),
         None => (Vec::new(), Vec::new()),
     };
@@ -209,4 +209,17 @@ async fn stats(
             })
             .collect(),
     }))
+}
+
+/// The newest entry of each token (a token refused on two attempts is logged twice), at most
+/// `limit`; `rows` come newest first.
+fn latest_per_token(
+    rows: Vec<crate::store::PrunedRow>,
+    limit: usize,
+) -> Vec<crate::store::PrunedRow> {
+    let mut seen = std::collections::HashSet::new();
+    rows.into_iter()
+        .filter(|r| seen.insert((r.platform, r.token.clone())))
+        .take(limit)
+        .collect()
 }

@@ -87,7 +87,7 @@ pub enum DeviceState {
     /// topic or sender): not sent to, kept, restorable.
     Suspect,
     /// The provider said the token is gone: not sent to, kept for
-    /// `worker.pruned_retention_days`, restorable until then.
+    /// `retention.pruned_devices_days`, restorable until then.
     Pruned,
 }
 

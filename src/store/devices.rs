@@ -429,20 +429,6 @@ impl Store {
         .await?;
         Ok(r.rows_affected())
     }
-
-    /// Deletes, a batch at a time, devices pruned before `cutoff_ms`; returns how many.
-    pub async fn sweep_pruned_devices(&self, cutoff_ms: i64, batch: i64) -> anyhow::Result<u64> {
-        let turn = self.write_turn().await;
-        let r = sqlx::query(
-            "DELETE FROM devices WHERE (app_id, token) IN (SELECT app_id, token FROM devices \
-             WHERE state = 'pruned' AND state_at < $1 LIMIT $2)",
-        )
-        .bind(cutoff_ms)
-        .bind(batch)
-        .execute(turn.db())
-        .await?;
-        Ok(r.rows_affected())
-    }
 }
 
 /// The devices of an app whose `column` is one of `n` values (`$2` on). No `ORDER BY`: with

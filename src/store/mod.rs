@@ -4,7 +4,8 @@
 //! `lifecycle` (their way through the pipeline); for jobs, `fanout` (writing them), `queue`
 //! (claiming and recording attempts), `dead_letters` (replay), `deliveries` (the read side)
 //! and `stats`; `policy` for delivery policies and frequency caps; `endpoints` for apps' event
-//! endpoints and `outbox` for the messages to them. Each is written in the dialect that SQLite
+//! endpoints and `outbox` for the messages to them; `retention` for deleting what is past its
+//! age. Each is written in the dialect that SQLite
 //! and PostgreSQL share (`$n` parameters, `ON CONFLICT`, `RETURNING`, text JSON, integer
 //! times), so one implementation serves both backends through sqlx's `Any` driver; `codec`
 //! says how the model's enums are stored. Secrets are stored sealed under the master key
@@ -25,6 +26,7 @@ mod lifecycle;
 mod outbox;
 mod policy;
 mod queue;
+pub mod retention;
 mod rules;
 mod sealed;
 mod sources;
@@ -141,14 +143,17 @@ impl Store {
         let connect = |connections: u32, cache_kib: i64| {
             let mut pool_options = AnyPoolOptions::new().max_connections(connections);
             if backend == Backend::Sqlite {
-                // WAL lets readers proceed beside the writer, busy_timeout makes a writer of
+                // Incremental auto-vacuum lets retention give freed pages back; it takes
+                // effect only on a new file, so it must come before WAL mode writes the
+                // header (an existing file keeps its mode). WAL lets readers proceed beside the writer, busy_timeout makes a writer of
                 // another process queue instead of failing, and NORMAL sync is durable across
                 // process crashes in WAL mode. A negative cache_size is in KiB.
                 pool_options = pool_options.after_connect(move |conn, _meta| {
                     Box::pin(async move {
                         conn.execute(
                             format!(
-                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                                "PRAGMA auto_vacuum=INCREMENTAL; \
+                                 PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
                                  PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON; \
                                  PRAGMA temp_store=MEMORY; PRAGMA cache_size=-{cache_kib};"
                             )

@@ -1,6 +1,6 @@
 //! Background work: fan-out of received events into delivery jobs, the delivery loop with its
-//! retry policy with its breaker per app and provider, the sender of messages to apps' event endpoints, and
-//! the refresh of provider credentials. All state lives in the store, so any
+//! retry policy with its breaker per app and provider, the sender of messages to apps' event
+//! endpoints, the refresh of provider credentials and the retention sweeper. All state lives in the store, so any
 //! instance can pick up where a crashed one stopped once its leases expire.
 
 pub mod breaker;
@@ -10,6 +10,7 @@ mod deliver;
 pub(crate) mod dispatch;
 mod endpoints;
 pub mod replay;
+pub mod retention;
 pub mod retry;
 mod share;
 
@@ -21,6 +22,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 pub use self::breaker::Breakers;
+pub use self::retention::RetentionConfig;
 use crate::config::WorkerConfig;
 use crate::metrics::Metrics;
 use crate::model::{ApnsEnvironment, Notification};
@@ -88,6 +90,8 @@ pub struct Worker {
     pub(crate) providers: Arc<Providers>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config: WorkerConfig,
+    /// How long rows are kept.
+    pub(crate) retention: RetentionConfig,
     /// Connection and credential-refresh settings of the providers.
     pub(crate) providers_config: ProvidersConfig,
     /// The open breakers this instance knows of.
@@ -122,6 +126,7 @@ impl Worker {
             providers: state.providers.clone(),
             metrics: state.metrics.clone(),
             config,
+            retention: state.config.retention.clone(),
             providers_config: state.config.providers.clone(),
             breakers: state.breakers.clone(),
             policies: state.policies.clone(),
@@ -165,6 +170,9 @@ impl Worker {
         let w = self.clone();
         let s = stop.clone();
         set.spawn(async move { w.credentials_loop(s).await });
+        let w = self.clone();
+        let s = stop.clone();
+        set.spawn(async move { w.retention_loop(s).await });
         let w = self;
         set.spawn(async move { w.reaper_loop(stop).await });
         set
@@ -175,13 +183,7 @@ impl Worker {
     async fn reaper_loop(self, mut stop: watch::Receiver<bool>) {
         let lease_ms = (self.config.lease_secs * 1000) as i64;
         let period = Duration::from_millis((self.config.lease_secs * 1000 / 4).max(100));
-        let mut swept: Option<std::time::Instant> = None;
         loop {
-            if swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
-                swept = Some(std::time::Instant::now());
-                self.sweep_pruned_devices().await;
-                self.sweep_idempotency_keys().await;
-            }
             if let Err(e) = self.store.renew_leases(&self.owner, lease_ms).await {
                 tracing::error!(error = %e, "renewing leases failed");
             }
@@ -197,70 +199,6 @@ impl Worker {
                 () = tokio::time::sleep(period) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-        }
-    }
-}
-
-/// How often pruned devices past their retention are deleted.
-const SWEEP_EVERY: Duration = Duration::from_secs(600);
-
-impl Worker {
-    /// Deletes the devices pruned more than `worker.pruned_retention_days` ago, in small
-    /// batches so that no write holds the database for long.
-    async fn sweep_pruned_devices(&self) {
-        if self.config.pruned_retention_days == 0 {
-            return;
-        }
-        let cutoff = self.store.now() - (self.config.pruned_retention_days * 86_400_000) as i64;
-        let mut swept = 0;
-        loop {
-            match self.store.sweep_pruned_devices(cutoff, 500).await {
-                Ok(n) => {
-                    swept += n;
-                    if n < 500 {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "sweeping pruned devices failed");
-                    break;
-                }
-            }
-        }
-        if swept > 0 {
-            tracing::info!(
-                devices = swept,
-                "deleted devices pruned past their retention"
-            );
-        }
-    }
-}
-
-impl Worker {
-    /// Deletes the idempotency keys past their lifetime, in small batches.
-    async fn sweep_idempotency_keys(&self) {
-        const BATCH: i64 = 500;
-        let mut swept = 0;
-        loop {
-            match self
-                .store
-                .sweep_idempotency_keys(self.store.now(), BATCH)
-                .await
-            {
-                Ok(n) => {
-                    swept += n;
-                    if n < BATCH as u64 {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "sweeping idempotency keys failed");
-                    break;
-                }
-            }
-        }
-        if swept > 0 {
-            tracing::debug!(keys = swept, "deleted expired idempotency keys");
         }
     }
 }

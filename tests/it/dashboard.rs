@@ -1,5 +1,6 @@
 //! The operator dashboard in a real browser (headless Chromium): the figures it shows match
-//! the stats API, the delivery policy's among them (scheduled jobs, jobs ended unsent).
+//! the stats API, the delivery policy's among them (scheduled jobs, jobs ended unsent), every
+//! card's table fits it from 1280 px up, and an app without deliveries shows no rate.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,10 +22,24 @@ fn chromium() -> Option<PathBuf> {
         })
 }
 
-/// Loads `url` headless and returns the DOM after scripts ran; also saves a screenshot.
+/// Loads `url` headless, 1400 px wide, and returns the DOM after scripts ran; also saves a
+/// screenshot.
 fn render(browser: &PathBuf, url: &str, screenshot: &std::path::Path) -> String {
+    let dom = render_at(browser, url, 1400);
     let profile = tempfile::tempdir().expect("profile dir");
-    let common = [
+    let shot = Command::new(browser)
+        .args(chromium_flags(1400))
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", screenshot.display()))
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(shot.status.success(), "screenshot failed");
+    dom
+}
+
+fn chromium_flags(width: u32) -> Vec<String> {
+    [
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -34,11 +49,19 @@ fn render(browser: &PathBuf, url: &str, screenshot: &std::path::Path) -> String 
         "--disable-component-update",
         "--disable-sync",
         "--hide-scrollbars",
-        "--window-size=1400,1000",
         "--virtual-time-budget=8000",
-    ];
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain([format!("--window-size={width},1000")])
+    .collect()
+}
+
+/// The DOM of `url` after scripts ran, in a window `width` px wide.
+fn render_at(browser: &PathBuf, url: &str, width: u32) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
     let dom = Command::new(browser)
-        .args(common)
+        .args(chromium_flags(width))
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
         .arg(url)
@@ -49,15 +72,21 @@ fn render(browser: &PathBuf, url: &str, screenshot: &std::path::Path) -> String 
         "chromium failed: {}",
         String::from_utf8_lossy(&dom.stderr)
     );
-    let shot = Command::new(browser)
-        .args(common)
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("--screenshot={}", screenshot.display()))
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    assert!(shot.status.success(), "screenshot failed");
     String::from_utf8(dom.stdout).expect("utf-8 DOM")
+}
+
+/// Every card of the loaded page fits its tables and charts (the page records it per card).
+fn assert_cards_fit(dom: &str, width: u32) {
+    assert!(
+        dom.contains("data-loaded=\"true\""),
+        "{width} px: not loaded"
+    );
+    let fits = dom.matches("data-fits=\"true\"").count();
+    assert!(
+        !dom.contains("data-fits=\"false\""),
+        "{width} px: a table is wider than its card: {dom}"
+    );
+    assert!(fits >= 8, "{width} px: only {fits} cards measured");
 }
 
 /// Text of the element with `id` in a dumped DOM.
@@ -269,12 +298,51 @@ async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
         std::fs::copy(&shot_path, dest).expect("copy screenshot");
     }
 
+    // From 1280 px up every table fits its card.
+    for width in [1280, 1400, 1920] {
+        assert_cards_fit(&render_at(&browser, &url, width), width);
+    }
+    assert!(
+        dom.contains("rel=\"icon\""),
+        "an icon, so no favicon request 404s"
+    );
+    assert!(
+        text_of(&dom, "rate-chart").is_some() && dom.contains("−60 min"),
+        "the success-rate chart has a labelled time axis"
+    );
+
+    // An app without deliveries has no success rate to show.
+    let idle = t.new_app().await;
+    let idle_url = format!(
+        "{}/dashboard#key={OPERATOR_KEY}&app={}",
+        t.base, idle.app.id
+    );
+    let idle_dom = render_at(&browser, &idle_url, 1400);
+    assert_eq!(text_of(&idle_dom, "rate-5m").as_deref(), Some("no data"));
+
+    // All apps: the per-app tables say why they are empty.
+    let all_dom = render_at(
+        &browser,
+        &format!("{}/dashboard#key={OPERATOR_KEY}&app=", t.base),
+        1400,
+    );
+    for hint in ["dead-hint", "pruned-hint"] {
+        assert!(
+            all_dom.contains(&format!("id=\"{hint}\">")),
+            "{hint} is shown for all apps"
+        );
+    }
+
     // Without the operator key the page asks for it and shows no data.
     let dom = render(&browser, &format!("{}/dashboard", t.base), &shot_path);
     assert!(!dom.contains("data-loaded=\"true\""));
     assert!(
         dom.contains("<section id=\"login\">"),
         "the key prompt is visible: {dom}"
+    );
+    assert!(
+        dom.contains("<main id=\"main\" hidden"),
+        "the empty dashboard stays hidden under the prompt"
     );
 }
 

@@ -34,6 +34,7 @@ mod provider_identities;
 mod queries;
 mod render_limits;
 mod replay;
+mod retention;
 mod safe_pruning;
 mod secrets;
 mod send_limit;

@@ -150,9 +150,13 @@ async fn the_provider_decides_what_is_pruned_and_pruning_is_undoable(db: Db) {
     completed(&t, key, &event).await;
     assert_eq!(device(&t, key, &gone).await["state"], "pruned");
     let later = pushbridge::clock::now_ms() + 1;
+    let devices = pushbridge::store::retention::SWEEPS
+        .iter()
+        .find(|s| s.kind == pushbridge::store::retention::RetentionKind::PrunedDevices)
+        .expect("a device sweep");
     let swept = t
         .store()
-        .sweep_pruned_devices(later, 500)
+        .sweep_batch(devices, later, 500)
         .await
         .expect("sweep");
     assert_eq!(swept, 1);

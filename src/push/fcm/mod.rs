@@ -2,6 +2,7 @@
 //! wire vocabulary; the rest of the crate sees only [`Outcome`].
 
 mod auth;
+mod message;
 pub mod request;
 pub mod response;
 pub mod settings;

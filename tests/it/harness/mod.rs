@@ -205,6 +205,11 @@ impl TestApp {
         &self.clock
     }
 
+    /// The database URL the app runs on.
+    pub fn db_url(&self) -> &str {
+        &self.db_url
+    }
+
     /// The app's own store handle.
     pub fn store(&self) -> &Store {
         &self.running.as_ref().expect("running").state.store
@@ -221,11 +226,6 @@ impl TestApp {
             .expect("open_jobs");
         pool.close().await;
         n
-    }
-
-    /// The URL of the app's database, for a CLI run beside it.
-    pub fn db_url(&self) -> &str {
-        &self.db_url
     }
 
     /// The running app (address, state, background loops).

@@ -2,7 +2,6 @@
 //! wire vocabulary; the rest of the crate sees only [`Outcome`].
 
 mod auth;
-mod message;
 pub mod request;
 pub mod response;
 pub mod settings;

@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use fcm_v1::android::{AndroidConfig, AndroidMessagePriority, AndroidNotification};
+use fcm_v1::apns::ApnsConfig as FcmApnsConfig;
+use fcm_v1::message::{Message, Notification as FcmNotification};
+use fcm_v1::webpush::WebpushConfig;
 use serde_json::{json, Value};
 
-use super::message::{
-    AndroidConfig, AndroidMessagePriority, AndroidNotification, ApnsConfig as FcmApnsConfig,
-    Message, Notification as FcmNotification, WebpushConfig,
-};
 use super::wire;
 use crate::model::{Notification, Priority};
 use crate::push::apns::request::{background_aps, DeliveryOptions};
@@ -67,16 +67,22 @@ pub fn message(n: &Notification, now_secs: i64) -> Result<Value, Outcome> {
         apns: apns_config(n, now_secs),
         webpush: webpush_config(n),
         notification,
+        ..Message::default()
     };
-    serde_json::to_value(&message).map_err(|e| {
+    let mut json = serde_json::to_value(&message).map_err(|e| {
         tracing::error!(error = %e, "serializing an FCM message failed");
         Outcome::failed("PayloadSerializationFailed")
-    })
+    })?;
+    // fcm_v1 types `notification_count` as i8; Google's field is an int32.
+    if let (Some(badge), Some(android)) = (n.badge, json.pointer_mut("/android/notification")) {
+        android["notification_count"] = json!(badge);
+    }
+    Ok(json)
 }
 
 /// Android's priority, TTL and collapse key, and for a notification that shows text its
-/// display options: channel, sound, badge count (`notification_count`), `tag` from the
-/// thread id and `click_action` from the category.
+/// display options: channel, sound, badge count (`notification_count`, sent by
+/// [`message`]), `tag` from the thread id and `click_action` from the category.
 fn android_config(n: &Notification) -> Option<AndroidConfig> {
     let shown = n.has_alert()
         && (n.channel_id.is_some()
@@ -89,7 +95,7 @@ fn android_config(n: &Notification) -> Option<AndroidConfig> {
         sound: n.sound.clone(),
         tag: n.thread_id.clone(),
         click_action: n.category.clone(),
-        notification_count: n.badge,
+        ..AndroidNotification::default()
     });
     let config = AndroidConfig {
         collapse_key: n.collapse_key.clone(),
@@ -99,6 +105,7 @@ fn android_config(n: &Notification) -> Option<AndroidConfig> {
         }),
         ttl: n.ttl_seconds.map(|s| format!("{s}s")),
         notification,
+        ..AndroidConfig::default()
     };
     let empty = config.collapse_key.is_none()
         && config.priority.is_none()
@@ -180,6 +187,7 @@ fn apns_config(n: &Notification, now_secs: i64) -> Option<FcmApnsConfig> {
     Some(FcmApnsConfig {
         headers: (!headers.is_empty()).then_some(headers),
         payload,
+        fcm_options: None,
     })
 }
 
@@ -195,8 +203,9 @@ fn webpush_config(n: &Notification) -> Option<WebpushConfig> {
         };
         headers.insert("Urgency".to_string(), json!(urgency));
     }
-    (!headers.is_empty()).then_some(WebpushConfig {
+    (!headers.is_empty()).then(|| WebpushConfig {
         headers: Some(headers),
+        ..WebpushConfig::default()
     })
 }
 

@@ -15,7 +15,7 @@ use crate::error::{ApiError, ErrorBody, Result};
 use crate::model::{JobStatus, Platform};
 use crate::redact::redact;
 use crate::service;
-use crate::store::{rfc3339, QueueStats, WindowStats};
+use crate::store::{rfc3339, EndpointHealth, QueueStats, WindowStats};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stats))
@@ -39,6 +39,57 @@ struct StatsReport {
     recent_pruned_tokens: Vec<PrunedToken>,
     /// Apps whose sends to a provider are paused because it refuses their credential.
     paused_providers: Vec<PausedProvider>,
+    /// Every event endpoint and how its messages fare.
+    endpoints: Vec<EndpointHealthView>,
+}
+
+/// How an event endpoint is doing.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum EndpointState {
+    /// Its last attempt succeeded (or it has had none yet).
+    Healthy,
+    /// Its latest attempts failed; it is disabled after failing continuously long enough.
+    Failing,
+    /// No messages are sent to it.
+    Disabled,
+}
+
+/// An event endpoint's health.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct EndpointHealthView {
+    app_id: String,
+    id: String,
+    url: String,
+    state: EndpointState,
+    /// RFC 3339: start of the current run of failed attempts.
+    failing_since: Option<String>,
+    /// Why it was disabled.
+    disabled_reason: Option<String>,
+    /// Messages waiting for an attempt.
+    pending: i64,
+    /// Messages whose every attempt failed (`recover` sends them again).
+    failed: i64,
+}
+
+impl From<EndpointHealth> for EndpointHealthView {
+    fn from(e: EndpointHealth) -> Self {
+        let state = match (e.enabled != 0, e.failing_since) {
+            (false, _) => EndpointState::Disabled,
+            (true, Some(_)) => EndpointState::Failing,
+            (true, None) => EndpointState::Healthy,
+        };
+        Self {
+            app_id: e.app_id,
+            id: e.id,
+            url: e.url,
+            state,
+            failing_since: e.failing_since.map(rfc3339),
+            disabled_reason: e.disabled_reason,
+            pending: e.pending,
+            failed: e.failed,
+        }
+    }
 }
 
 /// An open breaker: a provider refuses an app's credential, and its sends there wait.
@@ -172,7 +223,15 @@ async fn stats(
             reason: b.reason,
         })
         .collect();
+    let endpoints = state
+        .store
+        .endpoint_health(app)
+        .await?
+        .into_iter()
+        .map(EndpointHealthView::from)
+        .collect();
     Ok(Json(StatsReport {
+        endpoints,
         paused_providers: paused,
         app_id,
         generated_at: rfc3339(now),

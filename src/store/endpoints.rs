@@ -52,6 +52,27 @@ type EndpointTuple = (
     i64,
 );
 
+/// An endpoint and how its messages fare (see [`Store::endpoint_health`]).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct EndpointHealth {
+    /// Endpoint id.
+    pub id: String,
+    /// Its app.
+    pub app_id: String,
+    /// Where its messages go.
+    pub url: String,
+    /// 1 while messages are sent to it.
+    pub enabled: i64,
+    /// Start of its current run of failed attempts, unix ms.
+    pub failing_since: Option<i64>,
+    /// Why it was disabled, when it was.
+    pub disabled_reason: Option<String>,
+    /// Messages waiting for an attempt.
+    pub pending: i64,
+    /// Messages whose every attempt failed (kept for `recover` until retention).
+    pub failed: i64,
+}
+
 const COLUMNS: &str = "id, app_id, url, description, events, enabled, disabled_reason, \
      failing_since, legacy_callback, previous_secret_expires_at, created_at, updated_at";
 
@@ -196,6 +217,29 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(endpoint).collect()
+    }
+
+    /// Each endpoint of `app_id` (every app's when `None`) with its messages waiting and
+    /// failed for good, for the stats report and the dashboard.
+    pub async fn endpoint_health(
+        &self,
+        app_id: Option<&str>,
+    ) -> anyhow::Result<Vec<EndpointHealth>> {
+        Ok(sqlx::query_as(
+            "SELECT e.id, e.app_id, e.url, e.enabled, e.failing_since, e.disabled_reason, \
+               CAST(COALESCE(SUM(CASE WHEN m.status = 'pending' THEN 1 ELSE 0 END), 0) AS BIGINT) \
+                 AS pending, \
+               CAST(COALESCE(SUM(CASE WHEN m.status = 'failed' THEN 1 ELSE 0 END), 0) AS BIGINT) \
+                 AS failed \
+             FROM event_endpoints e LEFT JOIN endpoint_messages m ON m.endpoint_id = e.id \
+             WHERE ($1 = '' OR e.app_id = $1) \
+             GROUP BY e.id, e.app_id, e.url, e.enabled, e.failing_since, e.disabled_reason, \
+               e.created_at \
+             ORDER BY e.app_id, e.created_at, e.id",
+        )
+        .bind(app_id.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Applies `change`; false when the endpoint does not exist. Enabling clears the failure

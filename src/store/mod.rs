@@ -40,7 +40,9 @@ pub use dead_letters::DeadLetter;
 pub use deliveries::{AttemptRow, DeliveryRow, PrunedRow};
 pub use device_import::BatchCounts;
 pub use devices::Device;
-pub use endpoints::{CallbackTarget, Endpoint, EndpointChange, NewEndpoint, SigningSecrets};
+pub use endpoints::{
+    CallbackTarget, Endpoint, EndpointChange, EndpointHealth, NewEndpoint, SigningSecrets,
+};
 pub use events::{Event, EventInsert, EventWriter, IncomingEvent, NewEvent};
 pub use fanout::{FanOutCursor, FanOutSlice, NewJob, SliceWritten, WholeFanOut};
 pub use idempotency::{KeyClaim, StoredAnswer};

@@ -761,7 +761,63 @@ async fn event_completed_tells_the_counts_once(db: Db) {
     t.shutdown().await;
 }
 
+/// The stats report (and the dashboard that shows it) tells each endpoint's state.
+async fn the_stats_report_tells_each_endpoints_health(db: Db) {
+    let t = fast(db).await;
+    let app = t.new_app().await;
+    let key = app.server_key.as_str();
+    let (ok_url, _ok) = Receiver::start().await;
+    let (bad_url, bad) = Receiver::start().await;
+    *bad.fail_with.lock().expect("lock") = Some(503);
+    let healthy = create(&t, key, &ok_url, json!(["device.pruned"])).await;
+    let failing = create(&t, key, &bad_url, json!(["device.pruned"])).await;
+    let (healthy, failing) = (
+        healthy["id"].as_str().expect("id"),
+        failing["id"].as_str().expect("id"),
+    );
+    test_send(&t, key, failing).await;
+    wait_attempts(&t, key, failing, 1).await;
+    let health = |report: &Value, id: &str| -> Value {
+        report["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .find(|e| e["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("endpoint {id} missing: {report}"))
+    };
+    let (status, report) = t.call(Method::GET, "/v1/stats", Some(key), None).await;
+    assert_eq!(status, 200, "{report}");
+    let h = health(&report, healthy);
+    assert_eq!(
+        (h["state"].as_str(), h["pending"].as_i64()),
+        (Some("healthy"), Some(0)),
+        "{h}"
+    );
+    let f = health(&report, failing);
+    assert_eq!(f["state"], "failing", "{f}");
+    assert!(f["failing_since"].is_string(), "{f}");
+    assert_eq!(
+        (f["pending"].as_i64(), f["failed"].as_i64()),
+        (Some(1), Some(0)),
+        "{f}"
+    );
+    let (status, _) = t
+        .call(
+            Method::PATCH,
+            &format!("/v1/endpoints/{failing}"),
+            Some(key),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, report) = t.call(Method::GET, "/v1/stats", Some(key), None).await;
+    assert_eq!(health(&report, failing)["state"], "disabled", "{report}");
+    t.shutdown().await;
+}
+
 backend_tests!(
+    the_stats_report_tells_each_endpoints_health,
     event_completed_tells_the_counts_once,
     an_endpoint_that_came_to_point_inside_is_refused_at_connect_time,
     a_credential_failing_and_recovering_is_told_to_subscribed_endpoints,

@@ -47,16 +47,15 @@ pub fn sqlite_file(url: &str) -> std::path::PathBuf {
 pub async fn database_copies(url: &str) -> Vec<(String, Vec<u8>)> {
     if url.starts_with("sqlite") {
         let file = sqlite_file(url);
-        let mut copies = vec![(
-            "the database file".to_string(),
-            std::fs::read(&file).expect("db"),
-        )];
+        let mut copies = vec![("the database file".to_string(), copied(&file))];
         let mut wal = file.clone().into_os_string();
         wal.push("-wal");
         // Empty right after a checkpoint; otherwise it holds the latest writes.
-        match std::fs::read(&wal) {
-            Ok(bytes) if !bytes.is_empty() => copies.push(("the WAL".into(), bytes)),
-            _ => {}
+        if std::path::Path::new(&wal).exists() {
+            let bytes = copied(std::path::Path::new(&wal));
+            if !bytes.is_empty() {
+                copies.push(("the WAL".into(), bytes));
+            }
         }
         if let Ok(out) = std::process::Command::new("sqlite3")
             .arg(&file)
@@ -72,6 +71,19 @@ pub async fn database_copies(url: &str) -> Vec<(String, Vec<u8>)> {
         Ok(out) if out.status.success() => vec![("pg_dump".into(), out.stdout)],
         _ => vec![("every text column".into(), every_text_column(url).await)],
     }
+}
+
+/// The bytes of `file`, read by another process. The bridge runs in this process, and
+/// closing any descriptor of its database file here would drop the POSIX locks SQLite
+/// holds on it: another process (`sqlite3` below) could then believe it is the last
+/// connection and checkpoint and remove the WAL under the bridge.
+fn copied(file: &std::path::Path) -> Vec<u8> {
+    let out = std::process::Command::new("cat")
+        .arg(file)
+        .output()
+        .expect("cat");
+    assert!(out.status.success(), "cat {}: {out:?}", file.display());
+    out.stdout
 }
 
 /// Every text value of every table in the public schema, newline-separated.

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::openapi::ServerKeyErrors;
 use super::{ApiQuery, AppState, Viewer};
 use crate::error::{ApiError, ErrorBody, Result};
-use crate::model::{JobStatus, Platform};
+use crate::model::Platform;
 use crate::redact::redact;
 use crate::service;
 use crate::store::{rfc3339, EndpointHealth, QueueStats, WindowStats};
@@ -31,11 +31,12 @@ struct StatsReport {
     /// Figures by window: `5m`, `1h` and `24h`.
     windows: std::collections::BTreeMap<String, WindowStats>,
     queue: QueueStats,
-    /// Attempts per minute over the last hour.
+    /// Attempts per minute over the last 24 hours, oldest first (minutes without attempts
+    /// are left out).
     throughput_per_minute: Vec<ThroughputPoint>,
-    /// The latest dead letters (one app only; empty for all apps).
+    /// The latest dead letters.
     recent_dead_letters: Vec<DeadLetter>,
-    /// The latest pruned tokens, redacted (one app only; empty for all apps).
+    /// The latest pruned tokens, redacted.
     recent_pruned_tokens: Vec<PrunedToken>,
     /// Apps whose sends to a provider are paused because it refuses their credential.
     paused_providers: Vec<PausedProvider>,
@@ -117,6 +118,7 @@ struct ThroughputPoint {
 /// A recent dead letter.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DeadLetter {
+    app_id: String,
     /// The delivery id.
     id: String,
     event_id: String,
@@ -132,6 +134,7 @@ struct DeadLetter {
 /// A recently pruned token.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct PrunedToken {
+    app_id: String,
     platform: Platform,
     /// Redacted device token.
     token: String,
@@ -197,18 +200,10 @@ async fn stats(
     let queue = state.store.queue_stats(app, now).await?;
     let series = state
         .store
-        .throughput_series(app, now - 3_600_000, 60)
+        .throughput_series(app, now - 86_400_000, 60)
         .await?;
-    let (dead, pruned) = match app {
-        Some(a) => (
-            state
-                .store
-                .list_deliveries(a, Some(JobStatus::Dead), None, 20)
-                .await?,
-            latest_per_token(state.store.recent_pruned(a, 40).await?, 20),
-        ),
-        None => (Vec::new(), Vec::new()),
-    };
+    let dead = state.store.recent_dead_letters(app, 20).await?;
+    let pruned = latest_per_token(state.store.recent_pruned(app, 40).await?, 20);
     let paused = state
         .store
         .breakers()
@@ -251,6 +246,7 @@ async fn stats(
                 token: redact(&d.token),
                 at: rfc3339(d.updated_at),
                 id: d.id,
+                app_id: d.app_id,
                 event_id: d.event_id,
                 platform: d.platform,
                 reason: d.last_reason,
@@ -263,6 +259,7 @@ async fn stats(
                 token: redact(&p.token),
                 deleted: p.pruned == 1,
                 at: rfc3339(p.at),
+                app_id: p.app_id,
                 platform: p.platform,
                 reason: p.reason,
             })
@@ -278,7 +275,7 @@ fn latest_per_token(
 ) -> Vec<crate::store::PrunedRow> {
     let mut seen = std::collections::HashSet::new();
     rows.into_iter()
-        .filter(|r| seen.insert((r.platform, r.token.clone())))
+        .filter(|r| seen.insert((r.app_id.clone(), r.platform, r.token.clone())))
         .take(limit)
         .collect()
 }

@@ -123,7 +123,7 @@ mod tests {
         .await
         .expect("insert");
         let err = store
-            .recent_pruned(&app, 10)
+            .recent_pruned(Some(&app), 10)
             .await
             .expect_err("unknown platform");
         let message = format!("{err:#}");

@@ -13,6 +13,8 @@ use crate::model::{JobStatus, Platform};
 pub struct DeliveryRow {
     /// Job id.
     pub id: String,
+    /// Owning app.
+    pub app_id: String,
     /// Source event.
     pub event_id: String,
     /// Rule that produced it.
@@ -59,6 +61,8 @@ pub struct AttemptRow {
 /// A pruned token, for the API and dashboard.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct PrunedRow {
+    /// The app of the device.
+    pub app_id: String,
     /// Platform.
     pub platform: Platform,
     /// Full token (only ever shown redacted).
@@ -73,7 +77,7 @@ pub struct PrunedRow {
     pub at: i64,
 }
 
-const DELIVERY_COLUMNS: &str = "id, event_id, rule, platform, token, status, attempts, \
+const DELIVERY_COLUMNS: &str = "id, app_id, event_id, rule, platform, token, status, attempts, \
      next_attempt_at, hold, last_reason, provider_id, created_at, updated_at";
 
 impl DeliveryRow {
@@ -219,15 +223,54 @@ impl Store {
         Ok(out)
     }
 
-    /// Recently pruned tokens of an app, newest first.
-    pub async fn recent_pruned(&self, app_id: &str, limit: u32) -> anyhow::Result<Vec<PrunedRow>> {
-        Ok(sqlx::query_as::<_, PrunedRow>(
-            "SELECT platform, token, reason, provider_ts, pruned, at FROM pruned_tokens \
-             WHERE app_id = $1 ORDER BY at DESC LIMIT $2",
-        )
-        .bind(app_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?)
+    /// Recently pruned tokens of an app (`None`: of every app), newest first.
+    pub async fn recent_pruned(
+        &self,
+        app_id: Option<&str>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<PrunedRow>> {
+        // Two statements, so each reads its index (by app, or by time) newest first.
+        const COLUMNS: &str = "app_id, platform, token, reason, provider_ts, pruned, at";
+        let limit = i64::from(limit);
+        let rows = match app_id {
+            Some(app_id) => {
+                sqlx::query_as::<_, PrunedRow>(&format!(
+                    "SELECT {COLUMNS} FROM pruned_tokens WHERE app_id = $1 \
+                     ORDER BY at DESC LIMIT $2"
+                ))
+                .bind(app_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query_as::<_, PrunedRow>(&format!(
+                    "SELECT {COLUMNS} FROM pruned_tokens ORDER BY at DESC LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        Ok(rows)
+    }
+
+    /// The latest dead letters of an app (`None`: of every app), newest first.
+    pub async fn recent_dead_letters(
+        &self,
+        app_id: Option<&str>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<DeliveryRow>> {
+        let Some(app_id) = app_id else {
+            return Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM delivery_jobs WHERE status = 'dead' \
+                 ORDER BY updated_at DESC, id DESC LIMIT $1"
+            ))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?);
+        };
+        self.list_deliveries(app_id, Some(JobStatus::Dead), None, limit)
+            .await
     }
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use sqlx::AnyConnection;
 
+use super::rollups::Rollup;
 use super::statement::Statement;
 use super::{Event, Store};
 use crate::model::{JobStatus, Platform};
@@ -201,8 +202,8 @@ impl Store {
 
 impl Store {
     /// Inserts fan-out jobs, each `(id, its event, the job)`, in multi-row statements; then
-    /// every waiting job of an earlier event that one of them collapses ends `superseded`.
-    /// Returns how many did.
+    /// every waiting job of an earlier event that one of them collapses ends `superseded`, and
+    /// the jobs that end here count in the per-minute stats. Returns how many were superseded.
     async fn insert_jobs(
         &self,
         conn: &mut AnyConnection,
@@ -240,7 +241,14 @@ impl Store {
             let (text, args) = sql.finish()?;
             sqlx::query_with(&text, args).execute(&mut *conn).await?;
         }
-        supersede_collapsed(conn, rows, now).await
+        // Jobs written final (a template that would not render) count as they are written.
+        let mut rollup = Rollup::default();
+        for (_, event, job) in rows {
+            rollup.finished(&event.app_id, now, job.status, 1);
+        }
+        let superseded = supersede_collapsed(conn, rows, now, &mut rollup).await?;
+        rollup.write(self, conn).await?;
+        Ok(superseded)
     }
 }
 
@@ -251,6 +259,7 @@ async fn supersede_collapsed(
     conn: &mut AnyConnection,
     rows: &[(String, &Event, &NewJob)],
     now: i64,
+    rollup: &mut Rollup,
 ) -> anyhow::Result<u64> {
     let mut ended: std::collections::BTreeMap<String, i64> = Default::default();
     for (_, event, job) in rows {
@@ -274,6 +283,12 @@ async fn supersede_collapsed(
         .bind(event.received_at)
         .fetch_all(&mut *conn)
         .await?;
+        rollup.finished(
+            &event.app_id,
+            now,
+            JobStatus::Superseded,
+            superseded.len() as i64,
+        );
         for (event_id,) in superseded {
             *ended.entry(event_id).or_default() += 1;
         }

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use sqlx::AnyConnection;
 
 use super::events::EVENT_COLUMNS;
+use super::rollups::Rollup;
 use super::{values_rows, Event, Store};
-use crate::model::EventStatus;
+use crate::model::{EventStatus, JobStatus};
 
 impl Store {
     /// Leases up to `limit` received events for fan-out.
@@ -117,6 +118,9 @@ impl Store {
         .await?
         .rows_affected();
         complete_event_if_done(&mut tx, event_id, cancelled as i64, now).await?;
+        let mut rollup = Rollup::default();
+        rollup.finished(app_id, now, JobStatus::Cancelled, cancelled as i64);
+        rollup.write(self, &mut tx).await?;
         tx.commit().await?;
         Ok(Some(cancelled))
     }

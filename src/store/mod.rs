@@ -27,6 +27,7 @@ mod outbox;
 mod policy;
 mod queue;
 pub mod retention;
+mod rollups;
 mod rules;
 mod sealed;
 mod sources;

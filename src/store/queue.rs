@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sqlx::AnyConnection;
 
+use super::rollups::Rollup;
 use super::statement::Statement;
 use super::{lifecycle, new_id, outbox, Store};
 use crate::model::event_type::EventType;
@@ -277,7 +278,7 @@ impl Store {
     /// Records a batch of attempts in one transaction: job state and attempt log in a few
     /// multi-row statements, then the prunes the worker decided (each with its
     /// re-registration guard), the callbacks `callbacks` builds for the devices actually
-    /// deleted, and event completion.
+    /// deleted, event completion, and what all this adds to the per-minute stats.
     pub async fn record_results(
         &self,
         owner: &str,
@@ -310,9 +311,18 @@ impl Store {
         self.insert_attempts(&mut tx, &attempted).await?;
         let pruned = prune_devices(&mut tx, &mine, now).await?;
         learn_environments(&mut tx, &mine).await?;
+        let mut rollup = Rollup::default();
+        for r in &mine {
+            rollup.finished(&r.job.app_id, now, status(r), 1);
+            if r.counted {
+                let reason = r.reason.as_deref();
+                rollup.attempt(&r.job.app_id, r.decided_at, r.outcome, reason, r.latency_ms);
+            }
+        }
         let mut pruned_count = 0;
         for (app_id, devices) in &pruned {
             pruned_count += devices.len() as u64;
+            rollup.pruned(app_id, now, devices.len() as i64);
             if let Some(body) = callbacks.body(app_id, devices, now)? {
                 outbox::enqueue(&mut tx, app_id, EventType::DevicePruned, &body, now).await?;
             }
@@ -329,6 +339,7 @@ impl Store {
         for (event_id, done) in finished {
             lifecycle::complete_event_if_done(&mut tx, event_id, done, now).await?;
         }
+        rollup.write(self, &mut tx).await?;
         tx.commit().await?;
         let mut withheld: BTreeMap<JobStatus, u64> = Default::default();
         for r in &mine {

@@ -24,6 +24,8 @@ pub enum RetentionKind {
     PrunedTokens,
     /// `Idempotency-Key`s past their expiry (swept by their own time, not a setting).
     IdempotencyKeys,
+    /// Per-minute delivery figures (the stats windows and series read at most a day).
+    StatsMinutes,
 }
 
 impl RetentionKind {
@@ -38,6 +40,7 @@ impl RetentionKind {
             Self::PrunedDevices => "pruned_devices",
             Self::PrunedTokens => "pruned_tokens",
             Self::IdempotencyKeys => "idempotency_keys",
+            Self::StatsMinutes => "stats_minutes",
         }
     }
 }
@@ -94,6 +97,22 @@ pub const SWEEPS: &[Sweep] = &[
         kind: RetentionKind::PrunedTokens,
         sql: "DELETE FROM pruned_tokens WHERE id IN (SELECT id FROM pruned_tokens \
               WHERE at < $1 LIMIT $2)",
+    },
+    Sweep {
+        kind: RetentionKind::StatsMinutes,
+        sql: "DELETE FROM stats_minutes WHERE (app_id, minute) IN (SELECT app_id, minute \
+              FROM stats_minutes WHERE minute < $1 LIMIT $2)",
+    },
+    Sweep {
+        kind: RetentionKind::StatsMinutes,
+        sql: "DELETE FROM stats_latency_minutes WHERE (app_id, minute, le_ms) IN \
+              (SELECT app_id, minute, le_ms FROM stats_latency_minutes WHERE minute < $1 LIMIT $2)",
+    },
+    Sweep {
+        kind: RetentionKind::StatsMinutes,
+        sql: "DELETE FROM stats_failure_minutes WHERE (app_id, minute, outcome, reason) IN \
+              (SELECT app_id, minute, outcome, reason FROM stats_failure_minutes \
+               WHERE minute < $1 LIMIT $2)",
     },
 ];
 

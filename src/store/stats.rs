@@ -3,8 +3,9 @@
 
 use serde::Serialize;
 
+use super::rollups::{minute_of, quantile_of};
 use super::Store;
-use crate::model::{AttemptOutcome, JobStatus};
+use crate::model::AttemptOutcome;
 
 /// Figures for one window.
 #[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
@@ -57,25 +58,6 @@ struct FinalCounts {
 }
 
 impl FinalCounts {
-    /// Counts by status, as the grouped query returns them.
-    fn from_rows(rows: &[(JobStatus, i64)]) -> Self {
-        let mut counts = Self::default();
-        for &(status, n) in rows {
-            let slot = match status {
-                JobStatus::Delivered => &mut counts.delivered,
-                JobStatus::Dead => &mut counts.dead,
-                JobStatus::Invalid => &mut counts.invalid,
-                JobStatus::Capped => &mut counts.capped,
-                JobStatus::Superseded => &mut counts.superseded,
-                JobStatus::Expired => &mut counts.expired,
-                JobStatus::Cancelled => &mut counts.cancelled,
-                JobStatus::Queued | JobStatus::InFlight => continue,
-            };
-            *slot += n;
-        }
-        counts
-    }
-
     /// Every final delivery, sent or withheld.
     fn finished(&self) -> i64 {
         self.tried() + self.capped + self.superseded + self.expired + self.cancelled
@@ -93,6 +75,15 @@ impl FinalCounts {
             tried => self.delivered as f64 / tried as f64,
         }
     }
+}
+
+/// The per-minute sums a window needs besides its final counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct MinuteSums {
+    attempts: i64,
+    delivered_attempts: i64,
+    latency_sum_ms: i64,
+    pruned: i64,
 }
 
 /// Provider round trips of the delivered attempts in a window.
@@ -144,32 +135,29 @@ pub struct QueueStats {
 }
 
 impl Store {
-    /// Stats for one window ending now; `app_id` None means all apps.
+    /// Stats for the window of `window_secs` ending at `now`, read from the per-minute
+    /// figures: it starts at the beginning of the minute `now - window_secs` falls in.
+    /// `app_id` None means all apps.
     pub async fn window_stats(
         &self,
         app_id: Option<&str>,
         now: i64,
         window_secs: i64,
     ) -> anyhow::Result<WindowStats> {
-        let since = now - window_secs * 1000;
+        let since = minute_of(now - window_secs * 1000);
         let app = app_id.unwrap_or("");
-        let counts = self.final_counts(app, since).await?;
-        let latency = self.latency(app, since).await?;
+        let (sums, counts) = self.minute_sums(app, since, now).await?;
+        let latency = self.latency(app, since, now, &sums).await?;
         let failures = sqlx::query_as::<_, FailureCount>(
-            "SELECT outcome, COALESCE(reason, '') AS reason, COUNT(*) AS count FROM delivery_attempts \
-             WHERE ($1 = '' OR app_id = $1) AND at >= $2 AND outcome <> 'delivered' \
-             GROUP BY outcome, COALESCE(reason, '') ORDER BY COUNT(*) DESC, outcome, reason",
+            "SELECT outcome, reason, CAST(SUM(count) AS BIGINT) AS count \
+             FROM stats_failure_minutes WHERE ($1 = '' OR app_id = $1) \
+             AND minute >= $2 AND minute <= $3 \
+             GROUP BY outcome, reason ORDER BY SUM(count) DESC, outcome, reason",
         )
         .bind(app)
         .bind(since)
+        .bind(now)
         .fetch_all(&self.pool)
-        .await?;
-        let (pruned,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM pruned_tokens WHERE ($1 = '' OR app_id = $1) AND at >= $2 AND pruned = 1",
-        )
-        .bind(app)
-        .bind(since)
-        .fetch_one(&self.pool)
         .await?;
         Ok(WindowStats {
             window_secs,
@@ -186,63 +174,89 @@ impl Store {
             avg_latency_ms: latency.avg_ms,
             p95_latency_ms: latency.p95_ms,
             failures,
-            pruned_tokens: pruned,
+            pruned_tokens: sums.pruned,
         })
     }
 
-    /// Jobs of `app` (`""`: every app) that reached each final state since `since`.
-    async fn final_counts(&self, app: &str, since: i64) -> anyhow::Result<FinalCounts> {
-        let rows: Vec<(JobStatus, i64)> = sqlx::query_as(
-            "SELECT status, COUNT(*) FROM delivery_jobs \
-             WHERE ($1 = '' OR app_id = $1) AND updated_at >= $2 \
-             AND status IN ('delivered', 'dead', 'invalid', \
-                            'capped', 'superseded', 'expired', 'cancelled') \
-             GROUP BY status",
+    /// The per-minute figures of `app` (`""`: every app) from the minute `since` to `now`,
+    /// added up.
+    async fn minute_sums(
+        &self,
+        app: &str,
+        since: i64,
+        now: i64,
+    ) -> anyhow::Result<(MinuteSums, FinalCounts)> {
+        let row: (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(delivered), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(dead), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(invalid), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(capped), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(superseded), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(expired), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(cancelled), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(attempts), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(delivered_attempts), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(latency_sum_ms), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(pruned), 0) AS BIGINT) \
+             FROM stats_minutes WHERE ($1 = '' OR app_id = $1) AND minute >= $2 AND minute <= $3",
         )
         .bind(app)
         .bind(since)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(FinalCounts::from_rows(&rows))
-    }
-
-    /// Attempts of `app` (`""`: every app) since `since`, and the mean and 95th percentile
-    /// round trip of the delivered ones.
-    async fn latency(&self, app: &str, since: i64) -> anyhow::Result<Latency> {
-        let (attempts, ok_attempts, latency_sum): (i64, i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), \
-               CAST(COALESCE(SUM(CASE WHEN outcome = 'delivered' THEN 1 ELSE 0 END), 0) AS BIGINT), \
-               CAST(COALESCE(SUM(CASE WHEN outcome = 'delivered' THEN latency_ms ELSE 0 END), 0) AS BIGINT) \
-             FROM delivery_attempts WHERE ($1 = '' OR app_id = $1) AND at >= $2",
-        )
-        .bind(app)
-        .bind(since)
+        .bind(now)
         .fetch_one(&self.pool)
         .await?;
-        if ok_attempts == 0 {
+        let counts = FinalCounts {
+            delivered: row.0,
+            dead: row.1,
+            invalid: row.2,
+            capped: row.3,
+            superseded: row.4,
+            expired: row.5,
+            cancelled: row.6,
+        };
+        let sums = MinuteSums {
+            attempts: row.7,
+            delivered_attempts: row.8,
+            latency_sum_ms: row.9,
+            pruned: row.10,
+        };
+        Ok((sums, counts))
+    }
+
+    /// Attempts of `app` (`""`: every app) from the minute `since` to `now`, and the mean and
+    /// 95th percentile (to its histogram bucket's bound) round trip of the delivered ones.
+    async fn latency(
+        &self,
+        app: &str,
+        since: i64,
+        now: i64,
+        sums: &MinuteSums,
+    ) -> anyhow::Result<Latency> {
+        if sums.delivered_attempts == 0 {
             return Ok(Latency {
-                attempts,
+                attempts: sums.attempts,
                 ..Latency::default()
             });
         }
-        let offset = ((ok_attempts as f64) * 0.95).ceil() as i64 - 1;
-        let row: Option<(i64,)> = sqlx::query_as(
-            "SELECT latency_ms FROM delivery_attempts WHERE ($1 = '' OR app_id = $1) \
-             AND at >= $2 AND outcome = 'delivered' ORDER BY latency_ms LIMIT 1 OFFSET $3",
+        let buckets: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT le_ms, CAST(SUM(count) AS BIGINT) FROM stats_latency_minutes \
+             WHERE ($1 = '' OR app_id = $1) AND minute >= $2 AND minute <= $3 \
+             GROUP BY le_ms ORDER BY le_ms",
         )
         .bind(app)
         .bind(since)
-        .bind(offset.max(0))
-        .fetch_optional(&self.pool)
+        .bind(now)
+        .fetch_all(&self.pool)
         .await?;
         Ok(Latency {
-            attempts,
-            avg_ms: latency_sum as f64 / ok_attempts as f64,
-            p95_ms: row.map_or(0, |(v,)| v),
+            attempts: sums.attempts,
+            avg_ms: sums.latency_sum_ms as f64 / sums.delivered_attempts as f64,
+            p95_ms: quantile_of(&buckets, 0.95),
         })
     }
 
-    /// Attempts per `bucket_secs` bucket since `since`, oldest first.
+    /// Attempts per `bucket_secs` bucket (a whole number of minutes) from the minute `since`
+    /// on, oldest first; buckets without attempts are left out.
     pub async fn throughput_series(
         &self,
         app_id: Option<&str>,
@@ -251,14 +265,14 @@ impl Store {
     ) -> anyhow::Result<Vec<SeriesPoint>> {
         let bucket = bucket_secs * 1000;
         Ok(sqlx::query_as::<_, SeriesPoint>(
-            "SELECT (at / $3) * $3 AS at, \
-               CAST(SUM(CASE WHEN outcome = 'delivered' THEN 1 ELSE 0 END) AS BIGINT) AS delivered, \
-               CAST(SUM(CASE WHEN outcome = 'delivered' THEN 0 ELSE 1 END) AS BIGINT) AS failed \
-             FROM delivery_attempts WHERE ($1 = '' OR app_id = $1) AND at >= $2 \
-             GROUP BY (at / $3) * $3 ORDER BY 1",
+            "SELECT (minute / $3) * $3 AS at, \
+               CAST(SUM(delivered_attempts) AS BIGINT) AS delivered, \
+               CAST(SUM(attempts - delivered_attempts) AS BIGINT) AS failed \
+             FROM stats_minutes WHERE ($1 = '' OR app_id = $1) AND minute >= $2 \
+             GROUP BY (minute / $3) * $3 HAVING SUM(attempts) > 0 ORDER BY 1",
         )
         .bind(app_id.unwrap_or(""))
-        .bind(since)
+        .bind(minute_of(since))
         .bind(bucket)
         .fetch_all(&self.pool)
         .await?)
@@ -356,24 +370,26 @@ pub struct DeliveryPhases {
 #[cfg(test)]
 mod tests {
     use super::FinalCounts;
-    use crate::model::JobStatus;
 
     #[test]
     fn withheld_deliveries_finish_but_do_not_lower_the_success_rate() {
-        let counts = FinalCounts::from_rows(&[
-            (JobStatus::Delivered, 8),
-            (JobStatus::Dead, 1),
-            (JobStatus::Invalid, 1),
-            (JobStatus::Capped, 2),
-            (JobStatus::Superseded, 3),
-            (JobStatus::Expired, 4),
-            (JobStatus::Cancelled, 5),
-        ]);
+        let counts = FinalCounts {
+            delivered: 8,
+            dead: 1,
+            invalid: 1,
+            capped: 2,
+            superseded: 3,
+            expired: 4,
+            cancelled: 5,
+        };
         assert_eq!(counts.finished(), 24);
         assert!((counts.success_rate() - 0.8).abs() < 1e-12);
-        let withheld_only = FinalCounts::from_rows(&[(JobStatus::Expired, 3)]);
+        let withheld_only = FinalCounts {
+            expired: 3,
+            ..FinalCounts::default()
+        };
         assert_eq!(withheld_only.finished(), 3);
         assert_eq!(withheld_only.success_rate(), 1.0);
-        assert_eq!(FinalCounts::from_rows(&[]).success_rate(), 1.0);
+        assert_eq!(FinalCounts::default().success_rate(), 1.0);
     }
 }

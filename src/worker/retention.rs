@@ -33,6 +33,8 @@ pub struct RetentionConfig {
     /// Pruned devices (listed and restorable until then), after they were pruned, and the
     /// log of pruned tokens.
     pub pruned_devices_days: u64,
+    /// Per-minute delivery figures, after their minute (the stats read the last 24 hours).
+    pub stats_minutes_days: u64,
     /// How often the sweeper runs.
     pub interval_secs: u64,
     /// Rows deleted per write turn.
@@ -49,6 +51,7 @@ impl Default for RetentionConfig {
             events_days: 30,
             sent_callbacks_days: 7,
             pruned_devices_days: 30,
+            stats_minutes_days: 7,
             interval_secs: 300,
             batch_size: 500,
             pause_ms: 5,
@@ -65,6 +68,7 @@ impl RetentionConfig {
             RetentionKind::Events => self.events_days,
             RetentionKind::SentCallbacks => self.sent_callbacks_days,
             RetentionKind::PrunedDevices | RetentionKind::PrunedTokens => self.pruned_devices_days,
+            RetentionKind::StatsMinutes => self.stats_minutes_days,
             // Not a setting: each key expires a day after its first use.
             RetentionKind::IdempotencyKeys => 0,
         }
@@ -87,6 +91,7 @@ impl RetentionConfig {
             ("retention.events_days", self.events_days),
             ("retention.sent_callbacks_days", self.sent_callbacks_days),
             ("retention.pruned_devices_days", self.pruned_devices_days),
+            ("retention.stats_minutes_days", self.stats_minutes_days),
         ];
         // Beyond this the cutoff in unix milliseconds would overflow.
         days.into_iter()

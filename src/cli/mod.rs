@@ -1,5 +1,6 @@
 //! The command line: run the bridge or the simulator, migrate, administer apps, keys,
-//! sources, rules, templates and provider credentials, and seal stored secrets again under a new master key.
+//! sources, rules, templates (and their previews) and provider credentials, and seal stored
+//! secrets again under a new master key.
 //! Subcommands call the use cases in `crate::service`, the same ones the HTTP API calls, so
 //! both refuse the same input with the same messages.
 
@@ -8,6 +9,7 @@ mod credentials;
 mod devices;
 mod endpoints;
 mod secrets;
+mod templates;
 mod webhooks;
 
 use std::path::PathBuf;
@@ -66,10 +68,10 @@ pub enum Command {
         #[command(subcommand)]
         command: SpecCommand,
     },
-    /// Manage templates (JSON specs, as for PUT /v1/templates/{name}).
+    /// Manage templates (JSON specs, as for PUT /v1/templates/{name}) and preview them.
     Templates {
         #[command(subcommand)]
-        command: SpecCommand,
+        command: templates::TemplatesCommand,
     },
     /// Queue a test push to a user's devices (a running bridge delivers it).
     Send {
@@ -187,7 +189,7 @@ pub async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()>
         Command::Credentials { command } => credentials::run(command, &config).await,
         Command::Endpoints { command } => endpoints::run(command, &config).await,
         Command::Rules { command } => admin::specs(SpecKind::Rule, command, &config).await,
-        Command::Templates { command } => admin::specs(SpecKind::Template, command, &config).await,
+        Command::Templates { command } => templates::run(command, &config).await,
         Command::Send {
             app,
             user,

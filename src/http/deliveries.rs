@@ -164,7 +164,7 @@ struct DeliveryDetail {
     /// body; absent for a job whose template never rendered.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    payload: Option<super::preview::SentPayload>,
+    payload: Option<crate::service::preview::SentPayload>,
 }
 
 /// One attempt to hand a delivery to its provider.
@@ -263,9 +263,14 @@ async fn show_delivery(
         .await?
         .ok_or(ApiError::NotFound("delivery"))?;
     let payload = match state.store.delivery_payload(caller.app_id(), &id).await? {
-        Some(job) => {
-            super::preview::sent_payload(&state, caller.app_id(), row.platform, &row.token, &job)?
-        }
+        Some(job) => crate::service::preview::sent_payload(
+            &state.store,
+            &state.providers,
+            caller.app_id(),
+            row.platform,
+            &row.token,
+            &job,
+        )?,
         None => None,
     };
     Ok(Json(DeliveryDetail {

@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod device_import;
 pub mod endpoints;
 pub mod policy;
+pub mod preview;
 pub mod sends;
 pub mod specs;
 pub mod stats;

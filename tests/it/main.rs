@@ -30,6 +30,7 @@ mod pipeline;
 mod policy;
 mod policy_figures;
 mod preview;
+mod preview_cli;
 mod provider_identities;
 mod queries;
 mod render_limits;

@@ -162,7 +162,11 @@ impl Rollup {
     /// Adds these figures to the stored minutes. Rows are written in key order, so that
     /// transactions adding to the same minutes at once (PostgreSQL) cannot deadlock; call it
     /// last in a transaction, as the rows stay locked until it commits.
-    pub(crate) async fn write(&self, store: &Store, conn: &mut AnyConnection) -> anyhow::Result<()> {
+    pub(crate) async fn write(
+        &self,
+        store: &Store,
+        conn: &mut AnyConnection,
+    ) -> anyhow::Result<()> {
         let per = store.rows_per_statement();
         let minutes = flat(&self.minutes);
         for chunk in minutes.chunks(per) {
@@ -280,7 +284,13 @@ mod tests {
         r.finished("a", 61_000, JobStatus::Delivered, 1);
         r.finished("b", 1_000, JobStatus::Queued, 5);
         r.attempt("a", 2_000, AttemptOutcome::Delivered, None, 7);
-        r.attempt("a", 3_000, AttemptOutcome::Retry, Some("TooManyRequests"), 9);
+        r.attempt(
+            "a",
+            3_000,
+            AttemptOutcome::Retry,
+            Some("TooManyRequests"),
+            9,
+        );
         r.pruned("a", 4_000, 1);
         let of = |app: &str| {
             let found = r.minutes.iter().find(|(a, _)| a == app);

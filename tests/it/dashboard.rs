@@ -346,9 +346,11 @@ async fn dashboard_shows_the_figures_of_the_stats_api(db: Db) {
         )
         .await;
     let other_event = sent["event_id"].as_str().expect("event id");
-    t.wait_for(&format!("/v1/events/{other_event}"), &other.server_key, |e| {
-        e["status"] == "completed"
-    })
+    t.wait_for(
+        &format!("/v1/events/{other_event}"),
+        &other.server_key,
+        |e| e["status"] == "completed",
+    )
     .await;
     let all_dom = render_at(
         &browser,

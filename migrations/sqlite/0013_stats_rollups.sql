@@ -40,6 +40,11 @@ CREATE TABLE stats_failure_minutes (
 );
 CREATE INDEX stats_failure_minutes_minute ON stats_failure_minutes(minute);
 
+-- A job's last provider answer: when it came and its round trip. A delivery that succeeds at
+-- its first try has no attempt row: its job holds the attempt.
+ALTER TABLE delivery_jobs ADD COLUMN answered_at BIGINT;
+ALTER TABLE delivery_jobs ADD COLUMN latency_ms BIGINT;
+
 -- The stats' list of the latest dead letters across every app reads them newest first.
 CREATE INDEX delivery_jobs_dead_recent ON delivery_jobs(updated_at) WHERE status = 'dead';
 

@@ -39,6 +39,11 @@ pub struct DeliveryRow {
     pub created_at: i64,
     /// Last change, unix ms.
     pub updated_at: i64,
+    /// When the provider last answered, unix ms (none before that, or for jobs recorded before
+    /// this was kept).
+    pub answered_at: Option<i64>,
+    /// The round trip of that answer, ms.
+    pub latency_ms: Option<i64>,
 }
 
 /// One recorded attempt.
@@ -78,9 +83,30 @@ pub struct PrunedRow {
 }
 
 const DELIVERY_COLUMNS: &str = "id, app_id, event_id, rule, platform, token, status, attempts, \
-     next_attempt_at, hold, last_reason, provider_id, created_at, updated_at";
+     next_attempt_at, hold, last_reason, provider_id, created_at, updated_at, answered_at, latency_ms";
 
 impl DeliveryRow {
+    /// The job's attempts: those `logged`, and a first try that delivered, which is kept on
+    /// the job's own row instead of in the log.
+    pub fn attempt_log(&self, mut logged: Vec<AttemptRow>) -> Vec<AttemptRow> {
+        let delivered_logged = logged
+            .iter()
+            .any(|a| a.outcome == AttemptOutcome::Delivered);
+        if self.status == JobStatus::Delivered && self.attempts == 1 && !delivered_logged {
+            if let (Some(at), Some(latency_ms)) = (self.answered_at, self.latency_ms) {
+                logged.push(AttemptRow {
+                    attempt: 1,
+                    outcome: AttemptOutcome::Delivered,
+                    reason: None,
+                    provider_id: self.provider_id.clone(),
+                    latency_ms,
+                    at,
+                });
+            }
+        }
+        logged
+    }
+
     /// The API view.
     pub fn view(&self) -> serde_json::Value {
         serde_json::json!({
@@ -167,6 +193,7 @@ impl Store {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
+        let attempts = row.attempt_log(attempts);
         Ok(Some((row, attempts)))
     }
 

@@ -110,6 +110,12 @@ impl JobResult {
     fn attempts_after(&self) -> i64 {
         self.job.attempts + i64::from(self.counted)
     }
+
+    /// Whether this is the job's first attempt and it delivered: the attempt log gets no row
+    /// for it, the job's row tells it (see [`crate::store::DeliveryRow::attempt_log`]).
+    fn first_try_delivered(&self) -> bool {
+        self.counted && self.job.attempts == 0 && self.outcome == AttemptOutcome::Delivered
+    }
 }
 
 /// A device pruned while recording a batch.
@@ -307,7 +313,13 @@ impl Store {
         mine.sort_unstable_by(|a, b| {
             (&a.job.app_id, &a.job.token).cmp(&(&b.job.app_id, &b.job.token))
         });
-        let attempted: Vec<&JobResult> = mine.iter().copied().filter(|r| r.counted).collect();
+        // A first try that delivered is told by its job's row alone (attempts 1, the answer's
+        // time and round trip): at most one write per delivered notification.
+        let attempted: Vec<&JobResult> = mine
+            .iter()
+            .copied()
+            .filter(|r| r.counted && !r.first_try_delivered())
+            .collect();
         self.insert_attempts(&mut tx, &attempted).await?;
         let pruned = prune_devices(&mut tx, &mine, now).await?;
         learn_environments(&mut tx, &mine).await?;
@@ -369,7 +381,7 @@ impl Store {
         for chunk in results.chunks(self.rows_per_statement()) {
             let mut sql = Statement::new(
                 self.backend(),
-                "WITH v(id, status, attempts, next_at, reason, pid) AS (VALUES ",
+                "WITH v(id, status, attempts, next_at, reason, pid, answered, latency) AS (VALUES ",
             );
             sql.rows(chunk, |row, r| {
                 row.bind(r.job.id.as_str())
@@ -377,12 +389,16 @@ impl Store {
                     .bind_as(r.attempts_after(), "BIGINT")
                     .bind_as(r.next_attempt_at, "BIGINT")
                     .bind(r.reason.as_deref())
-                    .bind(r.provider_id.as_deref());
+                    .bind(r.provider_id.as_deref())
+                    .bind_as(r.counted.then_some(r.decided_at), "BIGINT")
+                    .bind_as(r.counted.then_some(r.latency_ms), "BIGINT");
             });
             sql.push(
                 ") UPDATE delivery_jobs SET status = v.status, attempts = v.attempts, \
                  next_attempt_at = v.next_at, last_reason = v.reason, \
-                 provider_id = COALESCE(v.pid, delivery_jobs.provider_id), lease_owner = NULL, \
+                 provider_id = COALESCE(v.pid, delivery_jobs.provider_id), \
+                 answered_at = COALESCE(v.answered, delivery_jobs.answered_at), \
+                 latency_ms = COALESCE(v.latency, delivery_jobs.latency_ms), lease_owner = NULL, \
                  lease_until = NULL, updated_at = ",
             )
             .bind(now)

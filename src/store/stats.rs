@@ -344,11 +344,10 @@ impl Store {
     /// the send), and how long after that its result was recorded (the recorder's wait).
     pub async fn delivery_phases(&self, event_id: &str) -> anyhow::Result<Vec<DeliveryPhases>> {
         Ok(sqlx::query_as(
-            "SELECT j.created_at - j.event_at AS fan_out_ms, a.at - j.created_at AS sent_ms, \
-               j.updated_at - a.at AS recorded_ms \
-             FROM delivery_jobs j JOIN delivery_attempts a \
-               ON a.job_id = j.id AND a.outcome = 'delivered' \
-             WHERE j.event_id = $1 AND j.status = 'delivered'",
+            "SELECT created_at - event_at AS fan_out_ms, answered_at - created_at AS sent_ms, \
+               updated_at - answered_at AS recorded_ms \
+             FROM delivery_jobs \
+             WHERE event_id = $1 AND status = 'delivered' AND answered_at IS NOT NULL",
         )
         .bind(event_id)
         .fetch_all(&self.pool)

@@ -456,6 +456,90 @@ async fn a_503_then_200_is_delivered_after_a_retry(db: Db) {
         .is_some_and(|p| !p.is_empty()));
 }
 
+/// A first try that delivers is one write: the job's row tells the attempt, the attempt log
+/// gets no row; the API shows the attempt all the same, and a retried job keeps its log.
+async fn a_first_try_that_delivers_is_kept_on_the_job_alone(db: Db) {
+    let sim = simulator().await;
+    let t = TestApp::with_simulator(db, &sim, |_| {}).await;
+    let app = t.new_app().await;
+    let first = apns_test_token(ApnsTestKind::Success, 31);
+    let retried = apns_test_token_failing_first(ApnsTestKind::ServiceUnavailable, 1, 32);
+    for token in [&first, &retried] {
+        register(
+            &t,
+            &app,
+            token,
+            json!({"platform": "apns", "user_id": "u1"}),
+        )
+        .await;
+    }
+    let event_id = send_to_users(&t, &app, &["u1"], json!({"body": "once"})).await;
+    let event = wait_completed(&t, &app, &event_id).await;
+    assert_eq!(event["deliveries"]["delivered"], 2, "{event}");
+    let list = deliveries(&t, &app, &event_id).await;
+    // The first try delivered one, a retry the other.
+    let id_of = |attempts: i64| {
+        list.iter()
+            .find(|d| d["attempts"] == attempts)
+            .and_then(|d| d["id"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("a delivery of {attempts} attempts: {list:?}"))
+    };
+    let (first_id, retried_id) = (id_of(1), id_of(2));
+    assert_ne!(first_id, retried_id);
+
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(t.db_url()).await.expect("connect");
+    let logged = |id: String| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM delivery_attempts WHERE job_id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .expect("count");
+            n
+        }
+    };
+    assert_eq!(
+        logged(first_id.clone()).await,
+        0,
+        "no attempt row for a first try"
+    );
+    assert_eq!(
+        logged(retried_id.clone()).await,
+        2,
+        "a retried job keeps its log"
+    );
+    pool.close().await;
+
+    for (id, outcomes) in [
+        (&first_id, vec!["delivered"]),
+        (&retried_id, vec!["retry", "delivered"]),
+    ] {
+        let (_, delivery) = t
+            .call(
+                Method::GET,
+                &format!("/v1/deliveries/{id}"),
+                Some(&app.server_key),
+                None,
+            )
+            .await;
+        let log = delivery["attempt_log"].as_array().expect("log");
+        let got: Vec<&str> = log.iter().filter_map(|a| a["outcome"].as_str()).collect();
+        assert_eq!(got, outcomes, "{delivery}");
+        let last = &log[log.len() - 1];
+        assert_eq!(last["attempt"], log.len(), "{delivery}");
+        assert!(
+            last["provider_id"].as_str().is_some_and(|p| !p.is_empty()),
+            "{delivery}"
+        );
+        assert!(last["latency_ms"].as_i64().is_some(), "{delivery}");
+        assert!(last["at"].as_str().is_some(), "{delivery}");
+    }
+}
+
 async fn quota_exceeded_retry_after_is_honoured(db: Db) {
     let sim = simulator().await;
     let t = TestApp::with_simulator(db, &sim, |_| {}).await;
@@ -871,6 +955,7 @@ backend_tests!(
     a_condition_that_does_not_match_sends_nothing,
     a_410_prunes_the_token_and_fires_the_callback_but_keeps_a_re_registered_device,
     a_503_then_200_is_delivered_after_a_retry,
+    a_first_try_that_delivers_is_kept_on_the_job_alone,
     quota_exceeded_retry_after_is_honoured,
     max_attempts_gives_a_dead_letter_and_a_replay_delivers_it,
     a_template_that_fails_for_one_device_dead_letters_only_that_device,

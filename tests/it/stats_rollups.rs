@@ -133,10 +133,17 @@ async fn figures_recorded_before_the_upgrade_stay_in_the_windows(db: Db) {
     t.shutdown().await;
     assert_eq!(figures(&before, "24h"), (1, 1, 2, 1), "{before}");
 
-    // The schema as the version before the per-minute figures left it.
+    // The schema and rows as the version before the per-minute figures left them: it logged
+    // a first try that delivered as an attempt row too.
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
     for sql in [
+        "INSERT INTO delivery_attempts (job_id, app_id, platform, attempt, outcome, reason, \
+         provider_id, latency_ms, at) SELECT id, app_id, platform, 1, 'delivered', NULL, \
+         provider_id, latency_ms, answered_at FROM delivery_jobs \
+         WHERE status = 'delivered' AND attempts = 1 AND answered_at IS NOT NULL",
+        "ALTER TABLE delivery_jobs DROP COLUMN answered_at",
+        "ALTER TABLE delivery_jobs DROP COLUMN latency_ms",
         "DROP TABLE stats_failure_minutes",
         "DROP TABLE stats_latency_minutes",
         "DROP TABLE stats_minutes",

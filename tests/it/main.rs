@@ -38,6 +38,7 @@ mod retention;
 mod safe_pruning;
 mod secrets;
 mod send_limit;
+mod telemetry;
 mod transport;
 mod user_auth;
 mod webhooks;

@@ -217,6 +217,16 @@ async fn post_webhook(
     (answer["event_id"].as_str().expect("id").to_string(), body)
 }
 
+/// A direct send to user u1 carrying [`MARKER`]; returns its event id.
+async fn send_direct(bridge: &BridgeProcess, app: &pushbridge::store::NewApp) -> String {
+    let send = json!({"to": {"user": "u1"},
+                      "template": {"title": "Hi", "body": format!("{MARKER} direct")}});
+    let post = reqwest::Method::POST;
+    let (status, sent) = call(bridge, post, "/v1/notifications", &app.server_key, send).await;
+    assert_eq!(status, 202, "{sent}");
+    sent["event_id"].as_str().expect("id").to_string()
+}
+
 /// Waits until the event's deliveries are all done.
 async fn wait_completed(
     bridge: &BridgeProcess,
@@ -283,19 +293,14 @@ async fn one_trace_runs_from_accept_through_fan_out_to_each_send(db: Db) {
     let mut bridge = BridgeProcess::start(dir.path(), &env, &traced, None).await;
     let event = wait_completed(&bridge, &app, &event_id).await;
     assert_eq!(event["deliveries"]["delivered"], 2, "{event}");
+    // A direct send starts a trace of its own, which takes the same path.
+    let direct_id = send_direct(&bridge, &app).await;
+    wait_completed(&bridge, &app, &direct_id).await;
     // A graceful stop exports what is left.
     bridge.terminate();
 
     let spans = receiver.spans();
-    let named = |name: &str| -> Vec<&ReceivedSpan> {
-        spans
-            .iter()
-            .filter(|s| s.name == name && s.attr("event_id").as_deref() == Some(event_id.as_str()))
-            .collect()
-    };
-    let accept = named("webhook.accept");
-    assert_eq!(accept.len(), 1, "one accept span: {spans:#?}");
-    let accept = accept[0];
+    let (accept, sends) = assert_one_trace(&spans, "webhook.accept", &event_id);
     assert_eq!(accept.service, "pushbridge-under-test");
     assert_eq!(
         accept.attr("http.response.status_code").as_deref(),
@@ -310,10 +315,45 @@ async fn one_trace_runs_from_accept_through_fan_out_to_each_send(db: Db) {
         stored,
         format!("00-{}-{}-01", accept.trace_id, accept.span_id)
     );
+    let mut platforms: Vec<String> = sends.iter().filter_map(|s| s.attr("platform")).collect();
+    platforms.sort();
+    assert_eq!(platforms, ["apns", "fcm"]);
+    for send in &sends {
+        assert_eq!(send.attr("outcome").as_deref(), Some("delivered"));
+    }
+    let (direct, _) = assert_one_trace(&spans, "notification.accept", &direct_id);
+    assert_ne!(
+        direct.trace_id, accept.trace_id,
+        "a direct send has a trace of its own"
+    );
 
+    let mut forbidden: Vec<&str> = vec![MARKER, body.as_str()];
+    forbidden.extend(tokens.iter().map(String::as_str));
+    forbidden.extend(tokens.iter().map(|t| &t[..12]));
+    assert_nothing_exported_contains(&receiver, &spans, &forbidden);
+    store.close().await;
+}
+
+backend_tests!(one_trace_runs_from_accept_through_fan_out_to_each_send);
+
+/// Asserts that `event_id`'s spans are one trace: one `accept_name` span, its one fan-out
+/// child, and one send per device (two) under the fan-out. Returns the accept and the sends.
+fn assert_one_trace<'s>(
+    spans: &'s [ReceivedSpan],
+    accept_name: &str,
+    event_id: &str,
+) -> (&'s ReceivedSpan, Vec<&'s ReceivedSpan>) {
+    let named = |name: &str| -> Vec<&ReceivedSpan> {
+        spans
+            .iter()
+            .filter(|s| s.name == name && s.attr("event_id").as_deref() == Some(event_id))
+            .collect()
+    };
+    let accept = named(accept_name);
+    assert_eq!(accept.len(), 1, "one {accept_name} span: {spans:#?}");
     let fan_out = named("event.fan_out");
     assert_eq!(fan_out.len(), 1, "one fan-out span: {spans:#?}");
-    let fan_out = fan_out[0];
+    let (accept, fan_out) = (accept[0], fan_out[0]);
     assert_eq!(
         fan_out.trace_id, accept.trace_id,
         "the fan-out joins the accept's trace"
@@ -323,29 +363,28 @@ async fn one_trace_runs_from_accept_through_fan_out_to_each_send(db: Db) {
         "the fan-out is the accept's child"
     );
     assert_eq!(fan_out.attr("jobs").as_deref(), Some("2"));
-
     let sends = named("provider.send");
     assert_eq!(sends.len(), 2, "one send span per device: {spans:#?}");
-    let mut platforms: Vec<String> = sends.iter().filter_map(|s| s.attr("platform")).collect();
-    platforms.sort();
-    assert_eq!(platforms, ["apns", "fcm"]);
     for send in &sends {
         assert_eq!(send.trace_id, accept.trace_id, "each send joins the trace");
         assert_eq!(
             send.parent_id, fan_out.span_id,
             "each send is the fan-out's child"
         );
-        assert_eq!(send.attr("outcome").as_deref(), Some("delivered"));
     }
+    (accept, sends)
+}
 
-    // Neither the device tokens nor anything of the payload appears, in an attribute or
-    // anywhere else in what was exported.
-    let mut forbidden: Vec<&str> = vec![MARKER, body.as_str()];
-    forbidden.extend(tokens.iter().map(String::as_str));
-    forbidden.extend(tokens.iter().map(|t| &t[..12]));
-    for span in &spans {
+/// Asserts that none of `forbidden` appears in an attribute, or anywhere else in what was
+/// exported.
+fn assert_nothing_exported_contains(
+    receiver: &Receiver,
+    spans: &[ReceivedSpan],
+    forbidden: &[&str],
+) {
+    for span in spans {
         for v in &span.values {
-            for f in &forbidden {
+            for f in forbidden {
                 assert!(
                     !v.contains(f),
                     "span {} has an attribute with {f}: {v}",
@@ -355,15 +394,12 @@ async fn one_trace_runs_from_accept_through_fan_out_to_each_send(db: Db) {
         }
     }
     for export in receiver.bodies() {
-        for f in &forbidden {
+        for f in forbidden {
             let found = export.windows(f.len()).any(|w| w == f.as_bytes());
             assert!(!found, "an export request contains {f}");
         }
     }
-    store.close().await;
 }
-
-backend_tests!(one_trace_runs_from_accept_through_fan_out_to_each_send);
 
 /// With no `telemetry.otlp_endpoint`, nothing is exported and no trace context is stored,
 /// even with the standard OTEL_* variables pointing at a collector.

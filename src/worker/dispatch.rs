@@ -155,6 +155,7 @@ impl Worker {
             }
             let outcome = match matched {
                 Ok((rules, _)) if rules.is_empty() => {
+                    span.record("outcome", "unmatched");
                     unmatched.push(event.id.clone());
                     Ok(())
                 }

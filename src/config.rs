@@ -49,6 +49,8 @@ pub struct Config {
     pub endpoints: crate::service::endpoints::EndpointsConfig,
     /// How long delivered jobs, dead letters, events, callbacks and pruned devices are kept.
     pub retention: crate::worker::RetentionConfig,
+    /// OpenTelemetry traces over OTLP (off unless a collector is named).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// Default cap on sends in flight per process: the default pools (two connections each to
@@ -177,6 +179,7 @@ impl Default for Config {
             secrets: Default::default(),
             endpoints: Default::default(),
             retention: Default::default(),
+            telemetry: Default::default(),
         }
     }
 }
@@ -302,6 +305,7 @@ impl Config {
             self.fcm.validate(),
             self.providers.validate(),
             self.endpoints.validate(),
+            self.telemetry.validate(),
         ] {
             if let Err(message) = checked {
                 let (field, why) = message
@@ -530,6 +534,31 @@ mod tests {
     fn semantic_errors_name_the_field() {
         let err = Config::from_table(table("database_url = \"mysql://x\"")).expect_err("fail");
         assert!(err.to_string().contains("database_url"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_endpoint_is_checked_at_load_and_named() {
+        let err = Config::from_table(table("[telemetry]\notlp_endpoint = \"collector:4318\""))
+            .expect_err("no scheme");
+        let message = err.to_string();
+        assert!(message.contains("telemetry.otlp_endpoint"), "{message}");
+        assert!(message.contains("http:// or https://"), "{message}");
+        let err = Config::from_table(table("[telemetry]\nsample_ratio = 1.5")).expect_err("ratio");
+        assert!(err.to_string().contains("telemetry.sample_ratio"), "{err}");
+        let mut t = toml::Table::new();
+        apply_env(
+            &mut t,
+            vec![(
+                "PUSHBRIDGE_TELEMETRY__OTLP_ENDPOINT".into(),
+                "http://127.0.0.1:4318".into(),
+            )]
+            .into_iter(),
+        )
+        .expect("env");
+        let c = Config::from_table(t).expect("valid");
+        let endpoint = c.telemetry.otlp_endpoint.expect("set");
+        assert_eq!(endpoint.traces_url(), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(c.telemetry.service_name, "pushbridge");
     }
 
     #[test]

@@ -128,7 +128,8 @@ impl ApiError {
         }
     }
 
-    fn status(&self) -> StatusCode {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadRequest(_) | Self::NulInText { .. } => StatusCode::BAD_REQUEST,

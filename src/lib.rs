@@ -22,6 +22,7 @@ pub mod signature;
 pub mod simulator;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 mod tls;
 pub mod user_auth;
 pub mod worker;

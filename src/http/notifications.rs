@@ -16,6 +16,8 @@ use crate::error::{ApiError, Result};
 use crate::model::policy::SendPolicy;
 use crate::model::rules::{Audience, DeviceFilter, TemplateRef};
 use crate::service::sends::enqueue_direct;
+use crate::telemetry::SPANS;
+use tracing::{field, Instrument};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(send))
@@ -87,6 +89,9 @@ async fn send(
     if let Some(field) = body.unknown.keys().next() {
         return Err(ApiError::field(field.as_str(), "unknown field"));
     }
+    // A direct send's trace starts here, as a webhook's starts at its accept.
+    let span = tracing::info_span!(target: SPANS, "notification.accept", otel.kind = "server",
+        app_id = caller.app_id(), event_id = field::Empty);
     let id = enqueue_direct(
         &state.store,
         caller.app_id(),
@@ -96,7 +101,9 @@ async fn send(
         body.event_type,
         body.delivery,
     )
+    .instrument(span.clone())
     .await?;
+    span.record("event_id", id.as_str());
     state.wake.events.notify_one();
     Ok((
         StatusCode::ACCEPTED,

@@ -12,6 +12,7 @@ use super::ApiPath as Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use ipnet::IpNet;
+use tracing::{field, Instrument};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -22,6 +23,7 @@ use crate::error::{ApiError, ErrorBody, Result};
 use crate::ratelimit::retry_after_secs;
 use crate::service::webhooks::{self, Received};
 use crate::store::{EventInsert, WebhookSource};
+use crate::telemetry::SPANS;
 
 pub fn router(_config: &Config) -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(ingest))
@@ -94,25 +96,52 @@ async fn ingest(
     Path((app_id, source_name)): Path<(String, String)>,
     request: Request,
 ) -> Result<(StatusCode, Json<EventAccepted>)> {
-    // Only a stored source becomes a label: the path is the caller's to choose.
-    let (label, result) = match state.store.get_source_cached(&app_id, &source_name).await {
-        Ok(Some(source)) => (
-            Some(format!("{app_id}/{}", source.name)),
-            accept(&state, &source, request).await,
-        ),
-        Ok(None) => (None, Err(ApiError::NotFound("webhook source"))),
-        Err(e) => (None, Err(e.into())),
-    };
+    // The trace of an event starts here; the stored event carries this span's context on to
+    // its fan-out and sends. The path's names are the caller's: only stored ones are kept.
+    let span = tracing::info_span!(target: SPANS, "webhook.accept", otel.kind = "server",
+        app_id = field::Empty, source = field::Empty, event_id = field::Empty,
+        event_type = field::Empty, outcome = field::Empty,
+        http.response.status_code = field::Empty);
+    let (label, result) = async {
+        match state.store.get_source_cached(&app_id, &source_name).await {
+            Ok(Some(source)) => {
+                let span = tracing::Span::current();
+                span.record("app_id", app_id.as_str());
+                span.record("source", source.name.as_str());
+                (
+                    Some(format!("{app_id}/{}", source.name)),
+                    accept(&state, &source, request).await,
+                )
+            }
+            Ok(None) => (None, Err(ApiError::NotFound("webhook source"))),
+            Err(e) => (None, Err(e.into())),
+        }
+    }
+    .instrument(span.clone())
+    .await;
     let label = label.as_deref();
-    match &result {
-        Ok((StatusCode::ACCEPTED, _)) => state.metrics.webhook(label, "accepted", ""),
-        Ok(_) => state.metrics.webhook(label, "duplicate", ""),
+    let outcome = match &result {
+        Ok((StatusCode::ACCEPTED, _)) => {
+            state.metrics.webhook(label, "accepted", "");
+            "accepted"
+        }
+        Ok(_) => {
+            state.metrics.webhook(label, "duplicate", "");
+            "duplicate"
+        }
         Err(e) => {
             let reason = rejection_reason(e);
             tracing::info!(app = ?app_id, source = ?source_name, reason, "webhook rejected");
             state.metrics.webhook(label, "rejected", reason);
+            reason
         }
-    }
+    };
+    let status = match &result {
+        Ok((status, _)) => *status,
+        Err(e) => e.status(),
+    };
+    span.record("outcome", outcome);
+    span.record("http.response.status_code", status.as_u16());
     result
 }
 
@@ -174,6 +203,7 @@ async fn accept(
     Ok(match accepted.inserted {
         EventInsert::Accepted(id) => {
             state.wake.events.notify_one();
+            record_event(&id, &accepted.event_type);
             tracing::info!(app = app_id, source = %source.name, event = %id, event_type = %accepted.event_type, "webhook accepted");
             (
                 StatusCode::ACCEPTED,
@@ -184,6 +214,7 @@ async fn accept(
             )
         }
         EventInsert::Duplicate(id) => {
+            record_event(&id, &accepted.event_type);
             tracing::info!(app = app_id, source = %source.name, event = %id, "duplicate webhook ignored");
             (
                 StatusCode::OK,
@@ -194,6 +225,13 @@ async fn accept(
             )
         }
     })
+}
+
+/// Names the stored event on the accepting span.
+fn record_event(id: &str, event_type: &str) {
+    let span = tracing::Span::current();
+    span.record("event_id", id);
+    span.record("event_type", event_type);
 }
 
 /// The client address: the socket peer, unless that peer is a trusted proxy, in which case the

@@ -41,6 +41,7 @@ pub async fn enqueue_direct(
     require_template(store, app_id, &rule.template).await?;
     let rule_text = serde_json::to_string(&rule).map_err(anyhow::Error::from)?;
     let payload = Value::Object(data).to_string();
+    let traceparent = crate::telemetry::traceparent(&tracing::Span::current());
     let inserted = store
         .insert_event(&NewEvent {
             app_id,
@@ -49,6 +50,7 @@ pub async fn enqueue_direct(
             event_type: &event_type,
             payload: &payload,
             direct_rule: Some(&rule_text),
+            traceparent: traceparent.as_deref(),
         })
         .await?;
     let (EventInsert::Accepted(id) | EventInsert::Duplicate(id)) = inserted;

@@ -87,6 +87,7 @@ pub async fn accept(
             event_type: event_type.clone(),
             payload: payload_text.to_string(),
             direct_rule: None,
+            traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
         })
         .await?;
     Ok(Accepted {

@@ -143,6 +143,7 @@ mod tests {
             event_type: "t",
             payload: "{}",
             direct_rule: None,
+            traceparent: None,
         };
         let crate::store::EventInsert::Accepted(id) =
             store.insert_event(&new).await.expect("event")

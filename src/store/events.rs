@@ -32,6 +32,9 @@ pub struct Event {
     /// Jobs its fan-out has committed so far (the next job's sequence number).
     #[sqlx(default)]
     pub fanout_jobs: i64,
+    /// W3C `traceparent` of the span that accepted it, while traces are exported.
+    #[sqlx(default)]
+    pub traceparent: Option<String>,
 }
 
 /// Input for storing an event.
@@ -49,6 +52,8 @@ pub struct NewEvent<'a> {
     pub payload: &'a str,
     /// Rule of a direct send.
     pub direct_rule: Option<&'a str>,
+    /// W3C `traceparent` of the accepting span, while traces are exported.
+    pub traceparent: Option<&'a str>,
 }
 
 /// Result of storing an event.
@@ -71,8 +76,8 @@ impl Store {
         let now = self.now();
         let id = new_id("evt");
         let inserted: Option<(String,)> = sqlx::query_as(&format!(
-            "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) \
-             ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id"
+            "INSERT INTO events ({EVENT_COLUMNS}, traceparent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10) ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id"
         ))
         .bind(&id)
         .bind(new.app_id)
@@ -83,6 +88,7 @@ impl Store {
         .bind(EventStatus::Received.as_str())
         .bind(now)
         .bind(new.direct_rule)
+        .bind(new.traceparent)
         .fetch_optional(turn.db())
         .await?;
         if let Some((id,)) = inserted {
@@ -100,7 +106,7 @@ impl Store {
     /// One event of an app.
     pub async fn get_event(&self, app_id: &str, id: &str) -> anyhow::Result<Option<Event>> {
         Ok(sqlx::query_as::<_, Event>(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE app_id = $1 AND id = $2"
+            "SELECT {EVENT_COLUMNS}, traceparent FROM events WHERE app_id = $1 AND id = $2"
         ))
         .bind(app_id)
         .bind(id)
@@ -148,6 +154,8 @@ pub struct IncomingEvent {
     pub payload: String,
     /// Rule of a direct send.
     pub direct_rule: Option<String>,
+    /// W3C `traceparent` of the accepting span, while traces are exported.
+    pub traceparent: Option<String>,
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<EventInsert, String>>;
@@ -222,7 +230,7 @@ impl Store {
         {
             let mut sql = super::statement::Statement::new(
                 self.backend(),
-                &format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES "),
+                &format!("INSERT INTO events ({EVENT_COLUMNS}, traceparent) VALUES "),
             );
             sql.rows(chunk.iter().zip(chunk_ids), |row, (e, id)| {
                 row.bind(id.as_str())
@@ -234,7 +242,8 @@ impl Store {
                     .raw("'received'")
                     .bind(now)
                     .bind(now)
-                    .bind(e.direct_rule.as_deref());
+                    .bind(e.direct_rule.as_deref())
+                    .bind(e.traceparent.as_deref());
             });
             sql.push(" ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id");
             let (text, args) = sql.finish()?;

@@ -27,7 +27,7 @@ impl Store {
                SELECT id FROM events WHERE status = 'received' \
                AND (lease_until IS NULL OR lease_until < $3) \
                ORDER BY received_at LIMIT $4 {lock}) \
-             RETURNING {EVENT_COLUMNS}, fanout_cursor, fanout_jobs"
+             RETURNING {EVENT_COLUMNS}, fanout_cursor, fanout_jobs, traceparent"
         ))
         .bind(owner)
         .bind(now + lease_ms)

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::{self, JoinSet};
+use tracing::{field, Instrument};
 
 use super::breaker::Gate;
 use super::burst::Verdict;
@@ -32,6 +33,7 @@ use crate::redact::Redacted;
 use crate::store::{
     Backend, CapRequest, ClaimedJob, JobResult, Prune, PruneKind, Recorded, StoredPolicy,
 };
+use crate::telemetry;
 
 /// A token-level refusal the burst guard cannot judge yet is retried after this long...
 const UNDECIDED_WAIT: Duration = Duration::from_secs(30);
@@ -485,19 +487,39 @@ impl Worker {
     /// environment is tried on production and, when production calls the token bad, once on
     /// the sandbox; the environment that took it is returned, to record on the device.
     async fn send(&self, job: &ClaimedJob) -> (Outcome, Option<ApnsEnvironment>) {
-        let (environment, topic, notification) =
-            match serde_json::from_str::<JobPayload>(&job.job).map(JobPayload::into_rendered) {
-                // Never send what was not rendered (a replay renders it again first).
-                Ok(None) => {
-                    let reason = "the job has no rendered notification".into();
-                    return (Outcome::Failed { reason }, None);
-                }
-                Ok(Some(rendered)) => rendered,
-                Err(e) => {
-                    let reason = format!("unreadable job payload: {e}");
-                    return (Outcome::Failed { reason }, None);
-                }
-            };
+        let payload = serde_json::from_str::<JobPayload>(&job.job);
+        let span = tracing::info_span!(target: telemetry::SPANS, "provider.send",
+            otel.kind = "client", app_id = %job.app_id, event_id = %job.event_id,
+            job_id = %job.id, platform = job.platform.as_str(), attempt = job.attempts + 1,
+            outcome = field::Empty);
+        let trace = payload.as_ref().ok().and_then(JobPayload::traceparent);
+        telemetry::continue_trace(&span, trace);
+        let (outcome, learned) = self
+            .send_rendered(job, payload.map(JobPayload::into_rendered))
+            .instrument(span.clone())
+            .await;
+        span.record("outcome", outcome.label());
+        (outcome, learned)
+    }
+
+    /// [`Self::send`] once the job's payload is read.
+    async fn send_rendered(
+        &self,
+        job: &ClaimedJob,
+        rendered: serde_json::Result<Option<Rendered>>,
+    ) -> (Outcome, Option<ApnsEnvironment>) {
+        let (environment, topic, notification) = match rendered {
+            // Never send what was not rendered (a replay renders it again first).
+            Ok(None) => {
+                let reason = "the job has no rendered notification".into();
+                return (Outcome::Failed { reason }, None);
+            }
+            Ok(Some(rendered)) => rendered,
+            Err(e) => {
+                let reason = format!("unreadable job payload: {e}");
+                return (Outcome::Failed { reason }, None);
+            }
+        };
         let notification = match job.expires_at {
             Some(at) => remaining_lifetime(notification, at, self.store.now()),
             None => notification,
@@ -630,6 +652,9 @@ impl Worker {
         result
     }
 }
+
+/// A rendered job's APNs environment and topic, and its notification.
+type Rendered = (Option<ApnsEnvironment>, Option<String>, Notification);
 
 /// A claimed job and the app and provider whose share of the send slots it holds.
 struct InFlightJob {

@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::{field, Instrument};
 
 use super::{JobPayload, Worker};
 use crate::model::device::normalize_token;
@@ -20,6 +21,7 @@ use crate::model::{JobStatus, Platform};
 use crate::store::{
     Device, Event, FanOutCursor, FanOutSlice, NewJob, SpecKind, Store, StoredPolicy, WholeFanOut,
 };
+use crate::telemetry;
 
 /// Events leased per round.
 const EVENT_BATCH: i64 = 128;
@@ -141,17 +143,30 @@ impl Worker {
         let mut whole: Vec<(Event, Vec<NewJob>)> = Vec::new();
         let mut whole_jobs = 0;
         for event in events {
-            let outcome = match self.rules_for(&event, &mut rules_by_app).await {
+            let span = fan_out_span(&event);
+            let trace = telemetry::traceparent(&span);
+            let trace = trace.as_deref();
+            let matched = self
+                .rules_for(&event, &mut rules_by_app)
+                .instrument(span.clone())
+                .await;
+            if let Ok((rules, _)) = &matched {
+                span.record("rules", rules.len());
+            }
+            let outcome = match matched {
                 Ok((rules, _)) if rules.is_empty() => {
+                    span.record("outcome", "unmatched");
                     unmatched.push(event.id.clone());
                     Ok(())
                 }
                 Ok((rules, payload)) if is_one_page(&event, &rules) => {
                     match self
-                        .render_whole(&event, rules, payload, &mut templates)
+                        .render_whole(&event, rules, payload, &mut templates, trace)
+                        .instrument(span.clone())
                         .await
                     {
                         Ok(jobs) => {
+                            span.record("jobs", jobs.len());
                             whole_jobs += jobs.len();
                             whole.push((event, jobs));
                             if whole_jobs >= WHOLE_BATCH_JOBS {
@@ -163,10 +178,15 @@ impl Worker {
                         Err(e) => Err(e),
                     }
                 }
-                Ok((rules, payload)) => self.dispatch(&event, rules, payload).await,
+                Ok((rules, payload)) => {
+                    self.dispatch(&event, rules, payload, trace)
+                        .instrument(span.clone())
+                        .await
+                }
                 Err(e) => Err(e),
             };
             if let Err(e) = outcome {
+                span.record("outcome", "retry_later");
                 self.retry_later(&event, &e).await;
             }
         }
@@ -193,6 +213,7 @@ impl Worker {
         mut rules: Vec<(Option<String>, RuleSpec)>,
         payload: Value,
         templates: &mut TemplateCache,
+        trace: Option<&str>,
     ) -> anyhow::Result<Vec<NewJob>> {
         let event_ctx = event_value(&event_context(event, &payload));
         rules.sort_by_key(|(n, _)| rule_name(n));
@@ -208,7 +229,15 @@ impl Worker {
                     .for_page(&self.store, &event.app_id, &devices)
                     .await?;
                 jobs.extend(
-                    render_page(&rule_name(&name), &template, &event_ctx, timing, devices).await?,
+                    render_page(
+                        &rule_name(&name),
+                        &template,
+                        &event_ctx,
+                        timing,
+                        devices,
+                        trace,
+                    )
+                    .await?,
                 );
             }
         }
@@ -304,6 +333,7 @@ impl Worker {
         event: &Event,
         mut rules: Vec<(Option<String>, RuleSpec)>,
         payload: Value,
+        trace: Option<&str>,
     ) -> anyhow::Result<()> {
         let lease_ms = (self.config.lease_secs * 1000) as i64;
         let event_ctx = event_value(&event_context(event, &payload));
@@ -341,7 +371,8 @@ impl Worker {
                 let timing = timing
                     .for_page(&self.store, &event.app_id, &devices)
                     .await?;
-                let jobs = render_page(&rule_name, &template, &event_ctx, timing, devices).await?;
+                let jobs =
+                    render_page(&rule_name, &template, &event_ctx, timing, devices, trace).await?;
                 let cursor = FanOutCursor {
                     rule: rule_name.clone(),
                     after: pages.resume_after(),
@@ -377,6 +408,7 @@ impl Worker {
                 }
             }
         }
+        tracing::Span::current().record("jobs", queued + dead);
         if self.store.finish_fan_out(&event.id, &self.owner).await? {
             tracing::info!(event = %event.id, queued, dead, jobs = seq, "event dispatched");
         }
@@ -493,6 +525,16 @@ impl AudiencePages {
             }
         }
     }
+}
+
+/// The span of one event's fan-out (on this claim), a child of the span that accepted the
+/// event when it was traced.
+fn fan_out_span(event: &Event) -> tracing::Span {
+    let span = tracing::info_span!(target: telemetry::SPANS, "event.fan_out",
+        app_id = %event.app_id, event_id = %event.id, event_type = %event.event_type,
+        rules = field::Empty, jobs = field::Empty, outcome = field::Empty);
+    telemetry::continue_trace(&span, event.traceparent.as_deref());
+    span
 }
 
 /// A rule's name in the fan-out cursor's order (`direct` for a direct send).
@@ -663,18 +705,21 @@ impl Timing {
 
 /// Renders a page of jobs on a blocking thread: however long a template takes within its
 /// bounds, the runtime's threads stay free for other apps' fan-outs and for sending.
+/// Each job carries `trace`, the fan-out's trace context, for its send to continue.
 async fn render_page(
     rule: &str,
     template: &Arc<Result<CompiledTemplate, String>>,
     event_ctx: &minijinja::Value,
     timing: Timing,
     devices: Vec<Device>,
+    trace: Option<&str>,
 ) -> anyhow::Result<Vec<NewJob>> {
     let (rule, template, event_ctx) = (rule.to_string(), template.clone(), event_ctx.clone());
+    let trace = trace.map(str::to_string);
     tokio::task::spawn_blocking(move || {
         devices
             .iter()
-            .map(|d| render_job(&rule, &template, &event_ctx, &timing, d))
+            .map(|d| render_job(&rule, &template, &event_ctx, &timing, d, trace.as_deref()))
             .collect()
     })
     .await
@@ -690,12 +735,19 @@ fn render_job(
     event_ctx: &minijinja::Value,
     timing: &Timing,
     device: &Device,
+    trace: Option<&str>,
 ) -> anyhow::Result<NewJob> {
     let (mut collapse_key, mut ttl_seconds) = (None, None);
-    let rendered = render_payload(template, event_ctx, device).and_then(|payload| {
-        if let JobPayload::V1 { notification, .. } = &payload {
+    let rendered = render_payload(template, event_ctx, device).and_then(|mut payload| {
+        if let JobPayload::V1 {
+            notification,
+            traceparent,
+            ..
+        } = &mut payload
+        {
             collapse_key.clone_from(&notification.collapse_key);
             ttl_seconds = notification.ttl_seconds;
+            *traceparent = trace.map(str::to_string);
         }
         serde_json::to_string(&payload)
             .map_err(|e| format!("the rendered notification does not serialize: {e}"))
@@ -750,6 +802,7 @@ pub(crate) fn render_payload(
         environment: device.environment,
         topic: device.topic.clone(),
         notification,
+        traceparent: None,
     })
 }
 

@@ -48,6 +48,10 @@ pub enum JobPayload {
         topic: Option<String>,
         /// The rendered notification.
         notification: Notification,
+        /// W3C `traceparent` of the fan-out that wrote it (while traces are exported): its
+        /// send joins that trace without reading the event.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     /// A job whose template failed to render: nothing to send until a replay renders it
     /// again.
@@ -56,6 +60,14 @@ pub enum JobPayload {
 }
 
 impl JobPayload {
+    /// The trace a send of this job continues, if its fan-out was traced.
+    pub fn traceparent(&self) -> Option<&str> {
+        match self {
+            Self::V1 { traceparent, .. } => traceparent.as_deref(),
+            Self::Unrendered => None,
+        }
+    }
+
     /// The device's APNs environment and topic with the notification to send, if the job
     /// was rendered. Dead letters written before the `unrendered` version carry an empty
     /// notification instead, which no template can render (it needs a title, a body, data
@@ -66,6 +78,7 @@ impl JobPayload {
                 environment,
                 topic,
                 notification,
+                ..
             } if notification != Notification::default() => {
                 Some((environment, topic, notification))
             }

@@ -40,6 +40,7 @@ mod safe_pruning;
 mod secrets;
 mod send_limit;
 mod stats_rollups;
+mod telemetry;
 mod transport;
 mod user_auth;
 mod webhooks;

@@ -861,6 +861,7 @@ async fn a_fan_out_cut_short_resumes_after_its_last_committed_slice(db: Db) {
                 title: Some("Resumed".into()),
                 ..Notification::default()
             },
+            traceparent: None,
         })
         .expect("payload"),
         status: JobStatus::Queued,

@@ -603,6 +603,7 @@ async fn a_rule_with_a_delay_sends_that_long_after_the_event(db: Db) {
             event_type: "cart.abandoned",
             payload: r#"{"user": "u1"}"#,
             direct_rule: None,
+            traceparent: None,
         })
         .await
         .expect("event");

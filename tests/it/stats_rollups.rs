@@ -7,7 +7,7 @@ use std::sync::Arc;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::harness::schedule::{completed, send, shift};
+use crate::harness::schedule::{completed, register_apns, send, shift};
 use crate::harness::{fast_worker_on, simulator, Db, TestApp};
 use pushbridge::simulator::tokens::{apns_test_token, ApnsTestKind};
 
@@ -20,15 +20,7 @@ async fn stats(t: &TestApp, key: &str) -> Value {
 /// Registers `tokens` for `user`.
 async fn register(t: &TestApp, key: &str, user: &str, tokens: &[String]) {
     for token in tokens {
-        let (status, body) = t
-            .call(
-                Method::PUT,
-                &format!("/v1/devices/{token}"),
-                Some(key),
-                Some(json!({"platform": "apns", "user_id": user})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
+        register_apns(t, key, user, token).await;
     }
 }
 

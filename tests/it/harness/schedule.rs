@@ -32,6 +32,19 @@ pub fn utc_clock_time(t: &TestApp, minutes: i64) -> String {
     format!("{:02}:{:02}", time.hour(), time.minute())
 }
 
+/// Registers the APNs device `token` for `user` (a new device).
+pub async fn register_apns(t: &TestApp, key: &str, user: &str, token: &str) {
+    let (status, body) = t
+        .call(
+            Method::PUT,
+            &format!("/v1/devices/{token}"),
+            Some(key),
+            Some(json!({"platform": "apns", "user_id": user})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
 /// Registers APNs devices (seeded `seeds`) for `user`, returning their tokens.
 pub async fn apns_devices(
     t: &TestApp,
@@ -42,15 +55,7 @@ pub async fn apns_devices(
     let mut tokens = Vec::new();
     for seed in seeds {
         let token = apns_test_token(ApnsTestKind::Success, seed);
-        let (status, body) = t
-            .call(
-                Method::PUT,
-                &format!("/v1/devices/{token}"),
-                Some(key),
-                Some(json!({"platform": "apns", "user_id": user})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
+        register_apns(t, key, user, &token).await;
         tokens.push(token);
     }
     tokens

@@ -202,14 +202,18 @@ pub async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()>
                 body: Some(body),
                 ..TemplateSpec::default()
             };
+            let events = crate::store::EventWriter::spawn(store.clone());
             let id = service::sends::enqueue_direct(
                 &store,
+                &events,
                 &app,
-                Audience::Users(vec![user]),
-                TemplateRef::Inline(Box::new(template)),
-                Default::default(),
-                Some("notification.test".into()),
-                Default::default(),
+                service::sends::DirectSend {
+                    audience: Audience::Users(vec![user]),
+                    template: TemplateRef::Inline(Box::new(template)),
+                    data: Default::default(),
+                    event_type: Some("notification.test".into()),
+                    delivery: Default::default(),
+                },
             )
             .await?;
             println!("queued event {id}");

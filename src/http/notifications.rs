@@ -15,7 +15,7 @@ use super::{ApiJson, AppState, ServerCaller};
 use crate::error::{ApiError, Result};
 use crate::model::policy::SendPolicy;
 use crate::model::rules::{Audience, DeviceFilter, TemplateRef};
-use crate::service::sends::enqueue_direct;
+use crate::service::sends::{enqueue_direct, DirectSend};
 use crate::telemetry::SPANS;
 use tracing::{field, Instrument};
 
@@ -94,12 +94,15 @@ async fn send(
         app_id = caller.app_id(), event_id = field::Empty);
     let id = enqueue_direct(
         &state.store,
+        &state.events,
         caller.app_id(),
-        audience,
-        body.template,
-        body.data,
-        body.event_type,
-        body.delivery,
+        DirectSend {
+            audience,
+            template: body.template,
+            data: body.data,
+            event_type: body.event_type,
+            delivery: body.delivery,
+        },
     )
     .instrument(span.clone())
     .await?;

@@ -8,22 +8,42 @@ use super::specs::require_template;
 use crate::error::{ApiError, Result};
 use crate::model::policy::SendPolicy;
 use crate::model::rules::{Audience, RuleSpec, TemplateRef};
-use crate::store::{EventInsert, NewEvent, Store};
+use crate::store::{EventInsert, EventWriter, IncomingEvent, Store};
 
 /// Event type recorded for a direct send that names none.
 pub const DEFAULT_EVENT_TYPE: &str = "notification.direct";
 
-/// Validates and stores a direct send as an event carrying its own rule. Returns the event
-/// id. Errors name the API's fields (`to`, `template`).
+/// What a direct send asks for.
+#[derive(Debug)]
+pub struct DirectSend {
+    /// Who receives it.
+    pub audience: Audience,
+    /// What it says.
+    pub template: TemplateRef,
+    /// The template's `event`.
+    pub data: Map<String, Value>,
+    /// The event type recorded ([`DEFAULT_EVENT_TYPE`] when none).
+    pub event_type: Option<String>,
+    /// When and how it goes out.
+    pub delivery: SendPolicy,
+}
+
+/// Validates and stores a direct send as an event carrying its own rule, committed with the
+/// other events arriving meanwhile (`events`). Returns the event id. Errors name the API's
+/// fields (`to`, `template`).
 pub async fn enqueue_direct(
     store: &Store,
+    events: &EventWriter,
     app_id: &str,
-    audience: Audience,
-    template: TemplateRef,
-    data: Map<String, Value>,
-    event_type: Option<String>,
-    delivery: SendPolicy,
+    send: DirectSend,
 ) -> Result<String> {
+    let DirectSend {
+        audience,
+        template,
+        data,
+        event_type,
+        delivery,
+    } = send;
     let event_type = event_type.unwrap_or_else(|| DEFAULT_EVENT_TYPE.into());
     let rule = RuleSpec {
         event: event_type.clone(),
@@ -42,15 +62,15 @@ pub async fn enqueue_direct(
     let rule_text = serde_json::to_string(&rule).map_err(anyhow::Error::from)?;
     let payload = Value::Object(data).to_string();
     let traceparent = crate::telemetry::traceparent(&tracing::Span::current());
-    let inserted = store
-        .insert_event(&NewEvent {
-            app_id,
+    let inserted = events
+        .insert(IncomingEvent {
+            app_id: app_id.to_string(),
             source_id: None,
             external_id: None,
-            event_type: &event_type,
-            payload: &payload,
-            direct_rule: Some(&rule_text),
-            traceparent: traceparent.as_deref(),
+            event_type,
+            payload,
+            direct_rule: Some(rule_text),
+            traceparent,
         })
         .await?;
     let (EventInsert::Accepted(id) | EventInsert::Duplicate(id)) = inserted;

@@ -115,7 +115,7 @@ impl Store {
     /// Creates an app with one server key, one client key and a user-auth secret; client keys
     /// of a new app must prove the user ids they register.
     pub async fn create_app(&self, name: &str) -> anyhow::Result<NewApp> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let app = App {
             id: new_id("app"),
             name: name.to_string(),
@@ -123,7 +123,7 @@ impl Store {
         };
         let user_auth_secret = generate_secret();
         let sealed = self.seal(USER_AUTH_SECRET, &app.id, &user_auth_secret)?;
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         sqlx::query(
             "INSERT INTO apps (id, name, created_at, user_auth_secret, client_user_ids) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -167,7 +167,7 @@ impl Store {
 
     /// Deletes an app and everything it owns.
     pub async fn delete_app(&self, id: &str) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query("DELETE FROM apps WHERE id = $1")
             .bind(id)
             .execute(turn.db())
@@ -177,8 +177,8 @@ impl Store {
 
     /// Adds a key to an app (rotation); returns the plaintext key, shown once.
     pub async fn create_key(&self, app_id: &str, kind: KeyKind) -> anyhow::Result<String> {
-        let turn = self.write_turn().await;
-        let mut tx = turn.db().begin().await?;
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
         let key = insert_key(&mut tx, app_id, kind, self.now()).await?;
         tx.commit().await?;
         Ok(key)
@@ -198,7 +198,7 @@ impl Store {
 
     /// Revokes a key; it stops authenticating immediately.
     pub async fn revoke_key(&self, key_id: &str) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r =
             sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(self.now())

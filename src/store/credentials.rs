@@ -92,9 +92,9 @@ impl Store {
             ),
         };
         let provider = key.platform();
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         // Keep the row id across replacements: the sealed key is bound to it.
         let existing: Option<(String, i64)> = sqlx::query_as(
             "SELECT id, updated_at FROM app_credentials WHERE app_id = $1 AND provider = $2",
@@ -141,9 +141,9 @@ impl Store {
         app_id: &str,
         provider: Platform,
     ) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         let deleted =
             sqlx::query("DELETE FROM app_credentials WHERE app_id = $1 AND provider = $2")
                 .bind(app_id)
@@ -264,9 +264,9 @@ impl Store {
         reason: &str,
         probe_at: i64,
     ) -> anyhow::Result<(Breaker, bool)> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         let opened = sqlx::query(
             "INSERT INTO provider_breakers (app_id, provider, reason, since, probe_at) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (app_id, provider) DO NOTHING",
@@ -308,7 +308,7 @@ impl Store {
         provider: Platform,
         next_probe_at: i64,
     ) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let taken = sqlx::query(
             "UPDATE provider_breakers SET probe_at = $1 \
              WHERE app_id = $2 AND provider = $3 AND probe_at <= $4",
@@ -326,8 +326,8 @@ impl Store {
     /// Closes a breaker after a successful probe and makes the jobs it held due now.
     /// Returns whether it was open.
     pub async fn close_breaker(&self, app_id: &str, provider: Platform) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
-        let mut tx = turn.db().begin().await?;
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
         let closed = close_breaker_in(&mut tx, app_id, provider, self.now()).await?;
         tx.commit().await?;
         Ok(closed)

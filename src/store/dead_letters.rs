@@ -70,11 +70,11 @@ impl Store {
         if jobs.is_empty() {
             return Ok(0);
         }
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         // Every statement here writes first: in SQLite's WAL mode a transaction that reads and
         // then writes can fail when another writer commits in between.
         let now = self.now();
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         const REQUEUE: &str = "UPDATE delivery_jobs SET status = 'queued', attempts = 0, \
              next_attempt_at = $1, updated_at = $1, created_at = $1";
         let mut reopened: BTreeMap<String, i64> = Default::default();
@@ -125,9 +125,9 @@ impl Store {
         if reasons.is_empty() {
             return Ok(());
         }
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         for (id, reason) in reasons {
             sqlx::query(
                 "UPDATE delivery_jobs SET last_reason = $1, updated_at = $2 \

@@ -41,9 +41,9 @@ impl Store {
         app_id: &str,
         devices: &[(String, DeviceRegistration)],
     ) -> anyhow::Result<BatchCounts> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         let per_statement = self.rows_per_statement();
         let mut stored: HashMap<String, Device> = HashMap::with_capacity(devices.len());
         let mut tokens: Vec<&str> = devices.iter().map(|(t, _)| t.as_str()).collect();

@@ -124,7 +124,7 @@ impl Store {
         token: &str,
         reg: &DeviceRegistration,
     ) -> anyhow::Result<(Device, bool)> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
         let sql = format!(
             "INSERT INTO devices ({DEVICE_COLUMNS}) \
@@ -172,7 +172,7 @@ impl Store {
         let Some(user_id) = &reg.user_id else {
             return Ok(None);
         };
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let sql = format!(
             "UPDATE devices SET platform = $3, locale = $5, timezone = $6, app_version = $7, \
                environment = $8, topic = $9, attributes = $10, tags = $11, \
@@ -214,7 +214,7 @@ impl Store {
 
     /// Unregisters a device; false when it did not exist.
     pub async fn delete_device(&self, app_id: &str, token: &str) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query("DELETE FROM devices WHERE app_id = $1 AND token = $2")
             .bind(app_id)
             .bind(token)
@@ -276,16 +276,15 @@ impl Store {
         // PostgreSQL and wedge the fan-out of the event that named it.
         let values: Vec<&String> = values.iter().filter(|v| !v.contains('\0')).collect();
         let mut out = Vec::new();
-        for chunk in values.chunks(self.rows_per_statement()) {
-            let sql = where_in_sql(column, chunk.len());
-            let mut q = sqlx::query_as::<_, DeviceRow>(&sql).bind(app_id);
-            for v in chunk {
-                q = q.bind(v);
-            }
+        for chunk in values.chunks(LOOKUP_CHUNK) {
+            let (sql, args) = where_in(self.backend(), column, app_id, chunk)?;
             // Only active devices are sent to. The state is checked here, not in SQL, so the
             // planner looks rows up by user or token rather than scanning every active device
             // of the app through the state index.
-            for row in q.fetch_all(&self.pool).await? {
+            for row in sqlx::query_as_with::<_, DeviceRow, _>(&sql, args)
+                .fetch_all(&self.pool)
+                .await?
+            {
                 if row.state == DeviceState::Active {
                     out.push(Device::try_from(row)?);
                 }
@@ -326,9 +325,9 @@ impl Store {
         app_id: &str,
         devices: &[(String, DeviceRegistration)],
     ) -> anyhow::Result<()> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         for chunk in devices.chunks(self.rows_per_statement()) {
             let mut sql = format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ");
             sql.push_str(&super::values_rows(
@@ -394,7 +393,7 @@ impl Store {
         app_id: &str,
         token: &str,
     ) -> anyhow::Result<Option<Device>> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let sql = format!(
             "UPDATE devices SET state = 'active', state_reason = NULL, state_at = NULL \
              WHERE app_id = $1 AND token = $2 RETURNING {DEVICE_READ}"
@@ -417,7 +416,7 @@ impl Store {
         reason: &str,
         since_ms: i64,
     ) -> anyhow::Result<u64> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query(
             "UPDATE devices SET state = 'active', state_reason = NULL, state_at = NULL \
              WHERE app_id = $1 AND state = 'suspect' AND state_reason = $2 AND state_at >= $3",
@@ -434,16 +433,35 @@ impl Store {
 /// The devices of an app whose `column` is one of `n` values (`$2` on). No `ORDER BY`: with
 /// one, SQLite walks the app's whole primary key in token order instead of probing the
 /// user index once per value; the caller sorts.
-fn where_in_sql(column: &str, n: usize) -> String {
-    format!(
-        "SELECT {DEVICE_READ} FROM devices WHERE app_id = $1 AND {column} IN ({})",
-        super::values_rows(n, "?", 2)
-    )
+/// Values looked up per statement: the lookups bind positionally on SQLite (see
+/// `store/statement.rs`), so a long list costs no more per value than a short one.
+const LOOKUP_CHUNK: usize = 500;
+
+/// The devices of `app_id`, in any state, whose `column` is one of `values`.
+fn where_in<'q>(
+    backend: super::Backend,
+    column: &str,
+    app_id: &'q str,
+    values: &[&'q String],
+) -> anyhow::Result<(String, sqlx::any::AnyArguments<'q>)> {
+    let mut sql = super::statement::Statement::new(
+        backend,
+        &format!("SELECT {DEVICE_READ} FROM devices WHERE app_id = "),
+    );
+    sql.bind(app_id).push(&format!(" AND {column} IN ("));
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(v.as_str());
+    }
+    sql.push(")");
+    sql.finish()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::where_in_sql;
+    use super::where_in;
     use crate::store::Store;
 
     /// Fan-out looks devices up by user or token, never by scanning the app's devices: with
@@ -461,12 +479,11 @@ mod tests {
             ("user_id", "devices_user"),
             ("token", "sqlite_autoindex_devices_1"),
         ] {
+            let values = ["a".to_string(), "b".to_string(), "c".to_string()];
+            let values: Vec<&String> = values.iter().collect();
+            let (sql, args) = where_in(store.backend(), column, "app", &values).expect("statement");
             let plan: Vec<(i64, i64, i64, String)> =
-                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", where_in_sql(column, 3)))
-                    .bind("app")
-                    .bind("a")
-                    .bind("b")
-                    .bind("c")
+                sqlx::query_as_with(&format!("EXPLAIN QUERY PLAN {sql}"), args)
                     .fetch_all(&store.pool)
                     .await
                     .expect("plan");

@@ -178,7 +178,7 @@ impl Store {
     ) -> anyhow::Result<()> {
         let sealed = self.seal(ENDPOINT_SECRET, id, new.secret)?;
         let now = self.now();
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query(
             "INSERT INTO event_endpoints (id, app_id, url, description, events, enabled, secret, \
              legacy_callback, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $8)",
@@ -259,7 +259,7 @@ impl Store {
             None => current.description,
         };
         let enabled = change.enabled.unwrap_or(current.enabled);
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query(
             "UPDATE event_endpoints SET url = COALESCE($1, url), description = $2, \
              events = COALESCE($3, events), enabled = $4, \
@@ -281,8 +281,8 @@ impl Store {
 
     /// Deletes an endpoint with its messages and attempts; false when it does not exist.
     pub async fn delete_endpoint(&self, app_id: &str, id: &str) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
-        let mut tx = turn.db().begin().await?;
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
         // Children first: foreign-key cascades are not relied on (SQLite enforces them only
         // with the pragma on).
         for sql in [
@@ -321,7 +321,7 @@ impl Store {
         let old = self.open(ENDPOINT_SECRET, id, &sealed_old)?;
         let previous = self.seal(ENDPOINT_PREVIOUS_SECRET, id, &old)?;
         let current = self.seal(ENDPOINT_SECRET, id, new_secret)?;
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         // Only if the secret is still the one read: two rotations at once must not both win.
         let r = sqlx::query(
             "UPDATE event_endpoints SET secret = $1, previous_secret = $2, \
@@ -387,7 +387,7 @@ impl Store {
             (Some((id,)), Some((url, secret))) => {
                 // In place, so the messages still pending go to the new URL, as before.
                 let sealed = self.seal(ENDPOINT_SECRET, &id, secret)?;
-                let turn = self.write_turn().await;
+                let mut turn = self.write_turn().await?;
                 sqlx::query(
                     "UPDATE event_endpoints SET url = $1, secret = $2, previous_secret = NULL, \
                      previous_secret_expires_at = NULL, enabled = 1, disabled_reason = NULL, \
@@ -460,8 +460,8 @@ impl Store {
             let id = new_id("ep");
             let resealed = self.seal(ENDPOINT_SECRET, &id, &secret)?;
             let now = self.now();
-            let turn = self.write_turn().await;
-            let mut tx = turn.db().begin().await?;
+            let mut turn = self.write_turn().await?;
+            let mut tx = turn.begin().await?;
             let taken = sqlx::query(
                 "UPDATE apps SET callback_url = NULL, callback_secret = NULL \
                  WHERE id = $1 AND callback_secret = $2",

@@ -72,7 +72,7 @@ pub(super) const EVENT_COLUMNS: &str =
 impl Store {
     /// Stores an event unless the same source already sent the same external id.
     pub async fn insert_event(&self, new: &NewEvent<'_>) -> anyhow::Result<EventInsert> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
         let id = new_id("evt");
         let inserted: Option<(String,)> = sqlx::query_as(&format!(
@@ -219,10 +219,10 @@ impl Store {
         &self,
         events: &[IncomingEvent],
     ) -> anyhow::Result<Vec<EventInsert>> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
         let ids: Vec<String> = events.iter().map(|_| new_id("evt")).collect();
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (chunk, chunk_ids) in events
             .chunks(self.rows_per_statement())

@@ -92,9 +92,9 @@ impl Store {
             .iter()
             .filter(|j| j.status == JobStatus::Queued)
             .count() as i64;
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         // The lease check comes first, so a writer that lost the event writes nothing.
         let held = sqlx::query(
             "UPDATE events SET fanout_cursor = $1, fanout_jobs = $2, lease_until = $3, \
@@ -152,9 +152,9 @@ impl Store {
         owner: &str,
         fan_outs: &[WholeFanOut<'_>],
     ) -> anyhow::Result<(Vec<bool>, u64)> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         let mut written = Vec::with_capacity(fan_outs.len());
         // (job id, event, job) of every event still held.
         let mut rows: Vec<(String, &Event, &NewJob)> = Vec::new();

@@ -61,7 +61,7 @@ impl Store {
         lifetime_ms: i64,
         abandoned_after_ms: i64,
     ) -> anyhow::Result<KeyClaim> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys (app_id, idem_key, request_hash, created_at, expires_at) \
@@ -137,7 +137,7 @@ impl Store {
         answer: &StoredAnswer,
     ) -> anyhow::Result<()> {
         let sealed = self.seal(IDEMPOTENT_ANSWER, &sealed_row(app_id, key), &answer.body)?;
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query(
             "UPDATE idempotency_keys SET status = $3, content_type = $4, response_body = $5 \
              WHERE app_id = $1 AND idem_key = $2",
@@ -155,7 +155,7 @@ impl Store {
     /// Gives up an unanswered claim on `key`, so that a retry with it is handled afresh (the
     /// request failed in a way worth retrying: a 5xx, a rate limit, bad credentials).
     pub async fn release_idempotency_key(&self, app_id: &str, key: &str) -> anyhow::Result<()> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query(
             "DELETE FROM idempotency_keys WHERE app_id = $1 AND idem_key = $2 AND status IS NULL",
         )
@@ -169,7 +169,7 @@ impl Store {
     /// Deletes up to `batch` keys expired by `now_ms`; returns how many. Called repeatedly
     /// until it returns less than `batch`, it never holds the writer for long.
     pub async fn sweep_idempotency_keys(&self, now_ms: i64, batch: i64) -> anyhow::Result<u64> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query(
             "DELETE FROM idempotency_keys WHERE (app_id, idem_key) IN (SELECT app_id, idem_key \
              FROM idempotency_keys WHERE expires_at <= $1 LIMIT $2)",

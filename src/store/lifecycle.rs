@@ -19,7 +19,7 @@ impl Store {
         lease_ms: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<Event>> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
         let lock = self.skip_locked();
         Ok(sqlx::query_as::<_, Event>(&format!(
@@ -41,9 +41,9 @@ impl Store {
     /// its jobs is left to send (every job was dead on arrival, or already delivered while
     /// later slices were written). False when this instance no longer holds the lease.
     pub async fn finish_fan_out(&self, event_id: &str, owner: &str) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         let moved = sqlx::query(
             "UPDATE events SET status = 'dispatched', updated_at = $1, lease_owner = NULL, \
              lease_until = NULL, fanout_cursor = NULL WHERE id = $2 AND status = 'received' \
@@ -65,7 +65,7 @@ impl Store {
 
     /// Completes leased events that no rule matched, in one statement.
     pub async fn complete_unmatched(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
         for chunk in ids.chunks(self.rows_per_statement()) {
             let placeholders = values_rows(chunk.len(), "?", 3);
@@ -89,9 +89,9 @@ impl Store {
     /// `cancelled` instead. Returns how many jobs it cancelled, or `None` when the app has no
     /// such event.
     pub async fn cancel_event(&self, app_id: &str, event_id: &str) -> anyhow::Result<Option<u64>> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         let found = sqlx::query(
             "UPDATE events SET cancelled_at = COALESCE(cancelled_at, $1), updated_at = $1, \
              status = CASE WHEN status = 'received' THEN 'dispatched' ELSE status END, \
@@ -132,7 +132,7 @@ impl Store {
         owner: &str,
         delay_ms: i64,
     ) -> anyhow::Result<()> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query("UPDATE events SET lease_until = $1 WHERE id = $2 AND lease_owner = $3")
             .bind(self.now() + delay_ms)
             .bind(event_id)

@@ -62,7 +62,10 @@ pub use user_auth::UserAuth;
 use std::str::FromStr;
 
 use anyhow::Context;
+use sqlx::any::Any;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::AnyConnection;
 use sqlx::{AnyPool, Executor};
 
 /// Which database engine a store talks to.
@@ -92,8 +95,14 @@ pub struct Store {
     source_cache: std::sync::Arc<sources::SourceCache>,
     /// SQLite allows one writer at a time. Writers take turns on this fair (FIFO) lock instead
     /// of racing for the database lock through `busy_timeout`, where under sustained load one
-    /// can lose every race until it times out. PostgreSQL does not use it.
-    write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// can lose every race until it times out. It holds the writing connection, taken from
+    /// `writes` on the first turn and kept (on a file: an in-memory database has one
+    /// connection, which readers need too, so it goes back after each turn), so a turn does
+    /// not check a connection out of the pool and back, each a round trip to its thread.
+    /// PostgreSQL does not use it.
+    write_lock: std::sync::Arc<tokio::sync::Mutex<Option<PoolConnection<Any>>>>,
+    /// Whether the writing connection stays with `write_lock` between turns.
+    keep_writer: bool,
     /// Seals secrets on write and opens them on read.
     keyring: std::sync::Arc<crate::secrets::Keyring>,
     /// The time every stored timestamp and every due check uses.
@@ -105,16 +114,55 @@ const SQLITE_WRITER_CACHE_KIB: i64 = 32 * 1024;
 /// SQLite page cache of each reading connection, KiB (SQLite's default is about 2 MiB).
 const SQLITE_READER_CACHE_KIB: i64 = 2 * 1024;
 
-/// This process's turn to write; see [`Store::write_turn`].
-pub(crate) struct WriteTurn<'s> {
-    _lock: Option<tokio::sync::OwnedMutexGuard<()>>,
-    db: &'s AnyPool,
+/// This process's turn to write, with the connection to write on; see [`Store::write_turn`].
+pub(crate) struct WriteTurn {
+    conn: TurnConnection,
 }
 
-impl WriteTurn<'_> {
-    /// The pool writes go to: the one writing connection on SQLite.
-    pub(crate) fn db(&self) -> &AnyPool {
-        self.db
+/// The connection of a write turn.
+enum TurnConnection {
+    /// SQLite: the one writing connection, under the write lock; `keep` leaves it there
+    /// after the turn.
+    Locked {
+        guard: tokio::sync::OwnedMutexGuard<Option<PoolConnection<Any>>>,
+        keep: bool,
+    },
+    /// PostgreSQL: a connection of the pool, for this turn.
+    Pooled(PoolConnection<Any>),
+}
+
+impl WriteTurn {
+    /// The connection writes go to: the one writing connection on SQLite.
+    pub(crate) fn db(&mut self) -> &mut AnyConnection {
+        match &mut self.conn {
+            TurnConnection::Locked { guard, .. } => match guard.as_mut() {
+                Some(conn) => conn,
+                None => unreachable!("a locked turn always holds the writing connection"),
+            },
+            TurnConnection::Pooled(conn) => conn,
+        }
+    }
+
+    /// Starts a transaction on the turn's connection. On SQLite it takes the write lock at
+    /// once (`BEGIN IMMEDIATE`, waiting through `busy_timeout` while another process writes):
+    /// a deferred transaction that reads first would fail at its first write if another
+    /// process committed in between, since its snapshot could not become a write.
+    pub(crate) async fn begin(&mut self) -> sqlx::Result<sqlx::Transaction<'_, Any>> {
+        match self.conn {
+            TurnConnection::Locked { .. } => {
+                sqlx::Connection::begin_with(self.db(), "BEGIN IMMEDIATE").await
+            }
+            TurnConnection::Pooled(_) => sqlx::Connection::begin(self.db()).await,
+        }
+    }
+}
+
+impl Drop for WriteTurn {
+    fn drop(&mut self) {
+        if let TurnConnection::Locked { guard, keep: false } = &mut self.conn {
+            // Back to the pool, for the readers of an in-memory database.
+            guard.take();
+        }
     }
 }
 
@@ -146,6 +194,9 @@ impl Store {
         let connect = |connections: u32, cache_kib: i64| {
             let mut pool_options = AnyPoolOptions::new().max_connections(connections);
             if backend == Backend::Sqlite {
+                // A connection to a local file cannot go away between uses, so it is not
+                // pinged before each use (sqlx still checks it when it comes back).
+                pool_options = pool_options.test_before_acquire(false);
                 // Incremental auto-vacuum lets retention give freed pages back; it takes
                 // effect only on a new file, so it must come before WAL mode writes the
                 // header (an existing file keeps its mode). WAL lets readers proceed beside the writer, busy_timeout makes a writer of
@@ -186,6 +237,7 @@ impl Store {
             backend,
             source_cache: Default::default(),
             write_lock: Default::default(),
+            keep_writer: backend == Backend::Sqlite && !in_memory,
             keyring: std::sync::Arc::new(keyring),
             clock: crate::clock::Clock::system(),
         })
@@ -215,10 +267,16 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator
-            .run(&self.writes)
-            .await
-            .context("running migrations")?;
+        {
+            // Migrations check a connection out of `writes`: the kept writing connection
+            // goes back to it first, and no write turn starts meanwhile.
+            let mut writer = self.write_lock.lock().await;
+            writer.take();
+            migrator
+                .run(&self.writes)
+                .await
+                .context("running migrations")?;
+        }
         let sealed = self.seal_plaintext_secrets().await?;
         if sealed.written > 0 {
             tracing::info!(
@@ -251,15 +309,21 @@ impl Store {
     /// Waits for this process's turn to write (SQLite; immediate on PostgreSQL). Writes go
     /// through the turn's [`WriteTurn::db`], so taking the turn and using the writing
     /// connection cannot come apart.
-    pub(crate) async fn write_turn(&self) -> WriteTurn<'_> {
-        let lock = match self.backend {
-            Backend::Sqlite => Some(self.write_lock.clone().lock_owned().await),
-            Backend::Postgres => None,
+    pub(crate) async fn write_turn(&self) -> sqlx::Result<WriteTurn> {
+        let conn = match self.backend {
+            Backend::Sqlite => {
+                let mut guard = self.write_lock.clone().lock_owned().await;
+                if guard.is_none() {
+                    *guard = Some(self.writes.acquire().await?);
+                }
+                TurnConnection::Locked {
+                    guard,
+                    keep: self.keep_writer,
+                }
+            }
+            Backend::Postgres => TurnConnection::Pooled(self.writes.acquire().await?),
         };
-        WriteTurn {
-            _lock: lock,
-            db: &self.writes,
-        }
+        Ok(WriteTurn { conn })
     }
 
     /// `FOR UPDATE SKIP LOCKED` on PostgreSQL (rows another transaction is working on are
@@ -297,6 +361,8 @@ impl Store {
 
     /// Closes all connections.
     pub async fn close(&self) {
+        // The kept writing connection goes back first: closing waits for every connection.
+        self.write_lock.lock().await.take();
         self.writes.close().await;
         self.pool.close().await;
     }

@@ -128,8 +128,8 @@ impl Store {
         body: &str,
     ) -> anyhow::Result<usize> {
         let now = self.now();
-        let turn = self.write_turn().await;
-        let mut tx = turn.db().begin().await?;
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
         let n = enqueue(&mut tx, app_id, event_type, body, now).await?;
         tx.commit().await?;
         Ok(n)
@@ -145,7 +145,7 @@ impl Store {
         body: &str,
     ) -> anyhow::Result<String> {
         let now = self.now();
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let id = insert_message(turn.db(), endpoint_id, app_id, event_type, body, now).await?;
         Ok(id)
     }
@@ -158,7 +158,7 @@ impl Store {
         limit: i64,
         skip: &[String],
     ) -> anyhow::Result<Vec<ClaimedMessage>> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
         let lock = self.skip_locked();
         let skipping = if skip.is_empty() {
@@ -188,7 +188,7 @@ impl Store {
 
     /// Gives a claimed message back unattempted, due at `at`.
     pub async fn release_message(&self, id: &str, at: i64) -> anyhow::Result<()> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query(
             "UPDATE endpoint_messages SET next_attempt_at = $1 WHERE id = $2 AND status = $3",
         )
@@ -215,8 +215,8 @@ impl Store {
             MessageNext::RetryAt(at) => (MessageStatus::Pending, at, None),
             MessageNext::Failed => (MessageStatus::Failed, now, Some(now)),
         };
-        let turn = self.write_turn().await;
-        let mut tx = turn.db().begin().await?;
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
         sqlx::query(
             "INSERT INTO endpoint_attempts (id, message_id, endpoint_id, at, outcome, \
              response_code, response_body, error, duration_ms) \
@@ -268,8 +268,8 @@ impl Store {
         notice: impl FnOnce(&str, &str) -> anyhow::Result<String>,
     ) -> anyhow::Result<bool> {
         let now = self.now();
-        let turn = self.write_turn().await;
-        let mut tx = turn.db().begin().await?;
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
         let row: Option<(String, String)> = sqlx::query_as(
             "UPDATE event_endpoints SET enabled = 0, disabled_reason = $1, updated_at = $2 \
              WHERE id = $3 AND enabled = 1 RETURNING app_id, url",
@@ -340,7 +340,7 @@ impl Store {
     /// Queues again every failed message of the endpoint created at or after `since`, with
     /// a fresh retry schedule. Returns how many.
     pub async fn recover_messages(&self, endpoint_id: &str, since: i64) -> anyhow::Result<u64> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query(
             "UPDATE endpoint_messages SET status = $1, attempts = 0, next_attempt_at = $2, \
              finished_at = NULL WHERE endpoint_id = $3 AND status = $4 AND created_at >= $5",
@@ -362,7 +362,7 @@ impl Store {
         endpoint_id: &str,
         message_id: &str,
     ) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query(
             "UPDATE endpoint_messages SET status = $1, attempts = 0, next_attempt_at = $2, \
              finished_at = NULL WHERE endpoint_id = $3 AND id = $4",
@@ -519,8 +519,8 @@ impl Store {
             if (count as usize) < limits.max_items && now - oldest < limits.max_wait_ms {
                 continue;
             }
-            let turn = self.write_turn().await;
-            let mut tx = turn.db().begin().await?;
+            let mut turn = self.write_turn().await?;
+            let mut tx = turn.begin().await?;
             written += flush_group(&mut tx, &app_id, event_type, limits, now).await?;
             tx.commit().await?;
         }

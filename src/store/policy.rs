@@ -49,7 +49,7 @@ impl Store {
 
     /// Replaces the app's policy; false when the app does not exist.
     pub async fn put_app_policy(&self, app_id: &str, policy: &AppPolicy) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query("UPDATE apps SET policy = $1 WHERE id = $2")
             .bind(serde_json::to_string(policy)?)
             .bind(app_id)
@@ -106,7 +106,7 @@ impl Store {
         user_id: &str,
         preferences: &UserPreferences,
     ) -> anyhow::Result<()> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query(
             "INSERT INTO user_preferences (app_id, user_id, preferences, updated_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (app_id, user_id) \
@@ -127,7 +127,7 @@ impl Store {
         app_id: &str,
         user_id: &str,
     ) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query("DELETE FROM user_preferences WHERE app_id = $1 AND user_id = $2")
             .bind(app_id)
             .bind(user_id)
@@ -142,9 +142,9 @@ impl Store {
     /// category's counter row is taken first, so concurrent admissions (other instances)
     /// wait their turn and the count stays exact. Ledger rows older than the window go.
     pub async fn admit_capped(&self, requests: &[CapRequest<'_>]) -> anyhow::Result<Vec<bool>> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         let mut admitted = Vec::with_capacity(requests.len());
         for r in requests {
             let since = now - r.cap.per.as_millis();

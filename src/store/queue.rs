@@ -157,7 +157,7 @@ pub trait PruneCallbacks: Sync {
 impl Store {
     /// Puts jobs whose lease expired (their worker died) back in the queue.
     pub async fn requeue_expired(&self) -> anyhow::Result<u64> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
         let r = sqlx::query(&format!(
             "UPDATE delivery_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, \
@@ -173,7 +173,7 @@ impl Store {
 
     /// Extends the leases this worker holds, so a slow batch is not taken for a dead one.
     pub async fn renew_leases(&self, owner: &str, lease_ms: i64) -> anyhow::Result<u64> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         // Rows locked right now are being recorded by this worker; skipping them (PostgreSQL)
         // avoids a lock-order deadlock with that transaction.
         let r = sqlx::query(&format!(
@@ -202,7 +202,7 @@ impl Store {
         limit: i64,
         skip: &[(String, Platform)],
     ) -> anyhow::Result<Vec<ClaimedJob>> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
         let mut due: Vec<(String, Platform)> = due_queues(turn.db(), now)
             .await?
@@ -242,7 +242,7 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     async fn claim_from(
         &self,
-        db: &sqlx::AnyPool,
+        db: &mut sqlx::AnyConnection,
         owner: &str,
         now: i64,
         lease_ms: i64,
@@ -265,8 +265,8 @@ impl Store {
 
     /// Returns claimed jobs to the queue untouched (graceful shutdown).
     pub async fn release_jobs(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
-        let turn = self.write_turn().await;
-        let mut tx = turn.db().begin().await?;
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
         for id in ids {
             sqlx::query(
                 "UPDATE delivery_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL \
@@ -291,9 +291,9 @@ impl Store {
         results: &[JobResult],
         callbacks: &dyn PruneCallbacks,
     ) -> anyhow::Result<Recorded> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
-        let mut tx = turn.db().begin().await?;
+        let mut tx = turn.begin().await?;
         let cancelled = cancelled_events(&mut tx, results).await?;
         let status = |r: &JobResult| match r.status {
             JobStatus::Queued if cancelled.contains(r.job.event_id.as_str()) => {
@@ -479,7 +479,10 @@ const CLAIM_ROUNDS: usize = 3;
 
 /// The apps and platforms with a job due now, found by skipping from one app to the next
 /// through the due index (a probe per app with queued jobs, not a row per job).
-async fn due_queues(db: &sqlx::AnyPool, now: i64) -> anyhow::Result<Vec<(String, Platform)>> {
+async fn due_queues(
+    db: &mut sqlx::AnyConnection,
+    now: i64,
+) -> anyhow::Result<Vec<(String, Platform)>> {
     Ok(sqlx::query_as::<_, (String, Platform)>(&due_queues_sql())
         .bind(now)
         .fetch_all(db)

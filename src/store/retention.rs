@@ -124,7 +124,7 @@ impl Store {
         cutoff_ms: i64,
         batch: u32,
     ) -> anyhow::Result<u64> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query(sweep.sql)
             .bind(cutoff_ms)
             .bind(i64::from(batch))
@@ -164,7 +164,7 @@ impl Store {
         if self.backend == Backend::Postgres {
             return Ok(());
         }
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query(&format!("PRAGMA incremental_vacuum({pages})"))
             .execute(turn.db())
             .await?;

@@ -54,7 +54,7 @@ impl Store {
         name: &str,
         spec: &str,
     ) -> anyhow::Result<(NamedSpec, bool)> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
         let row = sqlx::query_as::<_, NamedSpec>(&format!(
             "INSERT INTO {table} (id, app_id, name, spec, created_at, updated_at) \
@@ -113,7 +113,7 @@ impl Store {
         app_id: &str,
         name: &str,
     ) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query(&format!(
             "DELETE FROM {} WHERE app_id = $1 AND name = $2",
             kind.table()

@@ -188,8 +188,8 @@ impl Store {
             "UPDATE {table} SET {name} = $1 WHERE {key} = $2 AND {name} = $3",
             key = column.row_key
         );
-        let turn = self.write_turn().await;
-        let mut tx = turn.db().begin().await?;
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
         let mut written = 0;
         for value in page {
             let plaintext = if secrets::is_sealed(&value.text) {
@@ -250,7 +250,7 @@ impl Store {
             return Ok(());
         }
         tracing::info!("compacting the database so that no copy of the plaintext secrets remains");
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query("VACUUM")
             .execute(turn.db())
             .await

@@ -132,7 +132,7 @@ impl Store {
         app_id: &str,
         new: &NewSource,
     ) -> Result<WebhookSource, sqlx::Error> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let now = self.now();
         let secrets: Vec<SourceSecret> = new
             .secrets
@@ -215,7 +215,7 @@ impl Store {
     /// Replaces the mutable settings and secrets of a source.
     pub async fn update_source(&self, source: &WebhookSource) -> anyhow::Result<()> {
         let secrets = self.sealed_secrets(source)?;
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query(
             "UPDATE webhook_sources SET secrets = $1, event_type_path = $2, allowed_cidrs = $3, \
              updated_at = $4 WHERE id = $5 AND app_id = $6",
@@ -234,7 +234,7 @@ impl Store {
 
     /// Deletes a source; its past events stay (with no source).
     pub async fn delete_source(&self, app_id: &str, name: &str) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query("DELETE FROM webhook_sources WHERE app_id = $1 AND name = $2")
             .bind(app_id)
             .bind(name)

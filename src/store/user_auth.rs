@@ -57,7 +57,7 @@ impl Store {
     /// instance may fill it at the same moment; the first write wins and both read it back.
     async fn fill_secret(&self, app_id: &str) -> anyhow::Result<String> {
         let sealed = self.seal(USER_AUTH_SECRET, app_id, &generate_secret())?;
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query(
             "UPDATE apps SET user_auth_secret = $1 WHERE id = $2 AND user_auth_secret IS NULL",
         )
@@ -92,7 +92,7 @@ impl Store {
     pub async fn rotate_user_auth_secret(&self, app_id: &str) -> anyhow::Result<Option<String>> {
         let secret = generate_secret();
         let sealed = self.seal(USER_AUTH_SECRET, app_id, &secret)?;
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query("UPDATE apps SET user_auth_secret = $1 WHERE id = $2")
             .bind(&sealed)
             .bind(app_id)
@@ -107,7 +107,7 @@ impl Store {
         app_id: &str,
         policy: ClientUserIds,
     ) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query("UPDATE apps SET client_user_ids = $1 WHERE id = $2")
             .bind(policy.as_str())
             .bind(app_id)
@@ -156,8 +156,8 @@ impl Store {
         algorithm: KeyAlgorithm,
         public_key: &str,
     ) -> anyhow::Result<Option<PublicKey>> {
-        let turn = self.write_turn().await;
-        let mut tx = turn.db().begin().await?;
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
         // Serializes concurrent additions on PostgreSQL, so the limit holds.
         let lock = match self.backend {
             super::Backend::Postgres => "FOR UPDATE",
@@ -198,7 +198,7 @@ impl Store {
     /// Removes a public key; tokens signed for it stop verifying at once. False when the app
     /// has no such key.
     pub async fn remove_user_auth_key(&self, app_id: &str, key_id: &str) -> anyhow::Result<bool> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let r = sqlx::query("DELETE FROM user_auth_keys WHERE app_id = $1 AND id = $2")
             .bind(app_id)
             .bind(key_id)

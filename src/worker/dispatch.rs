@@ -63,21 +63,24 @@ impl Worker {
                 .claim_events(&self.owner, lease_ms, EVENT_BATCH)
                 .await
             {
-                Ok(events) if !events.is_empty() => {
+                Ok(events) if events.len() == EVENT_BATCH as usize => {
                     for events in by_app(events) {
                         let worker = self.clone();
                         running.spawn(async move { worker.dispatch_app(events).await });
                     }
                 }
-                Ok(_) => {
-                    // Nothing new: wait for a wake-up, or for a task to finish first.
-                    tokio::select! {
-                        keep_going = self.idle(&self.wake.events, &mut stop) => if !keep_going {
-                            break;
-                        },
-                        Some(done) = running.join_next(), if !running.is_empty() => {
-                            self.finished_app_task(done, &mut unmatched);
-                        }
+                Ok(events) => {
+                    // The queue is drained: what arrives from now on is claimed on its
+                    // wake-up, together, rather than by a claim as each task finishes.
+                    for events in by_app(events) {
+                        let worker = self.clone();
+                        running.spawn(async move { worker.dispatch_app(events).await });
+                    }
+                    if !self
+                        .wait_for_events(&mut running, &mut unmatched, &mut stop)
+                        .await
+                    {
+                        break;
                     }
                 }
                 Err(e) => {
@@ -103,6 +106,27 @@ impl Worker {
             running.abort_all();
         }
         self.complete_unmatched(&mut unmatched).await;
+    }
+
+    /// Waits for a wake-up or the poll interval, finishing the fan-out tasks that end
+    /// meanwhile. False on shutdown.
+    async fn wait_for_events(
+        &self,
+        running: &mut JoinSet<Vec<String>>,
+        unmatched: &mut Vec<String>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let idle = self.idle(&self.wake.events, stop);
+        tokio::pin!(idle);
+        loop {
+            tokio::select! {
+                keep_going = &mut idle => return keep_going,
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    self.finished_app_task(done, unmatched);
+                    self.complete_unmatched(unmatched).await;
+                }
+            }
+        }
     }
 
     fn finished_app_task(
@@ -134,18 +158,17 @@ impl Worker {
 
     /// Fans out one app's claimed events in order; returns those no rule matched. Rules are
     /// read once for all of them. Events whose every audience is one page (users or tokens,
-    /// as most transactional events are) are rendered whole and written together, many per
-    /// transaction; the others are written one committed page at a time.
+    /// as most transactional events are) are planned first, then their devices are read
+    /// together, rendered together and written together, many per transaction; the others
+    /// are written one committed page at a time.
     async fn dispatch_app(self, events: Vec<Event>) -> Vec<String> {
         let mut rules_by_app: HashMap<String, Vec<(Option<String>, RuleSpec)>> = HashMap::new();
         let mut templates = TemplateCache::default();
         let mut unmatched = Vec::new();
-        let mut whole: Vec<(Event, Vec<NewJob>)> = Vec::new();
-        let mut whole_jobs = 0;
+        let mut whole: Vec<WholePlan> = Vec::new();
         for event in events {
             let span = fan_out_span(&event);
             let trace = telemetry::traceparent(&span);
-            let trace = trace.as_deref();
             let matched = self
                 .rules_for(&event, &mut rules_by_app)
                 .instrument(span.clone())
@@ -161,25 +184,23 @@ impl Worker {
                 }
                 Ok((rules, payload)) if is_one_page(&event, &rules) => {
                     match self
-                        .render_whole(&event, rules, payload, &mut templates, trace)
+                        .plan_whole(event, rules, payload, &mut templates, trace)
                         .instrument(span.clone())
                         .await
                     {
-                        Ok(jobs) => {
-                            span.record("jobs", jobs.len());
-                            whole_jobs += jobs.len();
-                            whole.push((event, jobs));
-                            if whole_jobs >= WHOLE_BATCH_JOBS {
-                                self.write_whole(std::mem::take(&mut whole)).await;
-                                whole_jobs = 0;
-                            }
+                        Ok(plan) => {
+                            whole.push(WholePlan { span, ..plan });
                             continue;
                         }
-                        Err(e) => Err(e),
+                        Err((event, e)) => {
+                            span.record("outcome", "retry_later");
+                            self.retry_later(&event, &e).await;
+                            continue;
+                        }
                     }
                 }
                 Ok((rules, payload)) => {
-                    self.dispatch(&event, rules, payload, trace)
+                    self.dispatch(&event, rules, payload, trace.as_deref())
                         .instrument(span.clone())
                         .await
                 }
@@ -190,7 +211,7 @@ impl Worker {
                 self.retry_later(&event, &e).await;
             }
         }
-        self.write_whole(whole).await;
+        self.fan_out_whole(whole).await;
         unmatched
     }
 
@@ -206,42 +227,113 @@ impl Worker {
         }
     }
 
-    /// Renders every job of an event whose audiences are one page each, rules in name order.
-    async fn render_whole(
+    /// What an event whose audiences are one page each will render: per rule in name order,
+    /// its template, timing and listed users or tokens. On failure the event comes back with
+    /// the reason, to be retried.
+    async fn plan_whole(
         &self,
-        event: &Event,
+        event: Event,
         mut rules: Vec<(Option<String>, RuleSpec)>,
         payload: Value,
         templates: &mut TemplateCache,
-        trace: Option<&str>,
-    ) -> anyhow::Result<Vec<NewJob>> {
-        let event_ctx = event_value(&event_context(event, &payload));
+        trace: Option<String>,
+    ) -> Result<WholePlan, (Event, anyhow::Error)> {
         rules.sort_by_key(|(n, _)| rule_name(n));
-        let mut jobs = Vec::new();
+        let mut planned = Vec::with_capacity(rules.len());
         for (name, rule) in rules {
-            let template = templates
-                .get(&self.store, &event.app_id, &rule.template)
-                .await?;
-            let timing = self.timing(event, &rule).await?;
-            let mut pages = self.audience(&event.app_id, &rule.audience, &payload, None);
-            while let Some(devices) = pages.next_page(&self.store).await? {
-                let timing = timing
-                    .for_page(&self.store, &event.app_id, &devices)
+            let looked_up = async {
+                let template = templates
+                    .get(&self.store, &event.app_id, &rule.template)
                     .await?;
-                jobs.extend(
-                    render_page(
-                        &rule_name(&name),
-                        &template,
-                        &event_ctx,
-                        timing,
-                        devices,
-                        trace,
-                    )
-                    .await?,
-                );
+                let timing = self.timing(&event, &rule).await?;
+                anyhow::Ok((template, timing))
+            }
+            .await;
+            let (template, timing) = match looked_up {
+                Ok(found) => found,
+                Err(e) => return Err((event, e)),
+            };
+            let listed = match &rule.audience {
+                Audience::UserIdPath(path) => Listed::Users(user_ids_at(&payload, path)),
+                Audience::Users(users) => Listed::Users(users.clone()),
+                Audience::Tokens(tokens) => {
+                    Listed::Tokens(tokens.iter().map(|t| normalize_token(t)).collect())
+                }
+                Audience::Devices(_) => {
+                    return Err((
+                        event,
+                        anyhow::anyhow!("a device filter is not a one-page audience"),
+                    ))
+                }
+            };
+            planned.push(PlannedRule {
+                name: rule_name(&name),
+                template,
+                timing,
+                listed,
+            });
+        }
+        Ok(WholePlan {
+            event_ctx: event_value(&event_context(&event, &payload)),
+            event,
+            rules: planned,
+            trace,
+            span: tracing::Span::none(),
+        })
+    }
+
+    /// Reads the devices of every planned event at once, renders all their jobs on one
+    /// blocking thread, and writes them in batches of about [`WHOLE_BATCH_JOBS`] jobs. A
+    /// failed read sends every planned event back to the queue for another try.
+    async fn fan_out_whole(&self, plans: Vec<WholePlan>) {
+        let Some(first) = plans.first() else {
+            return;
+        };
+        let app_id = first.event.app_id.clone();
+        let read = async {
+            let devices = AudienceDevices::read(&self.store, &app_id, &plans).await?;
+            let quiet = devices.quiet_hours(&self.store, &app_id, &plans).await?;
+            anyhow::Ok((devices, quiet))
+        }
+        .await;
+        let (devices, quiet) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                for plan in &plans {
+                    plan.span.record("outcome", "retry_later");
+                    self.retry_later(&plan.event, &e).await;
+                }
+                return;
+            }
+        };
+        let rendered = match render_plans(plans, devices, quiet).await {
+            Ok(rendered) => rendered,
+            // Its events stay leased and are claimed again when the lease expires.
+            Err(e) => {
+                tracing::error!(error = %e, "rendering a batch of events failed");
+                return;
+            }
+        };
+        let mut batch: Vec<(Event, Vec<NewJob>)> = Vec::new();
+        let mut batch_jobs = 0;
+        for (plan, jobs) in rendered {
+            let jobs = match jobs {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    plan.span.record("outcome", "retry_later");
+                    self.retry_later(&plan.event, &e).await;
+                    continue;
+                }
+            };
+            plan.span.record("jobs", jobs.len());
+            batch_jobs += jobs.len();
+            batch.push((plan.event, jobs));
+            if batch_jobs >= WHOLE_BATCH_JOBS {
+                self.write_whole(std::mem::take(&mut batch)).await;
+                batch_jobs = 0;
             }
         }
-        Ok(jobs)
+        self.write_whole(batch).await;
     }
 
     /// Writes a batch of whole fan-outs in one transaction; a failed write sends each event
@@ -422,7 +514,7 @@ impl Worker {
             event_at: event.received_at,
             delivery: rule.delivery.clone(),
             app: self.policies.get(&self.store, &event.app_id).await?,
-            user_quiet: HashMap::new(),
+            user_quiet: Arc::default(),
         })
     }
 
@@ -553,6 +645,172 @@ fn is_one_page(event: &Event, rules: &[(Option<String>, RuleSpec)]) -> bool {
             .all(|(_, r)| !matches!(r.audience, Audience::Devices(_)))
 }
 
+/// An event whose audiences are one page each, planned for rendering with the app's other
+/// such events.
+struct WholePlan {
+    event: Event,
+    event_ctx: minijinja::Value,
+    /// Its matching rules, in name order.
+    rules: Vec<PlannedRule>,
+    /// The fan-out's trace context, for the sends to continue.
+    trace: Option<String>,
+    /// The event's fan-out span.
+    span: tracing::Span,
+}
+
+/// One rule of a planned event.
+struct PlannedRule {
+    name: String,
+    template: Arc<Result<CompiledTemplate, String>>,
+    timing: Timing,
+    listed: Listed,
+}
+
+/// A one-page audience: listed users, or listed tokens (normalized).
+enum Listed {
+    Users(Vec<String>),
+    Tokens(Vec<String>),
+}
+
+/// The active devices of every listed user and token of a batch of planned events, read
+/// with one lookup per kind.
+struct AudienceDevices {
+    by_user: HashMap<String, Vec<Device>>,
+    by_token: HashMap<String, Device>,
+}
+
+impl AudienceDevices {
+    async fn read(store: &Store, app_id: &str, plans: &[WholePlan]) -> anyhow::Result<Self> {
+        let (mut users, mut tokens) = (Vec::new(), Vec::new());
+        for rule in plans.iter().flat_map(|p| &p.rules) {
+            match &rule.listed {
+                Listed::Users(u) => users.extend(u.iter().cloned()),
+                Listed::Tokens(t) => tokens.extend(t.iter().cloned()),
+            }
+        }
+        for list in [&mut users, &mut tokens] {
+            list.sort_unstable();
+            list.dedup();
+        }
+        let mut by_user: HashMap<String, Vec<Device>> = HashMap::new();
+        if !users.is_empty() {
+            for device in store.devices_of_users(app_id, &users).await? {
+                if let Some(user) = device.user_id.clone() {
+                    by_user.entry(user).or_default().push(device);
+                }
+            }
+        }
+        let by_token = if tokens.is_empty() {
+            HashMap::new()
+        } else {
+            store
+                .devices_by_tokens(app_id, &tokens)
+                .await?
+                .into_iter()
+                .map(|d| (d.token.clone(), d))
+                .collect()
+        };
+        Ok(Self { by_user, by_token })
+    }
+
+    /// The quiet hours the users of these devices set, when any of the app's users set some.
+    async fn quiet_hours(
+        &self,
+        store: &Store,
+        app_id: &str,
+        plans: &[WholePlan],
+    ) -> anyhow::Result<Arc<HashMap<String, QuietHours>>> {
+        let any_preferences = plans
+            .iter()
+            .flat_map(|p| &p.rules)
+            .any(|r| r.timing.app.has_user_preferences);
+        if !any_preferences {
+            return Ok(Arc::default());
+        }
+        let mut users: Vec<&str> = self
+            .by_user
+            .keys()
+            .map(String::as_str)
+            .chain(self.by_token.values().filter_map(|d| d.user_id.as_deref()))
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        Ok(Arc::new(
+            store
+                .preferences_of_users(app_id, &users)
+                .await?
+                .into_iter()
+                .filter_map(|(user, prefs)| prefs.quiet_hours.map(|q| (user, q)))
+                .collect(),
+        ))
+    }
+
+    /// A rule's devices, in token order, each once.
+    fn of(&self, listed: &Listed) -> Vec<Device> {
+        let mut devices: Vec<Device> = match listed {
+            Listed::Users(users) => {
+                let mut users: Vec<&String> = users.iter().collect();
+                users.sort_unstable();
+                users.dedup();
+                users
+                    .into_iter()
+                    .filter_map(|u| self.by_user.get(u))
+                    .flatten()
+                    .cloned()
+                    .collect()
+            }
+            Listed::Tokens(tokens) => {
+                let mut tokens: Vec<&String> = tokens.iter().collect();
+                tokens.sort_unstable();
+                tokens.dedup();
+                tokens
+                    .into_iter()
+                    .filter_map(|t| self.by_token.get(t))
+                    .cloned()
+                    .collect()
+            }
+        };
+        devices.sort_by(|a, b| a.token.cmp(&b.token));
+        devices
+    }
+}
+
+/// Renders every planned event's jobs on one blocking thread (see [`render_page`]); each
+/// event's jobs, or the reason they could not be rendered, beside its plan.
+async fn render_plans(
+    plans: Vec<WholePlan>,
+    devices: AudienceDevices,
+    quiet: Arc<HashMap<String, QuietHours>>,
+) -> anyhow::Result<Vec<(WholePlan, anyhow::Result<Vec<NewJob>>)>> {
+    tokio::task::spawn_blocking(move || {
+        plans
+            .into_iter()
+            .map(|plan| {
+                let mut jobs = Vec::new();
+                let rendered = plan.rules.iter().try_for_each(|rule| {
+                    let mut timing = rule.timing.clone();
+                    timing.user_quiet = quiet.clone();
+                    for device in devices.of(&rule.listed) {
+                        jobs.push(render_job(
+                            &rule.name,
+                            &rule.template,
+                            &plan.event_ctx,
+                            &timing,
+                            &device,
+                            plan.trace.as_deref(),
+                        )?);
+                    }
+                    anyhow::Ok(())
+                });
+                let jobs = rendered.map(|()| jobs);
+                (plan, jobs)
+            })
+            .collect()
+    })
+    .await
+    .context("rendering a batch of events")
+}
+
 /// Named templates compiled once per batch of an app's events.
 #[derive(Default)]
 struct TemplateCache {
@@ -626,7 +884,7 @@ pub(crate) struct Timing {
     /// The app's policy (default zone, quiet hours).
     pub app: Arc<StoredPolicy>,
     /// The quiet hours of the users of the page being rendered who set their own.
-    pub user_quiet: HashMap<String, QuietHours>,
+    pub user_quiet: Arc<HashMap<String, QuietHours>>,
 }
 
 impl Timing {
@@ -648,12 +906,14 @@ impl Timing {
             .collect();
         users.sort_unstable();
         users.dedup();
-        timing.user_quiet = store
-            .preferences_of_users(app_id, &users)
-            .await?
-            .into_iter()
-            .filter_map(|(user, prefs)| prefs.quiet_hours.map(|q| (user, q)))
-            .collect();
+        timing.user_quiet = Arc::new(
+            store
+                .preferences_of_users(app_id, &users)
+                .await?
+                .into_iter()
+                .filter_map(|(user, prefs)| prefs.quiet_hours.map(|q| (user, q)))
+                .collect(),
+        );
         Ok(timing)
     }
 

@@ -830,14 +830,18 @@ async fn a_fan_out_cut_short_resumes_after_its_last_committed_slice(db: Db) {
         title: Some("Resumed".into()),
         ..TemplateSpec::default()
     };
+    let events = pushbridge::store::EventWriter::spawn(store.clone());
     let event_id = pushbridge::service::sends::enqueue_direct(
         store,
+        &events,
         &app.app.id,
-        Audience::Devices(DeviceFilter::default()),
-        TemplateRef::Inline(Box::new(template)),
-        Default::default(),
-        None,
-        Default::default(),
+        pushbridge::service::sends::DirectSend {
+            audience: Audience::Devices(DeviceFilter::default()),
+            template: TemplateRef::Inline(Box::new(template)),
+            data: Default::default(),
+            event_type: None,
+            delivery: Default::default(),
+        },
     )
     .await
     .expect("event stored");
@@ -950,7 +954,114 @@ async fn a_fan_out_cut_short_resumes_after_its_last_committed_slice(db: Db) {
     );
 }
 
+/// Small events claimed together are read, rendered and written together: each one still
+/// reaches exactly its own audience (users, overlapping users, tokens), personalized, and
+/// the quiet hours of a user who set some apply to that user's device alone.
+async fn events_fanned_out_together_each_reach_their_own_audience(db: Db) {
+    let sim = simulator().await;
+    // Accepted with no worker running, so the second instance claims them in one batch.
+    let first = TestApp::with_simulator(db, &sim, |c| c.worker.enabled = false).await;
+    let app = first.new_app().await;
+    let mut token_of = std::collections::HashMap::new();
+    for i in 0..8u64 {
+        let token = apns_test_token(ApnsTestKind::Success, 120 + i);
+        let user = format!("u{}", i % 4);
+        register(
+            &first,
+            &app,
+            &token,
+            json!({"platform": "apns", "user_id": user, "locale": "en"}),
+        )
+        .await;
+        token_of.entry(user).or_insert_with(Vec::new).push(token);
+    }
+    // u3 is in its quiet hours (an hour ago to an hour from now, UTC): its devices' jobs
+    // wait, the others go now.
+    let quiet = json!({"quiet_hours": {
+        "start": crate::harness::schedule::utc_clock_time(&first, -60),
+        "end": crate::harness::schedule::utc_clock_time(&first, 60),
+    }});
+    let (status, resp) = first
+        .call(
+            Method::PUT,
+            "/v1/users/u3/preferences",
+            Some(&app.server_key),
+            Some(quiet),
+        )
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    let template = json!({"body": "for {{ event.who }}"});
+    let mut sends = Vec::new();
+    for (to, who) in [
+        (json!({"user": "u0"}), "u0"),
+        (json!({"users": ["u1", "u2", "u1"]}), "u1+u2"),
+        (json!({"users": ["u2"]}), "u2"),
+        (json!({"tokens": [token_of["u0"][1].clone()]}), "t"),
+        (json!({"users": ["u3", "nobody"]}), "u3"),
+    ] {
+        let (status, resp) = first
+            .call(
+                Method::POST,
+                "/v1/notifications",
+                Some(&app.server_key),
+                Some(json!({"to": to, "template": template, "data": {"who": who}})),
+            )
+            .await;
+        assert_eq!(status, 202, "{resp}");
+        let id = resp["event_id"].as_str().expect("event id").to_string();
+        sends.push((id, who));
+    }
+    let second = first.another_instance(&sim, |_| {}).await;
+    let expected = |who: &str| -> Vec<String> {
+        let mut tokens: Vec<String> = match who {
+            "u0" => token_of["u0"].clone(),
+            "u1+u2" => [token_of["u1"].clone(), token_of["u2"].clone()].concat(),
+            "u2" => token_of["u2"].clone(),
+            "t" => vec![token_of["u0"][1].clone()],
+            _ => token_of["u3"].clone(),
+        };
+        tokens.sort();
+        tokens
+    };
+    for (id, who) in &sends {
+        if *who == "u3" {
+            continue;
+        }
+        wait_completed(&second, &app, id).await;
+        let mut tokens: Vec<String> = deliveries(&second, &app, id)
+            .await
+            .iter()
+            .map(|d| {
+                assert_eq!(d["status"], "delivered", "{d}");
+                d["token"].as_str().expect("token").to_string()
+            })
+            .collect();
+        tokens.sort();
+        assert_eq!(tokens, expected(who), "event for {who}");
+    }
+    let held = deliveries(&second, &app, &sends[4].0).await;
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert!(
+        held.iter().all(|d| d["hold"] == "quiet_hours"),
+        "u3's jobs wait for the end of its quiet hours: {held:?}"
+    );
+    let bodies: Vec<String> = sim
+        .records()
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.body.to_string())
+        .collect();
+    for (_, who) in &sends[..4] {
+        let n = bodies
+            .iter()
+            .filter(|b| b.contains(&format!("for {who}")))
+            .count();
+        assert_eq!(n, expected(who).len(), "payloads for {who}");
+    }
+}
+
 backend_tests!(
+    events_fanned_out_together_each_reach_their_own_audience,
     a_fan_out_cut_short_resumes_after_its_last_committed_slice,
     webhook_for_user_gives_one_personalized_payload_per_device,
     a_condition_that_does_not_match_sends_nothing,

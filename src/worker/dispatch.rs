@@ -748,31 +748,27 @@ impl AudienceDevices {
     /// A rule's devices, in token order, each once.
     fn of(&self, listed: &Listed) -> Vec<Device> {
         let mut devices: Vec<Device> = match listed {
-            Listed::Users(users) => {
-                let mut users: Vec<&String> = users.iter().collect();
-                users.sort_unstable();
-                users.dedup();
-                users
-                    .into_iter()
-                    .filter_map(|u| self.by_user.get(u))
-                    .flatten()
-                    .cloned()
-                    .collect()
-            }
-            Listed::Tokens(tokens) => {
-                let mut tokens: Vec<&String> = tokens.iter().collect();
-                tokens.sort_unstable();
-                tokens.dedup();
-                tokens
-                    .into_iter()
-                    .filter_map(|t| self.by_token.get(t))
-                    .cloned()
-                    .collect()
-            }
+            Listed::Users(users) => distinct(users)
+                .filter_map(|u| self.by_user.get(u))
+                .flatten()
+                .cloned()
+                .collect(),
+            Listed::Tokens(tokens) => distinct(tokens)
+                .filter_map(|t| self.by_token.get(t))
+                .cloned()
+                .collect(),
         };
         devices.sort_by(|a, b| a.token.cmp(&b.token));
         devices
     }
+}
+
+/// Each value of `list` once.
+fn distinct(list: &[String]) -> impl Iterator<Item = &String> {
+    let mut values: Vec<&String> = list.iter().collect();
+    values.sort_unstable();
+    values.dedup();
+    values.into_iter()
 }
 
 /// Renders every planned event's jobs on one blocking thread (see [`render_page`]); each

@@ -155,39 +155,64 @@ impl Store {
         let mut turn = self.write_turn().await?;
         let now = self.now();
         let mut tx = turn.begin().await?;
+        let backend = self.backend();
+        let ids: Vec<&str> = fan_outs.iter().map(|f| f.event.id.as_str()).collect();
+        super::lifecycle::lock_events(&mut tx, backend, &ids).await?;
+        let open = |f: &WholeFanOut<'_>| {
+            f.jobs
+                .iter()
+                .filter(|j| j.status == JobStatus::Queued)
+                .count() as i64
+        };
+        // Each event still leased by `owner`, at the job count it was claimed with, becomes
+        // dispatched with its jobs counted.
+        let mut held: std::collections::HashSet<String> = Default::default();
+        for chunk in fan_outs.chunks(super::lifecycle::EVENTS_PER_STATEMENT) {
+            let mut sql = Statement::new(
+                backend,
+                "UPDATE events SET status = 'dispatched', fanout_jobs = v.column2, \
+                 open_jobs = open_jobs + v.column3, fanout_cursor = NULL, lease_owner = NULL, \
+                 lease_until = NULL, updated_at = ",
+            );
+            sql.bind(now)
+                .push(" FROM (VALUES ")
+                .rows(chunk, |row, f| {
+                    let first_seq = f.event.fanout_jobs;
+                    row.bind_as(f.event.id.as_str(), "TEXT")
+                        .bind_as(first_seq + f.jobs.len() as i64, "BIGINT")
+                        .bind_as(open(f), "BIGINT")
+                        .bind_as(first_seq, "BIGINT");
+                })
+                .push(
+                    ") AS v WHERE events.id = v.column1 AND status = 'received' \
+                     AND fanout_jobs = v.column4 AND lease_owner = ",
+                )
+                .bind(owner)
+                .push(" RETURNING id");
+            let (text, args) = sql.finish()?;
+            held.extend(
+                sqlx::query_as_with::<_, (String,), _>(&text, args)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .map(|(id,)| id),
+            );
+        }
         let mut written = Vec::with_capacity(fan_outs.len());
         // (job id, event, job) of every event still held.
         let mut rows: Vec<(String, &Event, &NewJob)> = Vec::new();
+        // Held events none of whose jobs is left to send: completed once their jobs exist.
+        let mut nothing_to_send: Vec<(&str, i64)> = Vec::new();
         for f in fan_outs {
-            let first_seq = f.event.fanout_jobs;
-            let open = f
-                .jobs
-                .iter()
-                .filter(|j| j.status == JobStatus::Queued)
-                .count() as i64;
-            let held = sqlx::query(
-                "UPDATE events SET status = 'dispatched', fanout_jobs = $1, \
-                 open_jobs = open_jobs + $2, fanout_cursor = NULL, lease_owner = NULL, \
-                 lease_until = NULL, updated_at = $3 WHERE id = $4 AND status = 'received' \
-                 AND lease_owner = $5 AND fanout_jobs = $6",
-            )
-            .bind(first_seq + f.jobs.len() as i64)
-            .bind(open)
-            .bind(now)
-            .bind(&f.event.id)
-            .bind(owner)
-            .bind(first_seq)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                > 0;
-            written.push(held);
-            if !held {
+            let is_held = held.contains(&f.event.id);
+            written.push(is_held);
+            if !is_held {
                 continue;
             }
-            if open == 0 {
-                super::lifecycle::complete_event_if_done(&mut tx, &f.event.id, 0, now).await?;
+            if open(f) == 0 {
+                nothing_to_send.push((f.event.id.as_str(), 0));
             }
+            let first_seq = f.event.fanout_jobs;
             let event_part = f.event.id.strip_prefix("evt_").unwrap_or(&f.event.id);
             for (i, job) in f.jobs.iter().enumerate() {
                 let seq = first_seq + i as i64 + 1;
@@ -195,6 +220,7 @@ impl Store {
             }
         }
         let superseded = self.insert_jobs(&mut tx, &rows, now).await?;
+        super::lifecycle::complete_events_if_done(&mut tx, backend, &nothing_to_send, now).await?;
         tx.commit().await?;
         Ok((written, superseded))
     }
@@ -246,7 +272,7 @@ impl Store {
         for (_, event, job) in rows {
             rollup.finished(&event.app_id, now, job.status, 1);
         }
-        let superseded = supersede_collapsed(conn, rows, now, &mut rollup).await?;
+        let superseded = supersede_collapsed(conn, self.backend(), rows, now, &mut rollup).await?;
         rollup.write(self, conn).await?;
         Ok(superseded)
     }
@@ -257,6 +283,7 @@ impl Store {
 /// a tie), and counts them off their events. Returns how many it ended.
 async fn supersede_collapsed(
     conn: &mut AnyConnection,
+    backend: super::Backend,
     rows: &[(String, &Event, &NewJob)],
     now: i64,
     rollup: &mut Rollup,
@@ -294,8 +321,7 @@ async fn supersede_collapsed(
         }
     }
     let total = ended.values().sum::<i64>() as u64;
-    for (event_id, n) in ended {
-        super::lifecycle::complete_event_if_done(conn, &event_id, n, now).await?;
-    }
+    let ended: Vec<(&str, i64)> = ended.iter().map(|(id, n)| (id.as_str(), *n)).collect();
+    super::lifecycle::complete_events_if_done(conn, backend, &ended, now).await?;
     Ok(total)
 }

@@ -7,7 +7,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use sqlx::AnyConnection;
 
-use super::{new_id, values_rows, Store};
+use super::statement::Statement;
+use super::{new_id, values_rows, Backend, Store};
 use crate::model::event_type::{EndpointOutcome, EventType, MessageStatus};
 use crate::model::JobStatus;
 
@@ -450,46 +451,74 @@ async fn send_to_subscribers(
     Ok(written)
 }
 
-/// Writes `event.completed` for an event that has just completed, once per completion,
-/// when its app has an endpoint subscribed: the counts by final status.
+/// Writes `event.completed` for events that have just completed, once per completion, when
+/// their app has an endpoint subscribed: the counts by final status. The events are marked
+/// told in one statement, and each app's endpoints are read once.
 pub(super) async fn tell_completed(
     conn: &mut AnyConnection,
-    event_id: &str,
+    backend: Backend,
+    event_ids: &[String],
     now: i64,
 ) -> anyhow::Result<()> {
-    let app: Option<String> = sqlx::query_scalar(
-        "UPDATE events SET completion_told = 1 WHERE id = $1 AND status = 'completed' \
-         AND completion_told = 0 RETURNING app_id",
-    )
-    .bind(event_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(app_id) = app else { return Ok(()) };
-    let endpoints: Vec<(String,)> =
-        sqlx::query_as("SELECT events FROM event_endpoints WHERE app_id = $1 AND enabled = 1")
-            .bind(&app_id)
-            .fetch_all(&mut *conn)
-            .await?;
-    if !endpoints
-        .iter()
-        .any(|(events,)| subscribes(events, EventType::EventCompleted))
-    {
-        return Ok(());
+    let mut told: Vec<(String, String)> = Vec::new();
+    for chunk in event_ids.chunks(super::lifecycle::EVENTS_PER_STATEMENT) {
+        let mut sql = Statement::new(
+            backend,
+            "UPDATE events SET completion_told = 1 WHERE status = 'completed' \
+             AND completion_told = 0 AND id IN (",
+        );
+        for (i, id) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(id.as_str());
+        }
+        sql.push(") RETURNING id, app_id");
+        let (text, args) = sql.finish()?;
+        told.extend(
+            sqlx::query_as_with::<_, (String, String), _>(&text, args)
+                .fetch_all(&mut *conn)
+                .await?,
+        );
     }
-    let counts: Vec<(JobStatus, i64)> = sqlx::query_as(
-        "SELECT status, COUNT(*) FROM delivery_jobs WHERE event_id = $1 GROUP BY status",
-    )
-    .bind(event_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let deliveries: serde_json::Map<String, serde_json::Value> = counts
-        .into_iter()
-        .map(|(status, n)| (status.as_str().to_string(), n.into()))
-        .collect();
-    let data = serde_json::json!({"app_id": app_id, "event_id": event_id,
-        "completed_at": super::rfc3339(now), "deliveries": deliveries});
-    let body = message_body(EventType::EventCompleted, now, data);
-    send_to_subscribers(conn, &app_id, EventType::EventCompleted, &body, now).await?;
+    // In id order: the messages are written in a stable order, whatever order the rows came in.
+    told.sort_unstable();
+    let mut subscribed: HashMap<String, bool> = HashMap::new();
+    for (event_id, app_id) in told {
+        let any = match subscribed.get(&app_id) {
+            Some(any) => *any,
+            None => {
+                let endpoints: Vec<(String,)> = sqlx::query_as(
+                    "SELECT events FROM event_endpoints WHERE app_id = $1 AND enabled = 1",
+                )
+                .bind(&app_id)
+                .fetch_all(&mut *conn)
+                .await?;
+                let any = endpoints
+                    .iter()
+                    .any(|(events,)| subscribes(events, EventType::EventCompleted));
+                subscribed.insert(app_id.clone(), any);
+                any
+            }
+        };
+        if !any {
+            continue;
+        }
+        let counts: Vec<(JobStatus, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM delivery_jobs WHERE event_id = $1 GROUP BY status",
+        )
+        .bind(&event_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let deliveries: serde_json::Map<String, serde_json::Value> = counts
+            .into_iter()
+            .map(|(status, n)| (status.as_str().to_string(), n.into()))
+            .collect();
+        let data = serde_json::json!({"app_id": app_id, "event_id": event_id,
+            "completed_at": super::rfc3339(now), "deliveries": deliveries});
+        let body = message_body(EventType::EventCompleted, now, data);
+        send_to_subscribers(conn, &app_id, EventType::EventCompleted, &body, now).await?;
+    }
     Ok(())
 }
 

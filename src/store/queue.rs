@@ -348,9 +348,8 @@ impl Store {
         for r in mine.iter().filter(|r| status(r).is_final()) {
             *finished.entry(r.job.event_id.as_str()).or_default() += 1;
         }
-        for (event_id, done) in finished {
-            lifecycle::complete_event_if_done(&mut tx, event_id, done, now).await?;
-        }
+        let finished: Vec<(&str, i64)> = finished.into_iter().collect();
+        lifecycle::complete_events_if_done(&mut tx, self.backend(), &finished, now).await?;
         rollup.write(self, &mut tx).await?;
         tx.commit().await?;
         let mut withheld: BTreeMap<JobStatus, u64> = Default::default();

@@ -61,6 +61,9 @@ struct Args {
     /// Webhooks of the transactional part, comma-separated sizes.
     #[arg(long, value_delimiter = ',', default_value = "4000")]
     transactional_events: Vec<u64>,
+    /// Events per second of the transactional part's fixed-rate runs (0: none).
+    #[arg(long, default_value_t = 1000)]
+    transactional_rate: u64,
     /// Jobs of the scheduled-release part, comma-separated sizes.
     #[arg(long, value_delimiter = ',', default_value = "100000")]
     scheduled_jobs: Vec<u64>,
@@ -149,17 +152,27 @@ async fn main() -> anyhow::Result<()> {
     }
     if run(Part::Transactional) {
         println!(
-            "\n## Transactional events: {} clients, each event for its own user with one device\n",
+            "\n## Transactional events: {} closed-loop clients, or a fixed rate; each event for its own user with one device\n",
             32
         );
-        println!("| backend | arrival | events | all accepted s | last delivered s | events/s end to end | p50 ms | p99 ms | process CPU µs/event (bridge + clients) |");
-        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| backend | arrival | load | events | all accepted s | last delivered s | events/s end to end | p50 ms | p99 ms | process CPU µs/event (bridge + clients) |");
+        println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let rate = (args.transactional_rate > 0).then_some(args.transactional_rate);
+        let loads: Vec<Option<u64>> = std::iter::once(None).chain(rate.map(Some)).collect();
         for backend in &backends {
             for arrival in [Arrival::Webhooks, Arrival::DirectSends] {
-                for &n in &args.transactional_events {
-                    let r = transactional(backend, n, arrival).await?;
+                for (&n, &load) in args
+                    .transactional_events
+                    .iter()
+                    .flat_map(|n| loads.iter().map(move |l| (n, l)))
+                {
+                    let r = transactional(backend, n, arrival, load).await?;
+                    let load = match load {
+                        None => "32 clients".to_string(),
+                        Some(per_sec) => format!("fixed {per_sec}/s"),
+                    };
                     println!(
-                        "| {backend} | {} | {} | {:.2} | {:.2} | {:.0} | {} | {} | {:.0} |",
+                        "| {backend} | {} | {load} | {} | {:.2} | {:.2} | {:.0} | {} | {} | {:.0} |",
                         arrival.label(),
                         r.events,
                         r.accepted_secs,

@@ -58,11 +58,12 @@ impl Arrival {
 }
 
 /// `events` events, each for its own user with one device (half APNs, half FCM), arriving as
-/// `arrival` says, on `backend`.
+/// `arrival` says, on `backend`: from 32 closed-loop clients, or at a fixed `rate` per second.
 pub async fn transactional(
     backend: &str,
     events: u64,
     arrival: Arrival,
+    rate: Option<u64>,
 ) -> anyhow::Result<TransactionalResult> {
     let dir = tempfile::tempdir()?;
     let sim = Simulator::start()?;
@@ -126,51 +127,44 @@ pub async fn transactional(
         .pool_max_idle_per_host(CLIENTS as usize)
         .build()?;
 
+    let post = Arc::new(Poster {
+        client,
+        base,
+        app_id: app_id.clone(),
+        secret,
+        server_key: app.server_key.clone(),
+        arrival,
+    });
     let cpu0 = cpu_secs("self");
     let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
     let mut senders = tokio::task::JoinSet::new();
-    for _ in 0..CLIENTS {
-        let (client, next, base, app_id, secret, server_key) = (
-            client.clone(),
-            next.clone(),
-            base.clone(),
-            app_id.clone(),
-            secret.clone(),
-            app.server_key.clone(),
-        );
-        senders.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= events {
-                    return Ok::<(), anyhow::Error>(());
-                }
-                let amount = format!("{}.00", i % 100);
-                let req = match arrival {
-                    Arrival::Webhooks => {
-                        let body = json!({"type": "payment.completed",
-                            "data": {"user": format!("user-{i}"), "payment": format!("p-{i}"),
-                                "amount": amount}});
-                        let url = format!("{base}/v1/webhooks/{app_id}/pay");
-                        signed_webhook(
-                            &client,
-                            &url,
-                            &secret,
-                            body.to_string(),
-                            &format!("msg-{i}"),
-                        )?
+    match rate {
+        // Closed loop: each client posts its next event as soon as the last one is answered.
+        None => {
+            let next = Arc::new(AtomicU64::new(0));
+            for _ in 0..CLIENTS {
+                let (post, next) = (post.clone(), next.clone());
+                senders.spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= events {
+                            return Ok::<(), anyhow::Error>(());
+                        }
+                        post.post(i).await?;
                     }
-                    Arrival::DirectSends => client
-                        .post(format!("{base}/v1/notifications"))
-                        .bearer_auth(&server_key)
-                        .json(&json!({"to": {"user": format!("user-{i}")},
-                            "template": "receipt_direct",
-                            "data": {"payment": format!("p-{i}"), "amount": amount}})),
-                };
-                let status = req.send().await?.status().as_u16();
-                anyhow::ensure!(status == 202, "event {i} answered {status}");
+                });
             }
-        });
+        }
+        // Open loop: one event every 1/rate seconds, however long the answers take.
+        Some(per_sec) => {
+            let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / per_sec));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for i in 0..events {
+                tick.tick().await;
+                let post = post.clone();
+                senders.spawn(async move { post.post(i).await });
+            }
+        }
     }
     while let Some(done) = senders.join_next().await {
         done??;
@@ -220,4 +214,45 @@ pub async fn transactional(
         .await
         .context("dropping the database")?;
     Ok(result)
+}
+
+/// Posts event `i` of a run.
+struct Poster {
+    client: reqwest::Client,
+    base: String,
+    app_id: String,
+    secret: String,
+    server_key: String,
+    arrival: Arrival,
+}
+
+impl Poster {
+    async fn post(&self, i: u64) -> anyhow::Result<()> {
+        let amount = format!("{}.00", i % 100);
+        let req = match self.arrival {
+            Arrival::Webhooks => {
+                let body = json!({"type": "payment.completed",
+                    "data": {"user": format!("user-{i}"), "payment": format!("p-{i}"),
+                        "amount": amount}});
+                let url = format!("{}/v1/webhooks/{}/pay", self.base, self.app_id);
+                signed_webhook(
+                    &self.client,
+                    &url,
+                    &self.secret,
+                    body.to_string(),
+                    &format!("msg-{i}"),
+                )?
+            }
+            Arrival::DirectSends => self
+                .client
+                .post(format!("{}/v1/notifications", self.base))
+                .bearer_auth(&self.server_key)
+                .json(&json!({"to": {"user": format!("user-{i}")},
+                    "template": "receipt_direct",
+                    "data": {"payment": format!("p-{i}"), "amount": amount}})),
+        };
+        let status = req.send().await?.status().as_u16();
+        anyhow::ensure!(status == 202, "event {i} answered {status}");
+        Ok(())
+    }
 }

@@ -95,13 +95,13 @@ pub struct Store {
     source_cache: std::sync::Arc<sources::SourceCache>,
     /// SQLite allows one writer at a time. Writers take turns on this fair (FIFO) lock instead
     /// of racing for the database lock through `busy_timeout`, where under sustained load one
-    /// can lose every race until it times out. It holds the writing connection, taken from
-    /// `writes` on the first turn and kept (on a file: an in-memory database has one
-    /// connection, which readers need too, so it goes back after each turn), so a turn does
-    /// not check a connection out of the pool and back, each a round trip to its thread.
-    /// PostgreSQL does not use it.
+    /// can lose every race until it times out. On a file it holds the writing connection,
+    /// taken from `writes` on the first turn and kept, so a turn does not check a connection
+    /// out of the pool and back, each a round trip to its thread (an in-memory database has
+    /// one connection, which readers need too: there a turn checks it out). PostgreSQL does
+    /// not use it.
     write_lock: std::sync::Arc<tokio::sync::Mutex<Option<PoolConnection<Any>>>>,
-    /// Whether the writing connection stays with `write_lock` between turns.
+    /// Whether the writing connection stays with `write_lock` between turns (SQLite on a file).
     keep_writer: bool,
     /// Seals secrets on write and opens them on read.
     keyring: std::sync::Arc<crate::secrets::Keyring>,
@@ -121,25 +121,22 @@ pub(crate) struct WriteTurn {
 
 /// The connection of a write turn.
 enum TurnConnection {
-    /// SQLite: the one writing connection, under the write lock; `keep` leaves it there
-    /// after the turn.
-    Locked {
-        guard: tokio::sync::OwnedMutexGuard<Option<PoolConnection<Any>>>,
-        keep: bool,
+    /// SQLite on a file: the one writing connection, kept under the write lock.
+    Kept(tokio::sync::OwnedMappedMutexGuard<Option<PoolConnection<Any>>, PoolConnection<Any>>),
+    /// A connection of the pool for this turn: on PostgreSQL, and on an in-memory SQLite
+    /// database (with the write lock held, `lock`).
+    Pooled {
+        conn: PoolConnection<Any>,
+        lock: Option<tokio::sync::OwnedMutexGuard<Option<PoolConnection<Any>>>>,
     },
-    /// PostgreSQL: a connection of the pool, for this turn.
-    Pooled(PoolConnection<Any>),
 }
 
 impl WriteTurn {
     /// The connection writes go to: the one writing connection on SQLite.
     pub(crate) fn db(&mut self) -> &mut AnyConnection {
         match &mut self.conn {
-            TurnConnection::Locked { guard, .. } => match guard.as_mut() {
-                Some(conn) => conn,
-                None => unreachable!("a locked turn always holds the writing connection"),
-            },
-            TurnConnection::Pooled(conn) => conn,
+            TurnConnection::Kept(conn) => conn,
+            TurnConnection::Pooled { conn, .. } => conn,
         }
     }
 
@@ -148,20 +145,14 @@ impl WriteTurn {
     /// a deferred transaction that reads first would fail at its first write if another
     /// process committed in between, since its snapshot could not become a write.
     pub(crate) async fn begin(&mut self) -> sqlx::Result<sqlx::Transaction<'_, Any>> {
-        match self.conn {
-            TurnConnection::Locked { .. } => {
-                sqlx::Connection::begin_with(self.db(), "BEGIN IMMEDIATE").await
-            }
-            TurnConnection::Pooled(_) => sqlx::Connection::begin(self.db()).await,
-        }
-    }
-}
-
-impl Drop for WriteTurn {
-    fn drop(&mut self) {
-        if let TurnConnection::Locked { guard, keep: false } = &mut self.conn {
-            // Back to the pool, for the readers of an in-memory database.
-            guard.take();
+        let immediate = match &self.conn {
+            TurnConnection::Kept(_) => true,
+            TurnConnection::Pooled { lock, .. } => lock.is_some(),
+        };
+        if immediate {
+            sqlx::Connection::begin_with(self.db(), "BEGIN IMMEDIATE").await
+        } else {
+            sqlx::Connection::begin(self.db()).await
         }
     }
 }
@@ -311,17 +302,28 @@ impl Store {
     /// connection cannot come apart.
     pub(crate) async fn write_turn(&self) -> sqlx::Result<WriteTurn> {
         let conn = match self.backend {
-            Backend::Sqlite => {
+            Backend::Sqlite if self.keep_writer => {
                 let mut guard = self.write_lock.clone().lock_owned().await;
                 if guard.is_none() {
                     *guard = Some(self.writes.acquire().await?);
                 }
-                TurnConnection::Locked {
-                    guard,
-                    keep: self.keep_writer,
+                let kept =
+                    tokio::sync::OwnedMutexGuard::try_map(guard, Option::as_mut).map_err(|_| {
+                        sqlx::Error::Protocol("the writing connection was not kept".into())
+                    })?;
+                TurnConnection::Kept(kept)
+            }
+            Backend::Sqlite => {
+                let turn = self.write_lock.clone().lock_owned().await;
+                TurnConnection::Pooled {
+                    conn: self.writes.acquire().await?,
+                    lock: Some(turn),
                 }
             }
-            Backend::Postgres => TurnConnection::Pooled(self.writes.acquire().await?),
+            Backend::Postgres => TurnConnection::Pooled {
+                conn: self.writes.acquire().await?,
+                lock: None,
+            },
         };
         Ok(WriteTurn { conn })
     }

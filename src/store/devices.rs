@@ -448,14 +448,10 @@ fn where_in<'q>(
         backend,
         &format!("SELECT {DEVICE_READ} FROM devices WHERE app_id = "),
     );
-    sql.bind(app_id).push(&format!(" AND {column} IN ("));
-    for (i, v) in values.iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.bind(v.as_str());
-    }
-    sql.push(")");
+    sql.bind(app_id)
+        .push(&format!(" AND {column} IN ("))
+        .list(values.iter().map(|v| v.as_str()))
+        .push(")");
     sql.finish()
 }
 

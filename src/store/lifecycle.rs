@@ -207,13 +207,8 @@ pub(super) async fn lock_events(
     }
     for chunk in ids.chunks(EVENTS_PER_STATEMENT) {
         let mut sql = Statement::new(backend, "SELECT id FROM events WHERE id IN (");
-        for (i, id) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(*id);
-        }
-        sql.push(") ORDER BY id FOR UPDATE");
+        sql.list(chunk.iter().copied())
+            .push(") ORDER BY id FOR UPDATE");
         let (text, args) = sql.finish()?;
         sqlx::query_with(&text, args).execute(&mut *conn).await?;
     }

@@ -467,13 +467,8 @@ pub(super) async fn tell_completed(
             "UPDATE events SET completion_told = 1 WHERE status = 'completed' \
              AND completion_told = 0 AND id IN (",
         );
-        for (i, id) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(id.as_str());
-        }
-        sql.push(") RETURNING id, app_id");
+        sql.list(chunk.iter().map(String::as_str))
+            .push(") RETURNING id, app_id");
         let (text, args) = sql.finish()?;
         told.extend(
             sqlx::query_as_with::<_, (String, String), _>(&text, args)

@@ -74,6 +74,21 @@ impl<'q> Statement<'q> {
             .push(")")
     }
 
+    /// Appends `values`, each bound, comma-separated (the inside of an `IN (...)`).
+    pub(crate) fn list<T, I>(&mut self, values: I) -> &mut Self
+    where
+        I: IntoIterator<Item = T>,
+        T: 'q + Encode<'q, Any> + Type<Any>,
+    {
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.text.push_str(", ");
+            }
+            self.bind(value);
+        }
+        self
+    }
+
     /// Appends one parenthesized row per item, comma-separated, each written by `row`.
     pub(crate) fn rows<I, F>(&mut self, items: I, mut row: F) -> &mut Self
     where
@@ -158,6 +173,7 @@ mod tests {
             row.bind(n).raw("0").bind_as(n * 10, "BIGINT").bind("x");
         });
         s.push(" WHERE e = ").bind(7_i64);
+        s.push(" AND f IN (").list(["a", "b"]).push(")");
         s.finish().expect("bound").0
     }
 
@@ -166,12 +182,12 @@ mod tests {
         assert_eq!(
             text(Backend::Sqlite),
             "INSERT INTO t (a, b, c, d) VALUES (?, 0, CAST(? AS BIGINT), ?),\
-             (?, 0, CAST(? AS BIGINT), ?) WHERE e = ?"
+             (?, 0, CAST(? AS BIGINT), ?) WHERE e = ? AND f IN (?, ?)"
         );
         assert_eq!(
             text(Backend::Postgres),
             "INSERT INTO t (a, b, c, d) VALUES ($1, 0, CAST($2 AS BIGINT), $3),\
-             ($4, 0, CAST($5 AS BIGINT), $6) WHERE e = $7"
+             ($4, 0, CAST($5 AS BIGINT), $6) WHERE e = $7 AND f IN ($8, $9)"
         );
     }
 }

@@ -727,22 +727,12 @@ impl AudienceDevices {
         if !any_preferences {
             return Ok(Arc::default());
         }
-        let mut users: Vec<&str> = self
+        let users = self
             .by_user
             .keys()
             .map(String::as_str)
-            .chain(self.by_token.values().filter_map(|d| d.user_id.as_deref()))
-            .collect();
-        users.sort_unstable();
-        users.dedup();
-        Ok(Arc::new(
-            store
-                .preferences_of_users(app_id, &users)
-                .await?
-                .into_iter()
-                .filter_map(|(user, prefs)| prefs.quiet_hours.map(|q| (user, q)))
-                .collect(),
-        ))
+            .chain(self.by_token.values().filter_map(|d| d.user_id.as_deref()));
+        quiet_hours_of(store, app_id, users).await
     }
 
     /// A rule's devices, in token order, each once.
@@ -769,6 +759,25 @@ fn distinct(list: &[String]) -> impl Iterator<Item = &String> {
     values.sort_unstable();
     values.dedup();
     values.into_iter()
+}
+
+/// The quiet hours that those of `users` who set their own chose.
+async fn quiet_hours_of<'u>(
+    store: &Store,
+    app_id: &str,
+    users: impl Iterator<Item = &'u str>,
+) -> anyhow::Result<Arc<HashMap<String, QuietHours>>> {
+    let mut users: Vec<&str> = users.collect();
+    users.sort_unstable();
+    users.dedup();
+    Ok(Arc::new(
+        store
+            .preferences_of_users(app_id, &users)
+            .await?
+            .into_iter()
+            .filter_map(|(user, prefs)| prefs.quiet_hours.map(|q| (user, q)))
+            .collect(),
+    ))
 }
 
 /// Renders every planned event's jobs on one blocking thread (see [`render_page`]); each
@@ -896,20 +905,8 @@ impl Timing {
         if !self.app.has_user_preferences {
             return Ok(timing);
         }
-        let mut users: Vec<&str> = devices
-            .iter()
-            .filter_map(|d| d.user_id.as_deref())
-            .collect();
-        users.sort_unstable();
-        users.dedup();
-        timing.user_quiet = Arc::new(
-            store
-                .preferences_of_users(app_id, &users)
-                .await?
-                .into_iter()
-                .filter_map(|(user, prefs)| prefs.quiet_hours.map(|q| (user, q)))
-                .collect(),
-        );
+        let users = devices.iter().filter_map(|d| d.user_id.as_deref());
+        timing.user_quiet = quiet_hours_of(store, app_id, users).await?;
         Ok(timing)
     }
 

@@ -197,7 +197,7 @@ pub async fn start_with(
     if let Some(observer) = &observer {
         credentials.iter().flatten().for_each(|c| observer.saved(c));
     }
-    let state = AppState {
+    let state = AppState::new(state::Shared {
         config: Arc::new(config),
         store: store.clone(),
         metrics: Arc::new(Metrics::new()),
@@ -208,7 +208,7 @@ pub async fn start_with(
         events: store::EventWriter::spawn(store.clone()),
         limiter: Default::default(),
         credential_observer: observer,
-    };
+    });
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let workers = if state.config.worker.enabled {

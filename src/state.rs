@@ -11,9 +11,29 @@ use crate::service::credentials::CredentialObserver;
 use crate::store::{EventWriter, Store};
 use crate::worker::{Breakers, Wake};
 
-/// State handed to every handler; cheap to clone.
+/// State handed to every handler: one shared [`Shared`], so that cloning it (axum does for
+/// every request, and again for each middleware) is one reference count, not one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The state of `shared`.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What the handlers share: configuration, store, metrics, wake-ups, providers, the event
+/// writer and rate limits.
+pub struct Shared {
     /// Validated configuration.
     pub config: Arc<Config>,
     /// The database.

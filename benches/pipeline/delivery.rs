@@ -44,8 +44,10 @@ pub struct DeliveryResult {
 /// How a delivery run is set up.
 #[derive(Clone, Copy, Debug)]
 pub struct Scenario {
-    /// The simulator answers every send this late.
+    /// The simulator answers each send this late on average.
     pub latency_ms: u64,
+    /// Each send's latency is drawn evenly from `latency_ms` ± this.
+    pub jitter_ms: u64,
     /// `worker.concurrency`; `None` for the default.
     pub concurrency: Option<u32>,
 }
@@ -54,6 +56,7 @@ impl Scenario {
     /// The throughput table's setup: no added latency, 1000 sends in flight at most.
     pub const FAST: Self = Self {
         latency_ms: 0,
+        jitter_ms: 0,
         concurrency: Some(1000),
     };
 }
@@ -95,7 +98,7 @@ pub async fn delivery(
     scenario: Scenario,
 ) -> anyhow::Result<DeliveryResult> {
     let dir = tempfile::tempdir()?;
-    let sim = Simulator::with_latency(scenario.latency_ms)?;
+    let sim = Simulator::with_latency(scenario.latency_ms, scenario.jitter_ms)?;
     let db_url = database_url(backend, dir.path()).await?;
     let running = bridge(db_url.clone(), &sim, scenario.concurrency).await?;
     let store = running.state.store.clone();

@@ -11,11 +11,13 @@
 //! - scheduled: N jobs due at 09:00 local in 24 zones, released zone by zone on a shifted
 //!   clock;
 //! - latency: the same fan-out with the simulator answering each send late (a provider's
-//!   round trip), with `worker.concurrency = 256` (the old fixed limit) and with the default
-//!   (the limit follows the connections' advertised streams), side by side.
+//!   round trip, 100 ms ± 50 ms by default), with `worker.concurrency = 256` (the old fixed
+//!   limit) and with the default (the limit follows the connections' advertised streams),
+//!   side by side; the default is also run with no added latency, its CPU bound, and
+//!   reported against the smaller of that and its in-flight bound.
 //!
 //! `cargo bench --bench pipeline -- --sizes 1000,10000,100000 [--ingest-secs 10]
-//! [--h2load-requests 500000] [--sim-latency-ms 100] [--latency-sizes 20000]
+//! [--h2load-requests 500000] [--sim-latency-ms 100] [--sim-jitter-ms 50] [--latency-sizes 20000]
 //! [--transactional-events 4000] [--fairness-sizes 100000]
 //! [--scheduled-jobs 1000000] [--only delivery|ingest|latency|transactional|fairness|scheduled]`
 //! `DATABASE_URL=postgres://...` adds a PostgreSQL column. See docs/BENCHMARKS.md.
@@ -49,9 +51,12 @@ struct Args {
     /// Requests h2load sends to measure the simulator's raw capacity.
     #[arg(long, default_value_t = 500_000)]
     h2load_requests: u64,
-    /// Simulator latency of the latency part, milliseconds per send.
+    /// Simulator latency of the latency part, mean milliseconds per send.
     #[arg(long, default_value_t = 100)]
     sim_latency_ms: u64,
+    /// Spread of the latency part's simulator latency: each send takes the mean ± this.
+    #[arg(long, default_value_t = 50)]
+    sim_jitter_ms: u64,
     /// Fan-out sizes of the latency part, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "20000")]
     latency_sizes: Vec<u64>,
@@ -267,36 +272,69 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The latency part: at a provider round trip the in-flight limit, not the CPU, sets the rate.
+/// The latency part, at a provider round trip of `--sim-latency-ms` ± `--sim-jitter-ms`:
+/// the old fixed 256 in flight against the default configuration, and the default against
+/// the smaller of its two bounds. The in-flight bound is the open connections' advertised
+/// streams ÷ the mean latency; the CPU bound is what the same fan-out reaches with no added
+/// latency (nothing to wait for, so the two shared cores set the pace), measured just before.
 async fn latency(backends: &[&str], args: &Args) -> anyhow::Result<()> {
+    let mean_secs = args.sim_latency_ms as f64 / 1000.0;
+    anyhow::ensure!(mean_secs > 0.0, "--sim-latency-ms must be more than 0");
     println!(
-        "\n## Delivery at a {} ms provider round trip: the old fixed 256 against the default\n",
-        args.sim_latency_ms
+        "\n## Delivery at a {} ms ± {} ms provider round trip: the old fixed 256, the default, \
+         and the default against its bounds\n",
+        args.sim_latency_ms, args.sim_jitter_ms
     );
-    println!("| backend | devices | worker.concurrency | stream capacity | peak in flight | total s | notifications/s | p50 ms | p99 ms | bridge peak RSS MB | bridge CPU µs/notif. |");
-    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| backend | devices | worker.concurrency | latency ms | stream capacity | peak in flight | total s | notifications/s | p50 ms | p99 ms | bridge peak RSS MB | bridge CPU µs/notif. |");
+    println!("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut bounds = Vec::new();
     for backend in backends {
         for &n in &args.latency_sizes {
-            for (label, concurrency) in [("256 (before)", Some(256)), ("default (after)", None)] {
+            let runs = [
+                ("default", 0, 0, None),
+                (
+                    "256 (before)",
+                    args.sim_latency_ms,
+                    args.sim_jitter_ms,
+                    Some(256),
+                ),
+                ("default", args.sim_latency_ms, args.sim_jitter_ms, None),
+            ];
+            let mut rates = Vec::new();
+            for (label, latency_ms, jitter_ms, concurrency) in runs {
                 let scenario = Scenario {
-                    latency_ms: args.sim_latency_ms,
+                    latency_ms,
+                    jitter_ms,
                     concurrency,
                 };
                 let r = delivery(backend, n, scenario).await?;
+                let rate = r.devices as f64 / r.secs;
                 println!(
-                    "| {backend} | {} | {label} | {} | {} | {:.2} | {:.0} | {} | {} | {:.0} | {:.0} |",
+                    "| {backend} | {} | {label} | {latency_ms} ± {jitter_ms} | {} | {} | {:.2} | {rate:.0} | {} | {} | {:.0} | {:.0} |",
                     r.devices,
                     r.stream_capacity,
                     r.peak_in_flight,
                     r.secs,
-                    r.devices as f64 / r.secs,
                     r.p50_ms,
                     r.p99_ms,
                     r.peak_rss_mb,
                     r.bridge_cpu / r.devices as f64 * 1e6
                 );
+                rates.push((rate, r.stream_capacity));
             }
+            let (cpu_bound, _) = rates[0];
+            let (reached, capacity) = rates[2];
+            let in_flight_bound = capacity as f64 / mean_secs;
+            bounds.push((backend, n, in_flight_bound, cpu_bound, reached));
         }
+    }
+    println!("\n| backend | devices | in-flight bound /s | CPU bound /s | default at the latency /s | ratio to the smaller bound |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (backend, n, in_flight_bound, cpu_bound, reached) in bounds {
+        println!(
+            "| {backend} | {n} | {in_flight_bound:.0} | {cpu_bound:.0} | {reached:.0} | {:.2} |",
+            reached / in_flight_bound.min(cpu_bound)
+        );
     }
     Ok(())
 }

@@ -56,17 +56,18 @@ pub struct Simulator {
 impl Simulator {
     /// Starts `pushbridge simulate` on free ports and reads the URLs it prints.
     pub fn start() -> anyhow::Result<Self> {
-        Self::with_latency(0)
+        Self::with_latency(0, 0)
     }
 
-    /// Like [`Simulator::start`], answering every send `latency_ms` late (a provider's
-    /// round trip).
-    pub fn with_latency(latency_ms: u64) -> anyhow::Result<Self> {
+    /// Like [`Simulator::start`], answering each send `latency_ms` ± `jitter_ms` late (a
+    /// provider's round trip, drawn evenly from that range).
+    pub fn with_latency(latency_ms: u64, jitter_ms: u64) -> anyhow::Result<Self> {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
             .args(["simulate", "--apns-listen", "127.0.0.1:0"])
             .args(["--fcm-listen", "127.0.0.1:0", "--max-records", "0"])
             .args(["--latency-ms", &latency_ms.to_string()])
+            .args(["--latency-jitter-ms", &jitter_ms.to_string()])
             .arg("--certs-dir")
             .arg(certs())
             .env("RUST_LOG", "warn")

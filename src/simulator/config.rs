@@ -148,6 +148,9 @@ pub struct SimulateArgs {
     /// Latency added to every send, milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Spread of each send's latency: drawn evenly from latency-ms ± this, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_jitter_ms: u64,
     /// Fraction of sends that get a latency spike.
     #[arg(long, default_value_t = 0.0)]
     pub spike_probability: f64,
@@ -193,6 +196,7 @@ impl SimulateArgs {
                 error_rate: self.error_rate,
                 retry_after_secs: self.retry_after_secs,
                 latency_ms: self.latency_ms,
+                latency_jitter_ms: self.latency_jitter_ms,
                 spike_probability: self.spike_probability,
                 spike_latency_ms: self.spike_latency_ms,
                 reset_probability: self.reset_probability,

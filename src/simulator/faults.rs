@@ -14,8 +14,11 @@ pub struct Faults {
     pub error_rate: f64,
     /// `Retry-After` seconds on injected 503s.
     pub retry_after_secs: u64,
-    /// Delay added to every send.
+    /// Delay added to every send: its mean, when `latency_jitter_ms` spreads it.
     pub latency_ms: u64,
+    /// Each send's delay is drawn evenly from `latency_ms` ± this (a real provider's round
+    /// trip varies); at most `latency_ms`, so that the mean stays `latency_ms`.
+    pub latency_jitter_ms: u64,
     /// Fraction (0–1) of sends that get `spike_latency_ms` more.
     pub spike_probability: f64,
     /// Extra delay of a spike.
@@ -37,6 +40,7 @@ impl Default for Faults {
             error_rate: 0.0,
             retry_after_secs: 1,
             latency_ms: 0,
+            latency_jitter_ms: 0,
             spike_probability: 0.0,
             spike_latency_ms: 0,
             reset_probability: 0.0,
@@ -57,6 +61,13 @@ impl Faults {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!("faults.{name}: must be between 0 and 1"));
             }
+        }
+        if self.latency_jitter_ms > self.latency_ms {
+            return Err(format!(
+                "faults.latency_jitter_ms: {} is more than latency_ms ({}); a delay cannot be \
+                 negative",
+                self.latency_jitter_ms, self.latency_ms
+            ));
         }
         if self.goaway_after_streams == Some(0) {
             return Err("faults.goaway_after_streams: must be at least 1".into());
@@ -87,13 +98,23 @@ pub(super) async fn inject(faults: &Faults) -> Option<Injected> {
 
 /// Sleeps for the configured latency, plus a spike now and then.
 async fn delay(faults: &Faults) {
-    let mut delay = faults.latency_ms;
-    if faults.spike_probability > 0.0 && rand::random::<f64>() < faults.spike_probability {
-        delay += faults.spike_latency_ms;
-    }
+    let delay = delay_ms(faults, rand::random::<f64>(), rand::random::<f64>());
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+}
+
+/// One send's delay, from two draws in `[0, 1)`: where in the jitter range it falls, and
+/// whether it spikes.
+fn delay_ms(faults: &Faults, jitter_draw: f64, spike_draw: f64) -> u64 {
+    let spread = 2 * faults.latency_jitter_ms + 1;
+    // Evenly over latency_ms - jitter ..= latency_ms + jitter (validated: jitter <= latency).
+    let offset = ((jitter_draw * spread as f64) as u64).min(spread - 1);
+    let mut delay = (faults.latency_ms - faults.latency_jitter_ms.min(faults.latency_ms)) + offset;
+    if faults.spike_probability > 0.0 && spike_draw < faults.spike_probability {
+        delay += faults.spike_latency_ms;
+    }
+    delay
 }
 
 #[cfg(test)]
@@ -110,5 +131,41 @@ mod tests {
             faults.validate().unwrap_err(),
             "faults.reset_probability: must be between 0 and 1"
         );
+        let faults = Faults {
+            latency_ms: 100,
+            latency_jitter_ms: 150,
+            ..Faults::default()
+        };
+        assert!(faults
+            .validate()
+            .unwrap_err()
+            .starts_with("faults.latency_jitter_ms: 150 is more than latency_ms (100)"));
+    }
+
+    #[test]
+    fn jitter_spreads_the_delay_evenly_around_its_mean() {
+        let faults = Faults {
+            latency_ms: 100,
+            latency_jitter_ms: 50,
+            ..Faults::default()
+        };
+        faults.validate().expect("valid");
+        assert_eq!(delay_ms(&faults, 0.0, 0.5), 50);
+        assert_eq!(delay_ms(&faults, 0.5, 0.5), 100);
+        assert_eq!(delay_ms(&faults, 0.999_999, 0.5), 150);
+        // 101 evenly spaced draws land on each of the 101 delays once: the mean is 100 ms.
+        let delays: Vec<u64> = (0..101)
+            .map(|i| delay_ms(&faults, (i as f64 + 0.5) / 101.0, 0.5))
+            .collect();
+        assert_eq!(delays, (50..=150).collect::<Vec<u64>>());
+        // Without jitter every send waits the same; a spike adds to it.
+        let fixed = Faults {
+            latency_ms: 100,
+            spike_probability: 0.1,
+            spike_latency_ms: 300,
+            ..Faults::default()
+        };
+        assert_eq!(delay_ms(&fixed, 0.0, 0.5), 100);
+        assert_eq!(delay_ms(&fixed, 0.999, 0.05), 400);
     }
 }

@@ -258,7 +258,9 @@ impl managed::Manager for Connector {
     type Error = TransportError;
 
     async fn create(&self) -> Result<H2Connection, TransportError> {
-        self.connect().await
+        // Boxed: a connect (TCP, TLS and HTTP/2 handshakes) is rare, and inline it would make
+        // every checkout's future, and so every send's, some 16 KB larger.
+        Box::pin(self.connect()).await
     }
 
     async fn recycle(&self, conn: &mut H2Connection, _: &Metrics) -> RecycleResult<TransportError> {
@@ -409,7 +411,8 @@ impl H2Pool {
                 "no time was left for a resend".into(),
             ));
         }
-        self.attempt(limit, &uri, headers, &body, &mut None)
+        // Boxed, being rare: inline, a second attempt would double this future's size.
+        Box::pin(self.attempt(limit, &uri, headers, &body, &mut None))
             .await
             .map_err(|e| TransportError::DeadConnection(e.to_string()))
     }
@@ -483,4 +486,29 @@ pub(crate) fn check_pool(prefix: &str, size: usize, timeout_ms: u64) -> Result<(
         return Err(format!("{prefix}.request_timeout_ms: must be positive"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_future_stays_small() {
+        let pool = H2Pool::new(&PoolConfig {
+            endpoint: "https://127.0.0.1:9".into(),
+            size: 1,
+            request_timeout: Duration::from_secs(1),
+            extra_root_certs: Vec::new(),
+            keep_idle_connections: false,
+            cap: None,
+        })
+        .expect("pool");
+        let headers = HeaderMap::new();
+        // Built, never polled: its size is what every send in flight holds for it. With the
+        // connect and the resend inline it was ~64 KB (and each caller doubles what it
+        // awaits), which made a send's task ~500 KB.
+        let post = pool.post("/3/device/00", &headers, Bytes::new());
+        let size = std::mem::size_of_val(&post);
+        assert!(size < 8 * 1024, "H2Pool::post's future is {size} bytes");
+    }
 }

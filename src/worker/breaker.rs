@@ -85,6 +85,13 @@ impl Worker {
         let Some(breaker) = self.breakers.get(app_id, provider) else {
             return Gate::Send { probe: false };
         };
+        // Boxed: the store calls behind an open breaker are rare, and inline they would make
+        // every send's task larger.
+        Box::pin(self.gate_open(app_id, provider, breaker)).await
+    }
+
+    /// [`Self::gate`] while the breaker is open.
+    async fn gate_open(&self, app_id: &str, provider: Platform, breaker: Breaker) -> Gate {
         let now = self.store.now();
         if breaker.probe_at > now {
             return Gate::Hold {
@@ -177,7 +184,8 @@ impl Worker {
             return;
         }
         self.breakers.clear(app_id, provider);
-        match self.store.close_breaker(app_id, provider).await {
+        // Boxed, being rare (see `gate`).
+        match Box::pin(self.store.close_breaker(app_id, provider)).await {
             Ok(true) => {
                 tracing::info!(app = %app_id, provider = provider.as_str(),
                     "the provider accepts the app's credential again; its sends resume");

@@ -109,8 +109,9 @@ pub struct Store {
     clock: crate::clock::Clock,
 }
 
-/// SQLite page cache of the one writing connection, KiB.
-const SQLITE_WRITER_CACHE_KIB: i64 = 32 * 1024;
+/// SQLite page cache of the one writing connection, KiB. 16 MiB holds the hot index pages
+/// of a 1M-job queue; 32 MiB was no faster and cost ~18 MB more peak RSS (docs/BENCHMARKS.md).
+const SQLITE_WRITER_CACHE_KIB: i64 = 16 * 1024;
 /// SQLite page cache of each reading connection, KiB (SQLite's default is about 2 MiB).
 const SQLITE_READER_CACHE_KIB: i64 = 2 * 1024;
 

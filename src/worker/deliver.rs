@@ -556,7 +556,7 @@ impl Worker {
             Outcome::TokenRejected { reason } if reason == BAD_DEVICE_TOKEN => {
                 // Apple answers BadDeviceToken for a sandbox token sent to production.
                 target.environment = ApnsEnvironment::Sandbox;
-                // Boxed, being rare: inline, a second send would double every send's task.
+                // Boxed like the send above.
                 let retried =
                     Box::pin(self.providers.send(&job.app_id, &target, &notification)).await;
                 let learned = matches!(retried, Outcome::Delivered { .. })
@@ -699,9 +699,10 @@ fn remaining_lifetime(mut n: Notification, expires_at: i64, now: i64) -> Notific
     n
 }
 
-/// Tops a small batch of results up with those that arrive within [`RECORD_LINGER`], to
-/// [`RECORD_GATHER`] at most (or `max`, when that is smaller); returns at once when the
-/// batch is large already or every sender is gone.
+/// Tops a small batch of results up with those that arrive within [`RECORD_LINGER`]: it
+/// waits while the batch holds fewer than [`RECORD_GATHER`] (or `max`, when that is
+/// smaller), never takes it beyond `max`, and returns at once when the batch is large
+/// already or every sender is gone.
 async fn gather<T>(results: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) {
     let enough = RECORD_GATHER.min(max);
     if batch.len() >= enough {

@@ -1,13 +1,15 @@
 //! Fan-out writes: an event's delivery jobs, committed one slice at a time together with the
 //! cursor that says how far the fan-out got, under the event's lease.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use sqlx::AnyConnection;
 
 use super::rollups::Rollup;
 use super::statement::Statement;
-use super::{Event, Store};
+use super::{ClaimedJob, Event, Store};
 use crate::model::{JobStatus, Platform};
 
 /// A job produced by fan-out.
@@ -117,11 +119,16 @@ impl Store {
             return Ok(None);
         }
         let event_part = event.id.strip_prefix("evt_").unwrap_or(&event.id);
-        let rows: Vec<(String, &Event, &NewJob)> = slice
+        let rows: Vec<JobRow<'_>> = slice
             .jobs
             .iter()
             .zip(first_seq + 1..)
-            .map(|(job, seq)| (format!("job_{event_part}_{seq:08}"), event, job))
+            .map(|(job, seq)| JobRow {
+                id: format!("job_{event_part}_{seq:08}"),
+                event,
+                job,
+                lease: None,
+            })
             .collect();
         let superseded = self.insert_jobs(&mut tx, &rows, now).await?;
         tx.commit().await?;
@@ -130,6 +137,36 @@ impl Store {
             superseded,
         }))
     }
+}
+
+/// A job row to insert: its id, its event and the job; leased (`Some`: written in flight,
+/// leased to this owner until this time, for the writer's own sender) or queued.
+struct JobRow<'a> {
+    id: String,
+    event: &'a Event,
+    job: &'a NewJob,
+    lease: Option<(&'a str, i64)>,
+}
+
+/// How many of the due jobs a whole fan-out writes leased to the writer itself, already in
+/// flight, for its own sender to send at once instead of claiming them back.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Handing {
+    /// At most this many jobs (0: none; all are queued).
+    pub max: usize,
+    /// Their lease, from the write on.
+    pub lease_ms: i64,
+}
+
+/// What a write of whole fan-outs did.
+#[derive(Debug, Default)]
+pub struct WholeWritten {
+    /// Per fan-out, whether it was written (its event was still leased to the writer).
+    pub written: Vec<bool>,
+    /// Older waiting jobs its jobs collapsed.
+    pub superseded: u64,
+    /// The jobs written leased to the writer, to send now (see [`Handing`]).
+    pub handed: Vec<ClaimedJob>,
 }
 
 /// A small event's whole fan-out, rendered at once (its audience is one page): written with
@@ -147,11 +184,17 @@ impl Store {
     /// none of its jobs is left to send); one whose lease was lost gets nothing. Returns, per
     /// event, whether it was written. A stream of small events thus costs one write per batch
     /// rather than two per event.
+    ///
+    /// Up to `handing.max` of the jobs due at once are written in flight, leased to `owner`,
+    /// and returned: the writer's sender takes them without a claim of its own. A job that
+    /// another job of the batch could collapse (the same device and collapse key) stays
+    /// queued, so that the newer one still supersedes it.
     pub async fn write_whole_fan_outs(
         &self,
         owner: &str,
         fan_outs: &[WholeFanOut<'_>],
-    ) -> anyhow::Result<(Vec<bool>, u64)> {
+        handing: Handing,
+    ) -> anyhow::Result<WholeWritten> {
         let mut turn = self.write_turn().await?;
         let now = self.now();
         let mut tx = turn.begin().await?;
@@ -199,8 +242,8 @@ impl Store {
             );
         }
         let mut written = Vec::with_capacity(fan_outs.len());
-        // (job id, event, job) of every event still held.
-        let mut rows: Vec<(String, &Event, &NewJob)> = Vec::new();
+        // Every job of every event still held.
+        let mut rows: Vec<JobRow<'_>> = Vec::new();
         // Held events none of whose jobs is left to send: completed once their jobs exist.
         let mut nothing_to_send: Vec<(&str, i64)> = Vec::new();
         for f in fan_outs {
@@ -216,14 +259,75 @@ impl Store {
             let event_part = f.event.id.strip_prefix("evt_").unwrap_or(&f.event.id);
             for (i, job) in f.jobs.iter().enumerate() {
                 let seq = first_seq + i as i64 + 1;
-                rows.push((format!("job_{event_part}_{seq:08}"), f.event, job));
+                rows.push(JobRow {
+                    id: format!("job_{event_part}_{seq:08}"),
+                    event: f.event,
+                    job,
+                    lease: None,
+                });
             }
         }
+        let handed = lease_due(&mut rows, owner, handing, now);
         let superseded = self.insert_jobs(&mut tx, &rows, now).await?;
         super::lifecycle::complete_events_if_done(&mut tx, backend, &nothing_to_send, now).await?;
         tx.commit().await?;
-        Ok((written, superseded))
+        Ok(WholeWritten {
+            written,
+            superseded,
+            handed,
+        })
     }
+}
+
+/// Marks up to `handing.max` of `rows` leased to `owner` (each due at once, queued, and not
+/// collapsible by another row) and returns them as claimed jobs.
+fn lease_due<'a>(
+    rows: &mut [JobRow<'a>],
+    owner: &'a str,
+    handing: Handing,
+    now: i64,
+) -> Vec<ClaimedJob> {
+    if handing.max == 0 {
+        return Vec::new();
+    }
+    let mut keys: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    for r in rows.iter() {
+        if let Some(key) = &r.job.collapse_key {
+            *keys
+                .entry((r.event.app_id.as_str(), r.job.token.as_str(), key.as_str()))
+                .or_default() += 1;
+        }
+    }
+    let until = now + handing.lease_ms;
+    let mut handed = Vec::new();
+    for r in rows.iter_mut() {
+        if handed.len() == handing.max {
+            break;
+        }
+        let collapsible = r.job.collapse_key.as_ref().is_some_and(|key| {
+            keys.get(&(r.event.app_id.as_str(), r.job.token.as_str(), key.as_str()))
+                .is_some_and(|n| *n > 1)
+        });
+        if r.job.status != JobStatus::Queued || r.job.due.is_some() || collapsible {
+            continue;
+        }
+        r.lease = Some((owner, until));
+        handed.push(ClaimedJob {
+            id: r.id.clone(),
+            app_id: r.event.app_id.clone(),
+            event_id: r.event.id.clone(),
+            platform: r.job.platform,
+            token: r.job.token.clone(),
+            job: r.job.job.clone(),
+            attempts: 0,
+            created_at: now,
+            event_at: r.event.received_at,
+            expires_at: r.job.expires_at,
+            user_id: r.job.user_id.clone(),
+            category: r.job.category.clone(),
+        });
+    }
+    handed
 }
 
 impl Store {
@@ -233,7 +337,7 @@ impl Store {
     async fn insert_jobs(
         &self,
         conn: &mut AnyConnection,
-        rows: &[(String, &Event, &NewJob)],
+        rows: &[JobRow<'_>],
         now: i64,
     ) -> anyhow::Result<u64> {
         for chunk in rows.chunks(self.rows_per_statement()) {
@@ -241,16 +345,21 @@ impl Store {
                 self.backend(),
                 "INSERT INTO delivery_jobs (id, app_id, event_id, rule, platform, token, status, job, \
                  attempts, next_attempt_at, last_reason, event_at, created_at, updated_at, hold, \
-                 expires_at, collapse_key, user_id, category) VALUES ",
+                 expires_at, collapse_key, user_id, category, lease_owner, lease_until) VALUES ",
             );
-            sql.rows(chunk, |row, (id, event, j)| {
-                row.bind(id.as_str())
+            sql.rows(chunk, |row, r| {
+                let (event, j) = (r.event, r.job);
+                let status = match r.lease {
+                    Some(_) => JobStatus::InFlight,
+                    None => j.status,
+                };
+                row.bind(r.id.as_str())
                     .bind(event.app_id.as_str())
                     .bind(event.id.as_str())
                     .bind(j.rule.as_deref())
                     .bind(j.platform)
                     .bind(j.token.as_str())
-                    .bind(j.status)
+                    .bind(status)
                     .bind(j.job.as_str())
                     .raw("0")
                     .bind(j.due.map_or(now, |(at, _)| at.max(now)))
@@ -262,15 +371,17 @@ impl Store {
                     .bind(j.expires_at)
                     .bind(j.collapse_key.as_deref())
                     .bind(j.user_id.as_deref())
-                    .bind(j.category.as_deref());
+                    .bind(j.category.as_deref())
+                    .bind(r.lease.map(|(owner, _)| owner))
+                    .bind(r.lease.map(|(_, until)| until));
             });
             let (text, args) = sql.finish()?;
             sqlx::query_with(&text, args).execute(&mut *conn).await?;
         }
         // Jobs written final (a template that would not render) count as they are written.
         let mut rollup = Rollup::default();
-        for (_, event, job) in rows {
-            rollup.finished(&event.app_id, now, job.status, 1);
+        for r in rows {
+            rollup.finished(&r.event.app_id, now, r.job.status, 1);
         }
         let superseded = supersede_collapsed(conn, self.backend(), rows, now, &mut rollup).await?;
         rollup.write(self, conn).await?;
@@ -284,12 +395,12 @@ impl Store {
 async fn supersede_collapsed(
     conn: &mut AnyConnection,
     backend: super::Backend,
-    rows: &[(String, &Event, &NewJob)],
+    rows: &[JobRow<'_>],
     now: i64,
     rollup: &mut Rollup,
 ) -> anyhow::Result<u64> {
     let mut ended: std::collections::BTreeMap<String, i64> = Default::default();
-    for (_, event, job) in rows {
+    for JobRow { event, job, .. } in rows {
         let Some(key) = &job.collapse_key else {
             continue;
         };
@@ -324,4 +435,123 @@ async fn supersede_collapsed(
     let ended: Vec<(&str, i64)> = ended.iter().map(|(id, n)| (id.as_str(), *n)).collect();
     super::lifecycle::complete_events_if_done(conn, backend, &ended, now).await?;
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewEvent;
+
+    fn job(token: &str, collapse_key: Option<&str>) -> NewJob {
+        NewJob {
+            rule: None,
+            platform: Platform::Fcm,
+            token: token.into(),
+            job: "{}".into(),
+            status: JobStatus::Queued,
+            last_reason: None,
+            due: None,
+            expires_at: None,
+            collapse_key: collapse_key.map(Into::into),
+            user_id: None,
+            category: None,
+        }
+    }
+
+    /// Handed jobs are written in flight under the writer's lease, so no claim takes them
+    /// again; the rest are queued: beyond the room, held for later, or collapsible by a newer
+    /// job of the same batch (which then supersedes them as before).
+    #[tokio::test]
+    async fn handed_jobs_are_written_leased_and_the_rest_queued() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("db.sqlite").display()
+        );
+        let keyring = crate::secrets::keyring_for(&Default::default(), &url).expect("keyring");
+        let store = Store::connect(&url, 2, keyring).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let app = store.create_app("a").await.expect("app").app.id;
+        for _ in 0..2 {
+            store
+                .insert_event(&NewEvent {
+                    app_id: &app,
+                    source_id: None,
+                    external_id: None,
+                    event_type: "t",
+                    payload: "{}",
+                    direct_rule: None,
+                    traceparent: None,
+                })
+                .await
+                .expect("event");
+        }
+        let mut events = store.claim_events("me", 60_000, 10).await.expect("claim");
+        events.sort_by_key(|e| e.id.clone());
+        let held = NewJob {
+            due: Some((store.now() + 60_000, crate::model::policy::Hold::QuietHours)),
+            ..job("held", None)
+        };
+        let first = [job("a", None), held, job("same", Some("k")), job("b", None)];
+        let second = [job("same", Some("k")), job("c", None)];
+        let fan_outs = [
+            WholeFanOut {
+                event: &events[0],
+                jobs: &first,
+            },
+            WholeFanOut {
+                event: &events[1],
+                jobs: &second,
+            },
+        ];
+        let written = store
+            .write_whole_fan_outs(
+                "me",
+                &fan_outs,
+                Handing {
+                    max: 3,
+                    lease_ms: 60_000,
+                },
+            )
+            .await
+            .expect("write");
+        assert_eq!(written.written, [true, true]);
+        let handed: Vec<&str> = written.handed.iter().map(|j| j.token.as_str()).collect();
+        assert_eq!(
+            handed,
+            ["a", "b", "c"],
+            "due, not collapsible, three at most"
+        );
+        assert!(written.handed.iter().all(|j| j.attempts == 0));
+        let rows: Vec<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT token, status, lease_owner FROM delivery_jobs ORDER BY id")
+                .fetch_all(&store.pool)
+                .await
+                .expect("rows");
+        let by_token = |t: &str| -> Vec<(String, Option<String>)> {
+            rows.iter()
+                .filter(|r| r.0 == t)
+                .map(|r| (r.1.clone(), r.2.clone()))
+                .collect()
+        };
+        let leased = ("in_flight".to_string(), Some("me".to_string()));
+        assert_eq!(by_token("a"), std::slice::from_ref(&leased));
+        assert_eq!(by_token("c"), [leased]);
+        assert_eq!(by_token("held"), [("queued".to_string(), None)]);
+        assert_eq!(
+            by_token("same"),
+            [
+                ("superseded".to_string(), None),
+                ("queued".to_string(), None)
+            ],
+            "the older collapsible job stayed queued and was superseded"
+        );
+        // A claim finds only the queued job that is due.
+        let claimed = store
+            .claim_jobs("me", 60_000, 10, &[])
+            .await
+            .expect("claim");
+        let tokens: Vec<&str> = claimed.iter().map(|j| j.token.as_str()).collect();
+        assert_eq!(tokens, ["same"]);
+    }
 }

@@ -45,7 +45,9 @@ pub use endpoints::{
     CallbackTarget, Endpoint, EndpointChange, EndpointHealth, NewEndpoint, SigningSecrets,
 };
 pub use events::{Event, EventInsert, EventWriter, IncomingEvent, NewEvent};
-pub use fanout::{FanOutCursor, FanOutSlice, NewJob, SliceWritten, WholeFanOut};
+pub use fanout::{
+    FanOutCursor, FanOutSlice, Handing, NewJob, SliceWritten, WholeFanOut, WholeWritten,
+};
 pub use idempotency::{KeyClaim, StoredAnswer};
 pub use outbox::{
     message_body, AttemptLogRow, AttemptRecord, BatchLimits, ClaimedMessage, MessageNext,

@@ -22,6 +22,7 @@ use tracing::{field, Instrument};
 
 use super::breaker::Gate;
 use super::burst::Verdict;
+use super::handoff::{take_notification, Inbox};
 use super::retry::{decide, throttled_backoff, RetryDecision};
 use super::share::{ShareKey, Shares};
 use super::{JobPayload, Worker};
@@ -58,12 +59,12 @@ const RECORD_GATHER: usize = 64;
 const RECORD_LINGER: Duration = Duration::from_millis(10);
 
 impl Worker {
-    pub(crate) async fn deliver_loop(self, stop: watch::Receiver<bool>) {
+    pub(crate) async fn deliver_loop(self, stop: watch::Receiver<bool>, inbox: Inbox<ClaimedJob>) {
         let cap = self.config.concurrency.max(1) as usize;
         // Never more results waiting than sends in flight.
         let (results, to_record) = mpsc::channel(cap);
         let recorder = tokio::spawn(self.clone().record_loop(to_record));
-        self.claim_loop(stop, results, cap).await;
+        self.claim_loop(stop, results, cap, inbox).await;
         // Every sender is gone (the claimer's and the sends'): the recorder drains and stops.
         if let Err(e) = recorder.await {
             tracing::error!(error = %e, "delivery recorder failed");
@@ -79,11 +80,19 @@ impl Worker {
 
     /// Keeps up to the send limit in flight until shutdown; then gives the sends
     /// `shutdown_grace_secs` and releases whatever is still unsent to the queue.
+    ///
+    /// Jobs come from two places: those the fan-out handed over already leased (see
+    /// [`super::handoff`]) and those claimed from the queue. The queue is claimed only while
+    /// it may hold due jobs: after a claim found fewer than it asked for, not until a wake-up
+    /// says jobs were queued, or a poll interval passed (retries fall due unannounced). While
+    /// it may, handed jobs take at most half the free slots, so a stream of small events
+    /// cannot keep queued work waiting.
     async fn claim_loop(
         &self,
         mut stop: watch::Receiver<bool>,
         results: mpsc::Sender<JobResult>,
         cap: usize,
+        mut inbox: Inbox<ClaimedJob>,
     ) {
         let lease_ms = (self.config.lease_secs * 1000) as i64;
         let batch_size = self.config.batch_size.max(1) as usize;
@@ -94,6 +103,8 @@ impl Worker {
         // recorder: what is left here at shutdown was never sent and goes back to the queue.
         let mut tasks: HashMap<task::Id, InFlightJob> = HashMap::new();
         let mut shares = Shares::default();
+        let mut queue_due = true;
+        let mut last_claim = tokio::time::Instant::now();
         loop {
             while let Some(joined) = sends.try_join_next_with_id() {
                 self.reap(joined, &mut tasks, &mut shares).await;
@@ -118,23 +129,34 @@ impl Worker {
                 continue;
             }
             let want = free.min(batch);
-            let saturated = shares.saturated(limit);
-            let mut jobs = match self.claim(lease_ms, want, &saturated).await {
-                Some(jobs) => jobs,
-                None => continue,
-            };
+            if take_notification(&self.wake.jobs) || last_claim.elapsed() >= self.poll_interval() {
+                queue_due = true;
+            }
+            let mut jobs = inbox.take(if queue_due { want.div_ceil(2) } else { want });
             // Whether apps over their share have work due that this claim left alone.
             let mut held_back = false;
-            if jobs.len() < want && !saturated.is_empty() {
-                // Nobody else has work due: the saturated may use spare slots.
-                let spare = Shares::spare(limit, in_flight + jobs.len()).min(want - jobs.len());
-                if spare > 0 {
-                    let more = self.claim(lease_ms, spare, &[]).await.unwrap_or_default();
-                    held_back = more.len() == spare;
-                    jobs.extend(more);
-                } else {
-                    held_back = true;
+            if queue_due && jobs.len() < want {
+                let ask = want - jobs.len();
+                let saturated = shares.saturated(limit);
+                last_claim = tokio::time::Instant::now();
+                if let Some(mut claimed) = self.claim(lease_ms, ask, &saturated).await {
+                    if claimed.len() < ask && !saturated.is_empty() {
+                        // Nobody else has work due: the saturated may use spare slots.
+                        let spare = Shares::spare(limit, in_flight + jobs.len() + claimed.len())
+                            .min(ask - claimed.len());
+                        if spare > 0 {
+                            let more = self.claim(lease_ms, spare, &[]).await.unwrap_or_default();
+                            held_back = more.len() == spare;
+                            claimed.extend(more);
+                        } else {
+                            held_back = true;
+                        }
+                    }
+                    queue_due = held_back || claimed.len() == ask;
+                    jobs.extend(claimed);
                 }
+                let rest = want - jobs.len();
+                jobs.extend(inbox.take(rest));
             }
             let drained = jobs.len() < want;
             let jobs = self.within_caps(jobs, &results).await;
@@ -157,6 +179,7 @@ impl Worker {
                 let joined = tokio::select! {
                     joined = sends.join_next_with_id() => joined,
                     () = self.wake.jobs.notified() => None,
+                    () = inbox.arrival() => None,
                     _ = stop.wait_for(|s| *s) => None,
                 };
                 if let Some(joined) = joined {
@@ -164,11 +187,19 @@ impl Worker {
                 }
                 continue;
             }
-            if drained && !self.idle(&self.wake.jobs, &mut stop).await {
-                break;
+            if drained {
+                // Nothing more now: wait for jobs handed over, queued, or falling due.
+                tokio::select! {
+                    () = inbox.arrival() => {}
+                    () = self.wake.jobs.notified() => queue_due = true,
+                    () = tokio::time::sleep(self.poll_interval()) => queue_due = true,
+                    _ = stop.wait_for(|s| *s) => break,
+                }
             }
         }
-        self.finish_sends(sends, tasks).await;
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
+        let waiting = inbox.close(grace).await.into_iter().map(|j| j.id).collect();
+        self.finish_sends(sends, tasks, waiting).await;
     }
 
     /// The claimed jobs that may be sent: each one whose user reached the app's frequency
@@ -279,6 +310,7 @@ impl Worker {
         &self,
         mut sends: JoinSet<bool>,
         mut tasks: HashMap<task::Id, InFlightJob>,
+        handed: Vec<String>,
     ) {
         let mut shares = Shares::default();
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
@@ -299,7 +331,7 @@ impl Worker {
                 self.reap(joined, &mut tasks, &mut shares).await;
             }
         }
-        let unsent: Vec<String> = tasks.into_values().map(|t| t.id).collect();
+        let unsent: Vec<String> = tasks.into_values().map(|t| t.id).chain(handed).collect();
         if !unsent.is_empty() {
             if let Err(e) = self.store.release_jobs(&self.owner, &unsent).await {
                 tracing::error!(error = %e, "releasing unsent jobs failed; their leases will expire");

@@ -19,7 +19,8 @@ use crate::model::rules::{user_ids_at, Audience, DeviceFilter, RuleSpec, Templat
 use crate::model::template::{context, event_value, CompiledTemplate, TemplateSpec};
 use crate::model::{JobStatus, Platform};
 use crate::store::{
-    Device, Event, FanOutCursor, FanOutSlice, NewJob, SpecKind, Store, StoredPolicy, WholeFanOut,
+    Device, Event, FanOutCursor, FanOutSlice, Handing, NewJob, SpecKind, Store, StoredPolicy,
+    WholeFanOut,
 };
 use crate::telemetry;
 
@@ -346,15 +347,31 @@ impl Worker {
             .iter()
             .map(|(event, jobs)| WholeFanOut { event, jobs })
             .collect();
+        // Jobs due at once go straight to this instance's sender, as many as it has room for.
+        let due = batch
+            .iter()
+            .flat_map(|(_, jobs)| jobs)
+            .filter(|j| j.status == JobStatus::Queued && j.due.is_none())
+            .count();
+        let room = self.handoff.as_ref().map(|h| h.room(due));
+        let handing = Handing {
+            max: room.as_ref().map_or(0, |r| r.len()),
+            lease_ms: (self.config.lease_secs * 1000) as i64,
+        };
         match self
             .store
-            .write_whole_fan_outs(&self.owner, &fan_outs)
+            .write_whole_fan_outs(&self.owner, &fan_outs, handing)
             .await
         {
-            Ok((written, superseded)) => {
-                self.metrics.withheld(JobStatus::Superseded, superseded);
+            Ok(written) => {
+                self.metrics
+                    .withheld(JobStatus::Superseded, written.superseded);
+                let handed = written.handed.len() as u64;
+                if let Some(room) = room {
+                    room.hand(written.handed);
+                }
                 let (mut queued, mut dead) = (0u64, 0u64);
-                for ((event, jobs), written) in batch.iter().zip(written) {
+                for ((event, jobs), written) in batch.iter().zip(written.written) {
                     if !written {
                         tracing::warn!(event = %event.id, "lost the event's lease (or it was cancelled) before its fan-out was written; nothing of it was written");
                         continue;
@@ -367,7 +384,8 @@ impl Worker {
                     tracing::debug!(event = %event.id, jobs = jobs.len(), "event dispatched");
                 }
                 self.metrics.fanned_out(queued, dead);
-                if queued > 0 {
+                // The sender claims what was queued rather than handed.
+                if queued > handed {
                     self.wake.jobs.notify_one();
                 }
             }

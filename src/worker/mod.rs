@@ -9,6 +9,7 @@ pub mod credentials;
 mod deliver;
 pub(crate) mod dispatch;
 mod endpoints;
+mod handoff;
 pub mod replay;
 pub mod retention;
 pub mod retry;
@@ -123,6 +124,9 @@ pub struct Worker {
     pub(crate) endpoints: crate::service::endpoints::EndpointsConfig,
     /// Attempts in flight per endpoint.
     pub(crate) limits: Arc<endpoints::EndpointLimits>,
+    /// Where the fan-out hands the jobs it writes leased to this instance's sender; `None`
+    /// (no sender runs beside it): every job is queued.
+    pub(crate) handoff: Option<handoff::Handoff<crate::store::ClaimedJob>>,
 }
 
 impl Worker {
@@ -152,6 +156,7 @@ impl Worker {
             )?,
             endpoints: state.config.endpoints.clone(),
             limits: Default::default(),
+            handoff: None,
         })
     }
 
@@ -171,12 +176,17 @@ impl Worker {
     /// Starts the loops; they run until `stop` turns true, then finish or release their work.
     pub fn spawn(self, stop: watch::Receiver<bool>) -> JoinSet<()> {
         let mut set = JoinSet::new();
-        let w = self.clone();
+        // As many handed jobs may wait as one claim takes.
+        let (handed, inbox) = handoff::channel(self.config.batch_size as usize);
+        let w = Self {
+            handoff: Some(handed),
+            ..self.clone()
+        };
         let s = stop.clone();
         set.spawn(async move { w.dispatch_loop(s).await });
         let w = self.clone();
         let s = stop.clone();
-        set.spawn(async move { w.deliver_loop(s).await });
+        set.spawn(async move { w.deliver_loop(s, inbox).await });
         let w = self.clone();
         let s = stop.clone();
         set.spawn(async move { w.endpoint_loop(s).await });

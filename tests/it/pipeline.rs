@@ -772,6 +772,51 @@ async fn shutdown_finishes_in_flight_sends_and_loses_nothing(db: Db) {
     );
 }
 
+/// A small event's jobs are handed to the fan-out's own sender already leased, even beyond
+/// what it can send at once; those still waiting for a send slot at shutdown go back to the
+/// queue at once (not after their lease) and another instance sends each exactly once.
+async fn jobs_handed_to_a_busy_sender_go_back_to_the_queue_at_shutdown(db: Db) {
+    let sim = simulator().await;
+    sim.set_faults(Faults {
+        latency_ms: 500,
+        ..Faults::default()
+    });
+    let long_lease = |c: &mut pushbridge::config::Config| {
+        c.worker.lease_secs = 600;
+        c.worker.concurrency = 1;
+    };
+    let t = TestApp::with_simulator(db, &sim, long_lease).await;
+    let app = t.new_app().await;
+    let tokens: Vec<String> = (0..4)
+        .map(|i| fcm_test_token(FcmTestKind::Success, 80 + i))
+        .collect();
+    for token in &tokens {
+        register(&t, &app, token, json!({"platform": "fcm", "user_id": "u1"})).await;
+    }
+    let event_id = send_to_users(&t, &app, &["u1"], json!({"body": "handed"})).await;
+    // One send at a time, yet all four are leased: handed over, not claimed one by one.
+    t.wait_for("/v1/deliveries?status=in_flight", &app.server_key, |d| {
+        d["deliveries"].as_array().map(Vec::len) == Some(4)
+    })
+    .await;
+    let after = t.another_instance(&sim, long_lease).await;
+    t.shutdown().await;
+    sim.set_faults(Faults::default());
+    let event = wait_completed(&after, &app, &event_id).await;
+    assert_eq!(event["deliveries"]["delivered"], 4, "{event}");
+    for d in deliveries(&after, &app, &event_id).await {
+        assert_eq!(d["attempts"], 1, "{d}");
+    }
+    for token in &tokens {
+        let sends = sim
+            .records()
+            .iter()
+            .filter(|r| r.side == Side::Fcm && r.token.as_deref() == Some(token.as_str()))
+            .count();
+        assert_eq!(sends, 1, "{token} sent once");
+    }
+}
+
 /// A fan-out that committed its first slice and then lost its instance is resumed by another
 /// worker after the cursor: every device gets exactly one job and one send, numbered on from
 /// the committed slice, across more than one page of devices.
@@ -1073,4 +1118,5 @@ backend_tests!(
     a_template_that_fails_for_one_device_dead_letters_only_that_device,
     a_crashed_workers_jobs_are_claimed_again_after_the_lease,
     shutdown_finishes_in_flight_sends_and_loses_nothing,
+    jobs_handed_to_a_busy_sender_go_back_to_the_queue_at_shutdown,
 );

@@ -26,6 +26,10 @@ use crate::telemetry;
 
 /// Events leased per round.
 const EVENT_BATCH: i64 = 128;
+/// How long the dispatch loop waits, once woken with the queue drained, before it claims:
+/// at a moderate rate events arrive one by one, and each claim and fan-out write (a few
+/// statements and a commit) would otherwise carry one event.
+const EVENT_LINGER: Duration = Duration::from_millis(10);
 /// Apps' fan-out tasks running at once; the loop claims no more while this many run.
 const FANOUT_TASKS: usize = 16;
 /// Devices read per page when scanning by tags/attributes.
@@ -110,23 +114,34 @@ impl Worker {
     }
 
     /// Waits for a wake-up or the poll interval, finishing the fan-out tasks that end
-    /// meanwhile. False on shutdown.
+    /// meanwhile, then [`EVENT_LINGER`] more, so that events arriving one by one are claimed
+    /// and fanned out a few at a time rather than each on its own. False on shutdown.
     async fn wait_for_events(
         &self,
         running: &mut JoinSet<Vec<String>>,
         unmatched: &mut Vec<String>,
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
-        let idle = self.idle(&self.wake.events, stop);
-        tokio::pin!(idle);
-        loop {
-            tokio::select! {
-                keep_going = &mut idle => return keep_going,
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    self.finished_app_task(done, unmatched);
-                    self.complete_unmatched(unmatched).await;
+        {
+            let idle = self.idle(&self.wake.events, stop);
+            tokio::pin!(idle);
+            loop {
+                tokio::select! {
+                    keep_going = &mut idle => if keep_going {
+                        break;
+                    } else {
+                        return false;
+                    },
+                    Some(done) = running.join_next(), if !running.is_empty() => {
+                        self.finished_app_task(done, unmatched);
+                        self.complete_unmatched(unmatched).await;
+                    }
                 }
             }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(EVENT_LINGER) => true,
+            _ = stop.wait_for(|s| *s) => false,
         }
     }
 

@@ -44,7 +44,8 @@ pub use devices::Device;
 pub use endpoints::{
     CallbackTarget, Endpoint, EndpointChange, EndpointHealth, NewEndpoint, SigningSecrets,
 };
-pub use events::{Event, EventInsert, EventWriter, IncomingEvent, NewEvent};
+pub(crate) use events::FanOutFeed;
+pub use events::{Event, EventInsert, EventWriter, EventsInserted, IncomingEvent, NewEvent};
 pub use fanout::{
     FanOutCursor, FanOutSlice, Handing, NewJob, SliceWritten, WholeFanOut, WholeWritten,
 };

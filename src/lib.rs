@@ -197,25 +197,22 @@ pub async fn start_with(
     if let Some(observer) = &observer {
         credentials.iter().flatten().for_each(|c| observer.saved(c));
     }
-    let wake = Wake::default();
-    let owner = store::new_id("wrk");
-    let (feed, handed_events) = worker::event_feed(&config.worker, &wake, &owner);
     let state = AppState::new(state::Shared {
         config: Arc::new(config),
         store: store.clone(),
         metrics: Arc::new(Metrics::new()),
-        wake,
+        wake: Wake::default(),
         providers: providers.clone(),
         breakers: Arc::default(),
         policies: Arc::default(),
-        events: store::EventWriter::spawn_feeding(store.clone(), Some(feed)),
+        events: store::EventWriter::spawn(store.clone()),
         limiter: Default::default(),
         credential_observer: observer,
     });
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let workers = if state.config.worker.enabled {
-        Worker::new(&state, owner)?.spawn(stopped.clone(), handed_events)
+        Worker::new(&state)?.spawn(stopped.clone())
     } else {
         JoinSet::new()
     };

@@ -107,6 +107,7 @@ async fn send(
     .instrument(span.clone())
     .await?;
     span.record("event_id", id.as_str());
+    state.wake.events.notify_one();
     Ok((
         StatusCode::ACCEPTED,
         Json(EventAccepted {

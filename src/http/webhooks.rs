@@ -202,6 +202,7 @@ async fn accept(
     let app_id = source.app_id.as_str();
     Ok(match accepted.inserted {
         EventInsert::Accepted(id) => {
+            state.wake.events.notify_one();
             record_event(&id, &accepted.event_type);
             tracing::info!(app = app_id, source = %source.name, event = %id, event_type = %accepted.event_type, "webhook accepted");
             (

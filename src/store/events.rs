@@ -1,8 +1,7 @@
 //! Received events: committed before the webhook is answered, deduplicated per source.
 
-use super::{new_id, Handing, Store};
+use super::{new_id, Store};
 use crate::model::EventStatus;
-use crate::worker::handoff::Handoff;
 
 /// A stored event.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -161,24 +160,9 @@ pub struct IncomingEvent {
 
 type Reply = tokio::sync::oneshot::Sender<Result<EventInsert, String>>;
 
-/// Where an [`EventWriter`] tells this instance's fan-out about the events it stored.
-pub(crate) struct FanOutFeed {
-    /// Wakes the fan-out for events left in the queue.
-    pub(crate) wake: std::sync::Arc<tokio::sync::Notify>,
-    /// Takes events written leased to this instance's fan-out, with their lease's owner
-    /// and length (none: no fan-out runs beside the writer, every event is queued).
-    pub(crate) handoff: Option<(Handoff<Event>, String, i64)>,
-}
-
 /// Group commit for incoming events: requests that arrive while a write is in progress share
 /// the next transaction, so the database sees one commit per batch instead of one per
 /// webhook. Each caller still gets its answer only after its event is committed.
-///
-/// Fed to a fan-out, the writer leases the events it stores to that fan-out as it writes them,
-/// as many as the fan-out has room for, and hands them over: they are fanned out without
-/// being claimed back from the queue. A handed event is as durable as a claimed one: its
-/// lease expires if this instance dies, and the fan-out gives back at shutdown what it did
-/// not take. The others wait in the queue, and the fan-out is woken for them.
 #[derive(Clone, Debug)]
 pub struct EventWriter {
     queue: tokio::sync::mpsc::Sender<(IncomingEvent, Reply)>,
@@ -188,47 +172,17 @@ pub struct EventWriter {
 const WRITE_BATCH: usize = 256;
 
 impl EventWriter {
-    /// Starts a writer that leaves every event in the queue for whichever fan-out claims it;
-    /// it ends when every `EventWriter` clone is dropped.
+    /// Starts the writer task; it ends when every `EventWriter` clone is dropped.
     pub fn spawn(store: Store) -> Self {
-        Self::spawn_feeding(store, None)
-    }
-
-    /// Starts a writer that tells `feed` about the events it stores (see [`EventWriter`]).
-    pub(crate) fn spawn_feeding(store: Store, feed: Option<FanOutFeed>) -> Self {
         let (queue, mut rx) = tokio::sync::mpsc::channel::<(IncomingEvent, Reply)>(4 * WRITE_BATCH);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(WRITE_BATCH);
             while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
                 let (events, replies): (Vec<_>, Vec<_>) =
                     std::mem::take(&mut batch).into_iter().unzip();
-                let handoff = feed.as_ref().and_then(|f| f.handoff.as_ref());
-                let room = handoff.map(|(to, _, _)| to.room(events.len()));
-                let (owner, handing) = match (handoff, &room) {
-                    (Some((_, owner, lease_ms)), Some(room)) => (
-                        owner.as_str(),
-                        Handing {
-                            max: room.len(),
-                            lease_ms: *lease_ms,
-                        },
-                    ),
-                    _ => ("", Handing::default()),
-                };
-                match store.insert_events(&events, owner, handing).await {
-                    Ok(inserted) => {
-                        let queued = inserted
-                            .results
-                            .iter()
-                            .filter(|r| matches!(r, EventInsert::Accepted(_)))
-                            .count()
-                            > inserted.handed.len();
-                        if let Some(room) = room {
-                            room.hand(inserted.handed);
-                        }
-                        if let (true, Some(feed)) = (queued, &feed) {
-                            feed.wake.notify_one();
-                        }
-                        for (reply, result) in replies.into_iter().zip(inserted.results) {
+                match store.insert_events(&events).await {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
                             let _ = reply.send(Ok(result));
                         }
                     }
@@ -258,91 +212,48 @@ impl EventWriter {
     }
 }
 
-/// What a write of incoming events did.
-#[derive(Debug, Default)]
-pub struct EventsInserted {
-    /// Per incoming event, in order: stored, or the original of a duplicate.
-    pub results: Vec<EventInsert>,
-    /// The stored events written leased to the writer (see [`Handing`]), in order.
-    pub handed: Vec<Event>,
-}
-
 impl Store {
     /// Stores several events in one transaction with one multi-row insert; duplicates (same
-    /// source and external id, also within the batch) resolve to the original event. The first
-    /// `handing.max` events are written leased to `owner`; those of them stored (not
-    /// duplicates) come back to be handed to its fan-out.
+    /// source and external id, also within the batch) resolve to the original event.
     pub async fn insert_events(
         &self,
         events: &[IncomingEvent],
-        owner: &str,
-        handing: Handing,
-    ) -> anyhow::Result<EventsInserted> {
+    ) -> anyhow::Result<Vec<EventInsert>> {
         let mut turn = self.write_turn().await?;
         let now = self.now();
         let ids: Vec<String> = events.iter().map(|_| new_id("evt")).collect();
-        let leased = |i: usize| i < handing.max;
-        let lease_until = now + handing.lease_ms;
         let mut tx = turn.begin().await?;
         let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let rows = self.rows_per_statement();
-        for (n, (chunk, chunk_ids)) in events.chunks(rows).zip(ids.chunks(rows)).enumerate() {
+        for (chunk, chunk_ids) in events
+            .chunks(self.rows_per_statement())
+            .zip(ids.chunks(self.rows_per_statement()))
+        {
             let mut sql = super::statement::Statement::new(
                 self.backend(),
-                &format!(
-                    "INSERT INTO events ({EVENT_COLUMNS}, traceparent, lease_owner, lease_until) \
-                     VALUES "
-                ),
+                &format!("INSERT INTO events ({EVENT_COLUMNS}, traceparent) VALUES "),
             );
-            let first = n * rows;
-            sql.rows(
-                chunk.iter().zip(chunk_ids).enumerate(),
-                |row, (i, (e, id))| {
-                    let leased = leased(first + i);
-                    row.bind(id.as_str())
-                        .bind(e.app_id.as_str())
-                        .bind(e.source_id.as_deref())
-                        .bind(e.external_id.as_deref())
-                        .bind(e.event_type.as_str())
-                        .bind(e.payload.as_str())
-                        .raw("'received'")
-                        .bind(now)
-                        .bind(now)
-                        .bind(e.direct_rule.as_deref())
-                        .bind(e.traceparent.as_deref())
-                        .bind(leased.then_some(owner))
-                        .bind(leased.then_some(lease_until));
-                },
-            );
+            sql.rows(chunk.iter().zip(chunk_ids), |row, (e, id)| {
+                row.bind(id.as_str())
+                    .bind(e.app_id.as_str())
+                    .bind(e.source_id.as_deref())
+                    .bind(e.external_id.as_deref())
+                    .bind(e.event_type.as_str())
+                    .bind(e.payload.as_str())
+                    .raw("'received'")
+                    .bind(now)
+                    .bind(now)
+                    .bind(e.direct_rule.as_deref())
+                    .bind(e.traceparent.as_deref());
+            });
             sql.push(" ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id");
             let (text, args) = sql.finish()?;
             let q = sqlx::query_as_with::<_, (String,), _>(&text, args);
             inserted.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
         }
-        let mut out = EventsInserted {
-            results: Vec::with_capacity(events.len()),
-            handed: Vec::with_capacity(handing.max),
-        };
-        for (i, (e, id)) in events.iter().zip(ids).enumerate() {
+        let mut out = Vec::with_capacity(events.len());
+        for (e, id) in events.iter().zip(ids) {
             if inserted.contains(&id) {
-                if leased(i) {
-                    out.handed.push(Event {
-                        id: id.clone(),
-                        app_id: e.app_id.clone(),
-                        source_id: e.source_id.clone(),
-                        external_id: e.external_id.clone(),
-                        event_type: e.event_type.clone(),
-                        payload: e.payload.clone(),
-                        status: EventStatus::Received,
-                        received_at: now,
-                        updated_at: now,
-                        direct_rule: e.direct_rule.clone(),
-                        fanout_cursor: None,
-                        fanout_jobs: 0,
-                        traceparent: e.traceparent.clone(),
-                    });
-                }
-                out.results.push(EventInsert::Accepted(id));
+                out.push(EventInsert::Accepted(id));
             } else {
                 let (original,): (String,) = sqlx::query_as(
                     "SELECT id FROM events WHERE source_id = $1 AND external_id = $2",
@@ -351,153 +262,10 @@ impl Store {
                 .bind(&e.external_id)
                 .fetch_one(&mut *tx)
                 .await?;
-                out.results.push(EventInsert::Duplicate(original));
+                out.push(EventInsert::Duplicate(original));
             }
         }
         tx.commit().await?;
         Ok(out)
-    }
-
-    /// Gives back events written leased to `owner` that its fan-out never took (shutdown):
-    /// they wait in the queue for the next claim.
-    pub async fn release_handed_events(&self, owner: &str, ids: &[String]) -> anyhow::Result<()> {
-        let mut turn = self.write_turn().await?;
-        for chunk in ids.chunks(self.rows_per_statement()) {
-            let sql = format!(
-                "UPDATE events SET lease_owner = NULL, lease_until = NULL \
-                 WHERE lease_owner = $1 AND status = 'received' AND id IN ({})",
-                super::values_rows(chunk.len(), "?", 2)
-            );
-            let mut q = sqlx::query(&sql).bind(owner);
-            for id in chunk {
-                q = q.bind(id);
-            }
-            q.execute(turn.db()).await?;
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::source::NewSource;
-
-    fn incoming(app: &str, source: &str, external: &str) -> IncomingEvent {
-        IncomingEvent {
-            app_id: app.into(),
-            source_id: Some(source.into()),
-            external_id: Some(external.into()),
-            event_type: "payment.succeeded".into(),
-            payload: format!(r#"{{"id":"{external}"}}"#),
-            direct_rule: None,
-            traceparent: None,
-        }
-    }
-
-    /// The first `max` events are written leased and come back to be handed over, except a
-    /// duplicate among them; the rest wait in the queue for a claim, and so do handed events
-    /// given back.
-    #[tokio::test]
-    async fn handed_events_are_written_leased_and_the_rest_queued() {
-        let dir = tempfile::tempdir().expect("dir");
-        let url = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("db.sqlite").display()
-        );
-        let keyring = crate::secrets::keyring_for(&Default::default(), &url).expect("keyring");
-        let store = Store::connect(&url, 2, keyring).await.expect("connect");
-        store.migrate().await.expect("migrate");
-        let app = store.create_app("a").await.expect("app").app.id;
-        let source = store
-            .create_source(
-                &app,
-                &NewSource {
-                    name: "pay".into(),
-                    scheme: crate::signature::Scheme::Stripe,
-                    secrets: vec!["whsec_test".into()],
-                    event_type_path: None,
-                    allowed_cidrs: vec![],
-                },
-            )
-            .await
-            .expect("source")
-            .id;
-        let original = store
-            .insert_events(&[incoming(&app, &source, "e0")], "", Handing::default())
-            .await
-            .expect("first write");
-        assert!(original.handed.is_empty(), "nothing handed without room");
-        let batch = [
-            incoming(&app, &source, "e0"),
-            incoming(&app, &source, "e1"),
-            incoming(&app, &source, "e2"),
-            incoming(&app, &source, "e3"),
-        ];
-        let handing = Handing {
-            max: 3,
-            lease_ms: 60_000,
-        };
-        let written = store
-            .insert_events(&batch, "me", handing)
-            .await
-            .expect("write");
-        let EventInsert::Accepted(first) = &original.results[0] else {
-            panic!("the first write stores its event");
-        };
-        assert_eq!(written.results[0], EventInsert::Duplicate(first.clone()));
-        let ids: Vec<String> = written
-            .results
-            .iter()
-            .map(|r| match r {
-                EventInsert::Accepted(id) | EventInsert::Duplicate(id) => id.clone(),
-            })
-            .collect();
-        let handed: Vec<&str> = written.handed.iter().map(|e| e.id.as_str()).collect();
-        assert_eq!(handed, [ids[1].as_str(), ids[2].as_str()]);
-        // A handed event is the stored one, as a claim would return it.
-        let stored = store
-            .get_event(&app, &ids[1])
-            .await
-            .expect("read")
-            .expect("event");
-        let e = &written.handed[0];
-        assert_eq!(
-            (
-                &e.payload,
-                e.external_id.as_deref(),
-                e.received_at,
-                e.status
-            ),
-            (
-                &stored.payload,
-                Some("e1"),
-                stored.received_at,
-                EventStatus::Received
-            )
-        );
-        let claim = || async {
-            let mut ids: Vec<String> = store
-                .claim_events("other", 60_000, 10)
-                .await
-                .expect("claim")
-                .into_iter()
-                .map(|e| e.id)
-                .collect();
-            ids.sort();
-            ids
-        };
-        let mut queued = vec![ids[0].clone(), ids[3].clone()];
-        queued.sort();
-        assert_eq!(
-            claim().await,
-            queued,
-            "the original and the one beyond the room"
-        );
-        store
-            .release_handed_events("me", &[ids[2].clone()])
-            .await
-            .expect("release");
-        assert_eq!(claim().await, [ids[2].clone()], "given back, claimed again");
     }
 }

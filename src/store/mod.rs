@@ -44,8 +44,7 @@ pub use devices::Device;
 pub use endpoints::{
     CallbackTarget, Endpoint, EndpointChange, EndpointHealth, NewEndpoint, SigningSecrets,
 };
-pub(crate) use events::FanOutFeed;
-pub use events::{Event, EventInsert, EventWriter, EventsInserted, IncomingEvent, NewEvent};
+pub use events::{Event, EventInsert, EventWriter, IncomingEvent, NewEvent};
 pub use fanout::{
     FanOutCursor, FanOutSlice, Handing, NewJob, SliceWritten, WholeFanOut, WholeWritten,
 };

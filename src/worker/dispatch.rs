@@ -12,7 +12,6 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{field, Instrument};
 
-use super::handoff::Inbox;
 use super::{JobPayload, Worker};
 use crate::model::device::normalize_token;
 use crate::model::policy::{self, zone_for, Hold, QuietHours, SendPolicy, Urgency};
@@ -25,8 +24,8 @@ use crate::store::{
 };
 use crate::telemetry;
 
-/// Events taken per round, and handed events that may wait to be taken.
-pub(crate) const EVENT_BATCH: i64 = 128;
+/// Events leased per round.
+const EVENT_BATCH: i64 = 128;
 /// How long the dispatch loop waits, once woken with the queue drained, before it claims:
 /// at a moderate rate events arrive one by one, and each claim and fan-out write (a few
 /// statements and a commit) would otherwise carry one event.
@@ -39,24 +38,14 @@ const DEVICE_PAGE: u32 = 2000;
 const WHOLE_BATCH_JOBS: usize = 2000;
 
 impl Worker {
-    /// Takes received events and fans them out, one task per app of each batch: an app's
-    /// events go one after the other, different apps' side by side, and the loop takes more
-    /// without waiting for earlier tasks, so an app whose templates render slowly delays its
-    /// own events, never another app's.
-    ///
-    /// Events come from two places: those this instance's event writer handed over already
-    /// leased (see [`crate::store::EventWriter`]), and the queue, claimed only while it may
-    /// hold events: after a wake-up or the poll interval, until a claim finds fewer than it
-    /// asked for.
-    pub(crate) async fn dispatch_loop(
-        self,
-        mut stop: watch::Receiver<bool>,
-        mut inbox: Inbox<Event>,
-    ) {
+    /// Claims received events and fans them out, one task per app of each claimed batch:
+    /// an app's events go one after the other, different apps' side by side, and the loop
+    /// claims again without waiting for earlier tasks, so an app whose templates render
+    /// slowly delays its own events, never another app's.
+    pub(crate) async fn dispatch_loop(self, mut stop: watch::Receiver<bool>) {
         let lease_ms = (self.config.lease_secs * 1000) as i64;
         let mut running: JoinSet<Vec<String>> = JoinSet::new();
         let mut unmatched: Vec<String> = Vec::new();
-        let mut queue_due = true;
         loop {
             while let Some(done) = running.try_join_next() {
                 self.finished_app_task(done, &mut unmatched);
@@ -74,56 +63,40 @@ impl Worker {
                 }
                 continue;
             }
-            let mut events = inbox.take(EVENT_BATCH as usize);
-            let mut more = events.len() == EVENT_BATCH as usize;
-            if queue_due && !more {
-                let ask = EVENT_BATCH - events.len() as i64;
-                match self.store.claim_events(&self.owner, lease_ms, ask).await {
-                    Ok(claimed) => {
-                        queue_due = claimed.len() as i64 == ask;
-                        more = queue_due;
-                        events.extend(claimed);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "claiming events failed");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-            for events in by_app(events) {
-                let worker = self.clone();
-                running.spawn(async move { worker.dispatch_app(events).await });
-            }
-            // Drained: what arrives from now on is taken on its wake-up, together, rather
-            // than as each task finishes.
-            if !more
-                && !self
-                    .wait_for_events(
-                        &mut running,
-                        &mut unmatched,
-                        &mut inbox,
-                        &mut queue_due,
-                        &mut stop,
-                    )
-                    .await
-            {
-                break;
-            }
-        }
-        // Shutdown: events handed over but not taken go back to the queue; running fan-outs
-        // get the grace period to finish, and one cut short resumes from its committed
-        // cursor when its lease expires.
-        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
-        let waiting: Vec<String> = inbox.close(grace).await.into_iter().map(|e| e.id).collect();
-        if !waiting.is_empty() {
-            if let Err(e) = self
+            match self
                 .store
-                .release_handed_events(&self.owner, &waiting)
+                .claim_events(&self.owner, lease_ms, EVENT_BATCH)
                 .await
             {
-                tracing::error!(events = waiting.len(), error = %e, "giving back handed events failed; their lease will expire");
+                Ok(events) if events.len() == EVENT_BATCH as usize => {
+                    for events in by_app(events) {
+                        let worker = self.clone();
+                        running.spawn(async move { worker.dispatch_app(events).await });
+                    }
+                }
+                Ok(events) => {
+                    // The queue is drained: what arrives from now on is claimed on its
+                    // wake-up, together, rather than by a claim as each task finishes.
+                    for events in by_app(events) {
+                        let worker = self.clone();
+                        running.spawn(async move { worker.dispatch_app(events).await });
+                    }
+                    if !self
+                        .wait_for_events(&mut running, &mut unmatched, &mut stop)
+                        .await
+                    {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming events failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
+        // Shutdown: running fan-outs get the grace period to finish; one cut short resumes
+        // from its committed cursor when its lease expires.
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
         let drained = tokio::time::timeout(grace, async {
             while let Some(done) = running.join_next().await {
                 self.finished_app_task(done, &mut unmatched);
@@ -140,16 +113,13 @@ impl Worker {
         self.complete_unmatched(&mut unmatched).await;
     }
 
-    /// Waits for events handed over, a wake-up or the poll interval (after which the queue
-    /// may hold events: `queue_due`), finishing the fan-out tasks that end meanwhile, then
-    /// [`EVENT_LINGER`] more, so that events arriving one by one are taken and fanned out a
-    /// few at a time rather than each on its own. False on shutdown.
+    /// Waits for a wake-up or the poll interval, finishing the fan-out tasks that end
+    /// meanwhile, then [`EVENT_LINGER`] more, so that events arriving one by one are claimed
+    /// and fanned out a few at a time rather than each on its own. False on shutdown.
     async fn wait_for_events(
         &self,
         running: &mut JoinSet<Vec<String>>,
         unmatched: &mut Vec<String>,
-        inbox: &mut Inbox<Event>,
-        queue_due: &mut bool,
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
         {
@@ -158,12 +128,10 @@ impl Worker {
             loop {
                 tokio::select! {
                     keep_going = &mut idle => if keep_going {
-                        *queue_due = true;
                         break;
                     } else {
                         return false;
                     },
-                    () = inbox.arrival() => break,
                     Some(done) = running.join_next(), if !running.is_empty() => {
                         self.finished_app_task(done, unmatched);
                         self.complete_unmatched(unmatched).await;

@@ -1,13 +1,12 @@
-//! Work handed straight to this instance's own loop instead of being claimed back from the
-//! queue. A fan-out writes a small event's jobs already in flight, leased to this instance,
-//! and hands them to its sender; the event writer does the same with the events it stores,
-//! for the fan-out. Either way one write turn less per batch, and the row leaves the queue's
-//! index without ever entering it.
+//! Jobs a fan-out hands straight to this instance's sender. A small event's jobs are written
+//! already in flight, leased to this instance, and passed over here, so the sender starts
+//! them without claiming them back from the queue: one write turn less per batch, and a
+//! job's row leaves the due index without ever entering it.
 //!
-//! The hand-off is bounded: a writer hands only as many items as there is room for, the rest
-//! are queued as before. A handed item is as durable as a claimed one: its lease expires when
-//! this instance dies (it is queued again), and what is still waiting here at shutdown goes
-//! back to the queue.
+//! The hand-off is bounded: a fan-out hands only as many jobs as there is room for, the rest
+//! are queued as before. A handed job is as durable as a claimed one: its lease is renewed
+//! while this instance lives, expires when it dies (the job is queued again), and what is
+//! still waiting here at shutdown goes back to the queue.
 
 use std::future::Future;
 use std::pin::pin;

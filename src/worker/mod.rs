@@ -9,7 +9,7 @@ pub mod credentials;
 mod deliver;
 pub(crate) mod dispatch;
 mod endpoints;
-pub(crate) mod handoff;
+mod handoff;
 pub mod replay;
 pub mod retention;
 pub mod retry;
@@ -97,28 +97,6 @@ pub struct Wake {
     pub jobs: Arc<Notify>,
 }
 
-/// What an event writer tells this instance's fan-out, and the fan-out's end of its
-/// hand-off: with `owner`'s worker enabled, the writer hands over the events it writes
-/// leased to `owner`; otherwise it only wakes fan-outs for the events it queues.
-pub(crate) fn event_feed(
-    config: &WorkerConfig,
-    wake: &Wake,
-    owner: &str,
-) -> (
-    crate::store::FanOutFeed,
-    handoff::Inbox<crate::store::Event>,
-) {
-    let (handed, inbox) = handoff::channel(dispatch::EVENT_BATCH as usize);
-    let lease_ms = (config.lease_secs * 1000) as i64;
-    let feed = crate::store::FanOutFeed {
-        wake: wake.events.clone(),
-        handoff: config
-            .enabled
-            .then(|| (handed, owner.to_string(), lease_ms)),
-    };
-    (feed, inbox)
-}
-
 /// Everything the background loops share.
 #[derive(Clone)]
 pub struct Worker {
@@ -152,9 +130,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Builds a worker over the app's shared state, holding its leases as `owner` (the owner
-    /// the state's event writer leases handed events to, see [`event_feed`]).
-    pub fn new(state: &crate::state::AppState, owner: String) -> anyhow::Result<Self> {
+    /// Builds a worker over the app's shared state.
+    pub fn new(state: &crate::state::AppState) -> anyhow::Result<Self> {
         let config = state.config.worker.clone();
         let burst = Arc::new(burst::BurstGuard::new(
             config.burst_guard_share,
@@ -171,7 +148,7 @@ impl Worker {
             breakers: state.breakers.clone(),
             policies: state.policies.clone(),
             wake: state.wake.clone(),
-            owner,
+            owner: crate::store::new_id("wrk"),
             webhooks: crate::outbound::WebhookClient::new(
                 state.config.endpoints.guard(),
                 &state.config.endpoints.extra_root_certs,
@@ -197,12 +174,7 @@ impl Worker {
     }
 
     /// Starts the loops; they run until `stop` turns true, then finish or release their work.
-    /// The fan-out takes the events handed to `events` besides those it claims.
-    pub(crate) fn spawn(
-        self,
-        stop: watch::Receiver<bool>,
-        events: handoff::Inbox<crate::store::Event>,
-    ) -> JoinSet<()> {
+    pub fn spawn(self, stop: watch::Receiver<bool>) -> JoinSet<()> {
         let mut set = JoinSet::new();
         // As many handed jobs may wait as one claim takes.
         let (handed, inbox) = handoff::channel(self.config.batch_size as usize);
@@ -211,7 +183,7 @@ impl Worker {
             ..self.clone()
         };
         let s = stop.clone();
-        set.spawn(async move { w.dispatch_loop(s, events).await });
+        set.spawn(async move { w.dispatch_loop(s).await });
         let w = self.clone();
         let s = stop.clone();
         set.spawn(async move { w.deliver_loop(s, inbox).await });

@@ -215,11 +215,6 @@ impl TestApp {
         &self.running.as_ref().expect("running").state.store
     }
 
-    /// The wake-ups of the app's workers.
-    pub fn wake(&self) -> &pushbridge::worker::Wake {
-        &self.running.as_ref().expect("running").state.wake
-    }
-
     /// The event's stored count of jobs still to send (zero once it is completed).
     pub async fn open_jobs(&self, event_id: &str) -> i64 {
         sqlx::any::install_default_drivers();

@@ -51,6 +51,8 @@ pub struct Config {
     pub retention: crate::worker::RetentionConfig,
     /// OpenTelemetry traces over OTLP (off unless a collector is named).
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Giving freed heap back to the operating system.
+    pub memory: crate::memory::MemoryConfig,
 }
 
 /// Default cap on sends in flight per process: the default pools (two connections each to
@@ -180,6 +182,7 @@ impl Default for Config {
             endpoints: Default::default(),
             retention: Default::default(),
             telemetry: Default::default(),
+            memory: Default::default(),
         }
     }
 }
@@ -306,6 +309,7 @@ impl Config {
             self.providers.validate(),
             self.endpoints.validate(),
             self.telemetry.validate(),
+            self.memory.validate(),
         ] {
             if let Err(message) = checked {
                 let (field, why) = message

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod outbound;
@@ -211,11 +212,15 @@ pub async fn start_with(
     });
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
-    let workers = if state.config.worker.enabled {
+    let mut workers = if state.config.worker.enabled {
         Worker::new(&state)?.spawn(stopped.clone())
     } else {
         JoinSet::new()
     };
+    workers.spawn(memory::trim_loop(
+        state.config.memory.clone(),
+        stopped.clone(),
+    ));
     let app = http::router(state.clone());
     let acceptor = match &state.config.tls {
         None => None,
